@@ -1,0 +1,19 @@
+"""fastsgd: hand-written kernels for training neural networks with SGD.
+
+Kernels live in backends (``fastsgd.backends.get("numba").matmul(a, b)``); the
+trainer API below uses the book's / fastai's names.
+"""
+from . import backends
+from .layers import Linear, ReLU, Sequential, Sigmoid, load_model, save_model, simple_net
+from .learner import DataLoader, DataLoaders, Learner, TrainingDiverged
+from .losses import batch_accuracy, cross_entropy, mnist_loss
+from .optim import SGD, constant_lr, cosine_lr
+from .random import set_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends", "Linear", "ReLU", "Sigmoid", "Sequential", "simple_net", "save_model",
+    "load_model", "DataLoader", "DataLoaders", "Learner", "TrainingDiverged", "mnist_loss",
+    "cross_entropy", "batch_accuracy", "SGD", "constant_lr", "cosine_lr", "set_seed",
+]

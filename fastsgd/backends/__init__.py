@@ -1,0 +1,86 @@
+"""The backend registry.
+
+    >>> from fastsgd import backends
+    >>> backends.available()            # {name: True | "reason it is unavailable"}
+    >>> nb = backends.get("numba")      # kernels under the contract's names
+    >>> nb.matmul(a, b)                 # a @ b for 2-D float32 arrays
+
+A backend is imported on first use; when its import fails (no compiler, no GPU)
+the failure is kept as the reason it is unavailable, and ``import fastsgd`` is
+never affected.  ``default_name()`` is ``$FASTSGD_BACKEND`` when set, else the
+first available backend in ``PREFERENCE`` (fastest first).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from .contract import KERNELS, Backend, skip_value_checks
+
+__all__ = ["KERNELS", "Backend", "available", "get", "default_name", "names",
+           "skip_value_checks", "BackendUnavailable", "PREFERENCE"]
+
+#: name -> (module, float dtypes it computes in); the order is the default preference.
+_REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "numba": ("fastsgd.backends.numba_cpu", ("float32",)),
+    "numpy": ("fastsgd.backends.numpy_ref", ("float32", "float64")),
+}
+PREFERENCE = tuple(_REGISTRY)
+
+_loaded: dict[str, Backend] = {}
+_reasons: dict[str, str] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why."""
+
+
+def names() -> list[str]:
+    """Every backend fastsgd knows, available or not, fastest first."""
+    return list(PREFERENCE)
+
+
+def _load(name: str) -> Backend | None:
+    if name in _loaded:
+        return _loaded[name]
+    if name in _reasons:
+        return None
+    module_name, dtypes = _REGISTRY[name]
+    try:
+        module = importlib.import_module(module_name)
+        backend = getattr(module, "make_backend", None)
+        _loaded[name] = backend() if backend else Backend(name, module, dtypes)
+    except Exception as exc:  # any import failure means "unavailable", with the reason
+        _reasons[name] = str(exc) or type(exc).__name__
+        return None
+    return _loaded[name]
+
+
+def available() -> dict[str, bool | str]:
+    """``{name: True}`` for each usable backend, ``{name: "reason"}`` for the others."""
+    return {name: True if _load(name) else _reasons[name] for name in PREFERENCE}
+
+
+def default_name() -> str:
+    """``$FASTSGD_BACKEND`` if set, else the fastest available backend."""
+    chosen = os.environ.get("FASTSGD_BACKEND")
+    if chosen:
+        return chosen
+    return next(name for name in PREFERENCE if _load(name))
+
+
+def get(name: str | None = None) -> Backend:
+    """The backend called ``name`` (default: ``default_name()``).
+
+    Raises ``ValueError`` for an unknown name and ``BackendUnavailable`` (with the
+    reason) for a known one that cannot run here.
+    """
+    if isinstance(name, Backend):
+        return name
+    name = name or default_name()
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: unknown name {name!r}; expected one of {', '.join(PREFERENCE)}")
+    backend = _load(name)
+    if backend is None:
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {_reasons[name]}")
+    return backend

@@ -1,0 +1,403 @@
+"""The kernel contract: one validated front door to every backend's kernels.
+
+Dimension letters used throughout fastsgd:
+    B  batch size           I  in-features of a linear layer
+    O  out-features         C  classes
+    M, K, N                 a generic matmul (M, K) @ (K, N) -> (M, N)
+
+Conventions:
+    * A linear layer computes ``y = x @ w + b`` with ``x (B, I)``, ``w (I, O)``,
+      ``b (O,)``: weights are stored (in, out), so the forward pass is a plain
+      row-major matmul and no transposed copy is ever made.
+    * Arrays are C-contiguous float32 (the ``numpy`` reference also takes float64,
+      for gradient checks).  Integer class labels are int64.
+    * Every kernel takes optional ``out=`` arrays; given them, a call allocates
+      nothing.  Kernels return their outputs.
+
+A backend module (``numpy_ref``, ``numba_cpu``, ...) provides the *implementations*
+named in ``KERNELS`` with outputs passed last and always preallocated.  ``Backend``
+wraps such a module: each public method checks its arguments (raising ``TypeError``
+or ``ValueError`` naming the argument), allocates missing outputs, then calls the
+implementation.  Checking happens here, once, so no backend can be handed an
+array that makes compiled code read or write out of bounds.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import numpy as np
+
+#: Implementation names and parameters every backend module must export.
+KERNELS: dict[str, tuple[str, ...]] = {
+    "matmul": ("a", "b", "out"),
+    "matmul_backward_input": ("dy", "w", "dx"),
+    "matmul_backward_weight": ("x", "dy", "dw"),
+    "bias_backward": ("dy", "db"),
+    "linear_forward": ("x", "w", "b", "out"),
+    "linear_backward": ("x", "w", "dy", "dx", "dw", "db"),
+    "sigmoid_forward": ("x", "out"),
+    "sigmoid_backward": ("y", "dy", "dx"),
+    "relu_forward": ("x", "out"),
+    "relu_backward": ("x", "dy", "dx"),
+    "mnist_loss_forward": ("preds", "targets"),
+    "mnist_loss_backward": ("preds", "targets", "dpreds"),
+    "cross_entropy_forward": ("logits", "labels"),
+    "cross_entropy_backward": ("logits", "labels", "dlogits"),
+    "sgd_update": ("param", "grad", "velocity", "lr", "momentum", "weight_decay"),
+    "binary_accuracy": ("preds", "targets"),
+    "multiclass_accuracy": ("logits", "labels"),
+}
+
+_check_values = True
+
+
+@contextlib.contextmanager
+def skip_value_checks():
+    """Within this block, kernels skip the NaN/Inf scan of their inputs.
+
+    Shape, dtype, layout and label-range checks stay on: they guard memory
+    safety.  The trainer uses this in its inner loop after checking its data
+    once, since a full scan of every input would cost as much as the kernel.
+    """
+    global _check_values
+    previous, _check_values = _check_values, False
+    try:
+        yield
+    finally:
+        _check_values = previous
+
+
+def missing_kernels(module) -> list[str]:
+    """Names in ``KERNELS`` that ``module`` lacks or exports with other parameters."""
+    bad = []
+    for name, params in KERNELS.items():
+        fn = getattr(module, name, None)
+        if fn is None or _parameter_names(fn) != params:
+            bad.append(name)
+    return bad
+
+
+def _parameter_names(fn) -> tuple[str, ...] | None:
+    py_func = getattr(fn, "py_func", fn)  # numba dispatchers keep the Python source
+    try:
+        return tuple(inspect.signature(py_func).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+class Backend:
+    """A backend's kernels under the contract's names.
+
+    Obtain one with ``fastsgd.backends.get(name)``.  Every method validates its
+    arguments before any compiled code runs.  ``dtypes`` lists the float types the
+    backend computes in.
+    """
+
+    def __init__(self, name: str, impl, dtypes=(np.float32,)):
+        missing = missing_kernels(impl)
+        if missing:
+            raise TypeError(f"backend {name!r} does not implement the contract: {missing}")
+        self.name = name
+        self.dtypes = tuple(np.dtype(d) for d in dtypes)
+        self._impl = impl
+
+    def __repr__(self):
+        return f"<fastsgd backend {self.name!r}>"
+
+    # ----------------------------------------------------------- arrays
+    def asarray(self, x, dtype=np.float32):
+        """``x`` as a C-contiguous array this backend computes on (a copy only if needed)."""
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A NumPy array holding the values of backend array ``x``."""
+        return np.asarray(x)
+
+    def empty(self, shape, dtype=np.float32):
+        """An uninitialised backend array."""
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        """A zero-filled backend array."""
+        return np.zeros(shape, dtype=dtype)
+
+    def take_rows(self, src, idx, out):
+        """``out[r] = src[idx[r]]``: gather a batch;  src (N, F) or (N,), idx (B,) int64 -> out."""
+        np.take(src, idx, axis=0, out=out)
+        return out
+
+    # ----------------------------------------------------------- matmul
+    def matmul(self, a, b, out=None):
+        """``out = a @ b``;  a (M, K), b (K, N) -> out (M, N)."""
+        a = self._float("a", a, ndim=2)
+        b = self._float("b", b, ndim=2, dtype=a.dtype)
+        _same("b.shape[0]", b.shape[0], "a.shape[1]", a.shape[1])
+        out = self._out("out", out, (a.shape[0], b.shape[1]), a.dtype, a, b)
+        self._impl.matmul(a, b, out)
+        return out
+
+    def matmul_backward_input(self, dy, w, dx=None):
+        """``dx = dy @ w.T`` without a transposed copy;  dy (B, O), w (I, O) -> dx (B, I)."""
+        dy = self._float("dy", dy, ndim=2)
+        w = self._float("w", w, ndim=2, dtype=dy.dtype)
+        _same("w.shape[1]", w.shape[1], "dy.shape[1]", dy.shape[1])
+        dx = self._out("dx", dx, (dy.shape[0], w.shape[0]), dy.dtype, dy, w)
+        self._impl.matmul_backward_input(dy, w, dx)
+        return dx
+
+    def matmul_backward_weight(self, x, dy, dw=None):
+        """``dw = x.T @ dy`` without a transposed copy;  x (B, I), dy (B, O) -> dw (I, O)."""
+        x = self._float("x", x, ndim=2)
+        dy = self._float("dy", dy, ndim=2, dtype=x.dtype)
+        _same("dy.shape[0]", dy.shape[0], "x.shape[0]", x.shape[0])
+        dw = self._out("dw", dw, (x.shape[1], dy.shape[1]), x.dtype, x, dy)
+        self._impl.matmul_backward_weight(x, dy, dw)
+        return dw
+
+    def bias_backward(self, dy, db=None):
+        """``db = dy.sum(axis=0)``;  dy (B, O) -> db (O,)."""
+        dy = self._float("dy", dy, ndim=2)
+        db = self._out("db", db, (dy.shape[1],), dy.dtype, dy)
+        self._impl.bias_backward(dy, db)
+        return db
+
+    # ----------------------------------------------------------- linear
+    def linear_forward(self, x, w, b, out=None):
+        """``out = x @ w + b``;  x (B, I), w (I, O), b (O,) -> out (B, O)."""
+        x = self._float("x", x, ndim=2)
+        w = self._float("w", w, ndim=2, dtype=x.dtype)
+        b = self._float("b", b, ndim=1, dtype=x.dtype)
+        _same("w.shape[0]", w.shape[0], "x.shape[1]", x.shape[1])
+        _same("b.shape[0]", b.shape[0], "w.shape[1]", w.shape[1])
+        out = self._out("out", out, (x.shape[0], w.shape[1]), x.dtype, x, w, b)
+        self._impl.linear_forward(x, w, b, out)
+        return out
+
+    def linear_backward(self, x, w, dy, dx=None, dw=None, db=None, need_dx=True):
+        """Gradients of ``y = x @ w + b``;  x (B, I), w (I, O), dy (B, O).
+
+        Returns ``(dx (B, I), dw (I, O), db (O,))``; with ``need_dx=False`` (the
+        first layer) ``dx`` is not computed and ``None`` is returned in its place.
+        """
+        x = self._float("x", x, ndim=2)
+        w = self._float("w", w, ndim=2, dtype=x.dtype)
+        dy = self._float("dy", dy, ndim=2, dtype=x.dtype)
+        _same("w.shape[0]", w.shape[0], "x.shape[1]", x.shape[1])
+        _same("dy.shape[0]", dy.shape[0], "x.shape[0]", x.shape[0])
+        _same("dy.shape[1]", dy.shape[1], "w.shape[1]", w.shape[1])
+        dx = self._out("dx", dx, x.shape, x.dtype, x, w, dy) if need_dx else None
+        dw = self._out("dw", dw, w.shape, x.dtype, x, w, dy)
+        db = self._out("db", db, (w.shape[1],), x.dtype, x, w, dy)
+        self._impl.linear_backward(x, w, dy, dx, dw, db)
+        return dx, dw, db
+
+    # ------------------------------------------------------ activations
+    def sigmoid_forward(self, x, out=None):
+        """``out = 1 / (1 + exp(-x))``, finite for any finite x;  any shape."""
+        x = self._float("x", x)
+        out = self._out("out", out, x.shape, x.dtype)
+        self._impl.sigmoid_forward(x, out)
+        return out
+
+    def sigmoid_backward(self, y, dy, dx=None):
+        """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)`` is the forward output."""
+        y = self._float("y", y)
+        dy = self._float("dy", dy, dtype=y.dtype)
+        _same("dy.shape", dy.shape, "y.shape", y.shape)
+        dx = self._out("dx", dx, y.shape, y.dtype)
+        self._impl.sigmoid_backward(y, dy, dx)
+        return dx
+
+    def relu_forward(self, x, out=None):
+        """``out = max(x, 0)``;  any shape."""
+        x = self._float("x", x)
+        out = self._out("out", out, x.shape, x.dtype)
+        self._impl.relu_forward(x, out)
+        return out
+
+    def relu_backward(self, x, dy, dx=None):
+        """``dx = dy * (x > 0)`` where ``x`` is the forward input."""
+        x = self._float("x", x)
+        dy = self._float("dy", dy, dtype=x.dtype)
+        _same("dy.shape", dy.shape, "x.shape", x.shape)
+        dx = self._out("dx", dx, x.shape, x.dtype)
+        self._impl.relu_backward(x, dy, dx)
+        return dx
+
+    # ----------------------------------------------------------- losses
+    def mnist_loss_forward(self, preds, targets) -> float:
+        """The book's loss: ``mean(where(t == 1, 1 - sigmoid(p), sigmoid(p)))``.
+
+        preds (B,) or (B, 1) raw scores; targets of the same length, each 0 or 1,
+        in the dtype of preds.
+        """
+        preds, targets = self._binary("preds", preds, "targets", targets)
+        return float(self._impl.mnist_loss_forward(preds, targets))
+
+    def mnist_loss_backward(self, preds, targets, dpreds=None):
+        """Gradient of ``mnist_loss_forward`` w.r.t. preds; dpreds has the shape of preds."""
+        shape = self._array("preds", preds).shape
+        preds, targets = self._binary("preds", preds, "targets", targets)
+        dpreds = self._out("dpreds", dpreds, shape, preds.dtype)
+        self._impl.mnist_loss_backward(preds, targets, dpreds.reshape(-1))
+        return dpreds
+
+    def cross_entropy_forward(self, logits, labels) -> float:
+        """Mean softmax cross-entropy, ``mean(logsumexp(z) - z[label])``.
+
+        logits (B, C); labels (B,) int64 in [0, C).  Stable for any finite logits.
+        """
+        logits, labels = self._classes("logits", logits, "labels", labels)
+        return float(self._impl.cross_entropy_forward(logits, labels))
+
+    def cross_entropy_backward(self, logits, labels, dlogits=None):
+        """``dlogits = (softmax(logits) - onehot(labels)) / B``;  (B, C)."""
+        logits, labels = self._classes("logits", logits, "labels", labels)
+        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype)
+        self._impl.cross_entropy_backward(logits, labels, dlogits)
+        return dlogits
+
+    # -------------------------------------------------------- optimizer
+    def sgd_update(self, param, grad, lr, momentum=0.0, weight_decay=0.0, velocity=None):
+        """One SGD step in place, PyTorch semantics; any shape.
+
+        ``g = grad + weight_decay * param``; with momentum,
+        ``velocity = momentum * velocity + g`` and ``g = velocity``;
+        then ``param -= lr * g``.  ``velocity`` (shape of param, updated in
+        place) is required when ``momentum != 0``.  Returns ``param``.
+        """
+        param = self._float("param", param, writable=True)
+        grad = self._float("grad", grad, dtype=param.dtype)
+        _same("grad.shape", grad.shape, "param.shape", param.shape)
+        lr = _scalar("lr", lr, low=0.0)
+        momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
+        weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
+        if momentum != 0.0:
+            if velocity is None:
+                raise ValueError("sgd_update: velocity is required when momentum != 0")
+            velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
+                                   check_values=False)
+            _same("velocity.shape", velocity.shape, "param.shape", param.shape)
+        else:
+            velocity = None
+        self._impl.sgd_update(param, grad, velocity, lr, momentum, weight_decay)
+        return param
+
+    # ---------------------------------------------------------- metrics
+    def binary_accuracy(self, preds, targets) -> float:
+        """Fraction with ``(sigmoid(p) > 0.5) == (t == 1)``;  preds (B,) or (B, 1)."""
+        preds, targets = self._binary("preds", preds, "targets", targets)
+        return float(self._impl.binary_accuracy(preds, targets))
+
+    def multiclass_accuracy(self, logits, labels) -> float:
+        """Fraction with ``argmax(logits, axis=1) == labels``;  logits (B, C), labels (B,)."""
+        logits, labels = self._classes("logits", logits, "labels", labels)
+        return float(self._impl.multiclass_accuracy(logits, labels))
+
+    # ------------------------------------------------------- validation
+    def _array(self, name, x):
+        """Reject what is not an array of this backend; return it."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+        return x
+
+    def _float(self, name, x, ndim=None, dtype=None, writable=False, check_values=True):
+        """Check a float input: type, dtype, ndim, layout, non-empty, finite."""
+        x = self._array(name, x)
+        if dtype is None:
+            if x.dtype not in self.dtypes:
+                allowed = " or ".join(str(d) for d in self.dtypes)
+                raise TypeError(f"{name}: expected dtype {allowed}, got {x.dtype}"
+                                f" (backend {self.name!r})")
+        elif x.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} to match the other inputs, got {x.dtype}")
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{name}: expected a {ndim}-D array, got shape {x.shape}")
+        if x.size == 0:
+            raise ValueError(f"{name}: empty array (shape {x.shape}); expected at least one element")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous array; pass np.ascontiguousarray({name})")
+        if writable and not x.flags.writeable:
+            raise ValueError(f"{name}: expected a writable array (it is updated in place)")
+        if check_values and _check_values:
+            self._finite(name, x)
+        return x
+
+    def _finite(self, name, x):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
+
+    def _out(self, name, out, shape, dtype, *inputs):
+        """Allocate ``out`` or check the given one; it must not overlap ``inputs``."""
+        shape = tuple(shape)
+        if out is None:
+            return self.empty(shape, dtype)
+        out = self._array(name, out)
+        if out.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {out.shape}")
+        if not out.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous array")
+        if not out.flags.writeable:
+            raise ValueError(f"{name}: expected a writable array")
+        for x in inputs:
+            if np.may_share_memory(out, x):
+                raise ValueError(f"{name}: must not overlap an input of this kernel")
+        return out
+
+    def _binary(self, pname, preds, tname, targets):
+        """preds (B,) or (B, 1) floats and matching 0/1 targets, both as (B,) views."""
+        preds = self._float(pname, preds)
+        if preds.ndim == 2 and preds.shape[1] == 1:
+            preds = preds.reshape(-1)
+        if preds.ndim != 1:
+            raise ValueError(f"{pname}: expected shape (B,) or (B, 1), got {preds.shape}")
+        targets = self._float(tname, targets, dtype=preds.dtype)
+        targets = targets.reshape(-1) if targets.ndim == 2 and targets.shape[1] == 1 else targets
+        if targets.shape != preds.shape:
+            raise ValueError(f"{tname}: expected {preds.shape[0]} targets to match {pname}, "
+                             f"got shape {targets.shape}")
+        self._binary_values(tname, targets)
+        return preds, targets
+
+    def _binary_values(self, name, targets):
+        if not ((targets == 0) | (targets == 1)).all():
+            raise ValueError(f"{name}: expected every target to be 0 or 1")
+
+    def _classes(self, zname, logits, lname, labels):
+        """logits (B, C) floats and labels (B,) int64 in [0, C)."""
+        logits = self._float(zname, logits, ndim=2)
+        labels = self._array(lname, labels)
+        if labels.dtype != np.int64:
+            raise TypeError(f"{lname}: expected dtype int64, got {labels.dtype}")
+        if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"{lname}: expected shape ({logits.shape[0]},) to match {zname}, "
+                             f"got {labels.shape}")
+        if not labels.flags.c_contiguous:
+            raise ValueError(f"{lname}: expected a C-contiguous array")
+        self._label_range(lname, labels, logits.shape[1])
+        return logits, labels
+
+    def _label_range(self, name, labels, n_classes):
+        low, high = labels.min(), labels.max()
+        if low < 0 or high >= n_classes:
+            raise ValueError(f"{name}: labels must lie in [0, {n_classes}), "
+                             f"got values from {low} to {high}")
+
+
+def _same(name, value, other_name, other):
+    if value != other:
+        raise ValueError(f"{name} is {value} but {other_name} is {other}; expected them equal")
+
+
+def _scalar(name, value, low=None, high=None) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+    if not np.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name}: expected a finite number in {bounds}, got {value}")
+    return value

