@@ -283,14 +283,19 @@ class Learner:
         return ["epoch", "train_loss", "valid_loss", *(_name(m) for m in self.metrics), "time"]
 
     def _print_header(self):
-        print("  ".join(f"{c:<12}" for c in self._columns()).rstrip(), flush=True)
+        print("  ".join(f"{c:<{_width(c)}}" for c in self._columns()).rstrip(), flush=True)
 
     def _print_row(self, row):
-        cells = [f"{row['epoch']:<12}"]
-        cells += [f"{row[c]:<12.6f}" for c in self._columns()[1:-1]]
+        columns = self._columns()
+        cells = [f"{row['epoch']:<{_width('epoch')}}"]
+        cells += [f"{row[c]:<{_width(c)}.6f}" for c in columns[1:-1]]
         minutes, seconds = divmod(row["seconds"], 60)
         cells.append(f"{int(minutes):02d}:{seconds:05.2f}")
         print("  ".join(cells), flush=True)
+
+
+def _width(column: str) -> int:
+    return max(len(column), 10)
 
 
 def _name(metric) -> str:
