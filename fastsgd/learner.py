@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backends
+from .fused import plan as plan_fused
 from .layers import Module, load_weights, read_model_file, save_model
 from .losses import Loss
 from .optim import SCHEDULES, SGD
@@ -82,13 +83,17 @@ class DataLoader:
         """Number of samples."""
         return len(self.x)
 
+    def next_order(self) -> np.ndarray:
+        """The row order of the next pass: a fresh permutation when shuffling."""
+        return self._rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+
     def __iter__(self):
         n, bs = len(self.x), self.bs
         if not self.shuffle:
             for start in range(0, n, bs):
                 yield self.x[start:start + bs], self.y[start:start + bs]
             return
-        order = self.backend.asarray(self._rng.permutation(n), dtype=np.int64)
+        order = self.backend.asarray(self.next_order(), dtype=np.int64)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             xb, yb = self._batch_buffers(len(idx))
@@ -132,18 +137,25 @@ class Recorder:
         self.history: list[dict] = []
         self.losses: list[float] = []  # every training batch's loss
 
+    def plot_loss(self, path) -> Path:
+        """Train/valid loss and the metrics per epoch, as a PNG at ``path`` (needs matplotlib)."""
+        from .plots import plot_history
+        return plot_history(self.history, path)
+
 
 class Learner:
     """Trains ``model`` on ``dls`` with ``loss_func`` and ``opt``, reporting ``metrics``.
 
     ``backend`` is a name, a Backend or None for ``fastsgd.backends.default_name()``.
     ``show`` prints the per-epoch table; ``progress`` draws a progress bar over
-    the batches (default: only when stdout is a terminal).
+    the batches (default: only when stdout is a terminal).  With ``fused`` (the
+    default), models the backend's fused kernel covers train a whole epoch per
+    compiled call (see ``fastsgd.fused``); the result is the same.
     """
 
     def __init__(self, dls: DataLoaders, model: Module, loss_func: Loss, opt: SGD | None = None,
                  metrics: Sequence[Callable] = (), backend=None, show: bool = True,
-                 progress: bool | None = None):
+                 progress: bool | None = None, fused: bool = True):
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a fastsgd layer or Sequential, got {type(model).__name__}")
         if not isinstance(loss_func, Loss):
@@ -156,6 +168,7 @@ class Learner:
         self.metrics = list(metrics)
         self.backend = backends.get(backend)
         self.show = show
+        self.fused = fused
         self.progress = sys.stdout.isatty() if progress is None else progress
         self.recorder = Recorder()
         self.epoch = 0
@@ -198,9 +211,15 @@ class Learner:
             self._print_header()
         start = len(self.recorder.history)
         total_steps = n_epochs * len(self.dls.train)
+        fused = self.fused and plan_fused(self.backend, self.model, self.loss_func, self.opt,
+                                          self.dls.train)
         for i in range(n_epochs):
             t0 = time.perf_counter()
-            train_loss = self._train_epoch(i * len(self.dls.train), total_steps, scale)
+            step0 = i * len(self.dls.train)
+            if fused:
+                train_loss = self._train_epoch_fused(fused, step0, total_steps, scale)
+            else:
+                train_loss = self._train_epoch(step0, total_steps, scale)
             row = {"epoch": self.epoch, "train_loss": train_loss, **self.validate()}
             row["seconds"] = time.perf_counter() - t0
             self.recorder.history.append(row)
@@ -218,9 +237,7 @@ class Learner:
             for step, (xb, yb) in enumerate(batches, start=step0):
                 preds = model.forward(xb)
                 loss = loss_func(preds, yb, kernels)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"training diverged at epoch {self.epoch}: loss is {loss}; "
-                                           f"lower the learning rate (lr={self.opt.lr})")
+                self._check_loss(loss)
                 dpreds = loss_func.backward(preds, yb, kernels, out=self._dpreds(preds))
                 model.backward(dpreds)
                 self.opt.step(self.opt.lr * scale(step / total_steps))
@@ -228,6 +245,22 @@ class Learner:
                 count += len(xb)
                 self.recorder.losses.append(loss)
         return total / count
+
+    def _train_epoch_fused(self, fused, step0, total_steps, scale) -> float:
+        dl = self.dls.train
+        lrs = [self.opt.lr * scale(step / total_steps) for step in range(step0, step0 + len(dl))]
+        losses = fused.run(np.array(lrs))
+        for loss in losses:
+            self._check_loss(loss)
+        self.recorder.losses.extend(losses.tolist())
+        sizes = np.full(len(dl), dl.bs)
+        sizes[-1] = dl.n - dl.bs * (len(dl) - 1)
+        return float(losses @ sizes) / dl.n
+
+    def _check_loss(self, loss):
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged at epoch {self.epoch}: loss is {loss}; "
+                                   f"lower the learning rate (lr={self.opt.lr})")
 
     def _dpreds(self, preds):
         buf = getattr(self, "_dpreds_buf", None)

@@ -17,41 +17,79 @@ from numba import njit, prange
 _MATMUL = dict(cache=True, parallel=True, fastmath=True)
 _ELEMENTWISE = dict(cache=True, fastmath=True)
 
-#: rows of ``a`` handled together in one pass over ``b`` (reuses each loaded row of b).
-ROW_BLOCK = 4
+#: Register blocking of the matmuls: ROWS rows of ``out`` are updated together from
+#: DEPTH rows of ``b`` at a time, so each loaded vector of b feeds ROWS * DEPTH
+#: multiply-adds and each row of out is loaded and stored once per DEPTH steps of k.
+ROWS = 4
+DEPTH = 4
 
 
-# ------------------------------------------------------------------ matmul
-@njit(**_MATMUL)
-def _accumulate_rows(a_t, b, out, transposed):
-    """out = A @ b where A is ``a_t`` (M, K), or its transpose when ``transposed``.
+@njit(inline="always")
+def _a(a, i, k, transposed):
+    """Element (i, k) of A, where A is ``a`` or, when ``transposed``, ``a.T``."""
+    return a[k, i] if transposed else a[i, k]
 
-    a_t (M, K) or (K, M), b (K, N) -> out (M, N).  Rows of out are split over
-    threads in blocks of ROW_BLOCK; each block streams b once, row by row.
-    """
-    if transposed:
-        K, M = a_t.shape
-    else:
-        M, K = a_t.shape
-    N = b.shape[1]
-    n_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
-    for blk in prange(n_blocks):
-        i0 = blk * ROW_BLOCK
-        i1 = min(i0 + ROW_BLOCK, M)
-        for i in range(i0, i1):
+
+@njit(inline="always")
+def _rows_block(a, b, out, i, transposed):
+    """out[i:i+4] = A[i:i+4] @ b for four rows at once.   A (M, K), b (K, N), out (M, N)."""
+    K, N = b.shape
+    for r in range(ROWS):
+        for j in range(N):
+            out[i + r, j] = np.float32(0.0)
+    k_main = K - K % DEPTH
+    for k in range(0, k_main, DEPTH):
+        a00, a01, a02, a03 = _a(a, i, k, transposed), _a(a, i, k + 1, transposed), \
+            _a(a, i, k + 2, transposed), _a(a, i, k + 3, transposed)
+        a10, a11, a12, a13 = _a(a, i + 1, k, transposed), _a(a, i + 1, k + 1, transposed), \
+            _a(a, i + 1, k + 2, transposed), _a(a, i + 1, k + 3, transposed)
+        a20, a21, a22, a23 = _a(a, i + 2, k, transposed), _a(a, i + 2, k + 1, transposed), \
+            _a(a, i + 2, k + 2, transposed), _a(a, i + 2, k + 3, transposed)
+        a30, a31, a32, a33 = _a(a, i + 3, k, transposed), _a(a, i + 3, k + 1, transposed), \
+            _a(a, i + 3, k + 2, transposed), _a(a, i + 3, k + 3, transposed)
+        for j in range(N):
+            b0, b1, b2, b3 = b[k, j], b[k + 1, j], b[k + 2, j], b[k + 3, j]
+            out[i, j] += a00 * b0 + a01 * b1 + a02 * b2 + a03 * b3
+            out[i + 1, j] += a10 * b0 + a11 * b1 + a12 * b2 + a13 * b3
+            out[i + 2, j] += a20 * b0 + a21 * b1 + a22 * b2 + a23 * b3
+            out[i + 3, j] += a30 * b0 + a31 * b1 + a32 * b2 + a33 * b3
+    for k in range(k_main, K):
+        for r in range(ROWS):
+            ark = _a(a, i + r, k, transposed)
             for j in range(N):
-                out[i, j] = np.float32(0.0)
-        for k in range(K):
-            for i in range(i0, i1):
-                aik = a_t[k, i] if transposed else a_t[i, k]
-                if aik != 0:
-                    for j in range(N):
-                        out[i, j] += aik * b[k, j]
+                out[i + r, j] += ark * b[k, j]
+
+
+@njit(inline="always")
+def _one_row(a, b, out, i, transposed):
+    """out[i] = A[i] @ b.   A (M, K), b (K, N), out (M, N)."""
+    K, N = b.shape
+    for j in range(N):
+        out[i, j] = np.float32(0.0)
+    for k in range(K):
+        aik = _a(a, i, k, transposed)
+        for j in range(N):
+            out[i, j] += aik * b[k, j]
+
+
+@njit(**_MATMUL)
+def _gemm(a, b, out, transposed):
+    """out = A @ b where A is ``a`` (M, K), or ``a.T`` for ``a`` (K, M) when ``transposed``.
+
+    b (K, N) -> out (M, N).  Blocks of ROWS rows are spread over the threads;
+    the last M % ROWS rows are done one by one.
+    """
+    M = out.shape[0]
+    n_blocks = M // ROWS
+    for blk in prange(n_blocks):
+        _rows_block(a, b, out, blk * ROWS, transposed)
+    for i in range(n_blocks * ROWS, M):
+        _one_row(a, b, out, i, transposed)
 
 
 def matmul(a, b, out):
     """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
-    _accumulate_rows(a, b, out, False)
+    _gemm(a, b, out, False)
 
 
 @njit(**_MATMUL)
@@ -69,7 +107,7 @@ def matmul_backward_input(dy, w, dx):
 
 def matmul_backward_weight(x, dy, dw):
     """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
-    _accumulate_rows(x, dy, dw, True)
+    _gemm(x, dy, dw, True)
 
 
 @njit(**_ELEMENTWISE)
@@ -94,7 +132,7 @@ def _add_bias(out, b):
 
 def linear_forward(x, w, b, out):
     """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
-    _accumulate_rows(x, w, out, False)
+    _gemm(x, w, out, False)
     _add_bias(out, b)
 
 
@@ -102,7 +140,7 @@ def linear_backward(x, w, dy, dx, dw, db):
     """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
     if dx is not None:
         matmul_backward_input(dy, w, dx)
-    _accumulate_rows(x, dy, dw, True)
+    _gemm(x, dy, dw, True)
     bias_backward(dy, db)
 
 
@@ -276,3 +314,109 @@ def threading_layer() -> str:
         return numba.threading_layer()
     except ValueError:
         return "not yet initialised"
+
+
+# ------------------------------------------------------- fused training epoch
+@njit(cache=True, parallel=True)
+def _gather_rows(x, order, start, xb):
+    """xb[r] = x[order[start + r]] for every row r of xb.   x (N, I), xb (B, I)."""
+    for r in prange(xb.shape[0]):
+        xb[r, :] = x[order[start + r], :]
+
+
+@njit(cache=True)
+def _loss_and_grad(z, t, binary, dz):
+    """Mean loss of logits z (B, O) against targets t (B,), and dz = dL/dz (B, O)."""
+    if binary:
+        preds, dpreds = z[:, 0], dz[:, 0]
+        loss = mnist_loss_forward(preds, t)
+        mnist_loss_backward(preds, t, dpreds)
+    else:
+        loss = cross_entropy_forward(z, t)
+        cross_entropy_backward(z, t, dz)
+    return loss
+
+
+@njit(cache=True)
+def _sgd_step(p, g, v, lr, momentum, weight_decay):
+    """The SGD update with velocity on a parameter of any shape, through flat views."""
+    _sgd_momentum_flat(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, momentum, weight_decay)
+
+
+@njit(cache=True)
+def _train_epoch(x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2,
+                 g_w1, g_b1, g_w2, g_b2, lrs, momentum, weight_decay, binary, two_layers, losses):
+    """One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP, in one call.
+
+    x (N, I); targets (N,): 0/1 float32 (binary: mnist_loss) or int64 labels
+    (cross-entropy); order (N,) the row order of this pass.  Two layers:
+    w1 (I, H), b1 (H,), w2 (H, O), b2 (O,).  One layer (``two_layers`` false):
+    w1 (I, O), b1 (O,), and w2/b2 are unused.  v_* are the velocities and g_*
+    the gradient buffers, shaped like their parameters; lrs (steps,) is the
+    learning rate of each step.  Fills losses (steps,) and returns the number
+    of steps done (fewer when a loss is not finite).  The kernels run in the
+    same order as in the layer-by-layer path.
+    """
+    N, I = x.shape
+    H = w1.shape[1]
+    O = w2.shape[1] if two_layers else H
+    xb_all = np.empty((bs, I), np.float32)
+    tb_all = np.empty(bs, targets.dtype)
+    h_all = np.empty((bs, H), np.float32)
+    a_all = np.empty((bs, H), np.float32)
+    da_all = np.empty((bs, H), np.float32)
+    z_all = np.empty((bs, O), np.float32)
+    dz_all = np.empty((bs, O), np.float32)
+    steps = (N + bs - 1) // bs
+    for s in range(steps):
+        start = s * bs
+        B = min(bs, N - start)
+        xb, tb = xb_all[:B], tb_all[:B]
+        _gather_rows(x, order, start, xb)
+        for r in range(B):
+            tb[r] = targets[order[start + r]]
+        z, dz = z_all[:B], dz_all[:B]
+        h, a, da = h_all[:B], a_all[:B], da_all[:B]
+        if two_layers:
+            _gemm(xb, w1, h, False)
+            _add_bias(h, b1)
+            _relu_flat(h.reshape(-1), a.reshape(-1))
+            _gemm(a, w2, z, False)
+            _add_bias(z, b2)
+        else:
+            _gemm(xb, w1, z, False)
+            _add_bias(z, b1)
+        loss = _loss_and_grad(z, tb, binary, dz)
+        losses[s] = loss
+        if not math.isfinite(loss):
+            return s
+        lr = np.float32(lrs[s])
+        if two_layers:
+            _gemm(a, dz, g_w2, True)
+            bias_backward(dz, g_b2)
+            matmul_backward_input(dz, w2, da)
+            _relu_backward_flat(h.reshape(-1), da.reshape(-1), da.reshape(-1))
+            _gemm(xb, da, g_w1, True)
+            bias_backward(da, g_b1)
+            _sgd_step(w1, g_w1, v_w1, lr, momentum, weight_decay)
+            _sgd_step(b1, g_b1, v_b1, lr, momentum, weight_decay)
+            _sgd_step(w2, g_w2, v_w2, lr, momentum, weight_decay)
+            _sgd_step(b2, g_b2, v_b2, lr, momentum, weight_decay)
+        else:
+            _gemm(xb, dz, g_w1, True)
+            bias_backward(dz, g_b1)
+            _sgd_step(w1, g_w1, v_w1, lr, momentum, weight_decay)
+            _sgd_step(b1, g_b1, v_b1, lr, momentum, weight_decay)
+    return steps
+
+
+def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
+                binary, losses):
+    """A fused epoch for ``fastsgd.fused``: params, velocities, grads are lists of
+    two (one Linear) or four (Linear-ReLU-Linear) arrays.  Returns the steps done."""
+    two_layers = len(params) == 4
+    if not two_layers:  # typed placeholders for the unused second layer
+        unused = [np.empty((0, 0), np.float32), np.empty(0, np.float32)]
+        params, velocities, grads = params + unused, velocities + unused, grads + unused
+    return _train_epoch(x, targets, order, bs, *params, *velocities, *grads, lrs,
+                        np.float32(momentum), np.float32(weight_decay), binary, two_layers, losses)
