@@ -5,11 +5,19 @@ import pytest
 from fastsgd import backends
 
 
+#: Backends whose arrays live on a device; their own suite (tests_cuda) runs them.
+DEVICE_BACKENDS = {"cuda": "the cuda backend takes device arrays: tests_cuda covers it"}
+
+
 def backend_params():
-    """Every backend as a pytest param; an unavailable one is skipped with its reason."""
+    """Every host backend as a pytest param; an unavailable one is skipped with its reason."""
     params = []
     for name, status in backends.available().items():
-        marks = [] if status is True else [pytest.mark.skip(reason=f"{name} unavailable: {status}")]
+        if name in DEVICE_BACKENDS:
+            reason = DEVICE_BACKENDS[name]
+        else:
+            reason = None if status is True else f"{name} unavailable: {status}"
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 

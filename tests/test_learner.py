@@ -225,6 +225,8 @@ def test_learner_rejects_bad_input():
         learn.fit(1, schedule="sideways")
     with pytest.raises(ValueError, match=r"x: expected shape \(N, 20\)"):
         learn.predict(np.zeros((3, 7)))
+    with pytest.raises(ValueError, match=r"N >= 1, got \(0, 20\)"):
+        learn.predict(np.zeros((0, 20)))
     with pytest.raises(ValueError, match="SGD: momentum"):
         fs.SGD(0.1, momentum=2)
     with pytest.raises(ValueError, match="Linear: n_in"):
