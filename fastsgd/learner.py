@@ -289,8 +289,8 @@ class Learner:
         x = np.asarray(x)
         if x.ndim == 1:
             x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.model.n_in:
-            raise ValueError(f"x: expected shape (N, {self.model.n_in}), got {x.shape}")
+        if x.ndim != 2 or x.shape[1] != self.model.n_in or len(x) == 0:
+            raise ValueError(f"x: expected shape (N, {self.model.n_in}) with N >= 1, got {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         outs = [self.backend.to_numpy(self.model.forward(self.backend.asarray(x[i:i + bs]))).copy()
                 for i in range(0, len(x), bs)]
