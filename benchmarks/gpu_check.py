@@ -308,14 +308,14 @@ def _data():
     return x, y
 
 
-def time_fastsgd_epochs(bs, x, y):
+def time_fastsgd_epochs(bs, x, y, fused=True):
     import fastsgd as fs
     from numba import cuda
     fs.set_seed(0)
     # A one-batch validation set: fit(1) then times the training epoch, not the evaluation.
     dls = fs.DataLoaders.from_arrays(x, y, x[:bs], y[:bs], bs=bs, seed=0, valid_bs=bs)
     learn = fs.Learner(dls, fs.simple_net(N_IN, N_HIDDEN, N_OUT), fs.cross_entropy, fs.SGD(LR),
-                       backend="cuda", show=False)
+                       backend="cuda", show=False, fused=fused)
     times = []
     for _ in range(1 + EPOCHS_TIMED):  # the first epoch compiles the kernels: a warm-up
         cuda.synchronize()
@@ -361,7 +361,8 @@ def time_torch_epochs(bs, x, y, sync_each_step):
 def stage_epoch():
     x, y = _data()
     rows = []
-    runs = [("fastsgd cuda", lambda bs: time_fastsgd_epochs(bs, x, y)),
+    runs = [("fastsgd cuda, fused epoch (one launch)", lambda bs: time_fastsgd_epochs(bs, x, y)),
+            ("fastsgd cuda, layer by layer", lambda bs: time_fastsgd_epochs(bs, x, y, False)),
             ("torch, loss.item() each step", lambda bs: time_torch_epochs(bs, x, y, True)),
             ("torch, no per-step sync", lambda bs: time_torch_epochs(bs, x, y, False))]
     for bs in (64, 256):

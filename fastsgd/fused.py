@@ -33,11 +33,7 @@ class FusedEpoch:
         """The optimiser's velocities; zeros (the same update) when it has no momentum."""
         if self.opt.momentum:
             return list(self.opt._velocity)
-        if not hasattr(self, "_zeros"):
-            self._zeros = [self.backend.zeros(p.shape) for p in self.params]
-        for v in self._zeros:
-            v[...] = 0
-        return self._zeros
+        return [self.backend.zeros(p.shape) for p in self.params]
 
     def run(self, lrs: np.ndarray) -> np.ndarray:
         """One epoch with learning rate ``lrs[step]``; returns the loss of each step done."""

@@ -56,3 +56,34 @@ def test_fit_matches_the_numpy_backend(cu, loss):
         assert row_gpu["batch_accuracy"] == pytest.approx(row_cpu["batch_accuracy"], abs=2.5 / n_valid)
     x, _ = data(n, features, classes)
     np.testing.assert_allclose(on_gpu.predict(x[:5]), on_cpu.predict(x[:5]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers, loss", [(1, "mnist_loss"), (1, "cross_entropy"),
+                                          (2, "mnist_loss"), (2, "cross_entropy")])
+def test_fused_epoch_matches_the_layer_by_layer_path(cu, layers, loss):
+    from fastsgd.fused import plan
+    n, features, hidden, classes, bs, _ = SIZES
+    x, labels = data(n, features, classes, seed=1)
+    binary = loss == "mnist_loss"
+    targets = (labels == 0).astype(np.float32) if binary else labels
+    outputs = 1 if binary else classes
+    runs = {}
+    for fused in (False, True):
+        rng = np.random.default_rng(7)
+        model = Sequential(Linear(features, hidden, rng), ReLU(), Linear(hidden, outputs, rng)) \
+            if layers == 2 else Sequential(Linear(features, outputs, rng))
+        dls = DataLoaders.from_arrays(x[:n - 16], targets[:n - 16], x[n - 16:], targets[n - 16:],
+                                      bs=bs - 3, seed=0)  # a short last batch
+        learn = Learner(dls, model, mnist_loss if binary else cross_entropy,
+                        SGD(0.1, momentum=0.9, weight_decay=1e-3), [batch_accuracy], backend="cuda",
+                        show=False, fused=fused)
+        if fused:
+            assert plan(learn.backend, learn.model, learn.loss_func, learn.opt, dls.train) is not None
+        history = learn.fit(2, schedule="cosine")
+        runs[fused] = ([learn.backend.to_numpy(p.value) for p in model.parameters()], history,
+                       learn.recorder.losses)
+    (w0, h0, l0), (w1, h1, l1) = runs[False], runs[True]
+    for a, b in zip(w0, w1):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(l0, l1, rtol=1e-4, atol=1e-5)
+    assert h0[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-4)

@@ -659,6 +659,13 @@ KERNEL_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_flag_non_finite_kernel": (f"void({_F1}, {_N1})",),
 }
 
+#: Kernels that ``compile_ptx`` cannot build without a GPU, and why; the GPU check
+#: (``benchmarks/gpu_check.sh``) compiles and tests them on the device.
+DEVICE_ONLY_KERNELS: dict[str, str] = {
+    "_train_epoch_kernel": "its grid sync (cuda.cg.this_grid) is a device function, which "
+                           "numba-cuda compiles only with a driver present",
+}
+
 
 def kernels() -> dict:
     """Every ``@cuda.jit`` kernel defined in this module, by name."""
@@ -880,5 +887,163 @@ def make_backend() -> CudaBackend:
     return CudaBackend("cuda", sys.modules[__name__], dtypes=(np.float32,))
 
 
-__all__ = ["make_backend", "CudaBackend", "KERNEL_SIGNATURES", "compile_all_ptx", "kernels",
+__all__ = ["make_backend", "CudaBackend", "KERNEL_SIGNATURES", "DEVICE_ONLY_KERNELS",
+           "compile_all_ptx", "kernels",
            "is_device_array", "SIMULATED", "TILE", "BLOCK", *contract.KERNELS]
+
+
+# ------------------------------------------------------- fused training epoch
+@cuda.jit
+def _train_epoch_kernel(x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2,
+                        h, dz, dh, g_w2, g_b2, lrs, momentum, weight_decay, binary, two_layers,
+                        losses):
+    """A whole epoch of SGD in one cooperative launch; grid syncs separate the phases.
+
+    x (N, I), targets (N,) int64 (0/1 for binary), order (N,) the row order.
+    Two layers: w1 (I, H), b1 (H,), w2 (H, O), b2 (O,); one layer: w1 (I, O),
+    b1 (O,), w2/b2 unused.  v_* velocities shaped like their parameters;
+    h, dh (bs, H) and dz (bs, O) scratch; g_w2 (H, O), g_b2 (O,) scratch;
+    lrs (steps,) the rate of each step; losses (steps,) zeroed, filled here.
+    Per step: [forward to h] sync [logits, loss, dz per row] sync
+    [dh, layer-2 gradients] sync [update every parameter] sync.  Every phase is
+    a grid-stride loop, so any grid size is correct.
+    """
+    grid = cuda.cg.this_grid()
+    tid = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    N, I = x.shape
+    H = w1.shape[1]
+    O = w2.shape[1] if two_layers else H
+    steps = (N + bs - 1) // bs
+    for s in range(steps):
+        start = s * bs
+        B = min(bs, N - start)
+        lr = lrs[s]
+        if two_layers:  # h = x_batch @ w1 + b1 (pre-activation, kept for the ReLU mask)
+            for idx in range(tid, B * H, stride):
+                r, j = idx // H, idx % H
+                row = order[start + r]
+                acc = b1[j]
+                for k in range(I):
+                    acc += x[row, k] * w1[k, j]
+                h[r, j] = acc
+            grid.sync()
+        for r in range(tid, B, stride):  # logits of one row, its loss and dz
+            row = order[start + r]
+            zmax = float32(-3.4e38)
+            for o in range(O):
+                if two_layers:
+                    acc = b2[o]
+                    for j in range(H):
+                        acc += max(h[r, j], float32(0.0)) * w2[j, o]
+                else:
+                    acc = b1[o]
+                    for k in range(I):
+                        acc += x[row, k] * w1[k, o]
+                dz[r, o] = acc
+                zmax = max(zmax, acc)
+            t = targets[row]
+            if binary:
+                p = dz[r, 0]
+                e = math.exp(-abs(p))
+                sig = 1.0 / (1.0 + e) if p >= 0 else e / (1.0 + e)
+                loss = (1.0 - sig) if t == 1 else sig
+                slope = sig * (1.0 - sig) / B
+                dz[r, 0] = -slope if t == 1 else slope
+            else:
+                total = 0.0
+                for o in range(O):
+                    total += math.exp(dz[r, o] - zmax)
+                lse = math.log(total) + zmax
+                loss = lse - dz[r, t]
+                for o in range(O):
+                    dz[r, o] = math.exp(dz[r, o] - lse) / B
+                dz[r, t] -= 1.0 / B
+            cuda.atomic.add(losses, s, loss / B)
+        grid.sync()
+        if two_layers:  # dh = (dz @ w2.T) * (h > 0); layer-2 gradients before w2 changes
+            for idx in range(tid, B * H, stride):
+                r, j = idx // H, idx % H
+                acc = float32(0.0)
+                if h[r, j] > 0:
+                    for o in range(O):
+                        acc += dz[r, o] * w2[j, o]
+                dh[r, j] = acc
+            for idx in range(tid, H * O, stride):
+                j, o = idx // O, idx % O
+                acc = float32(0.0)
+                for r in range(B):
+                    acc += max(h[r, j], float32(0.0)) * dz[r, o]
+                g_w2[j, o] = acc
+            for o in range(tid, O, stride):
+                acc = float32(0.0)
+                for r in range(B):
+                    acc += dz[r, o]
+                g_b2[o] = acc
+            grid.sync()
+        # the updates: g = grad + wd * p;  v = momentum * v + g;  p -= lr * v
+        for idx in range(tid, I * H, stride):
+            i, j = idx // H, idx % H
+            acc = float32(0.0)
+            for r in range(B):
+                acc += x[order[start + r], i] * (dh[r, j] if two_layers else dz[r, j])
+            v = momentum * v_w1[i, j] + (acc + weight_decay * w1[i, j])
+            v_w1[i, j] = v
+            w1[i, j] -= lr * v
+        for j in range(tid, H, stride):
+            acc = float32(0.0)
+            for r in range(B):
+                acc += dh[r, j] if two_layers else dz[r, j]
+            v = momentum * v_b1[j] + (acc + weight_decay * b1[j])
+            v_b1[j] = v
+            b1[j] -= lr * v
+        if two_layers:
+            for idx in range(tid, H * O, stride):
+                j, o = idx // O, idx % O
+                v = momentum * v_w2[j, o] + (g_w2[j, o] + weight_decay * w2[j, o])
+                v_w2[j, o] = v
+                w2[j, o] -= lr * v
+            for o in range(tid, O, stride):
+                v = momentum * v_b2[o] + (g_b2[o] + weight_decay * b2[o])
+                v_b2[o] = v
+                b2[o] -= lr * v
+        grid.sync()
+
+
+#: Threads per block of the fused epoch; its grid is one block per SM (all co-resident).
+EPOCH_BLOCK = 16 if SIMULATED else 256
+
+
+def _epoch_grid() -> int:
+    """Blocks of the cooperative launch: the simulator runs cooperative grids of one block."""
+    return 1 if SIMULATED else cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
+                binary, losses):
+    """A fused epoch for ``fastsgd.fused`` in one kernel launch; returns the steps done.
+
+    Device arrays: x, targets (int64), order, params/velocities/grads (lists of
+    two or four).  Host arrays: lrs (steps,) float32, losses (steps,) filled
+    here from the device at the end (one transfer per epoch).
+    """
+    two_layers = len(params) == 4
+    unused2, unused1 = cuda.device_array((0, 0), np.float32), cuda.device_array(0, np.float32)
+    w1, b1 = params[0], params[1]
+    w2, b2 = (params[2], params[3]) if two_layers else (unused2, unused1)
+    v_w1, v_b1 = velocities[0], velocities[1]
+    v_w2, v_b2 = (velocities[2], velocities[3]) if two_layers else (unused2, unused1)
+    g_w2, g_b2 = (grads[2], grads[3]) if two_layers else (unused2, unused1)
+    H = w1.shape[1]
+    O = w2.shape[1] if two_layers else H
+    h = cuda.device_array((bs, H), np.float32)
+    dh = cuda.device_array((bs, H), np.float32)
+    dz = cuda.device_array((bs, O), np.float32)
+    device_losses = cuda.to_device(np.zeros(len(lrs), np.float64))
+    _train_epoch_kernel[_epoch_grid(), EPOCH_BLOCK](
+        x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2, h, dz, dh, g_w2, g_b2,
+        cuda.to_device(np.asarray(lrs, np.float32)), np.float32(momentum),
+        np.float32(weight_decay), bool(binary), two_layers, device_losses)
+    losses[:] = device_losses.copy_to_host()
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else len(losses)
