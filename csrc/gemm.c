@@ -1,0 +1,486 @@
+/* gemm.c -- the matmul family: matmul, both backward products, the linear layer.
+ *
+ * Dimension letters: M, K, N for the generic product C (M, N) = A (M, K) @ B (K, N);
+ * B, I, O (batch, in-features, out-features) in the linear-layer kernels.
+ *
+ * Every product goes through gemm(), which reads its operands through views:
+ * A[i][k] = a[i * rs + k * cs].  The backward kernels pass x.T and w.T as the plain
+ * row-major arrays x and w read the other way round; the transposes happen while
+ * packing, so no transposed copy of a whole operand is ever made.
+ *
+ * The blocked algorithm (the Goto / BLIS scheme, sized for small training shapes):
+ *
+ *   for each chunk of depth (K) blocks:        pack B into column panels of NR,
+ *                                              shared by all threads, one barrier;
+ *     each thread, for its rows in blocks of MC, for each depth block of kc <= KC:
+ *       pack A (mc, kc) into row panels of MR,
+ *       for each MR x NR tile of C:            the micro-kernel (gemm_kernel.h) keeps
+ *                                              the tile in registers for kc rank-1
+ *                                              updates from the two panels.
+ *
+ * A narrow row-major B (N <= 256 in whole panels: the forward pass and x.T @ dy of a
+ * layer with up to 256 outputs) is read in place instead of packed.  Threads split
+ * the rows of C, or its columns (each then packing only its own panels of B) when B
+ * is packed and much wider than A is tall, as in dx = dy @ w.T: apart from a shared
+ * packed B, the threads share nothing but the fork and the join.  gemm() holds the
+ * OpenMP region.
+ *
+ * Instruction sets: the tile must match the register file (8 x 32 floats in 16 AVX-512
+ * registers, 6 x 16 in 12 AVX2 registers, 6 x 8 in 12 SSE2 registers), so the block
+ * function and the A packing (whose panels have the tile's height) are compiled once per
+ * instruction set from gemm_kernel.h, each set with its own tile, and one set is picked
+ * at run time with __builtin_cpu_supports.  pack_b_panel, which takes the panel width as
+ * an argument, is multiversioned with FS_CLONES like the elementwise kernels.
+ */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+#include "kernels.h"
+
+enum {
+    MC = 128, /* rows of A packed at once by one thread (at most MC x KC floats) */
+    KC = 256, /* largest depth block; also the row stride of a packed row-major A panel */
+};
+
+/* Products below this many flops run on one thread: waking the team costs more. */
+#define PARALLEL_MIN_FLOPS (1 << 20)
+/* Row-major B with at most this many columns is read in place (see gemm()). */
+#define DIRECT_B_MAX_N 256
+/* At most this many floats of packed B (16 MiB) are live at once. */
+#define PACKED_B_MAX_FLOATS ((int64_t)1 << 22)
+
+/* A[i][k] = p[i * rs + k * cs].  Either cs == 1 (row-major) or rs == 1 (transposed). */
+typedef struct {
+    const float *p;
+    int64_t rs, cs;
+} view;
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ------------------------------------------------------------ micro-kernels */
+
+typedef float v8sf __attribute__((vector_size(32)));
+typedef float v4sf __attribute__((vector_size(16)));
+typedef int32_t v8si __attribute__((vector_size(32)));
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
+#define GEMM_X86_LEVELS 1
+#define GK_NAME compute_block_avx512
+#define GK_PACK_A pack_a_avx512
+#define GK_TARGET __attribute__((target("arch=x86-64-v4")))
+#define GK_VEC v16sf
+#define GK_LANES 16
+#define GK_MR 8
+#define GK_NV 2
+#include "gemm_kernel.h"
+
+#define GK_NAME compute_block_avx2
+#define GK_PACK_A pack_a_avx2
+#define GK_TARGET __attribute__((target("arch=x86-64-v3")))
+#define GK_VEC v8sf
+#define GK_LANES 8
+#define GK_MR 6
+#define GK_NV 2
+#include "gemm_kernel.h"
+#endif
+
+#define GK_NAME compute_block_baseline /* SSE2 on x86-64, the default elsewhere */
+#define GK_PACK_A pack_a_baseline
+#define GK_TARGET
+#define GK_VEC v4sf
+#define GK_LANES 4
+#define GK_MR 6
+#define GK_NV 2
+#include "gemm_kernel.h"
+
+typedef void (*pack_a_fn)(float *restrict ap, view A, int64_t i0, int64_t mc, int64_t p0,
+                          int64_t kc);
+typedef void (*block_fn)(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
+                         int64_t kc, const float *restrict ap, int a_rowmajor,
+                         const float *restrict b, int64_t ldb, int64_t panel_depth,
+                         int accumulate, const float *restrict bias);
+
+/* A micro-kernel, its tile (mr rows by nr columns of C) and its A packing. */
+typedef struct {
+    const char *name;
+    int mr, nr;
+    pack_a_fn pack_a;
+    block_fn compute_block;
+} kernel_set;
+
+static const kernel_set KERNEL_SETS[] = { /* fastest first */
+#ifdef GEMM_X86_LEVELS
+    {"avx512", 8, 32, pack_a_avx512, compute_block_avx512},
+    {"avx2", 6, 16, pack_a_avx2, compute_block_avx2},
+#endif
+    {"baseline", 6, 8, pack_a_baseline, compute_block_baseline},
+};
+enum { N_KERNEL_SETS = sizeof KERNEL_SETS / sizeof KERNEL_SETS[0] };
+
+static int cpu_runs(const kernel_set *set)
+{
+#ifdef GEMM_X86_LEVELS
+    __builtin_cpu_init();
+    if (strcmp(set->name, "avx512") == 0)
+        return __builtin_cpu_supports("x86-64-v4") != 0;
+    if (strcmp(set->name, "avx2") == 0)
+        return __builtin_cpu_supports("x86-64-v3") != 0;
+#endif
+    (void)set;
+    return 1;
+}
+
+static const kernel_set *active_set = NULL; /* NULL: not chosen yet */
+
+static const kernel_set *kernels_in_use(void)
+{
+    if (!active_set) {
+        for (int i = 0; i < N_KERNEL_SETS && !active_set; i++)
+            if (cpu_runs(&KERNEL_SETS[i]))
+                active_set = &KERNEL_SETS[i];
+    }
+    return active_set;
+}
+
+const char *matmul_isa(void) { return kernels_in_use()->name; }
+
+int set_matmul_isa(const char *name)
+{
+    for (int i = 0; i < N_KERNEL_SETS; i++) {
+        if (strcmp(KERNEL_SETS[i].name, name) == 0 && cpu_runs(&KERNEL_SETS[i])) {
+            active_set = &KERNEL_SETS[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ packing */
+
+/* dst[k * ld_dst + j] = src[j * ld_src + k] for j, k < 8: an 8 x 8 transpose in
+ * registers, in three rounds of two-input shuffles (pairs of rows, pairs of pairs,
+ * 128-bit halves). */
+FS_INLINE void transpose_8x8(float *restrict dst, int64_t ld_dst, const float *restrict src,
+                             int64_t ld_src)
+{
+    const v8si PAIRS_LO = {0, 8, 1, 9, 4, 12, 5, 13}, PAIRS_HI = {2, 10, 3, 11, 6, 14, 7, 15};
+    const v8si QUADS_LO = {0, 1, 8, 9, 4, 5, 12, 13}, QUADS_HI = {2, 3, 10, 11, 6, 7, 14, 15};
+    const v8si HALVES_LO = {0, 1, 2, 3, 8, 9, 10, 11}, HALVES_HI = {4, 5, 6, 7, 12, 13, 14, 15};
+    v8sf r[8], t[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        memcpy(&r[i], src + i * ld_src, sizeof r[i]);
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) { /* t[i]: k = 0,1 | 4,5 of rows i, i+1 */
+        t[i] = __builtin_shuffle(r[i], r[i + 1], PAIRS_LO);
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], PAIRS_HI);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) { /* r[i + k]: k = k | k+4 of rows i .. i+3 */
+        r[i] = __builtin_shuffle(t[i], t[i + 2], QUADS_LO);
+        r[i + 1] = __builtin_shuffle(t[i], t[i + 2], QUADS_HI);
+        r[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], QUADS_LO);
+        r[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], QUADS_HI);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* t[k]: k of rows 0 .. 7 */
+        t[i] = __builtin_shuffle(r[i], r[i + 4], HALVES_LO);
+        t[i + 4] = __builtin_shuffle(r[i], r[i + 4], HALVES_HI);
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        memcpy(dst + k * ld_dst, &t[k], sizeof t[k]);
+}
+
+/* Packs depths [p0, p0 + kc) x columns [j0, j0 + n) of B (n <= nr) as one panel,
+ * bp[k * nr + j]; columns past n are zero-filled.   bp (kc * nr) floats. */
+FS_CLONES static void pack_b_panel(float *restrict bp, view B, int64_t p0, int64_t kc,
+                                   int64_t j0, int64_t n, int64_t nr)
+{
+    if (B.cs == 1) {
+        for (int64_t k = 0; k < kc; k++) {
+            memcpy(bp + k * nr, B.p + (p0 + k) * B.rs + j0, (size_t)n * sizeof(float));
+            for (int64_t j = n; j < nr; j++)
+                bp[k * nr + j] = 0.0f;
+        }
+        return;
+    }
+    /* B = w.T: column j of B is row j0 + j of w, contiguous in k.  Full 8 x 8 blocks
+     * are transposed in registers, the rest element by element. */
+    const float *w = B.p + j0 * B.cs + p0;
+    const int64_t n8 = n - n % 8, kc8 = kc - kc % 8;
+    for (int64_t j = 0; j < n8; j += 8)
+        for (int64_t k = 0; k < kc8; k += 8)
+            transpose_8x8(bp + k * nr + j, nr, w + j * B.cs + k, B.cs);
+    for (int64_t j = 0; j < nr; j++) {
+        const int64_t k_start = j < n8 ? kc8 : 0; /* the depths not done above */
+        for (int64_t k = k_start; k < kc; k++)
+            bp[k * nr + j] = j < n ? w[j * B.cs + k] : 0.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- threading */
+
+static int thread_limit = 0; /* 0: not read from OpenMP yet */
+
+int matmul_threads(void)
+{
+    if (thread_limit <= 0) {
+#ifdef _OPENMP
+        thread_limit = omp_get_max_threads();
+#else
+        thread_limit = 1;
+#endif
+    }
+    return thread_limit;
+}
+
+int set_matmul_threads(int threads)
+{
+    int previous = matmul_threads();
+    thread_limit = threads < 1 ? 1 : threads;
+    return previous;
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* -------------------------------------------------------------------- gemm */
+
+/* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL.
+ * Without memory for the packing buffers, gemm() falls back to this plain loop. */
+static void gemm_unblocked(float *restrict c, view A, view B, const float *restrict bias,
+                           int64_t M, int64_t K, int64_t N)
+{
+    for (int64_t i = 0; i < M; i++) {
+        float *row = c + i * N;
+        for (int64_t j = 0; j < N; j++)
+            row[j] = bias ? bias[j] : 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float a_ik = A.p[i * A.rs + k * A.cs];
+            for (int64_t j = 0; j < N; j++)
+                row[j] += a_ik * B.p[k * B.rs + j * B.cs];
+        }
+    }
+}
+
+/* One product as gemm() lays it out; shared by the threads. */
+typedef struct {
+    const kernel_set *ks;
+    float *c;
+    view A, B;
+    const float *bias;
+    int64_t M, K, N;
+    int64_t kc_step;     /* depth of the blocks, all equal but the last, <= KC */
+    int64_t chunk_depth; /* depths of B packed at once: whole blocks */
+    int64_t m_panels, n_panels;
+    int64_t mc_step;     /* rows of A packed at once: MC rounded down to whole panels */
+    int direct_b;        /* read B in place, unpacked (row-major, narrow, whole panels) */
+    int split_cols;      /* threads take column ranges of C (and pack their own B) */
+    float *bp;           /* packed B of one chunk: per depth block, n_panels panels, each
+                            laid out kc_step deep, so a panel's place never changes */
+    float *ap;           /* packed A blocks, a_floats per thread */
+    int64_t a_floats;
+} gemm_plan;
+
+/* Thread t of T's share of the product.  Called inside the parallel region, or alone
+ * (T == 1), where the `omp for` runs every iteration and the barrier does nothing. */
+static void gemm_part(const gemm_plan *g, int t, int T)
+{
+    const int64_t M = g->M, K = g->K, N = g->N, kc_step = g->kc_step;
+    const int64_t mr = g->ks->mr, nr = g->ks->nr;
+    const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
+    float *const ap = g->ap + (int64_t)t * g->a_floats;
+    int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* this thread's part of C */
+    if (g->split_cols) {
+        j0 = nr * (t * n_panels / T);
+        j1 = min64(N, nr * ((t + 1) * n_panels / T));
+    } else {
+        i0 = mr * (t * g->m_panels / T);
+        i1 = min64(M, mr * ((t + 1) * g->m_panels / T));
+    }
+
+    if (g->direct_b) { /* no shared packing, so no barrier: the threads run apart */
+        for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
+            const int64_t mc = min64(g->mc_step, i1 - ic);
+            for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
+                const int64_t kc = min64(kc_step, K - p0);
+                g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
+                g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
+                                     g->A.cs == 1, g->B.p + p0 * g->B.rs + j0, g->B.rs, 0,
+                                     p0 > 0, p0 == 0 && g->bias ? g->bias + j0 : NULL);
+            }
+        }
+        return;
+    }
+
+    for (int64_t chunk = 0; chunk < K; chunk += g->chunk_depth) {
+        const int64_t n_blocks = ceil_div(min64(g->chunk_depth, K - chunk), kc_step);
+
+        if (g->split_cols) {
+            /* Each thread packs the panels of its own columns: nothing to wait for. */
+            for (int64_t blk = 0; blk < n_blocks; blk++) {
+                const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
+                for (int64_t jp = j0 / nr; jp * nr < j1; jp++)
+                    pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, g->B, p0, kc,
+                                 jp * nr, min64(nr, N - jp * nr), nr);
+            }
+        } else {
+            /* The threads pack this chunk of B together, each panel once. */
+#pragma omp for schedule(static)
+            for (int64_t job = 0; job < n_blocks * n_panels; job++) {
+                const int64_t blk = job / n_panels, jp = job % n_panels;
+                const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
+                pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, g->B, p0, kc,
+                             jp * nr, min64(nr, N - jp * nr), nr);
+            } /* implicit barrier: B is packed */
+        }
+
+        for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
+            const int64_t mc = min64(g->mc_step, i1 - ic);
+            for (int64_t blk = 0; blk < n_blocks; blk++) {
+                const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
+                const float *panels = g->bp + blk * block_floats + j0 * kc_step;
+                g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
+                g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
+                                     g->A.cs == 1, panels, 0, kc_step, p0 > 0,
+                                     p0 == 0 && g->bias ? g->bias + j0 : NULL);
+            }
+        }
+        if (!g->split_cols && chunk + g->chunk_depth < K) {
+#pragma omp barrier /* before the next chunk overwrites the packed B */
+        }
+    }
+}
+
+/* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL. */
+static void gemm(float *restrict c, view A, view B, const float *restrict bias,
+                 int64_t M, int64_t K, int64_t N)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        gemm_unblocked(c, A, B, bias, M, 0, N);
+        return;
+    }
+    gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
+                   .M = M, .K = K, .N = N};
+    const int64_t mr = g.ks->mr, nr = g.ks->nr;
+    g.kc_step = ceil_div(K, ceil_div(K, KC));
+    g.m_panels = ceil_div(M, mr);
+    g.n_panels = ceil_div(N, nr);
+    g.mc_step = MC / mr * mr;
+    const int64_t block_floats = g.kc_step * nr * g.n_panels;
+    const int64_t blocks_per_chunk = PACKED_B_MAX_FLOATS / block_floats;
+    g.chunk_depth = min64(K, (blocks_per_chunk > 1 ? blocks_per_chunk : 1) * g.kc_step);
+    /* Narrow row-major B (rows of at most 1 KiB, whole panels) is read in place: at the
+     * training shapes packing it cost more than it saved, and with no shared packed B
+     * the threads need no barrier.  Wide B rows are packed (power-of-two strides of
+     * several KiB made the in-place reads thrash the L1 cache). */
+    g.direct_b = B.cs == 1 && N % nr == 0 && N <= DIRECT_B_MAX_N;
+    const int64_t b_floats = g.direct_b ? 0 : ceil_div(g.chunk_depth, g.kc_step) * block_floats;
+    g.a_floats = min64(g.mc_step, g.m_panels * mr) * KC;
+
+    int threads = matmul_threads();
+    if ((double)M * N * K * 2.0 < PARALLEL_MIN_FLOPS)
+        threads = 1;
+
+    /* Threads split the rows of C: with B read in place they share nothing, and a
+     * packed B is shared.  They split the columns when there are too few row panels,
+     * or when B is packed and much wider than A is tall (dx = dy @ w.T at small
+     * batches): then each packs only its own panels of B, and nobody waits. */
+    if (g.direct_b)
+        g.split_cols = g.m_panels < threads;
+    else
+        g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
+
+    float *buffer = NULL;
+    if (posix_memalign((void **)&buffer, 64,
+                       (size_t)(b_floats + threads * g.a_floats) * sizeof(float)) != 0) {
+        gemm_unblocked(c, A, B, bias, M, K, N);
+        return;
+    }
+    g.bp = buffer;
+    g.ap = buffer + b_floats;
+
+    if (threads == 1) {
+        gemm_part(&g, 0, 1);
+    } else {
+#pragma omp parallel num_threads(threads)
+        gemm_part(&g, thread_id(), team_size());
+    }
+    free(buffer);
+}
+
+/* ------------------------------------------------------------ the kernels */
+
+void matmul(float *restrict out, const float *restrict a, const float *restrict b,
+            int64_t M, int64_t K, int64_t N)
+{
+    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N);
+}
+
+void matmul_backward_input(float *restrict dx, const float *restrict dy,
+                           const float *restrict w, int64_t B, int64_t I, int64_t O)
+{
+    /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
+    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I);
+}
+
+void matmul_backward_weight(float *restrict dw, const float *restrict x,
+                            const float *restrict dy, int64_t B, int64_t I, int64_t O)
+{
+    /* dw (I, O) = x.T (I, B) @ dy (B, O), where x.T[i][b] = x[b * I + i]. */
+    gemm(dw, (view){x, 1, I}, (view){dy, O, 1}, NULL, I, B, O);
+}
+
+FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64_t B,
+                             int64_t O)
+{
+    for (int64_t o = 0; o < O; o++)
+        db[o] = 0.0f;
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = dy + b * O;
+        for (int64_t o = 0; o < O; o++)
+            db[o] += row[o];
+    }
+}
+
+void linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
+                    const float *restrict b, int64_t B, int64_t I, int64_t O)
+{
+    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O);
+}
+
+void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
+                     const float *restrict x, const float *restrict w,
+                     const float *restrict dy, int64_t B, int64_t I, int64_t O)
+{
+    if (dx)
+        matmul_backward_input(dx, dy, w, B, I, O);
+    matmul_backward_weight(dw, x, dy, B, I, O);
+    bias_backward(db, dy, B, O);
+}

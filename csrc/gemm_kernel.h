@@ -1,0 +1,170 @@
+/* gemm_kernel.h -- the register-blocked micro-kernel, its loop over one block of C and
+ * the packing of A into its panels, for one instruction set.  gemm.c includes this file
+ * once per instruction set, after defining:
+ *
+ *   GK_NAME    name of the block function to define
+ *   GK_PACK_A  name of the A-packing function to define
+ *   GK_TARGET  its GCC target attribute, e.g. __attribute__((target("arch=x86-64-v4"))),
+ *              or nothing
+ *   GK_VEC     the vector type (a GCC vector of GK_LANES floats)
+ *   GK_LANES   floats per vector
+ *   GK_MR      rows of a C tile
+ *   GK_NV      vectors per row of a C tile, so NR = GK_NV * GK_LANES columns
+ *
+ * The tile, GK_MR x GK_NV vectors, must fit in the instruction set's registers with
+ * room for GK_NV vectors of B and a broadcast: 8 x 2 of 16 floats for AVX-512 (32
+ * registers), 6 x 2 of 8 for AVX2 (16), 6 x 2 of 4 for SSE2 (16).  The same source
+ * compiled with a tile too big for the registers ran 40 times slower.
+ *
+ * Packed layouts (see pack_a / pack_b_panel in gemm.c): a B panel is bp[k * NR + j];
+ * an A panel is row-major with row stride KC, ap[i * KC + k], or depth-major,
+ * ap[k * GK_MR + i].
+ */
+#define GK_NR (GK_NV * GK_LANES)
+#define GK_JOIN2(a, b) a##b
+#define GK_JOIN(a, b) GK_JOIN2(a, b)
+#define GK_TILE GK_JOIN(GK_NAME, _tile)
+
+/* Packs rows [i0, i0 + mc) x depths [p0, p0 + kc) of A, in panels of GK_MR rows.
+ * Row-major A (cs == 1): a panel is GK_MR rows of stride KC, ap[i * KC + k] (row copies).
+ * Transposed A (rs == 1, A = x.T): a panel is depth-major, ap[k * GK_MR + i] (GK_MR
+ * contiguous floats of x per depth).  Rows past the end of the block are zero-filled:
+ * the micro-kernel always runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * KC) floats. */
+GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t mc,
+                                int64_t p0, int64_t kc)
+{
+    for (int64_t ir = 0; ir < mc; ir += GK_MR) {
+        const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
+        if (A.cs == 1) {
+            float *panel = ap + ir * KC;
+            for (int64_t i = 0; i < GK_MR; i++) {
+                if (i < m)
+                    memcpy(panel + i * KC, A.p + (i0 + ir + i) * A.rs + p0,
+                           (size_t)kc * sizeof(float));
+                else
+                    memset(panel + i * KC, 0, (size_t)kc * sizeof(float));
+            }
+        } else if (m == GK_MR) {
+            float *panel = ap + ir * kc;
+            const float *src = A.p + (i0 + ir) + p0 * A.cs;
+            for (int64_t k = 0; k < kc; k++) /* a fixed-size copy: a move or two */
+                memcpy(panel + k * GK_MR, src + k * A.cs, GK_MR * sizeof(float));
+        } else {
+            float *panel = ap + ir * kc;
+            const float *src = A.p + (i0 + ir) + p0 * A.cs;
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t i = 0; i < GK_MR; i++)
+                    panel[k * GK_MR + i] = i < m ? src[k * A.cs + i] : 0.0f;
+        }
+    }
+}
+
+/* One tile:  c (m, n) (+)= a (GK_MR, kc) @ b (kc, GK_NR), the valid m <= GK_MR rows and
+ * n <= GK_NR columns written with row stride ldc.  a is read as a[i * a_rs + k * a_cs],
+ * b as b[k * ldb + j] (a packed panel, ldb = GK_NR, or B itself); the strides are
+ * constants after inlining, except B's.  With accumulate the tile is added to c;
+ * otherwise it replaces c, plus bias (GK_NR floats, or NULL) along the columns. */
+GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int64_t n,
+                                 int64_t kc, const float *restrict a, int64_t a_rs,
+                                 int64_t a_cs, const float *restrict b, int64_t ldb,
+                                 int accumulate, const float *restrict bias)
+{
+    GK_VEC acc[GK_MR][GK_NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < GK_MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GK_NV; v++)
+            acc[i][v] = (GK_VEC){0};
+
+    for (int64_t k = 0; k < kc; k++) {
+        GK_VEC bk[GK_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < GK_NV; v++)
+            memcpy(&bk[v], b + k * ldb + v * GK_LANES, sizeof bk[v]);
+#pragma GCC unroll 8
+        for (int i = 0; i < GK_MR; i++) {
+            const float a_ik = a[i * a_rs + k * a_cs];
+#pragma GCC unroll 4
+            for (int v = 0; v < GK_NV; v++)
+                acc[i][v] += a_ik * bk[v];
+        }
+    }
+
+    if (m == GK_MR && n == GK_NR) {
+#pragma GCC unroll 8
+        for (int i = 0; i < GK_MR; i++) {
+            float *row = c + i * ldc;
+#pragma GCC unroll 4
+            for (int v = 0; v < GK_NV; v++) {
+                GK_VEC old;
+                if (accumulate) {
+                    memcpy(&old, row + v * GK_LANES, sizeof old);
+                    acc[i][v] += old;
+                } else if (bias) {
+                    memcpy(&old, bias + v * GK_LANES, sizeof old);
+                    acc[i][v] += old;
+                }
+                memcpy(row + v * GK_LANES, &acc[i][v], sizeof acc[i][v]);
+            }
+        }
+    } else { /* an edge tile: spill it, then write the valid part */
+        float tile[GK_MR][GK_NR];
+#pragma GCC unroll 8
+        for (int i = 0; i < GK_MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < GK_NV; v++)
+                memcpy(&tile[i][v * GK_LANES], &acc[i][v], sizeof acc[i][v]);
+        for (int64_t i = 0; i < m; i++) {
+            float *row = c + i * ldc;
+            for (int64_t j = 0; j < n; j++) {
+                float base = accumulate ? row[j] : bias ? bias[j] : 0.0f;
+                row[j] = base + tile[i][j];
+            }
+        }
+    }
+}
+
+/* c (mc, nc) (+)= A-block @ B-block, kc deep; ldc the row stride of c.  ap is the
+ * packed A block (row-major panels when a_rowmajor).  B is either packed panels, each
+ * laid out panel_depth >= kc deep, b[jr * panel_depth + k * GK_NR + j] (ldb == 0), or
+ * read in place, b[k * ldb + jr + j], when it is row-major and nc a multiple of GK_NR.
+ * accumulate and bias as in the tile. */
+GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
+                              int64_t kc, const float *restrict ap, int a_rowmajor,
+                              const float *restrict b, int64_t ldb, int64_t panel_depth,
+                              int accumulate, const float *restrict bias)
+{
+    for (int64_t ir = 0; ir < mc; ir += GK_MR) {
+        const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
+        const float *a_panel = ap + ir * (a_rowmajor ? KC : kc);
+        for (int64_t jr = 0; jr < nc; jr += GK_NR) {
+            const int64_t n = nc - jr < GK_NR ? nc - jr : GK_NR;
+            float *tile = c + ir * ldc + jr;
+            const float *tile_bias = bias ? bias + jr : NULL;
+            if (ldb == 0 && a_rowmajor)
+                GK_TILE(tile, ldc, m, n, kc, a_panel, KC, 1, b + jr * panel_depth, GK_NR, accumulate,
+                        tile_bias);
+            else if (ldb == 0)
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr * panel_depth,
+                        GK_NR, accumulate, tile_bias);
+            else if (a_rowmajor)
+                GK_TILE(tile, ldc, m, n, kc, a_panel, KC, 1, b + jr, ldb, accumulate,
+                        tile_bias);
+            else
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr, ldb, accumulate,
+                        tile_bias);
+        }
+    }
+}
+
+#undef GK_NR
+#undef GK_JOIN2
+#undef GK_JOIN
+#undef GK_TILE
+#undef GK_NAME
+#undef GK_PACK_A
+#undef GK_TARGET
+#undef GK_VEC
+#undef GK_LANES
+#undef GK_MR
+#undef GK_NV

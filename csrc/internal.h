@@ -1,0 +1,30 @@
+/* internal.h -- helpers shared by the C sources; not part of the cffi interface. */
+#ifndef FASTSGD_INTERNAL_H
+#define FASTSGD_INTERNAL_H
+
+/* FS_CLONES marks a leaf compute function for GCC function multiversioning: the
+ * compiler emits an AVX-512 (x86-64-v4), an AVX2 + FMA (x86-64-v3) and a baseline
+ * copy, and the dynamic loader picks the best one for the CPU when the library loads.
+ * The binary therefore runs on any x86-64 CPU; it is never built with -march=native.
+ * Functions holding `#pragma omp parallel` stay single-version: they call the clones.
+ * Other compilers and targets get one portable version. */
+#ifndef FS_CLONES /* a build may define it, e.g. empty, to test one instruction set */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 \
+    && defined(__x86_64__) && defined(__linux__)
+#define FS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FS_CLONES
+#endif
+#endif
+
+#if defined(__GNUC__)
+#define FS_INLINE static inline __attribute__((always_inline))
+#else
+#define FS_INLINE static inline
+#endif
+
+/* Sixteen floats that GCC keeps in one AVX-512 register, two AVX2 registers or four
+ * SSE registers, depending on the clone being compiled. */
+typedef float v16sf __attribute__((vector_size(64)));
+
+#endif /* FASTSGD_INTERNAL_H */

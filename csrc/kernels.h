@@ -1,0 +1,119 @@
+/* kernels.h -- every kernel of the fastsgd C backend, one prototype each.
+ *
+ * Dimension letters (as in fastsgd/backends/contract.py):
+ *     B  batch size           I  in-features of a linear layer
+ *     O  out-features         C  classes
+ *     M, K, N                 a generic matmul (M, K) @ (K, N) -> (M, N)
+ *     n                       the element count of an elementwise kernel
+ *
+ * Conventions: outputs come first, inputs are const; every array is float32 (labels
+ * int64), C-contiguous and row-major; a linear layer's weight w is stored (I, O), so
+ * y = x @ w + b.  Backward kernels take the un-transposed tensors and transpose inside.
+ * Arrays behind `restrict` pointers must not overlap; the elementwise kernels may run in
+ * place (out == x) and so carry no `restrict`.  The caller (fastsgd/backends/c_ext.py)
+ * checks dtypes, layouts and sizes before each call.
+ *
+ * This file is also the cffi cdef: csrc/build.py drops the preprocessor lines and
+ * feeds the rest to cffi, so keep it to plain prototypes.
+ */
+#ifndef FASTSGD_KERNELS_H
+#define FASTSGD_KERNELS_H
+
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- matmul (gemm.c) */
+
+/* out = a @ b.   a (M, K), b (K, N) -> out (M, N). */
+void matmul(float *restrict out, const float *restrict a, const float *restrict b,
+            int64_t M, int64_t K, int64_t N);
+
+/* dx = dy @ w.T, no transposed copy.   dy (B, O), w (I, O) -> dx (B, I). */
+void matmul_backward_input(float *restrict dx, const float *restrict dy,
+                           const float *restrict w, int64_t B, int64_t I, int64_t O);
+
+/* dw = x.T @ dy, no transposed copy.   x (B, I), dy (B, O) -> dw (I, O). */
+void matmul_backward_weight(float *restrict dw, const float *restrict x,
+                            const float *restrict dy, int64_t B, int64_t I, int64_t O);
+
+/* db[o] = sum_b dy[b, o].   dy (B, O) -> db (O,). */
+void bias_backward(float *restrict db, const float *restrict dy, int64_t B, int64_t O);
+
+/* out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O). */
+void linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
+                    const float *restrict b, int64_t B, int64_t I, int64_t O);
+
+/* Gradients of y = x @ w + b:  dx = dy @ w.T (B, I), skipped when dx is NULL;
+ * dw = x.T @ dy (I, O);  db = dy.sum(0) (O,).   x (B, I), w (I, O), dy (B, O). */
+void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
+                     const float *restrict x, const float *restrict w,
+                     const float *restrict dy, int64_t B, int64_t I, int64_t O);
+
+/* Threads the matmul family may use (initially the OpenMP default, e.g.
+ * $OMP_NUM_THREADS or the core count; 1 when built without OpenMP). */
+int matmul_threads(void);
+
+/* Sets that number (clamped to at least 1); returns the previous one. */
+int set_matmul_threads(int threads);
+
+/* The matmul micro-kernel in use: "avx512", "avx2" or "baseline" (SSE2 on x86-64, plain
+ * C vectors elsewhere), the fastest this CPU runs unless set_matmul_isa chose another. */
+const char *matmul_isa(void);
+
+/* Use the named micro-kernel (e.g. to test a slower one); returns 0, or -1 (and changes
+ * nothing) when the name is unknown or the CPU cannot run it. */
+int set_matmul_isa(const char *name);
+
+/* ------------------------------------------------------ elementwise (pointwise.c) */
+
+/* out = 1 / (1 + exp(-x)), computed as exp(min(x, 0)) / (1 + exp(-|x|)).   x, out (n,). */
+void sigmoid_forward(float *out, const float *x, int64_t n);
+
+/* dx = dy * y * (1 - y), y = sigmoid(x) the forward output.   y, dy, dx (n,). */
+void sigmoid_backward(float *dx, const float *y, const float *dy, int64_t n);
+
+/* out = max(x, 0).   x, out (n,). */
+void relu_forward(float *out, const float *x, int64_t n);
+
+/* dx = dy where x > 0, else 0; x the forward input.   x, dy, dx (n,). */
+void relu_backward(float *dx, const float *x, const float *dy, int64_t n);
+
+/* ----------------------------------------------------------- losses (pointwise.c) */
+
+/* mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,). */
+double mnist_loss_forward(const float *restrict preds, const float *restrict targets,
+                          int64_t B);
+
+/* dpreds_b = where(t_b == 1, -1, +1) * s_b * (1 - s_b) / B.   (B,) -> dpreds (B,). */
+void mnist_loss_backward(float *restrict dpreds, const float *restrict preds,
+                         const float *restrict targets, int64_t B);
+
+/* *loss = mean_b (logsumexp(z_b) - z_b[label_b]).   logits (B, C), labels (B,).
+ * Returns how many labels lie outside [0, C); those rows are skipped (then *loss is
+ * not meaningful). */
+int64_t cross_entropy_forward(double *restrict loss, const float *restrict logits,
+                              const int64_t *restrict labels, int64_t B, int64_t C);
+
+/* dlogits = (softmax(logits) - onehot(labels)) / B.   (B, C) -> dlogits (B, C).
+ * Returns how many labels lie outside [0, C); those rows get no one-hot term. */
+int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
+                               const int64_t *restrict labels, int64_t B, int64_t C);
+
+/* --------------------------------------------------------- optimizer (pointwise.c) */
+
+/* One SGD step in place:  g = grad + weight_decay * param;  with velocity (not NULL),
+ * velocity = momentum * velocity + g and g = velocity;  param -= lr * g.
+ * param, velocity, grad (n,). */
+void sgd_update(float *param, float *velocity, const float *grad, int64_t n,
+                float lr, float momentum, float weight_decay);
+
+/* ----------------------------------------------------------- metrics (pointwise.c) */
+
+/* mean((preds > 0) == (targets == 1)).   preds, targets (B,). */
+double binary_accuracy(const float *restrict preds, const float *restrict targets,
+                       int64_t B);
+
+/* mean(argmax(z_b) == label_b), first maximum on ties.   logits (B, C), labels (B,). */
+double multiclass_accuracy(const float *restrict logits, const int64_t *restrict labels,
+                           int64_t B, int64_t C);
+
+#endif /* FASTSGD_KERNELS_H */

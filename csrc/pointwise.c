@@ -1,0 +1,251 @@
+/* pointwise.c -- activations, losses, the SGD update and the metrics.
+ *
+ * Dimension letters: B batch, C classes, n the element count of an elementwise kernel.
+ *
+ * Loops are written so GCC vectorizes them in each clone (FS_CLONES): exp is the
+ * branch-free exp_nonpos() below instead of a libm call, and sums that may be
+ * reordered say so with `#pragma omp simd reduction`.  Means are accumulated in double.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "internal.h"
+#include "kernels.h"
+
+/* exp(x) for x <= 0 (or NaN), within about 1 ulp; 0 below -104, where float32's
+ * smallest subnormal already rounds to zero.  Branch-free, so loops over it vectorize.
+ *
+ * x = n ln2 + r with n an integer and |r| <= ln2 / 2 (ln2 split in two parts so that
+ * n * LN2_HI is exact); exp(r) by its Taylor series to r^7 (error < 6e-9); 2^n as two
+ * powers of two built from their exponent bits, so the result underflows gradually. */
+FS_INLINE float exp_nonpos(float x)
+{
+    const float LOG2E = 1.44269504088896341f;
+    const float LN2_HI = 0.693145751953125f;      /* ln 2 rounded to 12 significant bits */
+    const float LN2_LO = 1.42860682030941723e-6f; /* ln 2 - LN2_HI */
+    const float ROUND = 12582912.0f;              /* 1.5 * 2^23: t + ROUND - ROUND rounds t */
+
+    float t = x * LOG2E;
+    t = t > -150.0f ? t : -150.0f; /* also NaN: n stays an integer in -150 .. 0 */
+    float n = (t + ROUND) - ROUND;
+    float r = (x - n * LN2_HI) - n * LN2_LO; /* NaN stays NaN */
+
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+
+    int32_t e = (int32_t)n;
+    int32_t e1 = e / 2, e2 = e - e1;
+    uint32_t bits1 = (uint32_t)(e1 + 127) << 23, bits2 = (uint32_t)(e2 + 127) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &bits1, sizeof scale1);
+    memcpy(&scale2, &bits2, sizeof scale2);
+    float y = p * scale1 * scale2;
+    return x < -104.0f ? 0.0f : y;
+}
+
+/* sigmoid(v) = 1 / (1 + exp(-v)) as exp(min(v, 0)) / (1 + exp(-|v|)): never overflows. */
+FS_INLINE float sigmoid(float v)
+{
+    float e = exp_nonpos(-fabsf(v));
+    return (v >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+
+/* ------------------------------------------------------------- activations */
+
+FS_CLONES void sigmoid_forward(float *out, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = sigmoid(x[i]);
+}
+
+FS_CLONES void sigmoid_backward(float *dx, const float *y, const float *dy, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+}
+
+FS_CLONES void relu_forward(float *out, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+FS_CLONES void relu_backward(float *dx, const float *x, const float *dy, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+/* ------------------------------------------------------------------ losses */
+
+FS_CLONES double mnist_loss_forward(const float *restrict preds,
+                                    const float *restrict targets, int64_t B)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t b = 0; b < B; b++) {
+        float s = sigmoid(preds[b]);
+        total += targets[b] == 1.0f ? 1.0f - s : s;
+    }
+    return B > 0 ? total / (double)B : 0.0;
+}
+
+FS_CLONES void mnist_loss_backward(float *restrict dpreds, const float *restrict preds,
+                                   const float *restrict targets, int64_t B)
+{
+    const float inv_b = 1.0f / (float)B;
+    for (int64_t b = 0; b < B; b++) {
+        float s = sigmoid(preds[b]);
+        float slope = s * (1.0f - s) * inv_b;
+        dpreds[b] = targets[b] == 1.0f ? -slope : slope;
+    }
+}
+
+/* Row max of z (C,), and sum_c exp(z_c - max) into *sum: for long rows (C >= 16). */
+FS_INLINE float row_max_and_sum(const float *restrict z, int64_t C, float *sum)
+{
+    float m = z[0];
+    for (int64_t c = 1; c < C; c++)
+        m = z[c] > m ? z[c] : m;
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < C; c++)
+        s += exp_nonpos(z[c] - m);
+    *sum = s;
+    return m;
+}
+
+enum { ROWS = 64 }; /* rows of short softmax rows handled together */
+
+/* Softmax pieces of a block of rows of z (rows, C), rows <= ROWS:  m[r] = max_c z[r, c],
+ * e (rows, C) = exp(z - m[r]),  s[r] = sum_c e[r, c].  The exps run as one flat loop over
+ * the block, so they vectorize even when C is a handful of classes. */
+FS_INLINE void softmax_block(float *restrict e, float *restrict m, float *restrict s,
+                             const float *restrict z, int64_t rows, int64_t C)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *zr = z + r * C;
+        float mr = zr[0];
+        for (int64_t c = 1; c < C; c++)
+            mr = zr[c] > mr ? zr[c] : mr;
+        m[r] = mr;
+        for (int64_t c = 0; c < C; c++)
+            e[r * C + c] = zr[c] - mr;
+    }
+    for (int64_t i = 0; i < rows * C; i++)
+        e[i] = exp_nonpos(e[i]);
+    for (int64_t r = 0; r < rows; r++) {
+        float sr = 0.0f;
+        for (int64_t c = 0; c < C; c++)
+            sr += e[r * C + c];
+        s[r] = sr;
+    }
+}
+
+FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *restrict logits,
+                                        const int64_t *restrict labels, int64_t B, int64_t C)
+{
+    if (C <= 0) {
+        *loss = 0.0;
+        return B; /* no class a label could name */
+    }
+    int64_t bad = 0;
+    double total = 0.0;
+    float e[ROWS * 16], m[ROWS], s[ROWS];
+    for (int64_t b0 = 0; b0 < B; b0 += ROWS) {
+        const int64_t rows = B - b0 < ROWS ? B - b0 : ROWS;
+        const float *z = logits + b0 * C;
+        if (C < 16) {
+            softmax_block(e, m, s, z, rows, C);
+        } else {
+            for (int64_t r = 0; r < rows; r++)
+                m[r] = row_max_and_sum(z + r * C, C, &s[r]);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t label = labels[b0 + r];
+            if (label < 0 || label >= C)
+                bad++;
+            else
+                total += (double)m[r] + log((double)s[r]) - (double)z[r * C + label];
+        }
+    }
+    *loss = B > 0 ? total / (double)B : 0.0;
+    return bad;
+}
+
+FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
+                                         const int64_t *restrict labels, int64_t B, int64_t C)
+{
+    if (C <= 0)
+        return B; /* no class a label could name */
+    int64_t bad = 0;
+    const float inv_b = 1.0f / (float)B;
+    float m[ROWS], s[ROWS];
+    for (int64_t b0 = 0; b0 < B; b0 += ROWS) {
+        const int64_t rows = B - b0 < ROWS ? B - b0 : ROWS;
+        float *dz = dlogits + b0 * C;
+        softmax_block(dz, m, s, logits + b0 * C, rows, C);
+        for (int64_t r = 0; r < rows; r++) {
+            const float scale = inv_b / s[r]; /* softmax / B */
+            for (int64_t c = 0; c < C; c++)
+                dz[r * C + c] *= scale;
+            int64_t label = labels[b0 + r];
+            if (label < 0 || label >= C)
+                bad++;
+            else
+                dz[r * C + label] -= inv_b;
+        }
+    }
+    return bad;
+}
+
+/* --------------------------------------------------------------- optimizer */
+
+FS_CLONES void sgd_update(float *param, float *velocity, const float *grad, int64_t n,
+                          float lr, float momentum, float weight_decay)
+{
+    if (velocity == NULL) {
+        for (int64_t i = 0; i < n; i++)
+            param[i] -= lr * (grad[i] + weight_decay * param[i]);
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            float v = momentum * velocity[i] + (grad[i] + weight_decay * param[i]);
+            velocity[i] = v;
+            param[i] -= lr * v;
+        }
+    }
+}
+
+/* ----------------------------------------------------------------- metrics */
+
+FS_CLONES double binary_accuracy(const float *restrict preds, const float *restrict targets,
+                                 int64_t B)
+{
+    int64_t hits = 0;
+#pragma omp simd reduction(+ : hits)
+    for (int64_t b = 0; b < B; b++)
+        hits += (preds[b] > 0.0f) == (targets[b] == 1.0f);
+    return B > 0 ? (double)hits / (double)B : 0.0;
+}
+
+FS_CLONES double multiclass_accuracy(const float *restrict logits,
+                                     const int64_t *restrict labels, int64_t B, int64_t C)
+{
+    int64_t hits = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *z = logits + b * C;
+        int64_t best = 0;
+        for (int64_t c = 1; c < C; c++)
+            if (z[c] > z[best])
+                best = c;
+        hits += best == labels[b];
+    }
+    return B > 0 ? (double)hits / (double)B : 0.0;
+}

@@ -1,0 +1,473 @@
+"""The C backend on its own: symbols, memory safety of direct calls, tile edges.
+
+The contract-level tests (test_kernels.py, test_bad_input.py) already run on ``c``
+through ``contract.Backend``.  Here ``fastsgd.backends.c_ext`` is called directly,
+bypassing that validation, and the blocked matmul is checked at shapes around its
+tile sizes.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastsgd import backends
+from fastsgd.backends.contract import KERNELS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+C_STATUS = backends.available()["c"]
+needs_c = pytest.mark.skipif(C_STATUS is not True, reason=f"c unavailable: {C_STATUS}")
+
+# Tile sizes of csrc/gemm.c: C tiles of MR x NR for each micro-kernel, A packed
+# MC rows at a time (rounded down to whole tiles), depth blocks of at most KC.
+TILES = {"avx512": (8, 32), "avx2": (6, 16), "baseline": (6, 8)}
+MC, KC = 128, 256
+
+
+def run_python(code, **env):
+    """Run ``code`` in a fresh interpreter at the project root; return the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=full_env, timeout=300)
+
+
+@pytest.fixture
+def c_ext():
+    from fastsgd.backends import c_ext
+    return c_ext
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request, c_ext):
+    """Run the test with the matmuls limited to 1, then 2 threads."""
+    previous = c_ext.set_threads(request.param)
+    yield request.param
+    c_ext.set_threads(previous)
+
+
+@pytest.fixture(params=list(TILES))
+def isa(request, c_ext):
+    """Run the test with each matmul micro-kernel this CPU runs; yields (mr, nr)."""
+    try:
+        previous = c_ext.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU does not run the {request.param} micro-kernel")
+    yield TILES[request.param]
+    c_ext.set_isa(previous)
+
+
+# ---------------------------------------------------------------- the build
+@needs_c
+def test_every_c_symbol_exists(c_ext):
+    exported = set(dir(c_ext.lib))
+    expected = set(KERNELS) | {"matmul_threads", "set_matmul_threads", "matmul_isa",
+                               "set_matmul_isa"}
+    assert expected <= exported, sorted(expected - exported)
+
+
+@needs_c
+def test_c_ext_implements_the_contract(c_ext):
+    assert backends.contract.missing_kernels(c_ext) == []
+
+
+@needs_c
+def test_thread_limit_can_be_set_and_restored(c_ext):
+    previous = c_ext.set_threads(1)
+    assert c_ext.threads() == 1
+    assert c_ext.set_threads(previous) == 1
+    assert c_ext.threads() == previous >= 1
+
+
+def test_disabled_c_backend_is_unavailable_with_its_reason():
+    out = run_python("from fastsgd import backends; print(backends.available()['c'])",
+                     FASTSGD_DISABLE_C="1")
+    assert out.returncode == 0, out.stderr
+    assert "disabled by FASTSGD_DISABLE_C=1" in out.stdout
+    out = run_python("from fastsgd import backends; print(backends.default_name())",
+                     FASTSGD_DISABLE_C="1", FASTSGD_BACKEND="")
+    assert out.returncode == 0 and out.stdout.strip() != "c", out.stdout + out.stderr
+
+
+def test_disabled_c_backend_skips_its_tests():
+    env = dict(os.environ, FASTSGD_DISABLE_C="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_kernels.py", "-k", "test_kernels_accept_and_fill_out_arrays"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "c unavailable: C extension disabled by FASTSGD_DISABLE_C=1" in out.stdout
+
+
+# ------------------------------------------------ direct calls, bad input
+OUTPUTS = {"out", "dx", "dw", "db", "dpreds", "dlogits", "param", "velocity"}
+
+
+def valid_args(kernel):
+    """Keyword arguments for a valid direct call of c_ext.<kernel> (small shapes)."""
+    rng = np.random.default_rng(7)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    B, I, O, C = 5, 7, 3, 4
+    targets = np.array([1, 0, 1, 1, 0], np.float32)
+    labels = np.array([0, 2, 1, 2, 0], np.int64)  # valid for 3, 4 or 5 classes
+    return {
+        "matmul": dict(a=f32(B, I), b=f32(I, O), out=f32(B, O)),
+        "matmul_backward_input": dict(dy=f32(B, O), w=f32(I, O), dx=f32(B, I)),
+        "matmul_backward_weight": dict(x=f32(B, I), dy=f32(B, O), dw=f32(I, O)),
+        "bias_backward": dict(dy=f32(B, O), db=f32(O)),
+        "linear_forward": dict(x=f32(B, I), w=f32(I, O), b=f32(O), out=f32(B, O)),
+        "linear_backward": dict(x=f32(B, I), w=f32(I, O), dy=f32(B, O), dx=f32(B, I),
+                                dw=f32(I, O), db=f32(O)),
+        "sigmoid_forward": dict(x=f32(B, O), out=f32(B, O)),
+        "sigmoid_backward": dict(y=f32(B, O), dy=f32(B, O), dx=f32(B, O)),
+        "relu_forward": dict(x=f32(B, O), out=f32(B, O)),
+        "relu_backward": dict(x=f32(B, O), dy=f32(B, O), dx=f32(B, O)),
+        "mnist_loss_forward": dict(preds=f32(B), targets=targets),
+        "mnist_loss_backward": dict(preds=f32(B), targets=targets, dpreds=f32(B)),
+        "cross_entropy_forward": dict(logits=f32(B, C), labels=labels),
+        "cross_entropy_backward": dict(logits=f32(B, C), labels=labels, dlogits=f32(B, C)),
+        "sgd_update": dict(param=f32(B, O), grad=f32(B, O), velocity=f32(B, O), lr=0.1,
+                           momentum=0.9, weight_decay=0.01),
+        "binary_accuracy": dict(preds=f32(B), targets=targets),
+        "multiclass_accuracy": dict(logits=f32(B, C), labels=labels),
+    }[kernel]
+
+
+def non_contiguous(x):
+    """A strided view with x's shape and values."""
+    wide = np.repeat(x[..., None], 2, axis=-1)
+    return wide[..., 0]
+
+
+def read_only(x):
+    x = x.copy()
+    x.flags.writeable = False
+    return x
+
+
+def more_rows(x):
+    return np.concatenate([x, x[:1]])
+
+
+def fewer_rows(x):
+    return x[:-1].copy()
+
+
+def more_cols(x):
+    return np.concatenate([x, x[:, :1]], axis=1)
+
+
+def fewer_cols(x):
+    return x[:, :-1].copy()
+
+
+def wrong_dtype(x):
+    return x.astype(np.int32 if x.dtype == np.int64 else np.float64)
+
+
+MUTATIONS = {
+    "dtype": (wrong_dtype, TypeError),
+    "float16": (lambda x: x.astype(np.float16), TypeError),
+    "more_rows": (more_rows, ValueError),
+    "fewer_rows": (fewer_rows, ValueError),
+    "more_cols": (more_cols, ValueError),  # 2-D arrays only
+    "fewer_cols": (fewer_cols, ValueError),
+    "non_contiguous": (non_contiguous, ValueError),
+    "list": (lambda x: x.tolist(), TypeError),
+    "read_only": (read_only, ValueError),  # outputs only
+    "flat": (lambda x: x.reshape(-1) if x.ndim > 1 else x.reshape(1, -1), ValueError),
+}
+ELEMENTWISE = ("sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
+               "sgd_update")
+# Changed arrays that still make a valid call: a free dimension of the kernel, or a
+# reshape (elementwise kernels work on flat arrays and only need equal sizes).
+STILL_VALID = {("bias_backward", "dy", "more_rows"), ("bias_backward", "dy", "fewer_rows")} | {
+    (kernel, "logits", m) for kernel in ("cross_entropy_forward", "multiclass_accuracy")
+    for m in ("more_cols", "fewer_cols")} | {
+    (kernel, name, "flat") for kernel in ELEMENTWISE for name in KERNELS[kernel]}
+
+
+def bad_input_cases():
+    """(case id, kernel, argument, mutation, expected exception name or "None")."""
+    cases = []
+    for kernel in KERNELS:
+        for name, value in valid_args(kernel).items():
+            if not isinstance(value, np.ndarray):
+                continue
+            for mutation, (_, error) in MUTATIONS.items():
+                if mutation == "read_only" and name not in OUTPUTS:
+                    continue
+                if mutation.endswith("_cols") and value.ndim < 2:
+                    continue
+                expected = ("None" if (kernel, name, mutation) in STILL_VALID
+                            else error.__name__)
+                cases.append((f"{kernel}-{name}-{mutation}", kernel, name, mutation, expected))
+    return cases
+
+
+def run_sweep():
+    """Run every bad-input case; print one JSON line per case (run in a subprocess)."""
+    from fastsgd.backends import c_ext
+    for case_id, kernel, name, mutation, _ in bad_input_cases():
+        args = valid_args(kernel)
+        args[name] = MUTATIONS[mutation][0](args[name])
+        print(json.dumps({"id": case_id, "start": True}), flush=True)
+        try:
+            getattr(c_ext, kernel)(**args)
+            result = {"id": case_id, "error": None, "message": ""}
+        except Exception as exc:
+            result = {"id": case_id, "error": type(exc).__name__, "message": str(exc)}
+        print(json.dumps(result), flush=True)
+    print(json.dumps({"done": True}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def sweep_results():
+    """Results of run_sweep() from a subprocess, so a crash fails tests instead of pytest."""
+    out = run_python("from tests.test_c_backend import run_sweep; run_sweep()")
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if not lines or "done" not in lines[-1]:
+        last = lines[-1]["id"] if lines else "before the first case"
+        pytest.fail(f"the bad-input sweep died (exit {out.returncode}) at {last}:\n"
+                    f"{out.stderr[-3000:]}")
+    return {r["id"]: r for r in lines if "error" in r}
+
+
+@needs_c
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_valid_direct_calls_succeed(c_ext, kernel):
+    getattr(c_ext, kernel)(**valid_args(kernel))
+
+
+@needs_c
+@pytest.mark.parametrize("case_id, kernel, name, mutation, error", bad_input_cases(),
+                         ids=[c[0] for c in bad_input_cases()])
+def test_bad_direct_call_raises_naming_the_argument(sweep_results, case_id, kernel, name,
+                                                    mutation, error):
+    result = sweep_results[case_id]
+    assert str(result["error"]) == error, result
+    if error == "None":
+        return
+    # The message names the argument: "x: ...", "x.shape ..." or "x.size" (not just any "x").
+    assert re.search(rf"(?<![\w.]){name}(:|\.shape|\.size)", result["message"]), result
+
+
+@needs_c
+def test_out_of_range_labels_raise(c_ext):
+    logits = np.zeros((3, 4), np.float32)
+    for labels in ([0, 4, 1], [0, -1, 1], [2**40, 0, 0]):
+        labels = np.array(labels, np.int64)
+        with pytest.raises(ValueError, match=r"labels: labels must lie in \[0, 4\)"):
+            c_ext.cross_entropy_forward(logits, labels)
+        with pytest.raises(ValueError, match=r"labels: labels must lie in \[0, 4\)"):
+            c_ext.cross_entropy_backward(logits, labels, np.empty_like(logits))
+
+
+@needs_c
+def test_velocity_none_is_plain_sgd(c_ext):
+    p = np.array([1.0, -2.0], np.float32)
+    c_ext.sgd_update(p, np.array([0.5, 0.5], np.float32), None, 0.1, 0.9, 0.0)
+    np.testing.assert_allclose(p, [0.95, -2.05], rtol=1e-6)
+
+
+# --------------------------------------------------- matmuls vs the reference
+def reference(kernel, *args):
+    """The float64 result of a matmul-family kernel."""
+    args = [a.astype(np.float64) for a in args]
+    if kernel == "matmul":
+        return args[0] @ args[1]
+    if kernel == "matmul_backward_input":
+        return args[0] @ args[1].T
+    if kernel == "matmul_backward_weight":
+        return args[0].T @ args[1]
+    if kernel == "linear_forward":
+        return args[0] @ args[1] + args[2]
+    raise KeyError(kernel)
+
+
+def check_matmuls(c_ext, rng, m, k, n):
+    """All matmul-family kernels as a (m, k) @ (k, n) product, vs float64."""
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    cases = {  # kernel: (inputs, output shape)
+        "matmul": ((a, b), (m, n)),
+        "linear_forward": ((a, b, bias), (m, n)),
+        # dy (B=m, O=k) @ w.T with w (I=n, O=k) -> (m, n)
+        "matmul_backward_input": ((a, np.ascontiguousarray(b.T)), (m, n)),
+        # x.T @ dy with x (B=k, I=m), dy (B=k, O=n) -> (m, n)
+        "matmul_backward_weight": ((np.ascontiguousarray(a.T), b), (m, n)),
+    }
+    for kernel, (inputs, shape) in cases.items():
+        out = np.full(shape, np.nan, np.float32)
+        getattr(c_ext, kernel)(*inputs, out)
+        want = reference(kernel, *inputs)
+        # float32 sums of k products of N(0, 1) numbers: error ~ eps * k; a dropped or
+        # doubled term is off by O(1).
+        np.testing.assert_allclose(out, want, rtol=0, atol=2e-6 * k + 1e-5,
+                                   err_msg=f"{kernel} {m}x{k}x{n}")
+
+
+def edge_sizes(mr, nr):
+    """Sizes of M and N at and around the tile and block boundaries.
+
+    N in whole panels up to 256 takes the unpacked-B path when B is row-major.
+    """
+    mc = MC // mr * mr
+    return ([1, mr - 1, mr, mr + 1, 2 * mr + 3, mc - 1, mc, mc + 1, 2 * mc + mr + 1],
+            [1, nr - 1, nr, nr + 1, 2 * nr + 5, 4 * nr, 4 * nr + 1, 288])
+
+
+@needs_c
+@pytest.mark.parametrize("k", [1, 17, KC - 1, KC, KC + 1, 2 * KC + 3])
+def test_matmuls_at_tile_edges(c_ext, isa, k):
+    previous = c_ext.set_threads(1)
+    try:
+        rng = np.random.default_rng(k)
+        edge_m, edge_n = edge_sizes(*isa)
+        for m in edge_m:
+            for n in edge_n:
+                check_matmuls(c_ext, rng, m, k, n)
+    finally:
+        c_ext.set_threads(previous)
+
+
+@needs_c
+def test_matmuls_at_tile_edges_on_two_threads(c_ext, isa):
+    # Rows split between the threads, or columns when C has a single row panel.
+    previous = c_ext.set_threads(2)
+    try:
+        rng = np.random.default_rng(2)
+        edge_m, edge_n = edge_sizes(*isa)
+        for m in edge_m:
+            for n in edge_n:
+                check_matmuls(c_ext, rng, m, KC + 1, n)
+    finally:
+        c_ext.set_threads(previous)
+
+
+@needs_c
+def test_isa_can_be_chosen(c_ext):
+    best = c_ext.isa()  # the fastest this CPU runs
+    assert best in TILES
+    try:
+        assert c_ext.set_isa("baseline") == best  # every CPU runs the baseline
+        assert c_ext.isa() == "baseline"
+        with pytest.raises(ValueError, match="isa: 'sse9' is unknown"):
+            c_ext.set_isa("sse9")
+        assert c_ext.isa() == "baseline"
+    finally:
+        c_ext.set_isa(best)
+
+
+@needs_c
+@pytest.mark.parametrize("shape", [(256, 784, 128), (64, 784, 128), (1000, 1000, 37),
+                                   (784, 256, 128), (129, 1025, 65), (3, 4000, 300),
+                                   (17, 2100, 2050)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_matmuls_at_large_shapes(c_ext, threads, shape):
+    # 17x2100x2050 packs B in more than one chunk (more than 16 MiB of panels).
+    check_matmuls(c_ext, np.random.default_rng(1), *shape)
+
+
+@needs_c
+@pytest.mark.parametrize("shape", [(17, 2100, 2050), (1030, 2100, 2050)],
+                         ids=["columns-split", "rows-split"])
+def test_two_threads_give_the_same_bits_every_run(c_ext, shape):
+    # Packed B spans two chunks at these shapes; the threads split the columns (each
+    # packs its own panels) or the rows (they share the packed B).  The work is split
+    # statically, so every run must give the same bits: a race shows as a difference.
+    m, k, n = shape
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    previous = c_ext.set_threads(2)
+    try:
+        first = np.empty((m, n), np.float32)
+        c_ext.matmul(a, b, first)
+        np.testing.assert_allclose(first, a.astype(np.float64) @ b, rtol=0, atol=2e-6 * k)
+        out = np.empty_like(first)
+        for _ in range(8):
+            out.fill(np.nan)
+            c_ext.matmul(a, b, out)
+            np.testing.assert_array_equal(out, first)
+    finally:
+        c_ext.set_threads(previous)
+
+
+@needs_c
+def test_linear_backward_direct(c_ext):
+    rng = np.random.default_rng(3)
+    x, w, dy = (rng.standard_normal(s, dtype=np.float32) for s in ((65, 300), (300, 33), (65, 33)))
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(33, np.float32)
+    c_ext.linear_backward(x, w, dy, dx, dw, db)
+    x64, w64, dy64 = (v.astype(np.float64) for v in (x, w, dy))
+    np.testing.assert_allclose(dx, dy64 @ w64.T, atol=1e-4)
+    np.testing.assert_allclose(dw, x64.T @ dy64, atol=1e-4)
+    np.testing.assert_allclose(db, dy64.sum(0), atol=1e-4)
+    dw2 = np.empty_like(w)
+    c_ext.linear_backward(x, w, dy, None, dw2, db)
+    np.testing.assert_array_equal(dw2, dw)
+
+
+# --------------------------------------------------------- elementwise kernels
+@needs_c
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 64, 65, 1000, 100_003])
+def test_elementwise_kernels_at_vector_tails(c_ext, n):
+    ref = backends.get("numpy")._impl
+    rng = np.random.default_rng(n)
+    x, dy = rng.standard_normal(n, dtype=np.float32) * 5, rng.standard_normal(n, dtype=np.float32)
+    y = rng.uniform(0, 1, n).astype(np.float32)
+    for kernel, args in (("sigmoid_forward", (x,)), ("relu_forward", (x,)),
+                         ("relu_backward", (x, dy)), ("sigmoid_backward", (y, dy))):
+        got, want = np.empty(n, np.float32), np.empty(n, np.float64)
+        getattr(c_ext, kernel)(*args, got)
+        getattr(ref, kernel)(*(a.astype(np.float64) for a in args), want)
+        np.testing.assert_allclose(got, want, rtol=4e-7, atol=1e-7, err_msg=kernel)
+
+
+@needs_c
+def test_sigmoid_is_accurate_over_the_whole_float_range(c_ext):
+    x = np.concatenate([np.linspace(-120, 120, 200_001), [-1e30, -1e4, 1e4, 1e30, 0.0, -0.0]])
+    x = x.astype(np.float32)
+    got = np.empty_like(x)
+    c_ext.sigmoid_forward(x, got)
+    x64 = x.astype(np.float64)
+    e = np.exp(-np.abs(x64))
+    want = np.where(x64 >= 0, 1, e) / (1 + e)
+    normal = want > np.finfo(np.float32).tiny
+    np.testing.assert_allclose(got[normal], want[normal], rtol=3e-7)
+    np.testing.assert_allclose(got[~normal], want[~normal], rtol=0, atol=2e-45)  # subnormals
+    assert ((got >= 0) & (got <= 1)).all()
+
+
+@needs_c
+def test_elementwise_kernels_work_in_place(c_ext):
+    x = np.linspace(-3, 3, 1001, dtype=np.float32)
+    want = 1 / (1 + np.exp(-x.astype(np.float64)))
+    c_ext.sigmoid_forward(x, x)
+    np.testing.assert_allclose(x, want, rtol=3e-7)
+    x = np.linspace(-3, 3, 1001, dtype=np.float32)
+    c_ext.relu_forward(x, x)
+    assert (x >= 0).all() and x[-1] == 3
+
+
+@needs_c
+@pytest.mark.parametrize("classes", [1, 2, 10, 17, 100])
+def test_cross_entropy_at_extremes_and_widths(c_ext, classes):
+    rng = np.random.default_rng(classes)
+    logits = (rng.standard_normal((33, classes)) * 40).astype(np.float32)
+    labels = rng.integers(0, classes, 33)
+    ref = backends.get("numpy")._impl
+    z64 = logits.astype(np.float64)
+    got = c_ext.cross_entropy_forward(logits, labels)
+    assert got == pytest.approx(ref.cross_entropy_forward(z64, labels), rel=1e-6, abs=1e-6)
+    grad, want = np.empty_like(logits), np.empty_like(z64)
+    c_ext.cross_entropy_backward(logits, labels, grad)
+    ref.cross_entropy_backward(z64, labels, want)
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
