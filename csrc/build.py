@@ -20,7 +20,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
 
-SOURCES = ["gemm.c", "pointwise.c"]
+SOURCES = ["gemm.c", "pointwise.c", "train.c"]
 HEADERS = ["kernels.h", "internal.h", "gemm_kernel.h"]
 COMPILE_ARGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math"]
 LINK_ARGS = ["-fopenmp"]

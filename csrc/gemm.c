@@ -268,6 +268,49 @@ static int team_size(void)
 #endif
 }
 
+/* ---------------------------------------------------------- packing memory */
+
+/* Between gemm_keep_buffers() and gemm_free_buffers() (a fused epoch, train.c) the
+ * packing buffer of this thread's products is kept and reused, grown when a product
+ * needs more, instead of allocated and freed by every product. */
+static _Thread_local struct {
+    float *p;
+    size_t floats;
+    int keep;
+} kept;
+
+void gemm_keep_buffers(void) { kept.keep = 1; }
+
+void gemm_free_buffers(void)
+{
+    free(kept.p);
+    kept.p = NULL;
+    kept.floats = 0;
+    kept.keep = 0;
+}
+
+/* 64-byte aligned memory for `floats` floats, or NULL. */
+static float *packing_buffer(size_t floats)
+{
+    float *p = NULL;
+    if (kept.keep && floats <= kept.floats)
+        return kept.p;
+    if (posix_memalign((void **)&p, 64, (floats ? floats : 1) * sizeof(float)) != 0)
+        return NULL;
+    if (kept.keep) {
+        free(kept.p);
+        kept.p = p;
+        kept.floats = floats;
+    }
+    return p;
+}
+
+static void release_packing_buffer(float *p)
+{
+    if (p != kept.p)
+        free(p);
+}
+
 /* -------------------------------------------------------------------- gemm */
 
 /* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL.
@@ -417,9 +460,8 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     else
         g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
 
-    float *buffer = NULL;
-    if (posix_memalign((void **)&buffer, 64,
-                       (size_t)(b_floats + threads * g.a_floats) * sizeof(float)) != 0) {
+    float *buffer = packing_buffer((size_t)(b_floats + threads * g.a_floats));
+    if (!buffer) {
         gemm_unblocked(c, A, B, bias, M, K, N);
         return;
     }
@@ -432,7 +474,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
 #pragma omp parallel num_threads(threads)
         gemm_part(&g, thread_id(), team_size());
     }
-    free(buffer);
+    release_packing_buffer(buffer);
 }
 
 /* ------------------------------------------------------------ the kernels */

@@ -27,4 +27,9 @@
  * SSE registers, depending on the clone being compiled. */
 typedef float v16sf __attribute__((vector_size(64)));
 
+/* gemm.c: from gemm_keep_buffers() to gemm_free_buffers() the matmuls that this thread
+ * runs reuse one packing buffer instead of allocating their own (train.c). */
+void gemm_keep_buffers(void);
+void gemm_free_buffers(void);
+
 #endif /* FASTSGD_INTERNAL_H */

@@ -116,4 +116,26 @@ double binary_accuracy(const float *restrict preds, const float *restrict target
 double multiclass_accuracy(const float *restrict logits, const int64_t *restrict labels,
                            int64_t B, int64_t C);
 
+/* ------------------------------------------------------ fused epoch (train.c) */
+
+/* One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP; returns the steps
+ * done: steps = ceil(N / bs), or s when the loss of step s is not finite (losses[s] is
+ * written first), or -1 when the scratch memory cannot be allocated.
+ *   x (N, I); targets (N,) int64: 0/1 when binary (mnist_loss, O == 1), else labels in
+ *   [0, O) (cross-entropy); order (N,) row indices in [0, N); lrs, losses (steps,).
+ *   Two layers: w1 (I, H), b1 (H,), w2 (H, O), b2 (O,).  One layer (two_layers == 0):
+ *   w1 (I, O), b1 (O,); w2, b2 and their velocities and gradients unused (may be NULL),
+ *   H ignored.  v_* velocities and g_* gradient buffers shaped like their parameters.
+ * Per step s, with batch rows order[s*bs : s*bs + B]: forward, loss, backward, then
+ * for each parameter  v = momentum * v + (g + weight_decay * p);  p -= lrs[s] * v. */
+int64_t train_epoch(double *restrict losses,
+                    float *restrict w1, float *restrict b1, float *restrict w2,
+                    float *restrict b2, float *restrict v_w1, float *restrict v_b1,
+                    float *restrict v_w2, float *restrict v_b2, float *restrict g_w1,
+                    float *restrict g_b1, float *restrict g_w2, float *restrict g_b2,
+                    const float *restrict x, const int64_t *restrict targets,
+                    const int64_t *restrict order, const float *restrict lrs,
+                    int64_t N, int64_t I, int64_t H, int64_t O, int64_t bs,
+                    int two_layers, int binary, float momentum, float weight_decay);
+
 #endif /* FASTSGD_KERNELS_H */

@@ -471,3 +471,105 @@ def test_cross_entropy_at_extremes_and_widths(c_ext, classes):
     c_ext.cross_entropy_backward(logits, labels, grad)
     ref.cross_entropy_backward(z64, labels, want)
     np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------ fused epoch
+def epoch_args(N=70, I=13, H=9, O=3, bs=16, binary=False, seed=0):
+    """Arguments of a fused epoch on random data: a two-layer net unless H is None."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, I), dtype=np.float32)
+    targets = rng.integers(0, 2 if binary else O, N).astype(np.int64)
+    order = rng.permutation(N).astype(np.int64)
+    shapes = [(I, O), (O,)] if H is None else [(I, H), (H,), (H, O), (O,)]
+    params = [(0.3 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    velocities = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    grads = [np.zeros(s, np.float32) for s in shapes]
+    steps = -(-N // bs)
+    lrs = np.linspace(0.2, 0.05, steps).astype(np.float32)
+    losses = np.zeros(steps, np.float64)
+    return dict(x=x, targets=targets, order=order, bs=bs, params=params,
+                velocities=velocities, grads=grads, lrs=lrs, momentum=0.9,
+                weight_decay=1e-3, binary=binary, losses=losses)
+
+
+def copy_args(args):
+    return {k: ([a.copy() for a in v] if isinstance(v, list) else
+                v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+
+
+@needs_c
+@pytest.mark.parametrize("case", [dict(), dict(H=None), dict(O=1, binary=True),
+                                  dict(H=None, O=1, binary=True), dict(bs=200),
+                                  dict(N=300, I=784, H=40, O=10, bs=64)])
+def test_train_epoch_matches_numba(c_ext, threads, case):
+    from fastsgd.backends import numba_cpu
+    args = epoch_args(**case)
+    mine, theirs = copy_args(args), copy_args(args)
+    done = c_ext.train_epoch(**mine)
+    assert done == numba_cpu.train_epoch(**theirs) == len(args["lrs"])
+    np.testing.assert_allclose(mine["losses"], theirs["losses"], rtol=1e-5)
+    for group in ("params", "velocities", "grads"):
+        for a, b in zip(mine[group], theirs[group]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_c
+def test_train_epoch_stops_at_the_first_non_finite_loss(c_ext):
+    args = epoch_args(H=None)
+    args["x"][args["order"][16]] = np.nan  # a row of step 1
+    assert c_ext.train_epoch(**args) == 1
+    assert np.isfinite(args["losses"][0]) and np.isnan(args["losses"][1])
+    assert (args["losses"][2:] == 0).all()
+
+
+@needs_c
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(x=a["x"].astype(np.float64)), TypeError, "x: expected dtype float32"),
+    (lambda a: a.update(x=np.asfortranarray(a["x"])), ValueError, "x: expected a C-contig"),
+    (lambda a: a.update(x=a["x"][:-1]), ValueError, "targets: expected shape"),
+    (lambda a: a.update(targets=a["targets"].astype(np.int32)), TypeError, "targets"),
+    (lambda a: a.update(order=a["order"][:-1]), ValueError, "order: expected shape"),
+    (lambda a: a["order"].__setitem__(3, 70), ValueError, "order: row indices"),
+    (lambda a: a["order"].__setitem__(3, -1), ValueError, "order: row indices"),
+    (lambda a: a["targets"].__setitem__(0, 3), ValueError, "targets: labels"),
+    (lambda a: a["targets"].__setitem__(0, -1), ValueError, "targets: labels"),
+    (lambda a: a.update(bs=0), ValueError, "bs: expected a batch size"),
+    (lambda a: a.update(bs=2.0), TypeError, "bs: expected an integer"),
+    (lambda a: a.update(params=a["params"][:3]), ValueError, "params: expected 2 arrays"),
+    (lambda a: a.update(grads=a["grads"][:2]), ValueError, "grads: expected 4 arrays"),
+    (lambda a: a.update(velocities=None), TypeError, "velocities: expected a list"),
+    (lambda a: a["params"].__setitem__(0, np.zeros((12, 9), np.float32)), ValueError,
+     r"params\[0\] \(w1\)"),
+    (lambda a: a["params"].__setitem__(2, np.zeros((8, 3), np.float32)), ValueError,
+     r"params\[2\] \(w2\)"),
+    (lambda a: a["grads"].__setitem__(3, np.zeros(4, np.float32)), ValueError,
+     r"grads\[3\] \(b2\): expected shape"),
+    (lambda a: a["velocities"][1].setflags(write=False), ValueError,
+     r"velocities\[1\] \(b1\): expected a writable"),
+    (lambda a: a["params"].__setitem__(1, np.zeros(9, np.float64)), TypeError,
+     r"params\[1\] \(b1\): expected dtype"),
+    (lambda a: a.update(lrs=a["lrs"][:-1]), ValueError, "lrs: expected shape"),
+    (lambda a: a.update(lrs=a["lrs"].astype(np.float64)), TypeError, "lrs: expected dtype"),
+    (lambda a: a.update(losses=np.zeros(6, np.float64)), ValueError, "losses: expected shape"),
+    (lambda a: a.update(losses=a["losses"].astype(np.float32)), TypeError, "losses"),
+    (lambda a: a.update(binary=True), ValueError, "binary: mnist_loss needs one output"),
+])
+def test_train_epoch_rejects_bad_input(c_ext, change, error, match):
+    args = epoch_args()
+    change(args)
+    with pytest.raises(error, match=match):
+        c_ext.train_epoch(**args)
+
+
+@needs_c
+def test_train_epoch_rejects_binary_targets_other_than_0_and_1(c_ext):
+    args = epoch_args(O=1, binary=True)
+    args["targets"][5] = 2
+    with pytest.raises(ValueError, match="targets: mnist_loss targets must be 0 or 1"):
+        c_ext.train_epoch(**args)
+
+
+@needs_c
+def test_train_epoch_with_no_rows_does_nothing(c_ext):
+    args = epoch_args(N=0)
+    assert c_ext.train_epoch(**args) == 0

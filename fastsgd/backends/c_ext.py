@@ -24,6 +24,7 @@ Set ``FASTSGD_DISABLE_C=1`` to make this backend report itself unavailable.
 Dimension letters as in ``contract.py``.
 """
 import importlib.util
+import operator
 import os
 
 import numpy as np
@@ -40,6 +41,7 @@ from fastsgd._ckernels import ffi, lib  # noqa: E402  (after the availability ch
 _ndarray = np.ndarray
 _F32 = np.dtype(np.float32)
 _I64 = np.dtype(np.int64)
+_F64 = np.dtype(np.float64)
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 
@@ -68,6 +70,16 @@ def _i64(name, x):
         return _from_buffer("int64_t[]", x)
     except (TypeError, ValueError, BufferError) as exc:
         raise _layout_error(name, x, False, exc) from None
+
+
+def _f64(name, x, writable=False):
+    """A cffi ``double *`` into ndarray ``x``, checked as in ``_f32``."""
+    if type(x) is not _ndarray or x.dtype is not _F64:
+        _check_array(name, x, _F64)
+    try:
+        return _from_buffer("double[]", x, require_writable=writable)
+    except (TypeError, ValueError, BufferError) as exc:
+        raise _layout_error(name, x, writable, exc) from None
 
 
 def _check_array(name, x, dtype):
@@ -290,6 +302,106 @@ def multiclass_accuracy(logits, labels):
     B, C = _shape("logits", logits, 2)
     _expect("labels", labels, (B,), "(logits.shape[0],)")
     return lib.multiclass_accuracy(_f32("logits", logits), _i64("labels", labels), B, C)
+
+
+# ------------------------------------------------------- fused training epoch
+_PARAM_NAMES = ("w1", "b1", "w2", "b2")
+
+
+def _as_count(name, value):
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+
+
+def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
+                binary, losses):
+    """One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP, in one C call.
+
+    x (N, I) float32; targets (N,) int64: 0/1 when ``binary`` (mnist_loss, one output),
+    else class labels in [0, O) (cross-entropy); order (N,) int64 row order, values in
+    [0, N); bs >= 1 the batch size; params, velocities, grads: lists of two arrays
+    [w1 (I, O), b1 (O,)] or four [w1 (I, H), b1 (H,), w2 (H, O), b2 (O,)], updated in
+    place; lrs (steps,) float32 the learning rate of each step and losses (steps,)
+    float64, filled, with steps = ceil(N / bs).  Per parameter and step:
+    v = momentum * v + (g + weight_decay * p);  p -= lr * v.  Returns the steps done:
+    ``steps``, or s when the loss of step s is not finite (losses[s] written).
+    """
+    N, I = _shape("x", x, 2)
+    px = _f32("x", x)
+    _expect("targets", targets, (N,), "(x.shape[0],)")
+    pt = _i64("targets", targets)
+    _expect("order", order, (N,), "(x.shape[0],)")
+    po = _i64("order", order)
+    if N and (order.min() < 0 or order.max() >= N):
+        raise ValueError(f"order: row indices must lie in [0, {N}); got values in "
+                         f"[{order.min()}, {order.max()}]")
+    bs = _as_count("bs", bs)
+    if bs < 1:
+        raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
+    groups = {"params": params, "velocities": velocities, "grads": grads}
+    for name, group in groups.items():
+        if not isinstance(group, (list, tuple)):
+            raise TypeError(f"{name}: expected a list of 2 or 4 arrays, got "
+                            f"{type(group).__name__}")
+    n_params = len(params)
+    if n_params not in (2, 4):
+        raise ValueError(f"params: expected 2 arrays (Linear) or 4 (Linear-ReLU-Linear), "
+                         f"got {n_params}")
+    for name in ("velocities", "grads"):
+        if len(groups[name]) != n_params:
+            raise ValueError(f"{name}: expected {n_params} arrays like params, "
+                             f"got {len(groups[name])}")
+    two_layers = n_params == 4
+    I2, H = _shape("params[0] (w1)", params[0], 2)
+    if I2 != I:
+        raise ValueError(f"params[0] (w1): shape[0] is {I2} but x.shape[1] is {I}; "
+                         f"expected them equal")
+    if two_layers:
+        H2, O = _shape("params[2] (w2)", params[2], 2)
+        if H2 != H:
+            raise ValueError(f"params[2] (w2): shape[0] is {H2} but w1.shape[1] is {H}; "
+                             f"expected them equal")
+        shapes = [(I, H), (H,), (H, O), (O,)]
+    else:
+        O = H
+        shapes = [(I, O), (O,)]
+    ptrs = {}
+    for name, group in groups.items():
+        for k, (array, shape) in enumerate(zip(group, shapes)):
+            label = f"{name}[{k}] ({_PARAM_NAMES[k]})"
+            _expect(label, array, shape, "its parameter's shape")
+            ptrs[name, k] = _f32(label, array, True)
+    if not two_layers:
+        for name in groups:
+            ptrs[name, 2] = ptrs[name, 3] = _NULL
+
+    binary = bool(binary)
+    if N:
+        t_min, t_max = targets.min(), targets.max()
+        if binary:
+            if O != 1:
+                raise ValueError(f"binary: mnist_loss needs one output, the model has {O}")
+            if t_min < 0 or t_max > 1:
+                raise ValueError(f"targets: mnist_loss targets must be 0 or 1; got values "
+                                 f"in [{t_min}, {t_max}]")
+        elif t_min < 0 or t_max >= O:
+            raise ValueError(f"targets: labels must lie in [0, {O}); got values in "
+                             f"[{t_min}, {t_max}]")
+    steps = -(-N // bs)
+    _expect("lrs", lrs, (steps,), "(ceil(N / bs),)")
+    pl = _f32("lrs", lrs)
+    _expect("losses", losses, (steps,), "(ceil(N / bs),)")
+    ploss = _f64("losses", losses, True)
+    done = lib.train_epoch(
+        ploss, *(ptrs["params", k] for k in range(4)),
+        *(ptrs["velocities", k] for k in range(4)), *(ptrs["grads", k] for k in range(4)),
+        px, pt, po, pl, N, I, H if two_layers else O, O, bs, two_layers, binary,
+        float(momentum), float(weight_decay))
+    if done < 0:
+        raise MemoryError("train_epoch: cannot allocate the scratch arrays")
+    return done
 
 
 # ------------------------------------------------------------------ threads
