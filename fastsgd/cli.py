@@ -108,12 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
     train.add_argument("--quiet", action="store_true", help="print only the final accuracy")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--plot", metavar="PATH",
+                       help="draw train/valid loss and accuracy per epoch as a PNG (needs matplotlib)")
     train.set_defaults(run=run_train)
 
     info = sub.add_parser("info", help="list backends, versions and CPU features",
                           description="Print each backend (available, or why not), the Numba "
                           "version and threading layer, and the CPU's features.")
     info.set_defaults(run=run_info)
+
+    bench = sub.add_parser("bench", help="time every kernel on every backend against numpy and PyTorch",
+                           description="Validate each kernel (and a training epoch) against the "
+                           "numpy reference, then time it on every available backend and on "
+                           "PyTorch when installed; print one table of medians, rates, % of the "
+                           "machine's peak and speed-ups.")
+    bench.add_argument("--kernels", metavar="K,K",
+                       help="kernel names or patterns, e.g. matmul*,relu_forward,epoch "
+                       "(default: every kernel and the epoch)")
+    bench.add_argument("--backends", metavar="B,B",
+                       help="backends to time, e.g. numba,torch; numpy, the baseline, always runs "
+                       "(default: every available one)")
+    bench.add_argument("--sizes", metavar="S,S",
+                       help="batch sizes of the training shapes (e.g. 64,256) and/or small "
+                       "(= 64,256) and large (1024^3 matmuls, 4M-element arrays); default: small,large")
+    bench.add_argument("--json", metavar="PATH", help="write machine info and one row per "
+                       "kernel x shape x backend as JSON")
+    bench.add_argument("--plot", metavar="PATH",
+                       help="draw the speed-ups over numpy as a PNG bar chart (needs matplotlib)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=run_bench_command)
     return parser
 
 
@@ -151,6 +174,9 @@ def run_train(args) -> int:
     from .losses import cross_entropy, mnist_loss
 
     backend = backends.get(args.backend)
+    if args.plot:  # fail before training, not after
+        from .plots import require_matplotlib
+        require_matplotlib()
     name, train_x, train_y, valid_x, valid_y = _load_data(args)
     binary = len(args.digits) == 2
     loss = mnist_loss if binary else cross_entropy
@@ -191,6 +217,9 @@ def run_train(args) -> int:
                     "valid_loss": r["valid_loss"], "accuracy": r["batch_accuracy"],
                     "seconds": r["seconds"]} for r in learn.recorder.history]
         _write_json(args.json, {"settings": settings, "history": history, "accuracy": accuracy})
+    if args.plot:
+        from .plots import plot_history
+        plot_history(learn.recorder.history, args.plot)
     return 0
 
 
@@ -232,6 +261,19 @@ def run_info(args) -> int:
     cpu = cpu_summary()
     print(f"cpu: {cpu['name']}, {cpu['cores']} cores, features: {' '.join(cpu['features']) or 'none'}")
     return 0
+
+
+# -------------------------------------------------------------------- bench
+def run_bench_command(args) -> int:
+    """``fastsgd bench``: validate and time, print the table, write --json/--plot.
+
+    Exit code 1 when a backend's result did not match the reference.
+    """
+    from . import bench
+    rows = bench.run_bench(args.kernels, args.backends, args.sizes, json_path=args.json,
+                           plot_path=args.plot, progress=not args.no_progress)
+    bench.print_table(rows, bench.machine_info())
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
 
 
 if __name__ == "__main__":
