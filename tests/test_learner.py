@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import fastsgd as fs
-from fastsgd import backends
 
 from .conftest import backend_params
 from .mnist_fixtures import synthetic_digits
