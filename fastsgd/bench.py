@@ -43,7 +43,6 @@ import contextlib
 import fnmatch
 import functools
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -58,7 +57,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import backends
+from . import backends, files
 
 __all__ = ["Case", "Job", "ValidationError", "BATCH_SIZES", "EPOCH_SAMPLES", "MODELS",
            "KERNEL_NAMES", "cases", "epoch_case", "runners", "prepare", "timing", "time_call",
@@ -846,13 +845,8 @@ def _progress_bar(total, enabled):
 
 def write_json(path, rows, machine=None) -> Path:
     """``{"machine": ..., "rows": [...]}`` to ``path`` (written to a temporary name, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"machine": machine if machine is not None else machine_info(),
-                               "rows": rows}, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(path, {"machine": machine if machine is not None else machine_info(),
+                                   "rows": rows})
 
 
 def _format_seconds(s) -> str:

@@ -5,16 +5,15 @@ Bad arguments and bad files end with a one-line error on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from . import backends
+from .files import write_json
 
 #: Defaults per loss, measured on MNIST: mnist_loss has small gradients (sigmoid
 #: slope / B) and does best with the book's plain SGD at a large rate; the softmax
@@ -216,19 +215,11 @@ def run_train(args) -> int:
         history = [{"epoch": r["epoch"], "train_loss": r["train_loss"],
                     "valid_loss": r["valid_loss"], "accuracy": r["batch_accuracy"],
                     "seconds": r["seconds"]} for r in learn.recorder.history]
-        _write_json(args.json, {"settings": settings, "history": history, "accuracy": accuracy})
+        write_json(args.json, {"settings": settings, "history": history, "accuracy": accuracy})
     if args.plot:
         from .plots import plot_history
         plot_history(learn.recorder.history, args.plot)
     return 0
-
-
-def _write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------- info

@@ -172,6 +172,7 @@ class Learner:
         self.progress = sys.stdout.isatty() if progress is None else progress
         self.recorder = Recorder()
         self.epoch = 0
+        self._dpreds_buf = None
         self.model.to(self.backend)
         self.opt.bind(self.model.parameters(), self.backend)
         self._check_data()
@@ -263,7 +264,7 @@ class Learner:
                                    f"lower the learning rate (lr={self.opt.lr})")
 
     def _dpreds(self, preds):
-        buf = getattr(self, "_dpreds_buf", None)
+        buf = self._dpreds_buf
         if buf is None or buf.shape != preds.shape:
             buf = self._dpreds_buf = self.backend.empty(preds.shape)
         return buf
