@@ -4,8 +4,9 @@ Run from the repository root (``gpu_check.sh`` runs every stage under a timeout)
 
     PYTHONPATH=. python benchmarks/gpu_check.py env       # versions, device, backends
     PYTHONPATH=. python benchmarks/gpu_check.py kernels   # each kernel vs torch (cuBLAS) / CuPy
-    PYTHONPATH=. python benchmarks/gpu_check.py epoch     # 784-128-10 MLP epochs, fastsgd vs torch
+    PYTHONPATH=. python benchmarks/gpu_check.py epoch     # MLP epochs, fused and not, fastsgd vs torch
     PYTHONPATH=. python benchmarks/gpu_check.py report    # merge the stages: results.md + results.json
+    PYTHONPATH=. python benchmarks/gpu_check.py dry       # no GPU: fastsgd's side of each stage, simulated
 
 Each stage writes ``<stage>.json`` into the results folder (``$OUT`` if set, else
 ``gpu_results/``) as it goes, so a stage cut short still leaves what it measured.
@@ -13,6 +14,11 @@ Every kernel's result is checked against PyTorch before it is timed.  A timing
 is the median over repeats of the mean wall time of ``INNER`` back-to-back calls
 between two device synchronisations: it includes each framework's Python-side
 launch cost, which is what the trainer pays at these sizes.
+
+``dry`` runs on any machine: it switches Numba's CUDA simulator on and runs every
+fastsgd call of the ``kernels`` and ``epoch`` stages at tiny sizes (each kernel
+checked against the NumPy backend, each epoch fused and layer by layer), so a
+change in the library that breaks this script shows on a machine without a GPU.
 """
 from __future__ import annotations
 
@@ -151,6 +157,14 @@ def kernel_specs(B, I, O, matmul_only=False):
          lambda k, d: k.sigmoid_backward(d["y"], d["dy"], dx=d["out"]),
          lambda t, d: t.ops.aten.sigmoid_backward(d["dy"], d["y"]),
          None, {"out": (B, O)}),
+        ("tanh_forward", dict(h=h),
+         lambda k, d: k.tanh_forward(d["h"], out=d["out"]),
+         lambda t, d: t.tanh(d["h"], out=d["out"]),
+         lambda c, d: c.tanh(d["h"], out=d["out"]), {"out": (B, O)}),
+        ("tanh_backward", dict(y=np.tanh(h), dy=dy),
+         lambda k, d: k.tanh_backward(d["y"], d["dy"], dx=d["out"]),
+         lambda t, d: t.ops.aten.tanh_backward(d["dy"], d["y"]),
+         None, {"out": (B, O)}),
         ("relu_forward", dict(h=h),
          lambda k, d: k.relu_forward(d["h"], out=d["out"]),
          lambda t, d: t.clamp_min(d["h"], 0, out=d["out"]),
@@ -175,6 +189,14 @@ def kernel_specs(B, I, O, matmul_only=False):
         ("cross_entropy_backward", dict(z=z, labels=labels),
          lambda k, d: k.cross_entropy_backward(d["z"], d["labels"], dlogits=d["out"]),
          t_ce_backward, None, {"out": (B, C)}),
+        ("mse_forward", dict(h=h, t=dy),
+         lambda k, d: k.mse_forward(d["h"], d["t"]),
+         lambda t, d: t.nn.functional.mse_loss(d["h"], d["t"]).item(),
+         None, {}),
+        ("mse_backward", dict(h=h, t=dy),
+         lambda k, d: k.mse_backward(d["h"], d["t"], dpreds=d["out"]),
+         lambda t, d: (d["h"] - d["t"]).mul_(2.0 / d["h"].numel()),
+         None, {"out": (B, O)}),
         ("sgd_update", dict(w=w, grad=grad, velocity=velocity),
          lambda k, d: k.sgd_update(d["w"], d["grad"], lr, mom, wd, velocity=d["velocity"]),
          t_sgd, None, {}),
@@ -299,41 +321,63 @@ def stage_kernels():
 # ------------------------------------------------------------------- epoch
 N_SAMPLES, N_IN, N_HIDDEN, N_OUT, LR = 60_000, 784, 128, 10, 0.1
 EPOCHS_TIMED = 3
+#: name -> the layers (torch and fastsgd alike) for widths (inputs, hidden, outputs).
+MODELS = {
+    "mlp": lambda i, h, o: [("linear", i, h), ("relu",), ("linear", h, o)],
+    "deep": lambda i, h, o: [("linear", i, h), ("tanh",), ("linear", h, h // 2), ("relu",),
+                             ("linear", h // 2, o)],
+}
 
 
-def _data():
+def model_name(model, i=N_IN, h=N_HIDDEN, o=N_OUT) -> str:
+    """'784-128-10 relu' style: the widths, then the activations."""
+    layers = MODELS[model](i, h, o)
+    widths = [i] + [layer[2] for layer in layers if layer[0] == "linear"]
+    acts = [layer[0] for layer in layers if layer[0] != "linear"]
+    return "-".join(map(str, widths)) + " " + "/".join(acts)
+
+
+def _data(n=N_SAMPLES, n_in=N_IN, n_out=N_OUT):
     rng = np.random.default_rng(0)
-    x = rng.random((N_SAMPLES, N_IN), dtype=np.float32)
-    y = rng.integers(0, N_OUT, N_SAMPLES)
+    x = rng.random((n, n_in), dtype=np.float32)
+    y = rng.integers(0, n_out, n)
     return x, y
 
 
-def time_fastsgd_epochs(bs, x, y, fused=True):
+def fastsgd_model(model, i, h, o):
+    import fastsgd as fs
+    kinds = {"linear": fs.Linear, "relu": fs.ReLU, "tanh": fs.Tanh}
+    return fs.Sequential(*(kinds[layer[0]](*layer[1:]) for layer in MODELS[model](i, h, o)))
+
+
+def time_fastsgd_epochs(bs, x, y, fused=True, model="mlp", hidden=N_HIDDEN, epochs=EPOCHS_TIMED):
+    """(seconds of each timed epoch, last train loss, learn.fused) for one fastsgd Learner."""
     import fastsgd as fs
     from numba import cuda
     fs.set_seed(0)
     # A one-batch validation set: fit(1) then times the training epoch, not the evaluation.
     dls = fs.DataLoaders.from_arrays(x, y, x[:bs], y[:bs], bs=bs, seed=0, valid_bs=bs)
-    learn = fs.Learner(dls, fs.simple_net(N_IN, N_HIDDEN, N_OUT), fs.cross_entropy, fs.SGD(LR),
-                       backend="cuda", show=False, fused=fused)
+    net = fastsgd_model(model, x.shape[1], hidden, int(y.max()) + 1)
+    learn = fs.Learner(dls, net, fs.cross_entropy, fs.SGD(LR), backend="cuda", show=False, fused=fused)
     times = []
-    for _ in range(1 + EPOCHS_TIMED):  # the first epoch compiles the kernels: a warm-up
+    for _ in range(1 + epochs):  # the first epoch compiles the kernels: a warm-up
         cuda.synchronize()
         t0 = time.perf_counter()
         row = learn.fit(1)[0]
         cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return times[1:], row["train_loss"]
+    return times[1:], row["train_loss"], learn.fused
 
 
-def time_torch_epochs(bs, x, y, sync_each_step):
+def time_torch_epochs(bs, x, y, sync_each_step, model="mlp"):
     import torch
     torch.manual_seed(0)
     dev = torch.device("cuda")
     xs, ys = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-    model = torch.nn.Sequential(torch.nn.Linear(N_IN, N_HIDDEN), torch.nn.ReLU(),
-                                torch.nn.Linear(N_HIDDEN, N_OUT)).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    kinds = {"linear": torch.nn.Linear, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
+    net = torch.nn.Sequential(*(kinds[layer[0]](*layer[1:])
+                                for layer in MODELS[model](N_IN, N_HIDDEN, N_OUT))).to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     times, last = [], float("nan")
     for _ in range(1 + EPOCHS_TIMED):
@@ -344,7 +388,7 @@ def time_torch_epochs(bs, x, y, sync_each_step):
         for start in range(0, N_SAMPLES, bs):
             idx = order[start:start + bs]
             xb, yb = xs.index_select(0, idx), ys.index_select(0, idx)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -355,30 +399,35 @@ def time_torch_epochs(bs, x, y, sync_each_step):
         last = float(total) / N_SAMPLES
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return times[1:], last
+    return times[1:], last, None
 
 
 def stage_epoch():
     x, y = _data()
     rows = []
-    runs = [("fastsgd cuda, fused epoch (one launch)", lambda bs: time_fastsgd_epochs(bs, x, y)),
-            ("fastsgd cuda, layer by layer", lambda bs: time_fastsgd_epochs(bs, x, y, False)),
-            ("torch, loss.item() each step", lambda bs: time_torch_epochs(bs, x, y, True)),
-            ("torch, no per-step sync", lambda bs: time_torch_epochs(bs, x, y, False))]
-    for bs in (64, 256):
-        for label, run in runs:
-            row = {"bs": bs, "impl": label, "steps": -(-N_SAMPLES // bs)}
-            try:
-                times, loss = run(bs)
-                row.update(epoch_s=statistics.median(times), epochs_s=times, train_loss=loss,
-                           us_per_step=1e6 * statistics.median(times) / row["steps"])
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            save("epoch", {"samples": N_SAMPLES, "model": f"{N_IN}-{N_HIDDEN}-{N_OUT}", "lr": LR,
-                           "timed_epochs": EPOCHS_TIMED, "rows": rows})
+    mlp = [("fastsgd cuda, fused epoch (one launch)", lambda bs: time_fastsgd_epochs(bs, x, y)),
+           ("fastsgd cuda, layer by layer", lambda bs: time_fastsgd_epochs(bs, x, y, False)),
+           ("torch, loss.item() each step", lambda bs: time_torch_epochs(bs, x, y, True)),
+           ("torch, no per-step sync", lambda bs: time_torch_epochs(bs, x, y, False))]
+    deep = [("fastsgd cuda, fused epoch (one launch)",
+             lambda bs: time_fastsgd_epochs(bs, x, y, model="deep")),
+            ("torch, no per-step sync", lambda bs: time_torch_epochs(bs, x, y, False, model="deep"))]
+    runs = [("mlp", bs, label, run) for bs in (64, 256) for label, run in mlp]
+    runs += [("deep", 64, label, run) for label, run in deep]
+    for model, bs, label, run in runs:
+        row = {"model": model_name(model), "bs": bs, "impl": label, "steps": -(-N_SAMPLES // bs)}
+        try:
+            times, loss, fused = run(bs)
+            row.update(epoch_s=statistics.median(times), epochs_s=times, train_loss=loss,
+                       us_per_step=1e6 * statistics.median(times) / row["steps"])
+            if fused is not None:
+                row["fused"] = fused  # True, or why the fused path did not run
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save("epoch", {"samples": N_SAMPLES, "lr": LR, "timed_epochs": EPOCHS_TIMED, "rows": rows})
 
 
 # ------------------------------------------------------------------ report
@@ -418,12 +467,17 @@ def stage_report():
                      f"| {_fmt(r.get('torch_gflops'), 0)} | {'' if err is None else f'{err:.1e}'} | {note} |")
     if "missing" in kernels:
         lines.append(f"\n(kernels: {kernels['missing']})")
-    lines += ["", f"## One epoch, {epoch.get('model', '784-128-10')} MLP, ReLU, cross-entropy, SGD lr {LR}, "
-              f"{N_SAMPLES} x {N_IN} random float32 on the GPU (median of {EPOCHS_TIMED} after a warm-up)", "",
-              "| bs | implementation | epoch s | us / step | final train loss | note |", "|---|---|---|---|---|---|"]
+    lines += ["", f"## One epoch, MLPs, cross-entropy, SGD lr {LR}, {N_SAMPLES} x {N_IN} random float32 "
+              f"on the GPU (median of {EPOCHS_TIMED} after a warm-up)", "",
+              "| model | bs | implementation | epoch s | us / step | final train loss | note |",
+              "|---|---|---|---|---|---|---|"]
     for r in epoch.get("rows", []):
-        lines.append(f"| {r['bs']} | {r['impl']} | {_fmt(r.get('epoch_s'), 3)} | {_fmt(r.get('us_per_step'), 0)} "
-                     f"| {_fmt(r.get('train_loss'), 4)} | {r.get('error', '')} |")
+        fused = r.get("fused")
+        note = (f"NOT FUSED: {fused} " if "fused" in r["impl"] and fused is not True and "fused" in r
+                else "") + r.get("error", "")
+        lines.append(f"| {r.get('model', model_name('mlp'))} | {r['bs']} | {r['impl']} "
+                     f"| {_fmt(r.get('epoch_s'), 3)} | {_fmt(r.get('us_per_step'), 0)} "
+                     f"| {_fmt(r.get('train_loss'), 4)} | {note} |")
     if "missing" in epoch:
         lines.append(f"\n(epoch: {epoch['missing']})")
     text = "\n".join(lines) + "\n"
@@ -434,7 +488,46 @@ def stage_report():
     print(text)
 
 
-STAGES = {"env": stage_env, "kernels": stage_kernels, "epoch": stage_epoch, "report": stage_report}
+# --------------------------------------------------------------------- dry
+def stage_dry():
+    """The fastsgd calls of ``kernels`` and ``epoch`` on the CUDA simulator at tiny sizes."""
+    if "numba" in sys.modules:
+        sys.exit("dry: run it as its own process (the simulator is chosen when Numba is imported)")
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from fastsgd import backends
+    k, ref = backends.get("cuda"), backends.get("numpy")
+    rows, failed = [], 0
+    for name, inputs, f_call, _, _, outs in kernel_specs(3, 5, 4):
+        row = {"kernel": name}
+        with attempt(row, "fastsgd"):
+            fd = {n: k.asarray(a, dtype=a.dtype) for n, a in inputs.items()}
+            fd.update({n: k.empty(s) for n, s in outs.items()})
+            nd = {n: a.copy() for n, a in inputs.items()}
+            nd.update({n: np.empty(s, np.float32) for n, s in outs.items()})
+            with backends.skip_value_checks():
+                row["max_rel_error_vs_numpy"] = _max_error(_host(f_call(k, fd)), _host(f_call(ref, nd)))
+            row["ok"] = bool(row["max_rel_error_vs_numpy"] < 1e-4)
+        rows.append(row)
+    x, y = _data(40, 6, 3)
+    for model in MODELS:
+        for fused in (True, False):
+            row = {"model": model_name(model, 6, 8, 3), "fused_wanted": fused}
+            with attempt(row, "epoch"):
+                _, row["train_loss"], row["fused"] = time_fastsgd_epochs(
+                    16, x, y, fused, model=model, hidden=8, epochs=1)
+                row["ok"] = bool(np.isfinite(row["train_loss"])
+                                 and (row["fused"] is True) == fused)
+            rows.append(row)
+    for row in rows:
+        failed += not row.get("ok", False)
+        print(json.dumps(row, default=str))
+    save("dry", {"rows": rows})
+    print(f"dry: {len(rows) - failed} of {len(rows)} ok")
+    sys.exit(1 if failed else 0)
+
+
+STAGES = {"env": stage_env, "kernels": stage_kernels, "epoch": stage_epoch, "report": stage_report,
+          "dry": stage_dry}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in STAGES:

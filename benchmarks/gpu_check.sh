@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The CUDA backend on a GPU machine: its tests at training shapes, each kernel timed
-# against PyTorch (cuBLAS) and CuPy, and MLP epochs against PyTorch.
+# The CUDA backend on a GPU machine: its tests at training shapes (the layer-program
+# kernel included, on a multi-block cooperative grid), each kernel timed against
+# PyTorch (cuBLAS) and CuPy, and MLP epochs (fused and layer by layer) against PyTorch.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root; no install needed
+#   PYTHONPATH=. python benchmarks/gpu_check.py dry   # before booking a GPU: the same calls, simulated
 #
 # Needs Python with numpy, numba-cuda, torch (CUDA), pytest; CuPy optional.  Writes
 # results.md, results.json and one log per stage to $OUT if set, else gpu_results/,
@@ -28,10 +30,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run under a timeout, log to $RESULTS
 }
 
 stage env 20 "$PY" benchmarks/gpu_check.py env
-stage tests_cuda 100 env FASTSGD_CUDA_TESTS=device "$PY" -m pytest tests_cuda -q -p no:cacheprovider \
+stage tests_cuda 120 env FASTSGD_CUDA_TESTS=device "$PY" -m pytest tests_cuda -q -p no:cacheprovider \
     --durations=5 --junitxml="$RESULTS/tests_cuda.xml"
 stage kernels 55 "$PY" benchmarks/gpu_check.py kernels
-stage epoch 75 "$PY" benchmarks/gpu_check.py epoch
+stage epoch 85 "$PY" benchmarks/gpu_check.py epoch
 stage report 10 "$PY" benchmarks/gpu_check.py report
 echo
 cat "$RESULTS/results.md" 2>/dev/null || echo "no report: see $RESULTS/*.log"

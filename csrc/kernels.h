@@ -5,6 +5,7 @@
  *     O  out-features         C  classes
  *     M, K, N                 a generic matmul (M, K) @ (K, N) -> (M, N)
  *     n                       the element count of an elementwise kernel
+ *     N, L, P                 (train_epoch) samples, layers, floats of the parameter block
  *
  * Conventions: outputs come first, inputs are const; every array is float32 (labels
  * int64), C-contiguous and row-major; a linear layer's weight w is stored (I, O), so
@@ -71,11 +72,18 @@ void sigmoid_forward(float *out, const float *x, int64_t n);
 /* dx = dy * y * (1 - y), y = sigmoid(x) the forward output.   y, dy, dx (n,). */
 void sigmoid_backward(float *dx, const float *y, const float *dy, int64_t n);
 
-/* out = max(x, 0).   x, out (n,). */
+/* out = max(x, 0), NaN for NaN.   x, out (n,). */
 void relu_forward(float *out, const float *x, int64_t n);
 
 /* dx = dy where x > 0, else 0; x the forward input.   x, dy, dx (n,). */
 void relu_backward(float *dx, const float *x, const float *dy, int64_t n);
+
+/* out = tanh(x), within a few ulp relative (also near 0), +-1 for large |x|.
+ * x, out (n,). */
+void tanh_forward(float *out, const float *x, int64_t n);
+
+/* dx = dy * (1 - y * y), y = tanh(x) the forward output.   y, dy, dx (n,). */
+void tanh_backward(float *dx, const float *y, const float *dy, int64_t n);
 
 /* ----------------------------------------------------------- losses (pointwise.c) */
 
@@ -98,6 +106,14 @@ int64_t cross_entropy_forward(double *restrict loss, const float *restrict logit
 int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
                                const int64_t *restrict labels, int64_t B, int64_t C);
 
+/* mean_n (preds_n - targets_n)^2, summed in double.   preds, targets (n,): every
+ * element of a (B,) or (B, O) batch. */
+double mse_forward(const float *restrict preds, const float *restrict targets, int64_t n);
+
+/* dpreds_n = 2 (preds_n - targets_n) / n.   preds, targets (n,) -> dpreds (n,). */
+void mse_backward(float *restrict dpreds, const float *restrict preds,
+                  const float *restrict targets, int64_t n);
+
 /* --------------------------------------------------------- optimizer (pointwise.c) */
 
 /* One SGD step in place:  g = grad + weight_decay * param;  with velocity (not NULL),
@@ -118,24 +134,36 @@ double multiclass_accuracy(const float *restrict logits, const int64_t *restrict
 
 /* ------------------------------------------------------ fused epoch (train.c) */
 
-/* One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP; returns the steps
- * done: steps = ceil(N / bs), or s when the loss of step s is not finite (losses[s] is
- * written first), or -1 when the scratch memory cannot be allocated.
- *   x (N, I); targets (N,) int64: 0/1 when binary (mnist_loss, O == 1), else labels in
- *   [0, O) (cross-entropy); order (N,) row indices in [0, N); lrs, losses (steps,).
- *   Two layers: w1 (I, H), b1 (H,), w2 (H, O), b2 (O,).  One layer (two_layers == 0):
- *   w1 (I, O), b1 (O,); w2, b2 and their velocities and gradients unused (may be NULL),
- *   H ignored.  v_* velocities and g_* gradient buffers shaped like their parameters.
- * Per step s, with batch rows order[s*bs : s*bs + B]: forward, loss, backward, then
- * for each parameter  v = momentum * v + (g + weight_decay * p);  p -= lrs[s] * v. */
-int64_t train_epoch(double *restrict losses,
-                    float *restrict w1, float *restrict b1, float *restrict w2,
-                    float *restrict b2, float *restrict v_w1, float *restrict v_b1,
-                    float *restrict v_w2, float *restrict v_b2, float *restrict g_w1,
-                    float *restrict g_b1, float *restrict g_w2, float *restrict g_b2,
-                    const float *restrict x, const int64_t *restrict targets,
-                    const int64_t *restrict order, const float *restrict lrs,
-                    int64_t N, int64_t I, int64_t H, int64_t O, int64_t bs,
-                    int two_layers, int binary, float momentum, float weight_decay);
+/* One row of a layer program (fastsgd/backends/program.py): the same four int64 as a
+ * row of its (L, 4) table.  LINEAR: w (n_in, n_out) at params + param, b (n_out,)
+ * right after it; an activation keeps its width and has param -1. */
+typedef struct {
+    int64_t kind, n_in, n_out, param;
+} fs_layer;
+
+/* Layer kinds and loss kinds, the codes of program.py. */
+enum fs_layer_kind { FS_LINEAR = 0, FS_RELU = 1, FS_SIGMOID = 2, FS_TANH = 3 };
+enum fs_loss_kind { FS_MNIST_LOSS = 0, FS_CROSS_ENTROPY = 1, FS_MSE = 2 };
+
+/* One epoch of SGD over the layer program layers (L,); returns the steps done:
+ * steps = ceil(N / bs), or s when the loss of step s is not finite (losses[s] is
+ * written, that step's update skipped), or -1 when scratch memory cannot be allocated.
+ *   x (N, I) with I = layers[0].n_in, O = layers[L-1].n_out;  order (N,) row indices
+ *   in [0, N);  lrs, losses (steps,);  params, grads, velocities (P,) the flat blocks,
+ *   velocities NULL for plain SGD (momentum unused).
+ *   loss_kind FS_MNIST_LOSS: targets (N, 1) 0/1, O == 1;  FS_MSE: targets (N, O);
+ *   both with n_targets_cols = 1 or O, labels unused (may be NULL).  FS_CROSS_ENTROPY:
+ *   labels (N,) in [0, O), targets unused (may be NULL).
+ * Per step s, with batch rows order[s*bs : s*bs + B]: gather, forward through the
+ * layers, loss and its gradient, backward in reverse down to the first LINEAR (no
+ * input gradient for it), then one SGD update of the whole block with lr = lrs[s]:
+ * g = grads + weight_decay * params;  v = momentum * v + g, g = v (with velocities);
+ * params -= lr * g. */
+int64_t train_epoch(double *restrict losses, float *params, float *grads, float *velocities,
+                    const fs_layer *restrict layers, int64_t L, int loss_kind,
+                    const float *restrict x, const float *restrict targets,
+                    int64_t n_targets_cols, const int64_t *restrict labels,
+                    const int64_t *restrict order, const float *restrict lrs, int64_t N,
+                    int64_t bs, int64_t P, float momentum, float weight_decay);
 
 #endif /* FASTSGD_KERNELS_H */

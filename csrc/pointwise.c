@@ -1,6 +1,7 @@
 /* pointwise.c -- activations, losses, the SGD update and the metrics.
  *
- * Dimension letters: B batch, C classes, n the element count of an elementwise kernel.
+ * Dimension letters: B batch, C classes, n the element count of an elementwise kernel
+ * (or of a whole (B, O) batch of a regression loss).
  *
  * Loops are written so GCC vectorizes them in each clone (FS_CLONES): exp is the
  * branch-free exp_nonpos() below instead of a libm call, and sums that may be
@@ -57,6 +58,28 @@ FS_INLINE float sigmoid(float v)
     return (v >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 
+/* tanh(v) within about 2 ulp relative for every float; exactly +-1 for |v| > 8.7,
+ * never NaN for finite v.  Branch-free: both halves are computed and one is selected.
+ * With a = |v| and the sign of v put back at the end:
+ *   a < 0.625:  a + a^3 P(a^2), P a degree-4 polynomial fitted for relative error
+ *               (exactly a for tiny a, where a^3 underflows);
+ *   otherwise:  (1 - e) / (1 + e),  e = exp(-2a) <= 0.29, so 1 - e loses under a bit
+ *               to cancellation. */
+FS_INLINE float tanh_stable(float v)
+{
+    const float a = fabsf(v), a2 = a * a;
+    float p = -5.704977083951235e-3f;
+    p = p * a2 + 2.0639076828956604e-2f;
+    p = p * a2 - 5.373971164226532e-2f;
+    p = p * a2 + 1.3331441581249237e-1f;
+    p = p * a2 - 3.333328068256378e-1f;
+    const float near_zero = a + a * a2 * p;
+
+    const float e = exp_nonpos(-2.0f * a);
+    const float far = (1.0f - e) / (1.0f + e);
+    return copysignf(a < 0.625f ? near_zero : far, v); /* tanh is odd; keeps -0.0 */
+}
+
 /* ------------------------------------------------------------- activations */
 
 FS_CLONES void sigmoid_forward(float *out, const float *x, int64_t n)
@@ -74,13 +97,25 @@ FS_CLONES void sigmoid_backward(float *dx, const float *y, const float *dy, int6
 FS_CLONES void relu_forward(float *out, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        out[i] = x[i] <= 0.0f ? 0.0f : x[i]; /* NaN stays NaN, as in max(x, 0) */
 }
 
 FS_CLONES void relu_backward(float *dx, const float *x, const float *dy, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
         dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+FS_CLONES void tanh_forward(float *out, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = tanh_stable(x[i]);
+}
+
+FS_CLONES void tanh_backward(float *dx, const float *y, const float *dy, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = dy[i] * ((1.0f - y[i]) * (1.0f + y[i])); /* 1 - y^2 without cancellation */
 }
 
 /* ------------------------------------------------------------------ losses */
@@ -204,6 +239,26 @@ FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *r
         }
     }
     return bad;
+}
+
+FS_CLONES double mse_forward(const float *restrict preds, const float *restrict targets,
+                             int64_t n)
+{
+    double total = 0.0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = 0; i < n; i++) {
+        const double diff = (double)preds[i] - (double)targets[i];
+        total += diff * diff;
+    }
+    return n > 0 ? total / (double)n : 0.0;
+}
+
+FS_CLONES void mse_backward(float *restrict dpreds, const float *restrict preds,
+                            const float *restrict targets, int64_t n)
+{
+    const float scale = n > 0 ? (float)(2.0 / (double)n) : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        dpreds[i] = (preds[i] - targets[i]) * scale;
 }
 
 /* --------------------------------------------------------------- optimizer */

@@ -1,13 +1,16 @@
-/* train.c -- one fused epoch of SGD over a Linear model or a Linear-ReLU-Linear MLP.
+/* train.c -- one fused epoch of SGD over a layer program.
  *
- * Dimension letters: N samples, I in-features, H hidden units, O outputs, bs the batch
- * size (B <= bs the rows of one step; the last step may be short).
+ * Dimension letters: N samples, L layers, P floats of the parameter block, bs the batch
+ * size (B <= bs the rows of one step; the last step may be short), I and O the in- and
+ * out-features of a layer, T the columns of the float targets.
  *
+ * The program is a table of fs_layer rows (kernels.h, fastsgd/backends/program.py).
  * Each step runs the same kernels, in the same order, as the layer-by-layer path (and
- * as the Numba fused epoch): gather, forward, loss, backward, then the SGD update of
- * each parameter.  The big products go through the matmul drivers of gemm.c, so they
- * use the packed micro-kernels and OpenMP.  The scratch arrays, and the matmuls'
- * packing buffer (gemm_keep_buffers), are allocated once per call, not per step.  The caller (fastsgd/backends/c_ext.py) has checked every size and index.
+ * as the reference epoch): gather, forward through the rows, loss, backward through
+ * them in reverse, then one SGD update of the whole parameter block.  The activations
+ * a[0..L] and their gradients d[0..L] live in one scratch allocation made once per call,
+ * as does the matmuls' packing buffer (gemm_keep_buffers).  The caller
+ * (fastsgd/backends/c_ext.py) has checked the table, every size and every index.
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 
@@ -26,18 +29,23 @@
  * costs more. */
 #define PARALLEL_MIN_FLOATS (1 << 15)
 
-/* xb[r] = x[order[start + r]] for r < B.   x (N, I), xb (B, I). */
-static void gather_rows(float *restrict xb, const float *restrict x,
-                        const int64_t *restrict order, int64_t B, int64_t I)
+/* ------------------------------------------------------------- the batch */
+
+/* dst[r] = src[rows[r]] for r < B, rows of `size` bytes.   src (N, size), dst (B, size). */
+static void gather_rows(void *restrict dst, const void *restrict src,
+                        const int64_t *restrict rows, int64_t B, size_t size)
 {
-    const int threads = B * I >= PARALLEL_MIN_FLOATS ? matmul_threads() : 1;
+    const int threads = (int64_t)(B * size) >= PARALLEL_MIN_FLOATS * (int64_t)sizeof(float)
+                            ? matmul_threads() : 1;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < B; r++)
-        memcpy(xb + r * I, x + order[r] * I, (size_t)I * sizeof(float));
+        memcpy((char *)dst + r * size, (const char *)src + rows[r] * size, size);
 }
 
-/* sgd_update on a large parameter, its elements split among the threads in ranges of
+/* ------------------------------------------------------------ the update */
+
+/* sgd_update of the whole block, its elements split among the threads in ranges of
  * whole 64-byte lines; element by element the same update, so the same result. */
 static void sgd_update_parallel(float *param, float *velocity, const float *grad, int64_t n,
                                 float lr, float momentum, float weight_decay)
@@ -53,8 +61,8 @@ static void sgd_update_parallel(float *param, float *velocity, const float *grad
             int64_t hi = 16 * ((t + 1) * lines / T);
             hi = hi < n ? hi : n;
             if (lo < hi)
-                sgd_update(param + lo, velocity + lo, grad + lo, hi - lo, lr, momentum,
-                           weight_decay);
+                sgd_update(param + lo, velocity ? velocity + lo : NULL, grad + lo, hi - lo,
+                           lr, momentum, weight_decay);
         }
         return;
     }
@@ -62,92 +70,183 @@ static void sgd_update_parallel(float *param, float *velocity, const float *grad
     sgd_update(param, velocity, grad, n, lr, momentum, weight_decay);
 }
 
-static size_t round_up16(int64_t n) { return (size_t)((n + 15) / 16 * 16); }
+/* --------------------------------------------------------------- scratch */
 
-int64_t train_epoch(double *restrict losses,
-                    float *restrict w1, float *restrict b1, float *restrict w2,
-                    float *restrict b2, float *restrict v_w1, float *restrict v_b1,
-                    float *restrict v_w2, float *restrict v_b2, float *restrict g_w1,
-                    float *restrict g_b1, float *restrict g_w2, float *restrict g_b2,
-                    const float *restrict x, const int64_t *restrict targets,
-                    const int64_t *restrict order, const float *restrict lrs,
-                    int64_t N, int64_t I, int64_t H, int64_t O, int64_t bs,
-                    int two_layers, int binary, float momentum, float weight_decay)
+/* The per-call working memory: a[l] (bs, width l) the input of layer l (a[L] the
+ * output), d[l] the loss gradient w.r.t. a[l] (only past the first LINEAR: NULL
+ * elsewhere), and the batch's targets (bs, T) or labels (bs,).  One allocation;
+ * every array starts on a 64-byte line. */
+typedef struct {
+    float **a, **d;
+    float *targets;
+    int64_t *labels;
+    void *memory;
+    int64_t first_linear;
+} scratch;
+
+static size_t lines_of(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
+
+static void scratch_free(scratch *s)
 {
-    if (N <= 0 || bs <= 0)
-        return 0;
-    if (!two_layers)
-        H = O; /* the one layer: w1 (I, O); no hidden arrays */
-    const int64_t steps = (N + bs - 1) / bs, rows = bs < N ? bs : N;
+    free(s->memory);
+    free(s->a);
+}
 
-    /* One allocation for every scratch array, each 64-byte aligned. */
-    const size_t n_xb = round_up16(rows * I), n_z = round_up16(rows * O);
-    const size_t n_h = two_layers ? round_up16(rows * H) : 0;
-    const size_t n_t = round_up16(rows * 2); /* int64 labels or float targets */
-    float *buffer = NULL;
-    if (posix_memalign((void **)&buffer, 64,
-                       (n_xb + 2 * n_z + 3 * n_h + n_t) * sizeof(float)) != 0)
+/* Lays out and allocates the scratch for batches of up to `rows` rows; 0 or -1. */
+static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t rows,
+                         int64_t T)
+{
+    memset(s, 0, sizeof *s);
+    s->first_linear = 0;
+    while (layers[s->first_linear].kind != FS_LINEAR)
+        s->first_linear++;
+    s->a = calloc((size_t)(2 * (L + 1)), sizeof(float *));
+    if (!s->a)
         return -1;
-    float *xb = buffer, *z = xb + n_xb, *dz = z + n_z;
-    float *h = dz + n_z, *a = h + n_h, *da = a + n_h;
-    void *tb = da + n_h;
-    float *tb_f = tb;
-    int64_t *tb_i = tb;
+    s->d = s->a + (L + 1);
 
-    gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
-    int64_t s;
-    for (s = 0; s < steps; s++) {
-        const int64_t start = s * bs, B = N - start < bs ? N - start : bs;
-        const int64_t *batch = order + start;
-        gather_rows(xb, x, batch, B, I);
-        if (binary) {
-            for (int64_t r = 0; r < B; r++)
-                tb_f[r] = (float)targets[batch[r]];
-        } else {
-            for (int64_t r = 0; r < B; r++)
-                tb_i[r] = targets[batch[r]];
-        }
-
-        if (two_layers) {
-            linear_forward(h, xb, w1, b1, B, I, H);
-            relu_forward(a, h, B * H);
-            linear_forward(z, a, w2, b2, B, H, O);
-        } else {
-            linear_forward(z, xb, w1, b1, B, I, O);
-        }
-
-        double loss;
-        if (binary) { /* O == 1: z and dz are (B,) */
-            loss = mnist_loss_forward(z, tb_f, B);
-            mnist_loss_backward(dz, z, tb_f, B);
-        } else {
-            cross_entropy_forward(&loss, z, tb_i, B, O);
-            cross_entropy_backward(dz, z, tb_i, B, O);
-        }
-        losses[s] = loss;
-        if (!isfinite(loss))
-            break;
-
-        const float lr = lrs[s];
-        if (two_layers) {
-            matmul_backward_weight(g_w2, a, dz, B, H, O);
-            bias_backward(g_b2, dz, B, O);
-            matmul_backward_input(da, dz, w2, B, H, O);
-            relu_backward(da, h, da, B * H);
-            matmul_backward_weight(g_w1, xb, da, B, I, H);
-            bias_backward(g_b1, da, B, H);
-            sgd_update_parallel(w1, v_w1, g_w1, I * H, lr, momentum, weight_decay);
-            sgd_update(b1, v_b1, g_b1, H, lr, momentum, weight_decay);
-            sgd_update_parallel(w2, v_w2, g_w2, H * O, lr, momentum, weight_decay);
-            sgd_update(b2, v_b2, g_b2, O, lr, momentum, weight_decay);
-        } else {
-            matmul_backward_weight(g_w1, xb, dz, B, I, O);
-            bias_backward(g_b1, dz, B, O);
-            sgd_update_parallel(w1, v_w1, g_w1, I * O, lr, momentum, weight_decay);
-            sgd_update(b1, v_b1, g_b1, O, lr, momentum, weight_decay);
+    size_t floats = lines_of(rows * T) + lines_of(2 * rows); /* targets, int64 labels */
+    for (int64_t l = 0; l <= L; l++) {
+        const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
+        floats += lines_of(rows * width) * (l > s->first_linear ? 2 : 1);
+    }
+    float *p = NULL;
+    if (posix_memalign((void **)&p, 64, floats * sizeof(float)) != 0) {
+        free(s->a);
+        return -1;
+    }
+    s->memory = p;
+    s->targets = p;
+    p += lines_of(rows * T);
+    s->labels = (int64_t *)p;
+    p += lines_of(2 * rows);
+    for (int64_t l = 0; l <= L; l++) {
+        const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
+        s->a[l] = p;
+        p += lines_of(rows * width);
+        if (l > s->first_linear) {
+            s->d[l] = p;
+            p += lines_of(rows * width);
         }
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- a step */
+
+/* a[l + 1] = layer l of a[l], for each layer in order; params (P,). */
+static void forward(const scratch *s, const fs_layer *layers, int64_t L, const float *params,
+                    int64_t B)
+{
+    for (int64_t l = 0; l < L; l++) {
+        const fs_layer *layer = &layers[l];
+        const float *in = s->a[l];
+        float *out = s->a[l + 1];
+        const int64_t n = B * layer->n_out;
+        switch (layer->kind) {
+        case FS_LINEAR: {
+            const float *w = params + layer->param, *b = w + layer->n_in * layer->n_out;
+            linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
+            break;
+        }
+        case FS_RELU: relu_forward(out, in, n); break;
+        case FS_SIGMOID: sigmoid_forward(out, in, n); break;
+        case FS_TANH: tanh_forward(out, in, n); break;
+        }
+    }
+}
+
+/* The mean loss of the output z = a[L] (B, O) and d[L] = dL/dz. */
+static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int64_t B,
+                                int64_t O)
+{
+    const float *z = s->a[L];
+    float *dz = s->d[L];
+    double loss = 0.0;
+    switch (loss_kind) {
+    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
+        mnist_loss_backward(dz, z, s->targets, B);
+        loss = mnist_loss_forward(z, s->targets, B);
+        break;
+    case FS_CROSS_ENTROPY:
+        cross_entropy_backward(dz, z, s->labels, B, O);
+        cross_entropy_forward(&loss, z, s->labels, B, O);
+        break;
+    case FS_MSE:
+        mse_backward(dz, z, s->targets, B * O);
+        loss = mse_forward(z, s->targets, B * O);
+        break;
+    default:
+        loss = NAN;
+    }
+    return loss;
+}
+
+/* From d[L], the gradients of every LINEAR into grads (P,) and d[l] for l past the
+ * first LINEAR, in reverse layer order. */
+static void backward(const scratch *s, const fs_layer *layers, int64_t L, const float *params,
+                     float *grads, int64_t B)
+{
+    for (int64_t l = L - 1; l >= s->first_linear; l--) {
+        const fs_layer *layer = &layers[l];
+        const float *d_out = s->d[l + 1];
+        float *d_in = s->d[l]; /* NULL at the first LINEAR */
+        const int64_t n = B * layer->n_out;
+        switch (layer->kind) {
+        case FS_LINEAR: {
+            const int64_t I = layer->n_in, O = layer->n_out;
+            float *gw = grads + layer->param, *gb = gw + I * O;
+            matmul_backward_weight(gw, s->a[l], d_out, B, I, O);
+            bias_backward(gb, d_out, B, O);
+            if (l > s->first_linear)
+                matmul_backward_input(d_in, d_out, params + layer->param, B, I, O);
+            break;
+        }
+        case FS_RELU: relu_backward(d_in, s->a[l], d_out, n); break;
+        case FS_SIGMOID: sigmoid_backward(d_in, s->a[l + 1], d_out, n); break;
+        case FS_TANH: tanh_backward(d_in, s->a[l + 1], d_out, n); break;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the epoch */
+
+int64_t train_epoch(double *restrict losses, float *params, float *grads, float *velocities,
+                    const fs_layer *restrict layers, int64_t L, int loss_kind,
+                    const float *restrict x, const float *restrict targets,
+                    int64_t n_targets_cols, const int64_t *restrict labels,
+                    const int64_t *restrict order, const float *restrict lrs, int64_t N,
+                    int64_t bs, int64_t P, float momentum, float weight_decay)
+{
+    if (N <= 0 || bs <= 0 || L <= 0)
+        return 0;
+    const int64_t steps = (N + bs - 1) / bs, rows = bs < N ? bs : N;
+    const int64_t I = layers[0].n_in, O = layers[L - 1].n_out;
+    const int64_t T = loss_kind == FS_CROSS_ENTROPY ? 0 : n_targets_cols;
+    scratch s;
+    if (scratch_alloc(&s, layers, L, rows, T) != 0)
+        return -1;
+
+    gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
+    int64_t step;
+    for (step = 0; step < steps; step++) {
+        const int64_t start = step * bs, B = N - start < bs ? N - start : bs;
+        const int64_t *batch = order + start;
+        gather_rows(s.a[0], x, batch, B, (size_t)I * sizeof(float));
+        if (loss_kind == FS_CROSS_ENTROPY)
+            gather_rows(s.labels, labels, batch, B, sizeof(int64_t));
+        else
+            gather_rows(s.targets, targets, batch, B, (size_t)T * sizeof(float));
+
+        forward(&s, layers, L, params, B);
+        const double loss = loss_and_gradient(&s, loss_kind, L, B, O);
+        losses[step] = loss;
+        if (!isfinite(loss))
+            break;
+        backward(&s, layers, L, params, grads, B);
+        sgd_update_parallel(params, velocities, grads, P, lrs[step], momentum, weight_decay);
+    }
     gemm_free_buffers();
-    free(buffer);
-    return s;
+    scratch_free(&s);
+    return step;
 }

@@ -4,16 +4,16 @@ Kernels live in backends (``fastsgd.backends.get("numba").matmul(a, b)``); the
 trainer API below uses the book's / fastai's names.
 """
 from . import backends
-from .layers import Linear, ReLU, Sequential, Sigmoid, load_model, save_model, simple_net
+from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh, load_model, save_model, simple_net
 from .learner import DataLoader, DataLoaders, Learner, TrainingDiverged
-from .losses import batch_accuracy, cross_entropy, mnist_loss
+from .losses import Loss, batch_accuracy, cross_entropy, mnist_loss, mse
 from .optim import SGD, constant_lr, cosine_lr
 from .random import set_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "backends", "Linear", "ReLU", "Sigmoid", "Sequential", "simple_net", "save_model",
-    "load_model", "DataLoader", "DataLoaders", "Learner", "TrainingDiverged", "mnist_loss",
-    "cross_entropy", "batch_accuracy", "SGD", "constant_lr", "cosine_lr", "set_seed",
+    "backends", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net", "save_model",
+    "load_model", "DataLoader", "DataLoaders", "Learner", "TrainingDiverged", "Loss", "mnist_loss",
+    "cross_entropy", "mse", "batch_accuracy", "SGD", "constant_lr", "cosine_lr", "set_seed",
 ]

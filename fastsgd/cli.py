@@ -5,6 +5,7 @@ Bad arguments and bad files end with a one-line error on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -12,14 +13,15 @@ import time
 
 import numpy as np
 
-from . import backends
-from .files import write_json
+from . import backends, files
 
 #: Defaults per loss, measured on MNIST: mnist_loss has small gradients (sigmoid
 #: slope / B) and does best with the book's plain SGD at a large rate; the softmax
 #: model trains fastest with momentum.
 DEFAULT_LR = {"mnist_loss": 1.0, "cross_entropy": 0.1}
 DEFAULT_MOMENTUM = {"mnist_loss": 0.0, "cross_entropy": 0.9}
+#: ``--activation`` names -> the layer class (imported when training).
+ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 EXIT_USAGE = 2
 
 
@@ -54,6 +56,16 @@ def _non_negative_float(text):
     return value
 
 
+def _hidden(text):
+    try:
+        sizes = [int(n) for n in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"expected hidden sizes like 30 or 256,128, got {text!r}")
+    return sizes
+
+
 def _digits(text):
     if text == "all":
         return list(range(10))
@@ -66,10 +78,16 @@ def _digits(text):
     return digits
 
 
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastsgd`` command."""
     parser = _Parser(prog="fastsgd", description="Train MNIST digit classifiers with "
                      "hand-written SGD kernels, and inspect the kernel backends.")
+    parser.add_argument("--version", action="version", version=f"fastsgd {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -82,9 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--digits", type=_digits, default=[3, 7], metavar="D,D|all",
                        help="digits to classify (default: 3,7; 'all' = ten classes)")
     train.add_argument("--model", choices=["linear", "mlp"], default="mlp",
-                       help="linear: one Linear layer; mlp: Linear-ReLU-Linear (default)")
-    train.add_argument("--hidden", type=_positive_int, default=30, metavar="N",
-                       help="hidden units of the mlp (default: 30)")
+                       help="linear: one Linear layer; mlp: Linear layers with an activation "
+                       "between each two (default)")
+    train.add_argument("--hidden", type=_hidden, default=[30], metavar="N[,N...]",
+                       help="hidden units of the mlp, one size per hidden layer "
+                       "(default: 30; e.g. 256,128)")
+    train.add_argument("--activation", choices=list(ACTIVATIONS), default="relu",
+                       help="activation between the mlp's Linear layers (default: relu)")
     train.add_argument("--epochs", type=_positive_int, default=10, metavar="N",
                        help="passes over the training set (default: 10)")
     train.add_argument("--bs", type=_positive_int, default=64, metavar="N",
@@ -103,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", default=None, choices=backends.names(),
                        help="kernel backend (default: $FASTSGD_BACKEND or the fastest available)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    train.add_argument("--json", metavar="PATH", help="write settings, history and accuracy as JSON")
+    train.add_argument("--json", metavar="PATH", help="write settings, history and accuracy as JSON "
+                       "(- for stdout)")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
     train.add_argument("--quiet", action="store_true", help="print only the final accuracy")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -147,11 +170,19 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        print(f"fastsgd: error: {exc}", file=sys.stderr)
+        print(f"fastsgd: error: {_one_line(exc)}", file=sys.stderr)
+    except MemoryError as exc:
+        print(f"fastsgd: error: out of memory{f' ({_one_line(exc)})' if str(exc) else ''}",
+              file=sys.stderr)
     except KeyboardInterrupt:
         print("fastsgd: interrupted", file=sys.stderr)
         return 130
     return EXIT_USAGE
+
+
+def _one_line(exc) -> str:
+    """The exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # -------------------------------------------------------------------- train
@@ -168,14 +199,55 @@ def _load_data(args):
 
 
 def run_train(args) -> int:
-    """``fastsgd train``: fit, print the table, write --json/--save."""
-    from . import Learner, DataLoaders, SGD, Linear, simple_net, batch_accuracy, set_seed
+    """``fastsgd train``: fit, print the table, write --save/--json/--plot.
+
+    Their destinations are checked before training.  When one of them is ``-``
+    (stdout), the table and the accuracy go to stderr instead.
+    """
+    outputs = _check_outputs(args)
+    with contextlib.redirect_stdout(sys.stderr if files.STDOUT in outputs.values() else sys.stdout):
+        learn, report = _fit(args)
+    if args.save:
+        learn.save(args.save)
+    if args.json:
+        files.write_json(args.json, report)
+    if args.plot:
+        from .plots import plot_history
+        plot_history(learn.recorder.history, args.plot)
+    return 0
+
+
+def _check_outputs(args) -> dict[str, str]:
+    """{option: path} of --save/--json/--plot, each checked to be writable (UsageError if not)."""
+    outputs = {option: path for option, path in
+               (("--save", args.save), ("--json", args.json), ("--plot", args.plot)) if path}
+    if list(outputs.values()).count(files.STDOUT) > 1:
+        raise UsageError("only one of --save, --json and --plot can be - (stdout)")
+    targets = {}                          # real path -> option; devices may be shared
+    for option, path in outputs.items():
+        target = os.path.realpath(path)
+        if path == files.STDOUT:
+            continue
+        if target in targets and (os.path.isfile(target) or not os.path.exists(target)):
+            raise UsageError(f"{targets[target]} and {option} name the same file {path}")
+        targets[target] = option
+    if args.plot:
+        from .plots import require_matplotlib
+        require_matplotlib()
+    for option, path in outputs.items():
+        try:
+            files.check_writable(path)
+        except OSError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    return outputs
+
+
+def _fit(args):
+    """Load the data, build and train the model; returns (learner, --json report or None)."""
+    from . import Learner, DataLoaders, SGD, batch_accuracy, set_seed
     from .losses import cross_entropy, mnist_loss
 
     backend = backends.get(args.backend)
-    if args.plot:  # fail before training, not after
-        from .plots import require_matplotlib
-        require_matplotlib()
     name, train_x, train_y, valid_x, valid_y = _load_data(args)
     binary = len(args.digits) == 2
     loss = mnist_loss if binary else cross_entropy
@@ -188,38 +260,57 @@ def run_train(args) -> int:
         raise UsageError(f"--momentum: expected a value in [0, 1], got {momentum}")
 
     set_seed(args.seed)
-    n_in = train_x.shape[1]
-    model = simple_net(n_in, args.hidden, n_out) if args.model == "mlp" else Linear(n_in, n_out)
-    if args.model == "linear":
-        from .layers import Sequential
-        model = Sequential(model)
+    model = _build_model(args, train_x.shape[1], n_out)
     dls = DataLoaders.from_arrays(train_x, train_y, valid_x, valid_y, bs=args.bs, seed=args.seed)
     learn = Learner(dls, model, loss, SGD(lr, momentum, args.wd), [batch_accuracy],
                     backend=backend, show=not args.quiet,
                     progress=False if args.no_progress else None)
+    fused = learn.fused
     if not args.quiet:
+        path = "fused" if fused is True else f"layer by layer: {fused}"
         print(f"{name}: digits {','.join(map(str, args.digits))}, {len(train_x)} train / "
-              f"{len(valid_x)} valid, model {args.model}, backend {backend.name}", flush=True)
+              f"{len(valid_x)} valid, model {_describe(model)}, backend {backend.name} ({path})",
+              flush=True)
     t0 = time.perf_counter()
     learn.fit(args.epochs, schedule=args.schedule)
     elapsed = time.perf_counter() - t0
     accuracy = learn.recorder.history[-1]["batch_accuracy"]
     print(f"accuracy {accuracy:.4f} after {args.epochs} epochs ({elapsed:.1f} s)")
 
-    if args.save:
-        learn.save(args.save)
+    report = None
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
         settings.update(lr=lr, momentum=momentum, backend=backend.name, data=args.data or "embedded",
-                        n_train=len(train_x), n_valid=len(valid_x))
+                        n_train=len(train_x), n_valid=len(valid_x), fused=fused)
         history = [{"epoch": r["epoch"], "train_loss": r["train_loss"],
                     "valid_loss": r["valid_loss"], "accuracy": r["batch_accuracy"],
                     "seconds": r["seconds"]} for r in learn.recorder.history]
-        write_json(args.json, {"settings": settings, "history": history, "accuracy": accuracy})
-    if args.plot:
-        from .plots import plot_history
-        plot_history(learn.recorder.history, args.plot)
-    return 0
+        report = {"settings": settings, "history": history, "accuracy": accuracy}
+    return learn, report
+
+
+def _build_model(args, n_in, n_out):
+    """The Sequential that --model, --hidden and --activation describe."""
+    from . import layers
+    if args.model == "linear":
+        return layers.Sequential(layers.Linear(n_in, n_out))
+    activation = getattr(layers, ACTIVATIONS[args.activation])
+    sizes = [n_in, *args.hidden, n_out]
+    stack = []
+    for i in range(len(sizes) - 1):
+        stack.append(layers.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            stack.append(activation())
+    return layers.Sequential(*stack)
+
+
+def _describe(model) -> str:
+    """E.g. ``784-256-128-10 (relu)`` or ``784-1 (linear)``."""
+    from .layers import Linear
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    sizes = "-".join(str(n) for n in [linears[0].n_in, *(layer.n_out for layer in linears)])
+    kinds = {type(layer).__name__.lower() for layer in model.layers} - {"linear"}
+    return f"{sizes} ({', '.join(sorted(kinds)) or 'linear'})"
 
 
 # --------------------------------------------------------------------- info
@@ -243,7 +334,11 @@ def run_info(args) -> int:
         print(f"  {name:<8} {'available' if status is True else f'unavailable ({status})'}")
     print(f"default backend: {os.environ.get('FASTSGD_BACKEND') or default}"
           f"{' (from FASTSGD_BACKEND)' if os.environ.get('FASTSGD_BACKEND') else ''}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    print(f"fastsgd {_version()}, python {platform.python_version()}, numpy {np.__version__}, "
+          f"numba {numba.__version__}")
+    if backends.available().get("c") is True:
+        from .backends import c_ext
+        print(f"c backend: matmul kernel {c_ext.isa()}, threads: {c_ext.threads()}")
     if backends.available().get("numba") is True:
         nb = backends.get("numba")
         nb.matmul(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32))  # starts the thread pool

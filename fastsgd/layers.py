@@ -1,6 +1,6 @@
 """Layers: each forward keeps what its backward needs, and both call backend kernels.
 
-A model is a ``Sequential`` of ``Linear``, ``ReLU`` and ``Sigmoid`` layers.
+A model is a ``Sequential`` of ``Linear``, ``ReLU``, ``Sigmoid`` and ``Tanh`` layers.
 ``forward(x)`` returns the output; ``backward(dy)`` takes dL/d(output), fills every
 parameter's ``grad`` (overwriting it: there is nothing to zero) and returns
 dL/d(input).  Outputs and gradients live in buffers owned by the layer and reused
@@ -11,16 +11,15 @@ each size.  A layer computes on the backend it was bound to with ``to(backend)``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import backends
+from .files import BadArchive, NpzArchive, open_output
 from .random import global_rng
 
-__all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Sequential", "simple_net",
+__all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
            "save_model", "load_model"]
 
 
@@ -143,6 +142,20 @@ class Sigmoid(Module):
         return "Sigmoid()"
 
 
+class Tanh(Module):
+    """``y = tanh(x)``, elementwise."""
+
+    def forward(self, x):
+        self._y = self.backend.tanh_forward(x, out=self._buffer("y", x.shape, x.dtype))
+        return self._y
+
+    def backward(self, dy):
+        return self.backend.tanh_backward(self._y, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
+
+    def __repr__(self):
+        return "Tanh()"
+
+
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse.
 
@@ -206,65 +219,165 @@ def simple_net(n_in: int = 784, n_hidden: int = 30, n_out: int = 1,
 
 
 # ---------------------------------------------------------------- save / load
-_LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid}
+_LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
+_MAX_PARAMETERS = 1 << 28        # floats a model file may declare (1 GiB of float32)
+_MAX_CONFIG_BYTES = 1 << 20
+_MAX_NESTING = 8                 # Sequentials inside Sequentials
 
 
 def save_model(model: Sequential, path) -> Path:
     """Write ``model`` (architecture + weights) to an .npz file atomically.
 
     The file is written to a temporary name in the same folder and renamed, so
-    a crash never leaves a half-written model behind.
+    a crash or Ctrl-C never leaves a half-written model behind.
     """
-    path = Path(path)
     arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(model.parameters())}
     arrays["config"] = np.frombuffer(json.dumps(model.config()).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    with open_output(path) as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+class _Zeros:
+    """Stands in for a random generator where the drawn values are overwritten at once."""
+
+    def uniform(self, low, high, size):
+        return np.zeros(size, dtype=np.float32)
 
 
 def _build(config: dict) -> Module:
-    kind = config.get("type")
+    """The model a checked config describes, with zero weights (no random numbers drawn)."""
+    kind = config["type"]
     if kind == "Sequential":
         return Sequential(*(_build(c) for c in config["layers"]))
     if kind == "Linear":
-        return Linear(config["n_in"], config["n_out"], np.random.default_rng(0))
-    if kind in _LAYER_TYPES:
-        return _LAYER_TYPES[kind]()
-    raise ValueError(f"model file: unknown layer type {kind!r}")
+        return Linear(config["n_in"], config["n_out"], _Zeros())
+    return _LAYER_TYPES[kind]()
+
+
+def _check_layer(config, where: str, depth: int) -> list[tuple[int, int]]:
+    """The (n_in, n_out) of each Linear in the layer ``config``, or ValueError saying what is wrong."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: expected a layer object, got {type(config).__name__}")
+    kind = config.get("type")
+    known = ["Sequential", *_LAYER_TYPES]
+    if not isinstance(kind, str) or kind not in known:
+        raise ValueError(f"{where}: unknown layer type {kind!r} (expected one of {', '.join(known)})")
+    keys = {"Sequential": {"type", "layers"}, "Linear": {"type", "n_in", "n_out"}}.get(kind, {"type"})
+    if set(config) != keys:
+        raise ValueError(f"{where}: a {kind} has the keys {sorted(keys)}, got {sorted(config)}")
+    if kind == "Linear":
+        for key in ("n_in", "n_out"):
+            n = config[key]
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_PARAMETERS:
+                raise ValueError(f"{where}: {key} must be an integer in 1..{_MAX_PARAMETERS}, "
+                                 f"got {n!r}")
+        return [(config["n_in"], config["n_out"])]
+    if kind != "Sequential":
+        return []
+    layers = config["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise ValueError(f"{where}: layers must be a non-empty list, got {layers!r:.60}")
+    if depth >= _MAX_NESTING:
+        raise ValueError(f"{where}: Sequentials nested more than {_MAX_NESTING} deep")
+    return [s for i, c in enumerate(layers) for s in _check_layer(c, f"{where}.layers[{i}]", depth + 1)]
+
+
+def _parameter_shapes(config) -> list[tuple[int, ...]]:
+    """The shape of each parameter a model config declares, checked for sense and size."""
+    if not isinstance(config, dict) or config.get("type") != "Sequential":
+        raise ValueError("config: expected a Sequential at the top")
+    linears = _check_layer(config, "config", 0)
+    if not linears:
+        raise ValueError("config: no Linear layer")
+    for (_, n_out), (n_in, _) in zip(linears, linears[1:]):
+        if n_out != n_in:
+            raise ValueError(f"config: a Linear with {n_out} outputs feeds one with {n_in} inputs")
+    total = sum(n_in * n_out + n_out for n_in, n_out in linears)
+    if total > _MAX_PARAMETERS:
+        raise ValueError(f"config: declares {total} parameters, more than the {_MAX_PARAMETERS} "
+                         f"a model file may hold")
+    return [shape for n_in, n_out in linears for shape in ((n_in, n_out), (n_out,))]
+
+
+def _read_config(npz: NpzArchive):
+    """The architecture stored in the archive's ``config`` member (JSON bytes)."""
+    header = npz.headers.get("config")
+    if header is None:
+        raise ValueError("no config array")
+    if header.dtype != np.uint8 or len(header.shape) != 1 or header.size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"config must be at most {_MAX_CONFIG_BYTES} uint8 bytes, got "
+                         f"shape {header.shape} of {header.dtype}")
+    try:
+        return json.loads(npz.read("config").tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, or nesting too deep
+        raise ValueError(f"config is not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _check_arrays(npz: NpzArchive, shapes) -> None:
+    """The archive holds exactly ``config`` and p0.. with float data of ``shapes``."""
+    expected = {"config", *(f"p{i}" for i in range(len(shapes)))}
+    missing, extra = sorted(expected - set(npz.headers)), sorted(set(npz.headers) - expected)
+    if missing or extra:
+        raise ValueError(f"the config declares {len(shapes)} parameter arrays; "
+                         + "; ".join(f"{what} {', '.join(names)}" for what, names in
+                                     (("missing", missing), ("unexpected", extra)) if names))
+    for i, shape in enumerate(shapes):
+        header = npz.headers[f"p{i}"]
+        if header.dtype.kind != "f":
+            raise ValueError(f"p{i} holds {header.dtype}, expected floats")
+        if header.shape != shape:
+            raise ValueError(f"p{i} has shape {header.shape}, the config declares {shape}")
 
 
 def read_model_file(path) -> tuple[dict, list[np.ndarray]]:
-    """(architecture config, parameter arrays) stored in a file written by ``save_model``."""
+    """(architecture config, parameter arrays) stored in a file written by ``save_model``.
+
+    Everything is checked before any array is read: the config's layers and sizes
+    (at most 2**28 parameters), and every array's header against them.  A malformed
+    file raises one ValueError naming it; a missing one FileNotFoundError.
+    """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            config = json.loads(f["config"].tobytes().decode())
-            n = len([k for k in f.files if k.startswith("p")])
-            weights = [f[f"p{i}"] for i in range(n)]
+        with NpzArchive(path) as npz:
+            config = _read_config(npz)
+            shapes = _parameter_shapes(config)
+            _check_arrays(npz, shapes)
+            weights = [npz.read(f"p{i}").astype(np.float32, copy=False) for i in range(len(shapes))]
     except FileNotFoundError:
         raise FileNotFoundError(f"model file {path} does not exist") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"model file {path} is not a fastsgd model: {exc}") from None
+    except BadArchive as e:
+        raise ValueError(f"model file {path} is not a fastsgd model: {e.reason}") from None
+    except OSError as e:
+        raise ValueError(f"model file {path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise ValueError(f"model file {path}: {e}") from None
+    for i, w in enumerate(weights):
+        if not np.isfinite(w).all():
+            raise ValueError(f"model file {path}: p{i} holds NaN or infinite values")
     return config, weights
 
 
 def load_weights(model: Module, weights: list[np.ndarray], source="weights"):
-    """Copy ``weights`` into ``model``'s parameters (shapes must match)."""
+    """Copy ``weights`` into ``model``'s parameters: all of them, or (on error) none.
+
+    Every array is checked (count, shape, floats) and converted before the first
+    parameter changes.
+    """
     params = model.parameters()
     if len(params) != len(weights):
         raise ValueError(f"{source}: holds {len(weights)} arrays, the model has {len(params)}")
-    for p, w in zip(params, weights):
-        if p.value.shape != w.shape:
-            raise ValueError(f"{source}: {p.name} has shape {w.shape}, expected {p.value.shape}")
-        p.value = model.backend.asarray(w)
+    for i, (p, w) in enumerate(zip(params, weights)):
+        shape = tuple(getattr(w, "shape", ()))
+        if shape != tuple(p.value.shape):
+            raise ValueError(f"{source}: array {i} ({p.name}) has shape {shape}, "
+                             f"expected {tuple(p.value.shape)}")
+        dtype = np.dtype(w.dtype) if hasattr(w, "dtype") else np.asarray(w).dtype
+        if dtype.kind != "f":
+            raise ValueError(f"{source}: array {i} ({p.name}) holds {dtype}, expected floats")
+    values = [model.backend.asarray(w) for w in weights]
+    for p, value in zip(params, values):
+        p.value = value
 
 
 def load_model(path, backend=None) -> Sequential:

@@ -19,17 +19,27 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backends
-from .fused import plan as plan_fused
+from . import fused as fused_path
 from .layers import Module, load_weights, read_model_file, save_model
 from .losses import Loss
 from .optim import SCHEDULES, SGD
 from .random import global_rng
 
-__all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged"]
+__all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged",
+           "DIVERGED_LOSS_FACTOR"]
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: a non-finite loss, parameter or validation output, or a loss that
+    grew past ``DIVERGED_LOSS_FACTOR`` times the first one (plus 1)."""
+
+
+#: An epoch whose mean training loss exceeds this many times the first step's loss
+#: (plus 1) has diverged, even while every number is still finite.
+DIVERGED_LOSS_FACTOR = 10.0
+
+#: The largest learning rate a float32 kernel can hold.
+_MAX_LR = float(np.finfo(np.float32).max)
 
 
 class DataLoader:
@@ -104,7 +114,7 @@ class DataLoader:
     def _batch_buffers(self, size):
         if size not in self._buffers:
             self._buffers[size] = (self.backend.empty((size, self.x.shape[1]), np.float32),
-                                   self.backend.empty(size, self.y.dtype))
+                                   self.backend.empty((size, *self.y.shape[1:]), self.y.dtype))
         return self._buffers[size]
 
 
@@ -149,8 +159,15 @@ class Learner:
     ``backend`` is a name, a Backend or None for ``fastsgd.backends.default_name()``.
     ``show`` prints the per-epoch table; ``progress`` draws a progress bar over
     the batches (default: only when stdout is a terminal).  With ``fused`` (the
-    default), models the backend's fused kernel covers train a whole epoch per
-    compiled call (see ``fastsgd.fused``); the result is the same.
+    default), a whole epoch runs in one compiled call of the backend's layer
+    program (see ``fastsgd.fused``) whenever the model, loss and backend allow it;
+    the result is the same as layer by layer.  ``learn.fused`` then reads True, or
+    a string saying why fits run layer by layer.
+
+    Threads: different Learners (and any kernels) may run in different threads at
+    once — each keeps its own buffers and the NaN-check switch is per thread.  One
+    Learner is not to be used from two threads at once: it owns its model's
+    buffers, its DataLoaders' shuffling state and its history.
     """
 
     def __init__(self, dls: DataLoaders, model: Module, loss_func: Loss, opt: SGD | None = None,
@@ -159,8 +176,8 @@ class Learner:
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a fastsgd layer or Sequential, got {type(model).__name__}")
         if not isinstance(loss_func, Loss):
-            raise TypeError("loss_func: expected fastsgd.mnist_loss or fastsgd.cross_entropy, "
-                            f"got {loss_func!r}")
+            raise TypeError("loss_func: expected a fastsgd.Loss (fastsgd.mnist_loss, cross_entropy, "
+                            f"mse or one built from two kernels), got {loss_func!r}")
         if opt is not None and not isinstance(opt, SGD):
             raise TypeError(f"opt: expected a fastsgd.SGD, got {type(opt).__name__}")
         self.dls, self.model, self.loss_func = dls, model, loss_func
@@ -183,13 +200,24 @@ class Learner:
             if dl.x.shape[1] != n_in:
                 raise ValueError(f"dls.{part}: x has {dl.x.shape[1]} features but the model "
                                  f"expects {n_in}")
-            if self.loss_func.target_dtype.kind == "f" and n_out != 1:
+            if self.loss_func.targets == "binary" and n_out != 1:
                 raise ValueError(f"loss_func: {self.loss_func!r} needs a model with one output, "
                                  f"this one has {n_out}")
             dl.y = self.loss_func.prepare_targets(self.backend.to_numpy(dl.y), n_out)
             dl.to(self.backend)
 
     # ------------------------------------------------------------ training
+    @property
+    def fused(self) -> bool | str:
+        """True when this Learner's fits run on the fused path, else the reason they do not."""
+        if not self._fused_wanted:
+            return "turned off"
+        return fused_path.reason(self.model, self.loss_func, self.opt, self.dls.train) or True
+
+    @fused.setter
+    def fused(self, wanted: bool):
+        self._fused_wanted = bool(wanted)
+
     def fit(self, n_epochs: int, lr: float | None = None, schedule="constant") -> list[dict]:
         """Train for ``n_epochs``; ``lr`` overrides the optimiser's rate.
 
@@ -212,16 +240,17 @@ class Learner:
             self._print_header()
         start = len(self.recorder.history)
         total_steps = n_epochs * len(self.dls.train)
-        fused = self.fused and plan_fused(self.backend, self.model, self.loss_func, self.opt,
-                                          self.dls.train)
+        program = fused_path.plan(self.model, self.loss_func, self.opt, self.dls.train) \
+            if self.fused is True else None
         for i in range(n_epochs):
             t0 = time.perf_counter()
-            step0 = i * len(self.dls.train)
-            if fused:
-                train_loss = self._train_epoch_fused(fused, step0, total_steps, scale)
+            lrs = self._learning_rates(i * len(self.dls.train), total_steps, scale)
+            if program is not None:
+                train_loss = self._train_epoch_fused(program, lrs)
             else:
-                train_loss = self._train_epoch(step0, total_steps, scale)
+                train_loss = self._train_epoch(lrs)
             row = {"epoch": self.epoch, "train_loss": train_loss, **self.validate()}
+            self._check_diverged(row)
             row["seconds"] = time.perf_counter() - t0
             self.recorder.history.append(row)
             self.epoch += 1
@@ -229,28 +258,43 @@ class Learner:
                 self._print_row(row)
         return self.recorder.history[start:]
 
-    def _train_epoch(self, step0, total_steps, scale) -> float:
+    def _learning_rates(self, step0, total_steps, scale) -> np.ndarray:
+        """The rate of each step of the epoch starting at ``step0``: lr times the schedule.
+
+        Each must be finite, >= 0 and representable in float32, on both paths alike.
+        """
+        rates = []
+        for step in range(step0, step0 + len(self.dls.train)):
+            multiplier = scale(step / total_steps)
+            rate = self.opt.lr * multiplier if _is_real(multiplier) else multiplier
+            if not _is_real(rate) or not 0 <= rate <= _MAX_LR:
+                raise ValueError(f"schedule: step {step} gives learning rate {rate!r}; expected "
+                                 f"a finite number in [0, {_MAX_LR:.4g}] (lr times the "
+                                 f"schedule's multiplier)")
+            rates.append(rate)
+        return np.array(rates, np.float64)
+
+    def _train_epoch(self, lrs) -> float:
         kernels, model, loss_func = self.backend, self.model, self.loss_func
         dl = self.dls.train
         total, count = 0.0, 0
         batches = _progress(dl, self.progress, f"epoch {self.epoch}")
         with backends.skip_value_checks():  # the data was checked once, the loss is checked below
-            for step, (xb, yb) in enumerate(batches, start=step0):
+            for (xb, yb), lr in zip(batches, lrs):
                 preds = model.forward(xb)
                 loss = loss_func(preds, yb, kernels)
                 self._check_loss(loss)
                 dpreds = loss_func.backward(preds, yb, kernels, out=self._dpreds(preds))
                 model.backward(dpreds)
-                self.opt.step(self.opt.lr * scale(step / total_steps))
+                self.opt.step(float(lr))
                 total += loss * len(xb)
                 count += len(xb)
                 self.recorder.losses.append(loss)
         return total / count
 
-    def _train_epoch_fused(self, fused, step0, total_steps, scale) -> float:
+    def _train_epoch_fused(self, program, lrs) -> float:
         dl = self.dls.train
-        lrs = [self.opt.lr * scale(step / total_steps) for step in range(step0, step0 + len(dl))]
-        losses = fused.run(np.array(lrs))
+        losses = program.run(lrs)
         for loss in losses:
             self._check_loss(loss)
         self.recorder.losses.extend(losses.tolist())
@@ -260,8 +304,24 @@ class Learner:
 
     def _check_loss(self, loss):
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"training diverged at epoch {self.epoch}: loss is {loss}; "
-                                   f"lower the learning rate (lr={self.opt.lr})")
+            self._diverged(f"loss is {loss}")
+
+    def _check_diverged(self, row):
+        """After an epoch: parameters and validation results finite, the loss not exploding."""
+        for p in self.model.parameters():
+            if not np.isfinite(self.backend.to_numpy(p.value)).all():
+                self._diverged(f"parameter {p.name} holds NaN or Inf")
+        for key, value in row.items():
+            if key != "epoch" and not math.isfinite(value):
+                self._diverged(f"{key} is {value}")
+        first = self.recorder.losses[0] if self.recorder.losses else row["train_loss"]
+        bound = DIVERGED_LOSS_FACTOR * first + 1.0
+        if row["train_loss"] > bound:
+            self._diverged(f"the training loss grew from {first:.4g} to {row['train_loss']:.4g}")
+
+    def _diverged(self, what):
+        raise TrainingDiverged(f"training diverged at epoch {self.epoch}: {what}; "
+                               f"lower the learning rate (lr={self.opt.lr})")
 
     def _dpreds(self, preds):
         buf = self._dpreds_buf
@@ -277,12 +337,16 @@ class Learner:
         """
         dl = dl or self.dls.valid
         sums = {"valid_loss": 0.0, **{_name(m): 0.0 for m in self.metrics}}
+        finite = True
         with backends.skip_value_checks():
             for xb, yb in dl:
                 preds = self.model.forward(xb)
+                finite = finite and bool(np.isfinite(self.backend.to_numpy(preds)).all())
                 sums["valid_loss"] += self.loss_func(preds, yb, self.backend) * len(xb)
                 for m in self.metrics:
                     sums[_name(m)] += m(preds, yb, self.backend) * len(xb)
+        if not finite:  # a bounded loss (mnist_loss) can hide outputs gone to +-inf or NaN
+            sums["valid_loss"] = math.nan
         return {k: v / dl.n for k, v in sums.items()}
 
     def predict(self, x, bs: int = 1024) -> np.ndarray:
@@ -303,7 +367,12 @@ class Learner:
         return save_model(self.model, path)
 
     def load(self, path) -> "Learner":
-        """Load weights saved by ``save``; the architecture must match this model."""
+        """Load weights saved by ``save``; the architecture must match this model.
+
+        The whole file is checked first: on any error the weights and the
+        optimiser's state are left exactly as they were.  After a load, momentum
+        restarts from zero.
+        """
         config, weights = read_model_file(path)
         if config != self.model.config():
             raise ValueError(f"model file {path}: architecture {config} does not match "
@@ -326,6 +395,10 @@ class Learner:
         minutes, seconds = divmod(row["seconds"], 60)
         cells.append(f"{int(minutes):02d}:{seconds:05.2f}")
         print("  ".join(cells), flush=True)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _width(column: str) -> int:

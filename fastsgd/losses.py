@@ -10,37 +10,95 @@ import numpy as np
 
 from . import backends
 
-__all__ = ["Loss", "mnist_loss", "cross_entropy", "batch_accuracy"]
+__all__ = ["Loss", "mnist_loss", "cross_entropy", "mse", "batch_accuracy"]
+
+
+#: Fused loss kinds by the pair of contract kernels that computes them.
+_KINDS_BY_KERNELS = {("mnist_loss_forward", "mnist_loss_backward"): "mnist_loss",
+                     ("cross_entropy_forward", "cross_entropy_backward"): "cross_entropy",
+                     ("mse_forward", "mse_backward"): "mse"}
+#: What each kind of target is: 0/1 floats, integer class labels, or any real value.
+_TARGETS = {"mnist_loss": "binary", "cross_entropy": "labels", "mse": "real"}
 
 
 class Loss:
-    """A loss with forward (``__call__``) and ``backward``, backed by two kernels."""
+    """A loss made of two kernels: the mean loss of a batch and its gradient.
 
-    def __init__(self, name: str, target_dtype, forward_kernel: str, backward_kernel: str):
+    The public protocol a ``Learner`` relies on:
+
+    * ``loss(preds, targets, backend=None) -> float``, the mean over the batch;
+    * ``loss.backward(preds, targets, backend=None, out=None)`` -> dL/dpreds;
+    * ``loss.prepare_targets(targets, n_outputs)`` -> targets converted once;
+    * ``loss.targets``: ``"binary"`` (0/1, one output), ``"labels"`` (int class
+      labels in [0, n_outputs)) or ``"real"`` (floats shaped like the output);
+    * ``loss.kind``: the fused loss it is (``"mnist_loss"``, ``"cross_entropy"``,
+      ``"mse"``) or None, in which case training runs layer by layer.
+
+    ``forward_kernel`` and ``backward_kernel`` name kernels of the contract
+    (``"mse_forward"``), or are functions ``f(kernels, preds, targets)`` and
+    ``g(kernels, preds, targets, out)``.  ``kind`` is declared by the kernels: a
+    loss built on the mnist_loss kernels *is* mnist_loss, whatever its name, and
+    trains fused like it.  ``targets`` defaults from the kind, else from
+    ``target_dtype`` (integers: labels; floats: real).
+    """
+
+    def __init__(self, name: str, target_dtype, forward_kernel, backward_kernel,
+                 targets: str | None = None):
+        for label, kernel in (("forward_kernel", forward_kernel), ("backward_kernel", backward_kernel)):
+            if not (callable(kernel) or (isinstance(kernel, str) and kernel in backends.KERNELS)):
+                raise ValueError(f"{label}: expected a kernel name of the contract or a function, "
+                                 f"got {kernel!r}")
         self.__name__ = name
         self.target_dtype = np.dtype(target_dtype)
         self._forward = forward_kernel
         self._backward = backward_kernel
+        pair = (forward_kernel, backward_kernel)
+        self.kind = _KINDS_BY_KERNELS.get(pair) if all(isinstance(k, str) for k in pair) else None
+        default = _TARGETS.get(self.kind) or ("labels" if self.target_dtype.kind in "iu" else "real")
+        self.targets = targets or default
+        if self.targets not in ("binary", "labels", "real"):
+            raise ValueError(f"targets: expected 'binary', 'labels' or 'real', got {targets!r}")
+        if self.kind and self.targets != _TARGETS[self.kind]:
+            self.kind = None  # the kernels' own targets differ: not the fused loss
+        if (self.targets == "labels") != (self.target_dtype.kind in "iu"):
+            raise ValueError(f"target_dtype: {self.target_dtype} does not suit "
+                             f"{self.targets} targets")
 
     def __repr__(self):
         return self.__name__
 
     def __call__(self, preds, targets, backend=None) -> float:
         """The mean loss over the batch."""
-        return getattr(backends.get(backend or "numpy"), self._forward)(preds, targets)
+        kernels = backends.get(backend or "numpy")
+        if callable(self._forward):
+            return float(self._forward(kernels, preds, targets))
+        return getattr(kernels, self._forward)(preds, targets)
 
     def backward(self, preds, targets, backend=None, out=None):
         """dL/dpreds, shaped like preds (written into ``out`` when given)."""
-        return getattr(backends.get(backend or "numpy"), self._backward)(preds, targets, out)
+        kernels = backends.get(backend or "numpy")
+        if callable(self._backward):
+            return self._backward(kernels, preds, targets, out)
+        return getattr(kernels, self._backward)(preds, targets, out)
 
     def prepare_targets(self, targets, n_outputs: int | None = None) -> np.ndarray:
         """``targets`` converted once to what the kernels expect, with their values checked."""
         targets = np.asarray(targets)
         if targets.ndim == 2 and targets.shape[1] == 1:
             targets = targets.reshape(-1)
+        if self.targets == "real":
+            if targets.ndim == 2 and n_outputs and targets.shape[1] != n_outputs:
+                raise ValueError(f"targets: {self.__name__} expects shape (N,) or (N, {n_outputs}) "
+                                 f"to match the model's outputs, got {targets.shape}")
+            if targets.ndim not in (1, 2) or (targets.ndim == 1 and n_outputs not in (None, 1)):
+                raise ValueError(f"targets: {self.__name__} expects shape (N, {n_outputs}) "
+                                 f"to match the model's outputs, got {targets.shape}")
+            if not np.issubdtype(targets.dtype, np.number) or not np.isfinite(targets).all():
+                raise ValueError(f"targets: {self.__name__} expects finite real numbers")
+            return np.ascontiguousarray(targets, dtype=self.target_dtype)
         if targets.ndim != 1:
             raise ValueError(f"targets: expected shape (N,), got {targets.shape}")
-        if self.target_dtype.kind == "f":
+        if self.targets == "binary":
             if not np.isin(targets, (0, 1)).all():
                 raise ValueError(f"targets: {self.__name__} expects targets 0 or 1")
         else:
@@ -57,6 +115,10 @@ mnist_loss = Loss("mnist_loss", np.float32, "mnist_loss_forward", "mnist_loss_ba
 
 #: Mean softmax cross-entropy for multi-class models; integer labels.
 cross_entropy = Loss("cross_entropy", np.int64, "cross_entropy_forward", "cross_entropy_backward")
+
+#: Mean squared error over every output, the book's ``((preds - targets)**2).mean()``;
+#: real-valued targets shaped like the output.
+mse = Loss("mse", np.float32, "mse_forward", "mse_backward")
 
 
 def batch_accuracy(preds, targets, backend=None) -> float:

@@ -29,17 +29,38 @@ class SGD:
         self._velocity = []
 
     def bind(self, params, backend) -> "SGD":
-        """Optimise ``params`` (a list of Parameter) with ``backend``'s kernels."""
+        """Optimise ``params`` (a list of Parameter) with ``backend``'s kernels; velocities restart at 0."""
         self.params = list(params)
         self.backend = backends.get(backend)
         self._velocity = [self.backend.zeros(p.value.shape) if self.momentum else None
                           for p in self.params]
         return self
 
+    def velocities(self) -> list:
+        """The momentum buffer of each parameter (shaped like it), or None where none exists yet."""
+        return list(self._velocity)
+
+    def set_velocities(self, arrays):
+        """Use ``arrays`` (one per parameter, shaped like it) as the momentum buffers from now on.
+
+        They should already hold the current velocities: the fused path copies
+        them into its flat block, then points the optimiser there.
+        """
+        arrays = list(arrays)
+        if len(arrays) != len(self.params):
+            raise ValueError(f"arrays: expected {len(self.params)} velocities, got {len(arrays)}")
+        for p, new in zip(self.params, arrays):
+            if tuple(new.shape) != tuple(p.value.shape):
+                raise ValueError(f"arrays: a velocity of shape {tuple(new.shape)} for "
+                                 f"{p.name} of shape {tuple(p.value.shape)}")
+        self._velocity = arrays
+
     def step(self, lr: float | None = None):
         """Update every parameter in place from its ``grad``."""
         lr = self.lr if lr is None else lr
-        for p, v in zip(self.params, self._velocity):
+        for i, (p, v) in enumerate(zip(self.params, self._velocity)):
+            if v is None and self.momentum:  # momentum switched on after bind
+                v = self._velocity[i] = self.backend.zeros(p.value.shape)
             self.backend.sgd_update(p.value, p.grad, lr, self.momentum, self.weight_decay, v)
 
     def __repr__(self):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .files import open_output
+
 __all__ = ["require_matplotlib", "plot_history", "plot_speedups"]
 
 #: History keys that are not metrics.
@@ -37,10 +39,10 @@ def _figure(width, height):
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    """``fig`` as a PNG at ``path``, written atomically (``-``: stdout)."""
+    with open_output(path) as f:
+        fig.savefig(f, format="png")
+    return Path(path)
 
 
 def plot_history(history: list[dict], path) -> Path:

@@ -41,10 +41,14 @@ def make_case(name, rng, m, k, n, scale=1.0):
     if name == "linear_backward":
         return (f32(rng, m, k, scale=scale), f32(rng, k, n, scale=scale),
                 f32(rng, m, n, scale=scale)), max(m, n), scale**2 * max(m, n)
-    if name in ("sigmoid_forward", "relu_forward"):
+    if name in ("sigmoid_forward", "relu_forward", "tanh_forward"):
         return (f32(rng, m, n, scale=scale),), 1, 1.0
     if name == "sigmoid_backward":
         return (rng.uniform(0, 1, (m, n)).astype(np.float32), f32(rng, m, n, scale=scale)), 1, scale
+    if name == "tanh_backward":
+        return (rng.uniform(-1, 1, (m, n)).astype(np.float32), f32(rng, m, n, scale=scale)), 1, scale
+    if name in ("mse_forward", "mse_backward"):
+        return (f32(rng, m, n, scale=scale), f32(rng, m, n, scale=scale)), m * n, scale ** 2
     if name == "relu_backward":
         return (f32(rng, m, n, scale=scale), f32(rng, m, n, scale=scale)), 1, scale
     if name in ("mnist_loss_forward", "mnist_loss_backward", "binary_accuracy"):

@@ -57,6 +57,14 @@ CASES = [
     ("sigmoid_forward", (A,), {"out": read_only(A)}, ValueError, "out: expected a writable"),
     ("sigmoid_backward", (A, f32(4, 4)), {}, ValueError, "dy.shape is (4, 4) but y.shape is (4, 5)"),
     ("relu_forward", (with_nan(A),), {}, ValueError, "x: contains NaN"),
+    ("tanh_forward", (A.astype(np.float16),), {}, TypeError, "x: expected dtype"),
+    ("tanh_forward", (A,), {"out": f32(4, 4)}, ValueError, "out: expected shape (4, 5)"),
+    ("tanh_backward", (A, f32(5, 4)), {}, ValueError, "dy.shape is (5, 4) but y.shape is (4, 5)"),
+    ("mse_forward", (P, f32(5)), {}, ValueError, "targets: expected shape (4,) to match preds"),
+    ("mse_forward", (Z, f32(4)), {}, ValueError, "targets: expected shape (4, 3) to match preds"),
+    ("mse_forward", (f32(2, 2, 2), f32(2, 2, 2)), {}, ValueError, "preds: expected shape (B,) or (B, O)"),
+    ("mse_forward", (P, with_nan(P)), {}, ValueError, "targets: contains NaN"),
+    ("mse_backward", (Z, Z), {"dpreds": f32(4)}, ValueError, "dpreds: expected shape (4, 3)"),
     ("relu_forward", (A.T,), {}, ValueError, "x: expected a C-contiguous"),
     ("relu_backward", (A, f32(5, 4)), {}, ValueError, "dy.shape is (5, 4) but x.shape is (4, 5)"),
     ("mnist_loss_forward", (P, np.array([1, 0, 2, 0], np.float32)), {}, ValueError,
@@ -119,3 +127,53 @@ def test_value_checks_can_be_skipped_but_shape_checks_cannot(kernels):
             kernels.cross_entropy_forward(Z, np.array([0, 9, 1, 0], np.int64))
     with pytest.raises(ValueError, match="x: contains NaN"):
         kernels.relu_forward(with_nan(A))
+
+
+def shifted(n=1000):
+    """(input, output): two views of one buffer, the output one element further on."""
+    buf = np.linspace(-3, 3, n + 1, dtype=np.float32)
+    return buf[:-1], buf[1:]
+
+
+@pytest.mark.parametrize("kernel, make_args", [
+    ("sigmoid_forward", lambda x, out: ((x,), {"out": out})),
+    ("relu_forward", lambda x, out: ((x,), {"out": out})),
+    ("tanh_forward", lambda x, out: ((x,), {"out": out})),
+    ("sigmoid_backward", lambda x, out: ((x, np.ones_like(x)), {"dx": out})),
+    ("relu_backward", lambda x, out: ((np.ones_like(x), x), {"dx": out})),
+    ("tanh_backward", lambda x, out: ((x, np.ones_like(x)), {"dx": out})),
+    ("mnist_loss_backward", lambda x, out: ((x, (x > 0).astype(np.float32)), {"dpreds": out})),
+    ("mse_backward", lambda x, out: ((x, np.zeros_like(x)), {"dpreds": out})),
+])
+def test_an_output_partly_overlapping_an_input_is_refused(kernels, kernel, make_args):
+    x, out = shifted()
+    args, kwargs = make_args(x, out)
+    with pytest.raises(ValueError, match="partly overlaps an input"):
+        getattr(kernels, kernel)(*args, **kwargs)
+
+
+def test_sgd_update_refuses_partly_overlapping_buffers(kernels):
+    buf = np.zeros(11, np.float32)
+    with pytest.raises(ValueError, match="param: partly overlaps"):
+        kernels.sgd_update(buf[1:], buf[:-1], 0.1)
+    with pytest.raises(ValueError, match="velocity: partly overlaps"):
+        kernels.sgd_update(f32(10), buf[1:], 0.1, momentum=0.9, velocity=buf[:-1])
+
+
+def test_exact_aliasing_runs_in_place_and_matches(kernels, ref):
+    x = np.linspace(-3, 3, 101, dtype=np.float32)
+    for kernel in ("sigmoid_forward", "relu_forward", "tanh_forward"):
+        want = getattr(ref, kernel)(x.astype(np.float64))
+        y = x.copy()
+        assert getattr(kernels, kernel)(y, out=y) is y
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
+
+
+def test_linear_backward_outputs_may_not_overlap_each_other(kernels):
+    x, w, dy = f32(4, 5), f32(5, 3), f32(4, 3)
+    buf = np.zeros(20, np.float32)
+    with pytest.raises(ValueError, match="db: must not overlap"):
+        kernels.linear_backward(x, w, dy, dw=buf[:15].reshape(5, 3), db=buf[14:17], need_dx=False)
+    with pytest.raises(ValueError, match="dlogits: must not overlap"):
+        z = f32(4, 3)
+        kernels.cross_entropy_backward(z, np.array([0, 1, 2, 0]), dlogits=z)

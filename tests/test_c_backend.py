@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fastsgd import backends
+from fastsgd.backends import program as prog
 from fastsgd.backends.contract import KERNELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,8 +65,8 @@ def isa(request, c_ext):
 @needs_c
 def test_every_c_symbol_exists(c_ext):
     exported = set(dir(c_ext.lib))
-    expected = set(KERNELS) | {"matmul_threads", "set_matmul_threads", "matmul_isa",
-                               "set_matmul_isa"}
+    expected = set(KERNELS) | {"train_epoch", "matmul_threads", "set_matmul_threads",
+                               "matmul_isa", "set_matmul_isa"}
     assert expected <= exported, sorted(expected - exported)
 
 
@@ -128,10 +129,14 @@ def valid_args(kernel):
         "sigmoid_backward": dict(y=f32(B, O), dy=f32(B, O), dx=f32(B, O)),
         "relu_forward": dict(x=f32(B, O), out=f32(B, O)),
         "relu_backward": dict(x=f32(B, O), dy=f32(B, O), dx=f32(B, O)),
+        "tanh_forward": dict(x=f32(B, O), out=f32(B, O)),
+        "tanh_backward": dict(y=f32(B, O), dy=f32(B, O), dx=f32(B, O)),
         "mnist_loss_forward": dict(preds=f32(B), targets=targets),
         "mnist_loss_backward": dict(preds=f32(B), targets=targets, dpreds=f32(B)),
         "cross_entropy_forward": dict(logits=f32(B, C), labels=labels),
         "cross_entropy_backward": dict(logits=f32(B, C), labels=labels, dlogits=f32(B, C)),
+        "mse_forward": dict(preds=f32(B, O), targets=f32(B, O)),
+        "mse_backward": dict(preds=f32(B, O), targets=f32(B, O), dpreds=f32(B, O)),
         "sgd_update": dict(param=f32(B, O), grad=f32(B, O), velocity=f32(B, O), lr=0.1,
                            momentum=0.9, weight_decay=0.01),
         "binary_accuracy": dict(preds=f32(B), targets=targets),
@@ -184,7 +189,7 @@ MUTATIONS = {
     "flat": (lambda x: x.reshape(-1) if x.ndim > 1 else x.reshape(1, -1), ValueError),
 }
 ELEMENTWISE = ("sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
-               "sgd_update")
+               "tanh_forward", "tanh_backward", "mse_forward", "mse_backward", "sgd_update")
 # Changed arrays that still make a valid call: a free dimension of the kernel, or a
 # reshape (elementwise kernels work on flat arrays and only need equal sizes).
 STILL_VALID = {("bias_backward", "dy", "more_rows"), ("bias_backward", "dy", "fewer_rows")} | {
@@ -423,8 +428,10 @@ def test_elementwise_kernels_at_vector_tails(c_ext, n):
     rng = np.random.default_rng(n)
     x, dy = rng.standard_normal(n, dtype=np.float32) * 5, rng.standard_normal(n, dtype=np.float32)
     y = rng.uniform(0, 1, n).astype(np.float32)
+    t = rng.uniform(-1, 1, n).astype(np.float32)
     for kernel, args in (("sigmoid_forward", (x,)), ("relu_forward", (x,)),
-                         ("relu_backward", (x, dy)), ("sigmoid_backward", (y, dy))):
+                         ("relu_backward", (x, dy)), ("sigmoid_backward", (y, dy)),
+                         ("tanh_forward", (x,)), ("tanh_backward", (t, dy))):
         got, want = np.empty(n, np.float32), np.empty(n, np.float64)
         getattr(c_ext, kernel)(*args, got)
         getattr(ref, kernel)(*(a.astype(np.float64) for a in args), want)
@@ -473,103 +480,308 @@ def test_cross_entropy_at_extremes_and_widths(c_ext, classes):
     np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
 
 
+@needs_c
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 64, 65, 1000, 100_003])
+def test_mse_kernels_at_vector_tails(c_ext, n):
+    ref = backends.get("numpy")._impl
+    rng = np.random.default_rng(n)
+    p, t = (rng.standard_normal(n, dtype=np.float32) * 3 for _ in range(2))
+    p64, t64 = p.astype(np.float64), t.astype(np.float64)
+    assert c_ext.mse_forward(p, t) == pytest.approx(ref.mse_forward(p64, t64), rel=1e-12)
+    got, want = np.full(n, np.nan, np.float32), np.empty(n, np.float64)
+    c_ext.mse_backward(p, t, got)
+    ref.mse_backward(p64, t64, want)
+    np.testing.assert_allclose(got, want, rtol=4e-7, atol=1e-30)
+
+
+def ulps(got, want):
+    """|got - want| in float32 ulps of |want| (want in float64)."""
+    spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+@needs_c
+def test_tanh_is_accurate_over_the_whole_float_range(c_ext):
+    tiny = np.geomspace(1e-45, 1.0, 100_000)
+    large = np.geomspace(1.0, 3e38, 100_000)
+    x = np.concatenate([np.linspace(-12, 12, 400_001), tiny, -tiny, large, -large,
+                        [np.finfo(np.float32).tiny, 0.625, -0.625]]).astype(np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(0)), np.nextafter(x, np.float32(np.inf))])
+    got = np.empty_like(x)
+    c_ext.tanh_forward(x, got)
+    want = np.tanh(x.astype(np.float64))
+    assert ulps(got, want).max() <= 2.0  # relative to tanh(x), also for tiny |x|
+    assert (got[x >= 9.5] == 1).all() and (got[x <= -9.5] == -1).all()
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(x))  # odd, -0.0 kept
+    inf = np.array([np.inf, -np.inf, 0.0, -0.0], np.float32)
+    c_ext.tanh_forward(inf, inf)
+    np.testing.assert_array_equal(inf, [1, -1, 0, 0])
+    assert np.signbit(inf[3])
+
+
+@needs_c
+def test_tanh_backward_is_accurate_near_saturation(c_ext):
+    y = np.tanh(np.linspace(-9, 9, 10_001)).astype(np.float32)  # 1 - y^2 cancels near +-1
+    dy = np.ones_like(y)
+    got = np.empty_like(y)
+    c_ext.tanh_backward(y, dy, got)
+    y64 = y.astype(np.float64)
+    want = 1 - y64 * y64
+    keep = want > 0
+    assert ulps(got[keep], want[keep]).max() <= 2.0
+    assert (got[~keep] == 0).all()
+
+
+@needs_c
+def test_tanh_kernels_work_in_place(c_ext):
+    x = np.linspace(-5, 5, 1001, dtype=np.float32)
+    want = np.tanh(x.astype(np.float64))
+    c_ext.tanh_forward(x, x)
+    np.testing.assert_allclose(x, want, rtol=3e-7)
+    dy = np.full_like(x, 0.5)
+    c_ext.tanh_backward(x, dy, dy)
+    np.testing.assert_allclose(dy, 0.5 * (1 - want**2), rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------------ fused epoch
-def epoch_args(N=70, I=13, H=9, O=3, bs=16, binary=False, seed=0):
-    """Arguments of a fused epoch on random data: a two-layer net unless H is None."""
+# c_ext.train_epoch against the reference's plain loop, both in float32.
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+LOSSES = (prog.MNIST_LOSS, prog.CROSS_ENTROPY, prog.MSE)
+
+
+def epoch_args(spec, loss_kind, N=70, bs=16, momentum=0.9, weight_decay=1e-3, seed=0,
+               with_velocities=None):
+    """Keyword arguments of a fused epoch of the program ``spec`` on random data.
+
+    ``spec`` lists ``(kind name, n_in, n_out)`` as ``program.layer_table`` takes it;
+    velocities are None unless ``with_velocities`` (default: when momentum != 0).
+    """
+    if with_velocities is None:
+        with_velocities = momentum != 0
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, I), dtype=np.float32)
-    targets = rng.integers(0, 2 if binary else O, N).astype(np.int64)
-    order = rng.permutation(N).astype(np.int64)
-    shapes = [(I, O), (O,)] if H is None else [(I, H), (H,), (H, O), (O,)]
-    params = [(0.3 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
-    velocities = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
-    grads = [np.zeros(s, np.float32) for s in shapes]
+    layers, P = prog.layer_table(spec)
+    I, O = spec[0][1], spec[-1][2]
+    no_targets, no_labels = np.empty((0, 1), np.float32), np.empty(0, np.int64)
+    if loss_kind == prog.CROSS_ENTROPY:
+        targets, labels = no_targets, rng.integers(0, O, N).astype(np.int64)
+    elif loss_kind == prog.MNIST_LOSS:
+        targets, labels = rng.integers(0, 2, (N, 1)).astype(np.float32), no_labels
+    else:
+        targets, labels = rng.standard_normal((N, O), dtype=np.float32), no_labels
     steps = -(-N // bs)
-    lrs = np.linspace(0.2, 0.05, steps).astype(np.float32)
-    losses = np.zeros(steps, np.float64)
-    return dict(x=x, targets=targets, order=order, bs=bs, params=params,
-                velocities=velocities, grads=grads, lrs=lrs, momentum=0.9,
-                weight_decay=1e-3, binary=binary, losses=losses)
+    return dict(layers=layers, loss_kind=loss_kind,
+                x=rng.standard_normal((N, I), dtype=np.float32), targets=targets,
+                labels=labels, order=rng.permutation(N).astype(np.int64), bs=bs,
+                lrs=np.linspace(0.2, 0.05, steps).astype(np.float32),
+                momentum=np.float32(momentum), weight_decay=np.float32(weight_decay),
+                params=(0.4 * rng.standard_normal(P)).astype(np.float32),
+                grads=np.zeros(P, np.float32),
+                velocities=(0.1 * rng.standard_normal(P)).astype(np.float32)
+                if with_velocities else None,
+                losses=np.zeros(steps, np.float64))
+
+
+def random_program(seed):
+    """(spec, loss kind, epoch options) for seed: depth 1-5, widths incl. 1 and odd sizes.
+
+    The seed cycles through every loss and, at each depth, every activation.
+    """
+    rng = np.random.default_rng(seed)
+    loss_kind = LOSSES[seed % 3]
+    depth = 1 + seed % 5
+    sizes = [int(rng.choice([1, 3, 13, 40]))]
+    sizes += [int(rng.choice([1, 2, 5, 9, 17, 33])) for _ in range(depth - 1)]
+    sizes.append(1 if loss_kind == prog.MNIST_LOSS else int(rng.choice([1, 3, 10])))
+    spec = []
+    if seed % 7 == 3:  # an activation before the first LINEAR
+        spec.append((ACTIVATIONS[seed % 3], sizes[0], sizes[0]))
+    for k, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        spec.append(("linear", n_in, n_out))
+        if k < depth - 1 or seed % 4 == 0:  # between layers, sometimes also after the last
+            spec.append((ACTIVATIONS[(seed // 3 + k) % 3], n_out, n_out))
+    bs = int(rng.choice([1, 7, 16, 32]))
+    N = int(bs * rng.integers(1, 6) + rng.integers(1, bs + 1))  # a short last batch, mostly
+    options = dict(N=N, bs=bs, momentum=(0.0, 0.9)[seed % 2],
+                   weight_decay=(0.0, 1e-3)[(seed // 2) % 2], seed=seed,
+                   with_velocities=seed % 4 != 0)  # also with momentum 0: v = g
+    return spec, loss_kind, options
 
 
 def copy_args(args):
-    return {k: ([a.copy() for a in v] if isinstance(v, list) else
-                v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in args.items()}
 
 
-@needs_c
-@pytest.mark.parametrize("case", [dict(), dict(H=None), dict(O=1, binary=True),
-                                  dict(H=None, O=1, binary=True), dict(bs=200),
-                                  dict(N=300, I=784, H=40, O=10, bs=64)])
-def test_train_epoch_matches_numba(c_ext, threads, case):
-    from fastsgd.backends import numba_cpu
-    args = epoch_args(**case)
+def run_both(c_ext, args):
+    """(c's arguments after the epoch, the reference's), each run on its own copy."""
+    from fastsgd.backends import numpy_ref
     mine, theirs = copy_args(args), copy_args(args)
     done = c_ext.train_epoch(**mine)
-    assert done == numba_cpu.train_epoch(**theirs) == len(args["lrs"])
-    np.testing.assert_allclose(mine["losses"], theirs["losses"], rtol=1e-5)
-    for group in ("params", "velocities", "grads"):
-        for a, b in zip(mine[group], theirs[group]):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert done == numpy_ref.train_epoch(**theirs)
+    return done, mine, theirs
+
+
+def assert_same_epoch(mine, theirs, tol=1e-5):
+    """Same losses and blocks to float32 rounding (a wrong term, e.g. lr * wd * p, is larger)."""
+    np.testing.assert_allclose(mine["losses"], theirs["losses"], rtol=tol, atol=1e-6)
+    for name in ("params", "grads", "velocities"):
+        if mine[name] is not None:
+            scale = max(1.0, float(np.abs(theirs[name]).max()))
+            np.testing.assert_allclose(mine[name], theirs[name], rtol=tol, atol=tol * scale,
+                                       err_msg=name)
 
 
 @needs_c
-def test_train_epoch_stops_at_the_first_non_finite_loss(c_ext):
-    args = epoch_args(H=None)
+@pytest.mark.parametrize("seed", range(30))
+def test_train_epoch_matches_the_reference_on_random_programs(c_ext, threads, seed):
+    spec, loss_kind, options = random_program(seed)
+    args = epoch_args(spec, loss_kind, **options)
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == len(args["lrs"])
+    assert_same_epoch(mine, theirs)
+
+
+@needs_c
+@pytest.mark.parametrize("spec", [
+    [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)],
+    [("linear", 784, 256), ("relu", 256, 256), ("linear", 256, 128), ("tanh", 128, 128),
+     ("linear", 128, 10)],
+], ids=["784-128-10", "784-256-128-10"])
+def test_train_epoch_matches_the_reference_at_mnist_sizes(c_ext, threads, spec):
+    # Big enough that the gather, the matmuls and the update of the block run threaded.
+    args = epoch_args(spec, prog.CROSS_ENTROPY, N=300, bs=64, seed=1)
+    args["params"] *= 0.1
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == 5
+    assert_same_epoch(mine, theirs)
+
+
+@needs_c
+@pytest.mark.parametrize("loss_kind", LOSSES)
+def test_train_epoch_with_fewer_rows_than_the_batch(c_ext, loss_kind):
+    spec = [("linear", 6, 4), ("sigmoid", 4, 4), ("linear", 4, 1)]
+    args = epoch_args(spec, loss_kind, N=5, bs=64)
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == 1
+    assert_same_epoch(mine, theirs)
+
+
+@needs_c
+@pytest.mark.parametrize("loss_kind", LOSSES)
+def test_train_epoch_stops_at_the_first_non_finite_loss(c_ext, loss_kind):
+    spec = [("linear", 13, 5), ("relu", 5, 5), ("linear", 5, 1)]
+    args = epoch_args(spec, loss_kind)
     args["x"][args["order"][16]] = np.nan  # a row of step 1
-    assert c_ext.train_epoch(**args) == 1
-    assert np.isfinite(args["losses"][0]) and np.isnan(args["losses"][1])
-    assert (args["losses"][2:] == 0).all()
-
-
-@needs_c
-@pytest.mark.parametrize("change, error, match", [
-    (lambda a: a.update(x=a["x"].astype(np.float64)), TypeError, "x: expected dtype float32"),
-    (lambda a: a.update(x=np.asfortranarray(a["x"])), ValueError, "x: expected a C-contig"),
-    (lambda a: a.update(x=a["x"][:-1]), ValueError, "targets: expected shape"),
-    (lambda a: a.update(targets=a["targets"].astype(np.int32)), TypeError, "targets"),
-    (lambda a: a.update(order=a["order"][:-1]), ValueError, "order: expected shape"),
-    (lambda a: a["order"].__setitem__(3, 70), ValueError, "order: row indices"),
-    (lambda a: a["order"].__setitem__(3, -1), ValueError, "order: row indices"),
-    (lambda a: a["targets"].__setitem__(0, 3), ValueError, "targets: labels"),
-    (lambda a: a["targets"].__setitem__(0, -1), ValueError, "targets: labels"),
-    (lambda a: a.update(bs=0), ValueError, "bs: expected a batch size"),
-    (lambda a: a.update(bs=2.0), TypeError, "bs: expected an integer"),
-    (lambda a: a.update(params=a["params"][:3]), ValueError, "params: expected 2 arrays"),
-    (lambda a: a.update(grads=a["grads"][:2]), ValueError, "grads: expected 4 arrays"),
-    (lambda a: a.update(velocities=None), TypeError, "velocities: expected a list"),
-    (lambda a: a["params"].__setitem__(0, np.zeros((12, 9), np.float32)), ValueError,
-     r"params\[0\] \(w1\)"),
-    (lambda a: a["params"].__setitem__(2, np.zeros((8, 3), np.float32)), ValueError,
-     r"params\[2\] \(w2\)"),
-    (lambda a: a["grads"].__setitem__(3, np.zeros(4, np.float32)), ValueError,
-     r"grads\[3\] \(b2\): expected shape"),
-    (lambda a: a["velocities"][1].setflags(write=False), ValueError,
-     r"velocities\[1\] \(b1\): expected a writable"),
-    (lambda a: a["params"].__setitem__(1, np.zeros(9, np.float64)), TypeError,
-     r"params\[1\] \(b1\): expected dtype"),
-    (lambda a: a.update(lrs=a["lrs"][:-1]), ValueError, "lrs: expected shape"),
-    (lambda a: a.update(lrs=a["lrs"].astype(np.float64)), TypeError, "lrs: expected dtype"),
-    (lambda a: a.update(losses=np.zeros(6, np.float64)), ValueError, "losses: expected shape"),
-    (lambda a: a.update(losses=a["losses"].astype(np.float32)), TypeError, "losses"),
-    (lambda a: a.update(binary=True), ValueError, "binary: mnist_loss needs one output"),
-])
-def test_train_epoch_rejects_bad_input(c_ext, change, error, match):
-    args = epoch_args()
-    change(args)
-    with pytest.raises(error, match=match):
-        c_ext.train_epoch(**args)
-
-
-@needs_c
-def test_train_epoch_rejects_binary_targets_other_than_0_and_1(c_ext):
-    args = epoch_args(O=1, binary=True)
-    args["targets"][5] = 2
-    with pytest.raises(ValueError, match="targets: mnist_loss targets must be 0 or 1"):
-        c_ext.train_epoch(**args)
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == 1
+    assert np.isfinite(mine["losses"][0]) and np.isnan(mine["losses"][1])
+    assert (mine["losses"][2:] == 0).all()
+    assert np.isfinite(mine["params"]).all()  # step 1's update was skipped
+    assert_same_epoch(mine, theirs)
 
 
 @needs_c
 def test_train_epoch_with_no_rows_does_nothing(c_ext):
-    args = epoch_args(N=0)
+    args = epoch_args([("linear", 3, 2)], prog.MSE, N=0)
+    before = args["params"].copy()
     assert c_ext.train_epoch(**args) == 0
+    np.testing.assert_array_equal(args["params"], before)
+
+
+def bad_epoch_cases():
+    """(id, loss kind, change of the valid arguments, error, message pattern)."""
+    def set_(name, value):
+        return lambda a: a.update({name: value(a) if callable(value) else value})
+
+    def item(name, index, value):
+        return lambda a: a[name].__setitem__(index, value)
+
+    def read_only(name):
+        return lambda a: a[name].setflags(write=False)
+
+    CE, MNIST, MSE = prog.CROSS_ENTROPY, prog.MNIST_LOSS, prog.MSE
+    f64 = lambda name: set_(name, lambda a: a[name].astype(np.float64))  # noqa: E731
+    return [
+        ("layers-dtype", CE, set_("layers", lambda a: a["layers"].astype(np.int32)), TypeError,
+         "layers: expected an int64"),
+        ("layers-list", CE, set_("layers", lambda a: a["layers"].tolist()), TypeError, "layers"),
+        ("layers-shape", CE, set_("layers", lambda a: a["layers"][:, :3].copy()), ValueError,
+         r"layers: expected shape \(L, 4\)"),
+        ("layers-kind", CE, item("layers", (1, 0), 7), ValueError, r"layers\[1\]: unknown kind"),
+        ("layers-chain", CE, item("layers", (2, 1), 8), ValueError, r"layers\[2\]: n_in is 8"),
+        ("layers-param", CE, item("layers", (2, 3), 200), ValueError,
+         r"layers\[2\]: w and b span"),
+        ("loss_kind-unknown", CE, set_("loss_kind", 3), ValueError, "loss_kind: expected one of"),
+        ("loss_kind-float", CE, set_("loss_kind", 1.0), TypeError, "loss_kind: expected an int"),
+        ("loss_kind-mnist-outputs", MNIST, item("layers", (2, 2), 3), ValueError,
+         "layers|loss_kind"),
+        ("x-dtype", CE, f64("x"), TypeError, "x: expected dtype float32"),
+        ("x-fortran", CE, set_("x", lambda a: np.asfortranarray(a["x"])), ValueError,
+         "x: expected a C-contiguous"),
+        ("x-width", CE, set_("x", lambda a: a["x"][:, 1:].copy()), ValueError,
+         r"x.shape\[1\] is 12 but layers\[0\] n_in is 13"),
+        ("x-1d", CE, set_("x", lambda a: a["x"][:, 0].copy()), ValueError, "x: expected a 2-D"),
+        ("labels-high", CE, item("labels", 4, 3), ValueError,
+         r"labels: labels must lie in \[0, 3\), got values from 0 to 3"),
+        ("labels-negative", CE, item("labels", 4, -1), ValueError,
+         r"labels: labels must lie in \[0, 3\), got values from -1 to"),
+        ("labels-dtype", CE, set_("labels", lambda a: a["labels"].astype(np.int32)), TypeError,
+         "labels: expected dtype int64"),
+        ("labels-rows", CE, set_("labels", lambda a: a["labels"][:-1].copy()), ValueError,
+         "labels: expected shape"),
+        ("labels-strided", CE, set_("labels", lambda a: np.repeat(a["labels"], 2)[::2]),
+         ValueError, "labels: expected a C-contiguous"),
+        ("labels-unused-dtype", MSE, set_("labels", np.empty(0, np.int32)), TypeError, "labels"),
+        ("targets-unused-dtype", CE, set_("targets", np.empty((0, 1), np.int64)), TypeError,
+         "targets"),
+        ("targets-mse-shape", MSE, set_("targets", lambda a: a["targets"][:, :1].copy()),
+         ValueError, r"targets: expected shape \(70, 3\)"),
+        ("targets-mse-rows", MSE, set_("targets", lambda a: a["targets"][:-1].copy()),
+         ValueError, "targets: expected shape"),
+        ("targets-mse-dtype", MSE, f64("targets"), TypeError, "targets: expected dtype"),
+        ("targets-mnist-flat", MNIST, set_("targets", lambda a: a["targets"][:, 0].copy()),
+         ValueError, r"targets: expected shape \(70, 1\)"),
+        ("order-rows", CE, set_("order", lambda a: a["order"][:-1].copy()), ValueError,
+         r"order: expected shape \(70,\)"),
+        ("order-dtype", CE, set_("order", lambda a: a["order"].astype(np.int32)), TypeError,
+         "order: expected dtype int64"),
+        ("order-high", CE, item("order", 3, 70), ValueError,
+         r"order: row indices must lie in \[0, 70\), got values from 0 to 70"),
+        ("order-negative", CE, item("order", 3, -1), ValueError, r"order: row indices must lie"),
+        ("bs-zero", CE, set_("bs", 0), ValueError, "bs: expected a batch size >= 1"),
+        ("bs-float", CE, set_("bs", 2.0), TypeError, "bs: expected an integer"),
+        ("lrs-steps", CE, set_("lrs", lambda a: a["lrs"][:-1].copy()), ValueError,
+         r"lrs: expected shape \(5,\)"),
+        ("lrs-dtype", CE, f64("lrs"), TypeError, "lrs: expected dtype float32"),
+        ("losses-steps", CE, set_("losses", np.zeros(6)), ValueError, "losses: expected shape"),
+        ("losses-dtype", CE, set_("losses", np.zeros(5, np.float32)), TypeError,
+         "losses: expected dtype float64"),
+        ("losses-read-only", CE, read_only("losses"), ValueError, "losses: expected a writable"),
+        ("params-dtype", CE, f64("params"), TypeError, "params: expected dtype float32"),
+        ("params-2d", CE, set_("params", lambda a: a["params"].reshape(1, -1)), ValueError,
+         "params: expected a 1-D"),
+        ("params-short", CE, set_("params", lambda a: a["params"][:-1].copy()), ValueError,
+         r"layers\[2\]: w and b span"),
+        ("params-read-only", CE, read_only("params"), ValueError, "params: expected a writable"),
+        ("grads-size", CE, set_("grads", lambda a: a["grads"][:-1].copy()), ValueError,
+         "grads: expected shape"),
+        ("grads-read-only", CE, read_only("grads"), ValueError, "grads: expected a writable"),
+        ("velocities-size", CE, set_("velocities", lambda a: a["velocities"][1:].copy()),
+         ValueError, "velocities: expected shape"),
+        ("velocities-dtype", CE, f64("velocities"), TypeError, "velocities: expected dtype"),
+        ("velocities-none", CE, set_("velocities", None), ValueError,
+         "velocities: required when momentum != 0"),
+        ("velocities-read-only", CE, read_only("velocities"), ValueError,
+         "velocities: expected a writable"),
+    ]
+
+
+@needs_c
+@pytest.mark.parametrize("loss_kind, change, error, match",
+                         [case[1:] for case in bad_epoch_cases()],
+                         ids=[case[0] for case in bad_epoch_cases()])
+def test_train_epoch_rejects_bad_input(c_ext, loss_kind, change, error, match):
+    out = 1 if loss_kind == prog.MNIST_LOSS else 3
+    args = epoch_args([("linear", 13, 9), ("tanh", 9, 9), ("linear", 9, out)], loss_kind)
+    change(args)
+    with pytest.raises(error, match=match):
+        c_ext.train_epoch(**args)

@@ -55,6 +55,19 @@ def test_train_ten_classes_linear(tmp_path, digits_folder):
     assert result["accuracy"] >= 0.9
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_train_a_deeper_mlp_on_the_fused_path(tmp_path, digits_folder, capsys, activation):
+    code, result = train(tmp_path, "--data", str(digits_folder), "--digits", "all", "--epochs", "2",
+                         "--hidden", "24,12", "--activation", activation, "--backend", "numpy",
+                         "--save", str(tmp_path / "deep.npz"))
+    assert code == 0
+    assert result["settings"]["fused"] is True and result["settings"]["hidden"] == [24, 12]
+    assert f"model 784-24-12-10 ({activation}), backend numpy (fused)" in capsys.readouterr().out
+    layers = fs.load_model(tmp_path / "deep.npz").config()["layers"]
+    assert [layer["type"] for layer in layers] == ["Linear", activation.title().replace("Relu", "ReLU"),
+                                                   "Linear", layers[1]["type"], "Linear"]
+
+
 def test_numpy_and_numba_agree_from_the_same_seed(tmp_path, digits_folder):
     if fs.backends.available()["numba"] is not True:
         pytest.skip("numba unavailable")
@@ -70,6 +83,9 @@ def test_numpy_and_numba_agree_from_the_same_seed(tmp_path, digits_folder):
     (["--digits", "3,3"], "expected two or more distinct digits"),
     (["--digits", "3,12"], "expected two or more distinct digits"),
     (["--model", "cnn"], "invalid choice: 'cnn'"),
+    (["--hidden", "30,0"], "expected hidden sizes like 30 or 256,128"),
+    (["--hidden", "a"], "expected hidden sizes like 30 or 256,128"),
+    (["--activation", "gelu"], "invalid choice: 'gelu'"),
     (["--backend", "fortran"], "invalid choice: 'fortran'"),
     (["--lr", "-1"], "--lr: expected a finite number >= 0"),
     (["--lr", "0"], "--lr: expected a positive learning rate"),
@@ -156,3 +172,134 @@ def real_split(tmp_path_factory):
 def test_accuracy_on_real_mnist(tmp_path, real_split, args, bar):
     code, result = train(tmp_path, "--quiet", "--data", str(real_split), *args)
     assert code == 0 and result["accuracy"] >= bar
+
+
+# ---------------------------------------------------------------- output files and errors
+FAST = ["--no-progress", "--epochs", "1", "--model", "linear", "--backend", "numpy"]
+
+
+def leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("option, path, text", [
+    ("--save", "/proc/x/m.npz", "--save: cannot write /proc/x/m.npz: cannot create folder /proc/x"),
+    ("--json", "{tmp}", "--json: cannot write"),
+    ("--plot", "{tmp}/file/p.png", "--plot: cannot write"),
+])
+def test_unwritable_outputs_fail_before_training(tmp_path, digits_folder, capsys, option, path, text):
+    (tmp_path / "file").write_text("a file, not a folder")
+    path = path.format(tmp=tmp_path)
+    assert main(["train", "--data", str(digits_folder), *FAST, option, path]) == 2
+    captured = capsys.readouterr()
+    assert text in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "epoch" not in captured.out and "accuracy" not in captured.out
+
+
+def test_two_outputs_on_stdout_or_one_file_are_refused(tmp_path, digits_folder, capsys):
+    args = ["train", "--data", str(digits_folder), *FAST]
+    assert main([*args, "--save", "-", "--json", "-"]) == 2
+    assert "only one of --save, --json and --plot can be -" in capsys.readouterr().err
+    same = str(tmp_path / "same")
+    assert main([*args, "--save", same, "--json", same]) == 2
+    assert "name the same file" in capsys.readouterr().err
+
+
+def test_outputs_are_0644_under_umask_022(tmp_path, digits_folder):
+    old = os.umask(0o022)
+    try:
+        names = ["m.npz", "r.json"] + (["p.png"] if importlib.util.find_spec("matplotlib") else [])
+        extra = ["--plot", str(tmp_path / "p.png")] if "p.png" in names else []
+        assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(tmp_path / "m.npz"),
+                     "--json", str(tmp_path / "r.json"), *extra]) == 0
+    finally:
+        os.umask(old)
+    for name in names:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert leftovers(tmp_path) == []
+
+
+def test_a_symlinked_save_stays_a_symlink(tmp_path, digits_folder):
+    real = tmp_path / "models" / "real.npz"
+    real.parent.mkdir()
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(link)]) == 0
+    assert link.is_symlink() and fs.load_model(real).config()["layers"][0]["n_in"] == 784
+
+
+def test_device_nodes_stay_device_nodes(tmp_path, digits_folder):
+    import stat
+    if os.geteuid() != 0:
+        pytest.skip("making device nodes needs root")
+    nodes = [tmp_path / "save-node", tmp_path / "json-node"]
+    try:
+        for node in nodes:
+            os.mknod(node, stat.S_IFCHR | 0o666, os.stat("/dev/null").st_rdev)
+    except OSError as e:
+        pytest.skip(f"cannot make a device node: {e}")
+    assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(nodes[0]),
+                 "--json", str(nodes[1])]) == 0
+    assert all(stat.S_ISCHR(node.stat().st_mode) for node in nodes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["json-node", "save-node"]
+
+
+def test_json_to_stdout(tmp_path, digits_folder, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(digits_folder), *FAST, "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["settings"]["json"] == "-" and len(result["history"]) == 1
+    assert "accuracy" in captured.err and "epoch" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_right_after_saving_is_an_interrupt(tmp_path, digits_folder, capsys, monkeypatch):
+    from fastsgd import files
+    out = tmp_path / "m.npz"
+    out.write_bytes(b"old")
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        real_replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", interrupted)
+    assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(out)]) == 130
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert capsys.readouterr().err.strip() == "fastsgd: interrupted"
+    assert fs.load_model(out).config()["layers"][0]["n_in"] == 784 and leftovers(tmp_path) == []
+
+
+def test_memory_error_is_one_line(tmp_path, digits_folder, capsys, monkeypatch):
+    from fastsgd import data
+
+    def no_memory(path):
+        raise MemoryError("Unable to allocate 1.49 GiB for an array with shape (20000, 20000)")
+
+    monkeypatch.setattr(data, "load_mnist", no_memory)
+    assert main(["train", "--data", str(digits_folder), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastsgd: error: out of memory") and "1.49 GiB" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("payload, text", [
+    ("bomb", "trailing data"),
+    (bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2, "hold no data"),
+])
+def test_bad_data_files_are_one_line(tmp_path, digits_folder, capsys, payload, text):
+    import gzip
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for f in digits_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    if payload == "bomb":
+        header = bytes([0, 0, 8, 3]) + (600).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        mib = bytes(1 << 20)
+        payload = gzip.compress(header + mib) + gzip.compress(mib) * 1000
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(payload)
+    assert main(["train", "--data", str(folder), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "t10k-images-idx3-ubyte.gz" in err and text in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

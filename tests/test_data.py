@@ -7,17 +7,23 @@ import gzip
 import hashlib
 import http.server
 import importlib.util
+import io
 import os
 import pathlib
 import socket
+import stat
 import struct
 import sys
 import threading
+import time
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 
 from fastsgd import data
+from fastsgd import files as fastsgd_files
 from fastsgd.data import DataError, Dataset, DownloadError
 from tests.mnist_fixtures import MNIST_NAMES, make_mnist_folder, synthetic_digits, write_idx
 
@@ -468,3 +474,315 @@ def test_download_mnist_unreachable_server(tmp_path, monkeypatch):
                             files={"a.gz": "0" * 64})
     assert "--data" in str(e.value) and "\n" not in str(e.value)
     assert list(dest.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- hardening: IDX
+
+def traced(fn, *args):
+    """(exception raised by fn(*args) or its result, seconds, peak traced bytes)."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        try:
+            out = fn(*args)
+        except Exception as e:            # noqa: BLE001 - returned for the caller to check
+            out = e
+        return out, time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def gzip_bomb(header, total=2 << 30):
+    """About 2 MB of gzip that inflates to ``header`` + ``total`` zero bytes (concatenated members)."""
+    mib = bytes(1 << 20)
+    member = gzip.compress(mib, compresslevel=9, mtime=0)
+    return gzip.compress(header + mib, compresslevel=9, mtime=0) + member * (total // len(mib) - 1)
+
+
+@pytest.mark.parametrize("kind, header, message", [
+    ("trailing", idx_header(10, 28, 28), "trailing data"),
+    ("declared", idx_header(2_500_000, 28, 28), "decompression bomb"),
+])
+def test_read_idx_refuses_a_2mb_gzip_bomb_fast_and_small(tmp_path, kind, header, message):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_bomb(header))
+    assert 1.5e6 < path.stat().st_size < 3e6
+    error, seconds, peak = traced(data.read_idx, path)
+    assert isinstance(error, DataError) and str(path) in str(error)
+    assert message in str(error)
+    assert seconds < 2.0 and peak < 300 << 20
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_holds_the_data_once(tmp_path, gz):
+    dims = (20, 1000, 1000)
+    path = tmp_path / "big.idx"
+    payload = idx_header(*dims) + bytes(20_000_000)
+    path.write_bytes(gzip.compress(payload, compresslevel=1) if gz else payload)
+    out, _, peak = traced(data.read_idx, path)
+    assert out.shape == dims and out.dtype == np.uint8
+    assert peak < 1.3 * 20_000_000
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dims, message", [
+    ((0, 28, 28), "hold no data"),
+    ((0,), "hold no data"),
+    ((5, 0, 28), "hold no data"),
+    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), "declare 79228162458924105385300197375 bytes"),
+    ((70000, 300, 300), "more than the 4294967296"),
+])
+def test_read_idx_refuses_empty_and_oversized_dims(tmp_path, gz, dims, message):
+    path = bad_idx(tmp_path, idx_header(*dims) + bytes(8), gz)
+    with pytest.raises(DataError, match=message) as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+def test_read_idx_refuses_dims_a_small_gzip_file_cannot_hold(tmp_path):
+    path = bad_idx(tmp_path, idx_header(60000, 28, 28) + bytes(100), gz=True)
+    error, _, peak = traced(data.read_idx, path)
+    assert isinstance(error, DataError) and "can hold" in str(error) and str(path) in str(error)
+    assert peak < 5 << 20
+
+
+def test_read_idx_gzip_with_trailing_data(tmp_path):
+    path = bad_idx(tmp_path, idx_header(4) + bytes(6), gz=True)
+    with pytest.raises(DataError, match="trailing data") as e:
+        data.read_idx(path)
+    assert str(path) in str(e.value)
+
+
+# --------------------------------------------------------------------------- hardening: cache
+
+def cache_file_for(small_csv, folder):
+    return data._embedded_cache_file(small_csv[0], folder)
+
+
+def test_cache_with_too_many_rows_is_refused_before_reading(small_csv, tmp_path):
+    path = cache_file_for(small_csv, tmp_path)
+    rows = data._MAX_CACHE_ROWS + 1
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, shape in (("x", (rows, 784)), ("y", (rows,))):
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    head, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                member.write(head.getvalue())
+                left = int(np.prod(shape))
+                while left:
+                    member.write(bytes(min(left, 1 << 22)))
+                    left -= min(left, 1 << 22)
+    result, _, peak = traced(data._read_cache, path)
+    assert result is None and peak < 10 << 20
+
+
+def test_cache_with_bad_labels_is_rebuilt(small_csv, tmp_path):
+    path = cache_file_for(small_csv, tmp_path)
+    np.savez(path, x=np.zeros((100, 784), np.uint8), y=np.full(100, 12, np.uint8))
+    assert data._read_cache(path) is None
+    ds = data.load_embedded(cache_dir=tmp_path)
+    assert ds.train_x.shape == (80, 784) and ds.train_y.max() <= 9
+
+
+def test_cache_file_mode_follows_umask(small_csv, tmp_path):
+    old = os.umask(0o022)
+    try:
+        data.load_embedded(cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(old)
+    (npz,) = (tmp_path / "cache").glob("*.npz")
+    assert stat.S_IMODE(npz.stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------- hardening: downloads
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            self.server.script(self)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """A local server running ``script(handler)`` for each GET: (url, stop event, set_script)."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    httpd.daemon_threads, httpd.block_on_close = True, False
+    stop = threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+
+    def set_script(script):
+        httpd.script = script
+
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", stop, set_script
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def drip(stop, write, data_bytes, every=0.5):
+    for i in range(len(data_bytes)):
+        if stop.wait(every if i else 0):
+            return
+        write(data_bytes[i:i + 1])
+
+
+def drip_body(stop, n=40):
+    def script(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(n))
+        h.end_headers()
+        drip(stop, lambda b: (h.wfile.write(b), h.wfile.flush()), bytes(n))
+    return script
+
+
+def send(body, length=None, stall=None):
+    """A script sending ``body`` with Content-Length ``length`` (None: the body's, -1: none)."""
+    def script(h):
+        h.send_response(200)
+        length_ = len(body) if length is None else length
+        if length_ >= 0:
+            h.send_header("Content-Length", str(length_))
+        h.end_headers()
+        h.wfile.write(body)
+        h.wfile.flush()
+        if stall is not None:
+            stall.wait(20)
+    return script
+
+
+def assert_gave_up(dest, error, message):
+    assert message in str(error) and "\n" not in str(error)
+    assert sorted(p.name for p in dest.iterdir()) == []
+
+
+def test_download_gives_up_on_a_dripping_server(scripted, tmp_path):
+    url, stop, set_script = scripted
+    set_script(drip_body(stop))
+    dest = tmp_path / "dest"
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=1, files={"a.gz": "0" * 64})
+    assert time.perf_counter() - t0 < 4
+    assert_gave_up(dest, e.value, "stalled")
+
+
+def test_download_gives_up_on_a_dripping_server_with_timeout_5(scripted, tmp_path):
+    url, stop, set_script = scripted
+    set_script(drip_body(stop))
+    dest = tmp_path / "dest"
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": "0" * 64})
+    assert 4.5 < time.perf_counter() - t0 < 8
+    assert_gave_up(dest, e.value, "less than 1024 bytes in 5 s")
+
+
+def test_download_gives_up_on_dripping_headers(scripted, tmp_path):
+    url, stop, set_script = scripted
+    set_script(lambda h: drip(stop, h.wfile.write, b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabcd"))
+    dest = tmp_path / "dest"
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=0.5, files={"a.gz": "0" * 64})
+    assert time.perf_counter() - t0 < 3
+    assert_gave_up(dest, e.value, "stalled")
+
+
+def test_download_gives_up_on_a_silent_server(scripted, tmp_path):
+    url, stop, set_script = scripted
+    set_script(send(bytes(100), length=5000, stall=stop))
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=0.5, files={"a.gz": "0" * 64})
+    assert_gave_up(dest, e.value, "stalled")
+
+
+@pytest.mark.parametrize("script, message", [
+    (lambda stop: send(bytes(5000), stall=stop), "announces 5000 bytes, the file has 1000"),
+    (lambda stop: send(bytes(3000), length=-1), "more than the 1000 bytes expected"),
+    (lambda stop: send(bytes(500), length=-1), "got 500 of 1000 bytes"),
+])
+def test_download_refuses_a_body_of_the_wrong_size(scripted, tmp_path, script, message):
+    url, stop, set_script = scripted
+    set_script(script(stop))
+    dest = tmp_path / "dest"
+    t0 = time.perf_counter()
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": ("0" * 64, 1000)})
+    assert time.perf_counter() - t0 < 2
+    assert_gave_up(dest, e.value, message)
+
+
+def test_download_of_unknown_size_is_capped(scripted, tmp_path, monkeypatch):
+    url, stop, set_script = scripted
+    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", 500)
+    set_script(send(bytes(3000), length=-1))
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError) as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": "0" * 64})
+    assert_gave_up(dest, e.value, "more than the 500 bytes")
+
+
+def test_download_into_a_full_disk(server, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    url, served, _ = server
+    files = serve_files(served, ["a.gz"])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "a.gz").symlink_to("/dev/full")
+    with pytest.raises(DownloadError, match="cannot write") as e:
+        data.download_mnist(dest, base_url=url, timeout=5, files=files)
+    assert "No space left" in str(e.value)
+    assert [p.name for p in dest.iterdir()] == ["a.gz"] and (dest / "a.gz").is_symlink()
+
+
+def test_download_write_failure_is_a_download_error_and_leaves_nothing(server, tmp_path, monkeypatch):
+    url, served, _ = server
+    files = serve_files(served, ["a.gz"])
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fastsgd_files.os, "replace", full)
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match="No space left"):
+        data.download_mnist(dest, base_url=url, timeout=5, files=files)
+    assert list(dest.iterdir()) == []
+
+
+def test_downloaded_files_get_0666_minus_umask(server, tmp_path):
+    url, served, _ = server
+    old = os.umask(0o022)
+    try:
+        dest = data.download_mnist(tmp_path / "d", base_url=url, timeout=5,
+                                   files=serve_files(served, ["a.gz"]))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((dest / "a.gz").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "5", True])
+def test_download_rejects_a_bad_timeout(tmp_path, timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        data.download_mnist(tmp_path, timeout=timeout, files={"a.gz": "0" * 64})
+
+
+def test_mnist_sizes_and_download_error_kind():
+    assert set(data.MNIST_SIZES) == set(data.MNIST_FILES)
+    for name, size in data.MNIST_SIZES.items():
+        if (REAL_MNIST / name).is_file():
+            assert (REAL_MNIST / name).stat().st_size == size
+    assert issubclass(DownloadError, RuntimeError) and not issubclass(DownloadError, OSError)

@@ -1,74 +1,300 @@
-"""The fused training path agrees with the layer-by-layer path."""
+"""The fused path: layer programs of any depth train exactly like the layer-by-layer loop."""
 import numpy as np
 import pytest
 
 import fastsgd as fs
 from fastsgd import backends
-from fastsgd.fused import plan
+from fastsgd.backends import program as prog
+from fastsgd.fused import NotFusable, plan
 
 from .conftest import DEVICE_BACKENDS
-from .test_learner import make_learner, separable
+
+ACTIVATIONS = (fs.ReLU, fs.Sigmoid, fs.Tanh)
 
 
 def fused_backends():
-    """Host backends with a fused epoch kernel (device ones are covered by tests_cuda)."""
-    return [name for name, ok in backends.available().items()
-            if ok is True and name not in DEVICE_BACKENDS
-            and hasattr(backends.get(name)._impl, "train_epoch")]
+    """Every host backend as a param; those without a fused kernel or unavailable are skipped."""
+    params = []
+    for name, status in backends.available().items():
+        if name in DEVICE_BACKENDS:
+            continue
+        reason = None if status is True else f"{name} unavailable: {status}"
+        if reason is None and not backends.get(name).supports("train_epoch"):
+            reason = f"{name} has no fused train_epoch kernel"
+        params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    return params
 
 
-CASES = {
-    "linear-binary": (lambda: fs.Sequential(fs.Linear(40, 1)), fs.mnist_loss, None, 1.0, 0.0, 0.0),
-    "mlp-binary-momentum-wd": (lambda: fs.simple_net(40, 24, 1), fs.mnist_loss, None, 0.5, 0.9, 1e-3),
-    "mlp-ten-classes": (lambda: fs.simple_net(40, 24, 10), fs.cross_entropy, 10, 0.1, 0.9, 0.0),
-    "linear-ten-classes-wd": (lambda: fs.Sequential(fs.Linear(40, 10)), fs.cross_entropy, 10, 0.1, 0.0, 1e-2),
-}
+def regression(n, features, outputs, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = (x @ rng.standard_normal((features, outputs)) + rng.standard_normal(outputs)).astype(np.float32)
+    return x, y if outputs > 1 else y[:, 0]
+
+
+def task(loss, n, features, outputs, seed):
+    """(x, targets) suiting ``loss``: 0/1, class labels, or real values."""
+    if loss is fs.mse:
+        return regression(n, features, outputs, seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    scores = x @ rng.standard_normal((features, max(outputs, 2)))
+    if loss is fs.cross_entropy:
+        return x, scores[:, :outputs].argmax(1) if outputs > 1 else np.zeros(n, np.int64)
+    return x, (scores[:, 0] > 0).astype(np.float32)
+
+
+def train(backend, build, loss, x, y, fused, epochs=2, bs=32, lr=0.1, momentum=0.0, wd=0.0,
+          seed=11, schedule="cosine"):
+    """(learner, weights after ``epochs``) for a fresh model from ``build`` (same init each call)."""
+    fs.set_seed(seed)
+    n_valid = max(len(x) // 5, 1)
+    dls = fs.DataLoaders.from_arrays(x[n_valid:], y[n_valid:], x[:n_valid], y[:n_valid], bs=bs, seed=seed)
+    learn = fs.Learner(dls, build(), loss, fs.SGD(lr, momentum=momentum, weight_decay=wd),
+                       backend=backend, show=False, fused=fused)
+    learn.fit(epochs, schedule=schedule)
+    return learn, [learn.backend.to_numpy(p.value).copy() for p in learn.model.parameters()]
+
+
+def assert_same_training(backend, build, loss, x, y, atol=1e-4, **kwargs):
+    """The fused and the layer path give the same weights and losses; returns the fused learner."""
+    layered, w_layered = train(backend, build, loss, x, y, fused=False, **kwargs)
+    fused, w_fused = train(backend, build, loss, x, y, fused=True, **kwargs)
+    assert layered.fused == "turned off"
+    assert fused.fused is True
+    assert max(np.abs(a - b).max() for a, b in zip(w_layered, w_fused)) < atol
+    np.testing.assert_allclose(fused.recorder.losses, layered.recorder.losses, rtol=1e-4, atol=1e-6)
+    return fused
+
+
+def random_program(rng):
+    """A builder for a random Sequential (depth 1-5, widths incl. 1) with a suitable loss."""
+    loss = (fs.mnist_loss, fs.cross_entropy, fs.mse)[rng.integers(3)]
+    depth = int(rng.integers(1, 6))
+    features = int(rng.choice([1, 3, 17, 40]))
+    widths = [int(rng.choice([1, 2, 5, 9, 24])) for _ in range(depth - 1)]
+    outputs = 1 if loss is fs.mnist_loss else int(rng.choice([1, 3, 10]))
+    activations = [ACTIVATIONS[rng.integers(3)] for _ in widths]
+    sizes = [features, *widths, outputs]
+
+    def build():
+        layers = []
+        for i in range(depth):
+            layers.append(fs.Linear(sizes[i], sizes[i + 1]))
+            if i < depth - 1:
+                layers.append(activations[i]())
+        return fs.Sequential(*layers)
+
+    return build, loss, features, outputs
 
 
 @pytest.mark.parametrize("backend", fused_backends())
-@pytest.mark.parametrize("case", list(CASES))
-def test_fused_matches_layer_by_layer_after_three_epochs(backend, case):
-    build, loss, classes, lr, momentum, wd = CASES[case]
-    x, y = separable(n=530, features=40, classes=classes, seed=3)  # 430 train: a short last batch
-    runs = {}
-    for fused in (False, True):
-        fs.set_seed(11)  # the same initial weights for both paths
-        learn = make_learner(backend, x, y, build(), loss, bs=32, lr=lr, momentum=momentum)
-        learn.opt.weight_decay = wd
-        learn.fused = fused
-        assert (plan(learn.backend, learn.model, loss, learn.opt, learn.dls.train) is not None) \
-            or not fused
-        history = learn.fit(3, schedule="cosine")
-        runs[fused] = ([p.value.copy() for p in learn.model.parameters()], history,
-                       list(learn.recorder.losses))
-    (w0, h0, l0), (w1, h1, l1) = runs[False], runs[True]
-    for a, b in zip(w0, w1):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(l0, l1, rtol=1e-4, atol=1e-6)
-    for r0, r1 in zip(h0, h1):
-        assert r0["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-4)
-        assert r0["batch_accuracy"] == pytest.approx(r1["batch_accuracy"], abs=0.011)
-
-
-def test_models_the_fused_kernel_does_not_cover_take_the_layer_path():
-    x, y = separable(n=200, features=20)
-    numba_like = [b for b in fused_backends()]
-    if not numba_like:
-        pytest.skip("no backend with a fused kernel")
-    deep = fs.Sequential(fs.Linear(20, 8), fs.ReLU(), fs.Linear(8, 8), fs.ReLU(), fs.Linear(8, 1))
-    learn = make_learner(numba_like[0], x, y, deep)
-    assert plan(learn.backend, learn.model, fs.mnist_loss, learn.opt, learn.dls.train) is None
-    sig = fs.Sequential(fs.Linear(20, 8), fs.Sigmoid(), fs.Linear(8, 1))
-    learn = make_learner(numba_like[0], x, y, sig)
-    assert plan(learn.backend, learn.model, fs.mnist_loss, learn.opt, learn.dls.train) is None
-    assert plan(backends.get("numpy"), fs.simple_net(20, 4, 1), fs.mnist_loss, learn.opt,
-                learn.dls.train) is None  # the reference has no fused kernel
+@pytest.mark.parametrize("seed", range(12))
+def test_random_programs_train_fused_exactly_like_layer_by_layer(backend, seed):
+    rng = np.random.default_rng(seed)
+    build, loss, features, outputs = random_program(rng)
+    x, y = task(loss, 215, features, outputs, seed)  # 172 train rows: a short last batch
+    momentum, wd = [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-2), (0.5, 1e-3)][seed % 4]
+    assert_same_training(backend, build, loss, x, y, bs=int(rng.choice([1, 7, 32, 500])),
+                         momentum=momentum, wd=wd, epochs=2)
 
 
 @pytest.mark.parametrize("backend", fused_backends())
-def test_fused_training_that_diverges_stops_with_a_clear_error(backend):
-    x, y = separable(classes=2)
-    learn = make_learner(backend, x * 1e4, y, fs.Sequential(fs.Linear(20, 2)), fs.cross_entropy,
-                         lr=1e38)
+def test_the_named_models_train_fused_and_agree_with_the_layer_path(backend):
+    x, labels = task(fs.cross_entropy, 400, 784, 10, seed=1)
+    deep = lambda: fs.Sequential(fs.Linear(784, 256), fs.ReLU(), fs.Linear(256, 128), fs.Tanh(),
+                                 fs.Linear(128, 10))
+    assert_same_training(backend, deep, fs.cross_entropy, x * 0.1, labels, momentum=0.9)
+    x, y = task(fs.mnist_loss, 400, 784, 1, seed=2)
+    sigmoid_net = lambda: fs.Sequential(fs.Linear(784, 30), fs.Sigmoid(), fs.Linear(30, 20),
+                                        fs.Sigmoid(), fs.Linear(20, 1))
+    assert_same_training(backend, sigmoid_net, fs.mnist_loss, x, y, lr=1.0)
+    x, y = regression(400, 13, 1, seed=3)
+    assert_same_training(backend, lambda: fs.Sequential(fs.Linear(13, 1)), fs.mse, x, y, lr=0.01)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_the_chapters_quadratic_is_recovered_by_sgd_with_mse(backend):
+    """The end-to-end SGD example: fit a*t^2 + b*t + c from the features (t^2, t, 1)."""
+    t = np.random.default_rng(0).permutation(np.linspace(-1, 1, 240, dtype=np.float32))
+    x = np.stack([t ** 2, t, np.ones_like(t)], axis=1)
+    y = 3.0 * t ** 2 - 2.0 * t + 1.5
+    learn, (w, b) = train(backend, lambda: fs.Sequential(fs.Linear(3, 1)), fs.mse, x, y, fused=True,
+                          epochs=60, bs=20, lr=0.2, momentum=0.9, schedule="constant")
+    assert learn.fused is True
+    a, b1, c = w[0, 0], w[1, 0], w[2, 0] + b[0]  # the constant feature and the bias share c
+    np.testing.assert_allclose([a, b1, c], [3.0, -2.0, 1.5], rtol=0.02)
+    assert learn.recorder.history[-1]["valid_loss"] < 1e-4
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_a_loss_built_from_the_mnist_loss_kernels_trains_exactly_like_mnist_loss(backend):
+    mine = fs.Loss("my_mnist_loss", np.float32, "mnist_loss_forward", "mnist_loss_backward")
+    assert mine.kind == "mnist_loss" and mine.targets == "binary"
+    x, y = task(fs.mnist_loss, 300, 20, 1, seed=4)
+    build = lambda: fs.Sequential(fs.Linear(20, 1))
+    theirs, w_theirs = train(backend, build, fs.mnist_loss, x, y, fused=True, lr=1.0)
+    ours, w_ours = train(backend, build, mine, x, y, fused=True, lr=1.0)
+    assert ours.fused is True
+    for a, b in zip(w_theirs, w_ours):
+        np.testing.assert_array_equal(a, b)
+    assert 0 < ours.recorder.history[-1]["train_loss"] < 0.5
+
+
+def test_a_loss_of_other_kernels_trains_layer_by_layer_and_says_why():
+    def forward(kernels, preds, targets):  # mean absolute error
+        return float(np.abs(preds.reshape(-1) - targets).mean())
+
+    def backward(kernels, preds, targets, out):
+        out = np.empty_like(preds) if out is None else out
+        out[...] = np.sign(preds.reshape(-1) - targets).reshape(preds.shape) / preds.size
+        return out
+
+    mae = fs.Loss("mae", np.float32, forward, backward)
+    assert mae.kind is None and mae.targets == "real"
+    x, y = regression(300, 6, 1, seed=5)
+    learn, _ = train("numpy", lambda: fs.Sequential(fs.Linear(6, 1)), mae, x, y, fused=True, lr=0.1)
+    assert isinstance(learn.fused, str) and "mae" in learn.fused and "fused kind" in learn.fused
+    history = learn.recorder.history
+    assert history[-1]["train_loss"] < history[0]["valid_loss"] * 2  # it trained, layer by layer
+    with pytest.raises(NotFusable, match="mae"):
+        plan(learn.model, mae, learn.opt, learn.dls.train)
+
+
+def test_a_loss_whose_targets_differ_from_its_kernels_is_not_fused():
+    odd = fs.Loss("odd", np.float32, "mse_forward", "mse_backward", targets="binary")
+    assert odd.kind is None
+    with pytest.raises(ValueError, match="target_dtype"):
+        fs.Loss("labels_as_floats", np.float32, "cross_entropy_forward", "cross_entropy_backward")
+    with pytest.raises(ValueError, match="forward_kernel"):
+        fs.Loss("typo", np.float32, "mse_forwards", "mse_backward")
+
+
+def test_learner_says_which_path_runs_and_why():
+    x, y = task(fs.mnist_loss, 100, 8, 1, seed=6)
+    learn, _ = train("numpy", lambda: fs.simple_net(8, 4, 1), fs.mnist_loss, x, y, fused=True)
+    assert learn.fused is True
+    learn.fused = False
+    assert learn.fused == "turned off"
+    learn.fused = True
+
+    class Doubler(fs.layers.Module):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, dy):
+            return dy * 2
+
+    odd, _ = train("numpy", lambda: fs.Sequential(fs.Linear(8, 4), Doubler(), fs.Linear(4, 1)),
+                   fs.mnist_loss, x, y, fused=True)
+    assert "layer 1 is a Doubler" in odd.fused
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_fused_training_that_diverges_stops_like_the_layer_path(backend):
+    x, y = task(fs.cross_entropy, 300, 20, 2, seed=7)
+    build = lambda: fs.Sequential(fs.Linear(20, 2))
     with pytest.raises(fs.TrainingDiverged, match="lower the learning rate"):
-        learn.fit(2)
+        train(backend, build, fs.cross_entropy, x * 1e4, y, fused=True, lr=1e38, epochs=2)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_a_fit_after_load_or_between_fits_continues_exactly(backend, tmp_path):
+    """Fused fits keep parameters and velocities in their blocks across fits and reloads."""
+    x, y = task(fs.cross_entropy, 300, 12, 3, seed=8)
+    build = lambda: fs.Sequential(fs.Linear(12, 7), fs.Tanh(), fs.Linear(7, 3))
+    _, straight = train(backend, build, fs.cross_entropy, x, y, fused=True, epochs=4, momentum=0.9,
+                        schedule="constant")
+    fs.set_seed(11)
+    dls = fs.DataLoaders.from_arrays(x[60:], y[60:], x[:60], y[:60], bs=32, seed=11)
+    learn = fs.Learner(dls, build(), fs.cross_entropy, fs.SGD(0.1, momentum=0.9), backend=backend,
+                       show=False)
+    learn.fit(1)
+    learn.fused = False
+    learn.fit(1)  # layer by layer, on the same memory
+    learn.fused = True
+    learn.fit(2)
+    for a, b in zip(straight, learn.model.parameters()):
+        np.testing.assert_allclose(a, learn.backend.to_numpy(b.value), rtol=1e-5, atol=1e-6)
+    learn.save(tmp_path / "m.npz")
+    learn.load(tmp_path / "m.npz")  # new arrays: the next fit lays the blocks out again
+    learn.fit(1)
+    assert learn.fused is True and len(learn.recorder.history) == 5
+
+
+# ---------------------------------------------------------------- the kernel's front door
+def epoch_inputs(loss_kind=prog.CROSS_ENTROPY, n=20, bs=8):
+    """Arguments of ``Backend.train_epoch`` for Linear(5, 4)-ReLU-Linear(4, 3)."""
+    layers, n_params = prog.layer_table([("linear", 5, 4), ("relu", 4, 4), ("linear", 4, 3)])
+    rng = np.random.default_rng(0)
+    targets = {prog.CROSS_ENTROPY: rng.integers(0, 3, n),
+               prog.MSE: rng.standard_normal((n, 3)).astype(np.float32)}[loss_kind]
+    steps = -(-n // bs)
+    return dict(layers=layers, loss_kind=loss_kind, x=rng.standard_normal((n, 5)).astype(np.float32),
+                targets=targets, order=rng.permutation(n), bs=bs,
+                lrs=np.full(steps, 0.1, np.float32), params=rng.standard_normal(n_params).astype(np.float32),
+                grads=np.zeros(n_params, np.float32), velocities=np.zeros(n_params, np.float32),
+                momentum=0.9, weight_decay=0.0)
+
+
+def changed(**changes):
+    args = epoch_inputs()
+    for key, value in changes.items():
+        args[key] = value(args) if callable(value) else value
+    return args
+
+
+BAD_EPOCHS = [
+    (dict(order=lambda a: np.where(a["order"] == 0, 20, a["order"])), ValueError, "order: indices must lie in [0, 20)"),
+    (dict(order=lambda a: a["order"] - 1), ValueError, "order: indices must lie in [0, 20)"),
+    (dict(order=lambda a: a["order"][:-1]), ValueError, "order: expected int64 of shape (20,)"),
+    (dict(order=lambda a: a["order"].astype(np.int32)), ValueError, "order: expected int64"),
+    (dict(targets=lambda a: np.where(a["targets"] == 2, 3, a["targets"])), ValueError,
+     "targets: labels must lie in [0, 3)"),
+    (dict(targets=lambda a: a["targets"].astype(np.float32)), ValueError, "targets: cross_entropy expects int64"),
+    (dict(loss_kind=prog.MNIST_LOSS, targets=np.zeros(20, np.float32)), ValueError,
+     "mnist_loss needs a program with one output"),
+    (dict(loss_kind=7), ValueError, "loss_kind: expected one of"),
+    (dict(layers=lambda a: a["layers"][:, :3].copy()), ValueError, "layers: expected shape (L, 4)"),
+    (dict(layers=lambda a: a["layers"].astype(np.int32)), TypeError, "layers: expected an int64"),
+    (dict(layers=lambda a: np.where(np.arange(4) == 3, 50, a["layers"])), ValueError,
+     "but the parameter block holds 39 floats"),
+    (dict(layers=lambda a: np.array([[0, 5, 4, 0], [1, 4, 4, -1], [0, 5, 3, 24]], np.int64)), ValueError,
+     "layers[2]: n_in is 5 but the layer before gives 4"),
+    (dict(layers=lambda a: np.array([[0, 5, 4, 0], [9, 4, 4, -1], [0, 4, 3, 24]], np.int64)), ValueError,
+     "layers[1]: unknown kind 9"),
+    (dict(layers=lambda a: np.array([[1, 5, 5, -1]], np.int64)), ValueError, "at least one LINEAR"),
+    (dict(x=lambda a: a["x"][:, :4].copy()), ValueError, "x.shape[1] is 4 but layers[0] n_in is 5"),
+    (dict(params=lambda a: a["params"][:-1].copy()), ValueError, "parameter block holds 38 floats"),
+    (dict(grads=lambda a: a["grads"][:-1].copy()), ValueError, "grads: expected shape (39,)"),
+    (dict(velocities=None), ValueError, "velocities are required when momentum != 0"),
+    (dict(velocities=lambda a: a["params"]), ValueError, "velocities: must not overlap"),
+    (dict(lrs=lambda a: a["lrs"][:2].copy()), ValueError, "lrs: expected shape (3,)"),
+    (dict(lrs=lambda a: np.array([0.1, -1, 0.1], np.float32)), ValueError, "lrs: expected finite learning rates >= 0"),
+    (dict(lrs=lambda a: np.array([0.1, np.nan, 0.1], np.float32)), ValueError, "lrs: expected finite"),
+    (dict(bs=0), ValueError, "bs: expected a positive integer"),
+    (dict(momentum=2.0), ValueError, "momentum: expected a finite number in [0.0, 1.0]"),
+]
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("changes, error, text", BAD_EPOCHS, ids=[c[2][:40] for c in BAD_EPOCHS])
+def test_train_epoch_rejects_bad_input_before_any_compiled_code_runs(backend, changes, error, text):
+    args = changed(**changes)
+    before = args["params"].copy()
+    with pytest.raises(error) as info:
+        backends.get(backend).train_epoch(**args)
+    assert text in str(info.value)
+    np.testing.assert_array_equal(args["params"], before)  # nothing ran
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_train_epoch_matches_the_reference_program(backend):
+    for loss_kind in (prog.CROSS_ENTROPY, prog.MSE):
+        mine, ref = epoch_inputs(loss_kind), epoch_inputs(loss_kind)
+        got = backends.get(backend).train_epoch(**mine)
+        want = backends.get("numpy").train_epoch(**ref)
+        assert len(got) == len(want) == 3 and np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        for key in ("params", "grads", "velocities"):
+            np.testing.assert_allclose(mine[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -99,10 +99,14 @@ def test_elementwise_kernels_match_reference_on_any_values(backend, x):
     kernels, ref = backends.get(backend), backends.get("numpy")
     x = np.ascontiguousarray(x)
     dy = np.ones_like(x) * np.float32(0.5)
-    for name, args in (("sigmoid_forward", (x,)), ("relu_forward", (x,)), ("relu_backward", (x, dy))):
+    for name, args in (("sigmoid_forward", (x,)), ("relu_forward", (x,)), ("relu_backward", (x, dy)),
+                       ("tanh_forward", (x,))):
         got, want = call(kernels, name, args)[0], call(ref, name, args)[0]
         assert_matches(got, want)
     assert np.isfinite(kernels.sigmoid_forward(x)).all()
+    t = kernels.tanh_forward(x)
+    assert np.isfinite(t).all() and (np.abs(t) <= 1).all()
+    np.testing.assert_array_equal(np.sign(t), np.sign(x))
 
 
 @pytest.mark.parametrize("extreme", [1e4, -1e4, 88.8, -88.8, 1e-30])
@@ -119,6 +123,22 @@ def test_sigmoid_and_softmax_stay_finite_at_extremes(kernels, extreme):
     preds, targets = x[:, 0].copy(), np.array([1, 0, 1, 0], np.float32)
     assert np.isfinite(kernels.mnist_loss_forward(preds, targets))
     assert np.isfinite(kernels.mnist_loss_backward(preds, targets)).all()
+    t = kernels.tanh_forward(x)
+    assert np.isfinite(t).all() and (np.abs(t) <= 1).all()
+    np.testing.assert_allclose(t[:, 1:], np.tanh(np.float64(extreme)), rtol=1e-6, atol=1e-30)
+
+
+def test_mse_takes_any_real_targets_of_either_shape(kernels):
+    preds = np.array([[1.5], [-2.0], [0.25]], np.float32)
+    targets = np.array([-100.5, 3.0, 0.25], np.float32)
+    diff = preds[:, 0].astype(np.float64) - targets
+    assert kernels.mse_forward(preds, targets) == pytest.approx((diff ** 2).mean(), rel=1e-6)
+    grad = kernels.mse_backward(preds, targets)
+    assert grad.shape == (3, 1)
+    np.testing.assert_allclose(grad[:, 0], 2 * diff / 3, rtol=1e-6)
+    wide = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert kernels.mse_forward(wide, wide) == 0
+    np.testing.assert_array_equal(kernels.mse_backward(wide, wide), 0)
 
 
 def test_kernels_accept_and_fill_out_arrays(kernels, rng):

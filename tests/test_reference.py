@@ -69,6 +69,24 @@ def test_sigmoid_matches_its_formula(ref):
     np.testing.assert_allclose(ref.sigmoid_forward(x), 1 / (1 + np.exp(-x)), rtol=1e-14)
 
 
+def test_tanh_backward_matches_finite_differences_and_its_formula(ref, rng):
+    x, dy = rng.standard_normal((3, 4)) * 3, rng.standard_normal((3, 4))
+    np.testing.assert_allclose(ref.tanh_forward(x), (np.exp(x) - np.exp(-x)) / (np.exp(x) + np.exp(-x)),
+                               rtol=1e-12)
+    numeric = numeric_grad(lambda: (dy * ref.tanh_forward(x)).sum(), x)
+    assert_grad(ref.tanh_backward(ref.tanh_forward(x), dy), numeric)
+
+
+def test_mse_matches_the_book_and_finite_differences(ref, rng):
+    preds, targets = rng.standard_normal((5, 3)) * 4, rng.standard_normal((5, 3)) * 10
+    assert ref.mse_forward(preds, targets) == pytest.approx(((preds - targets) ** 2).mean(), rel=1e-14)
+    numeric = numeric_grad(lambda: ref.mse_forward(preds, targets), preds)
+    assert_grad(ref.mse_backward(preds, targets), numeric)
+    column, flat = preds[:, :1].copy(), targets[:, 0].copy()  # (B, 1) against (B,)
+    numeric = numeric_grad(lambda: ref.mse_forward(column, flat), column)
+    assert_grad(ref.mse_backward(column, flat), numeric)
+
+
 def test_relu_backward_matches_finite_differences(ref, rng):
     x = rng.standard_normal((3, 5))
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink

@@ -90,3 +90,32 @@ def test_value_checks_can_be_skipped_but_label_and_target_checks_cannot(cu):
                                    cu.asarray(np.array([0, 1, 0.5, 1], np.float32)))
     with pytest.raises(ValueError, match="x: contains NaN"):
         cu.relu_forward(cu.asarray(with_nan(A)))
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid_forward", "relu_forward", "tanh_forward"])
+def test_an_output_partly_overlapping_its_input_is_refused(cu, kernel):
+    buf = cu.asarray(np.linspace(-3, 3, 33, dtype=np.float32))
+    with pytest.raises(ValueError, match="out: partly overlaps an input"):
+        getattr(cu, kernel)(buf[:-1], out=buf[1:])
+    x = cu.asarray(np.linspace(-3, 3, 32, dtype=np.float32))
+    assert getattr(cu, kernel)(x, out=x) is x  # exactly in place is fine
+
+
+def test_value_checks_switched_off_in_another_thread_stay_on_here(cu):
+    import threading
+    inside, go_on = threading.Event(), threading.Event()
+
+    def skipper():
+        with backends.skip_value_checks():
+            inside.set()
+            go_on.wait(5)
+
+    thread = threading.Thread(target=skipper)
+    thread.start()
+    inside.wait(5)
+    try:
+        with pytest.raises(ValueError, match="x: contains NaN"):
+            cu.relu_forward(cu.asarray(np.array([np.nan, 1], np.float32)))
+    finally:
+        go_on.set()
+        thread.join()

@@ -9,7 +9,7 @@ import pytest
 from fastsgd import backends
 from fastsgd.backends import cuda as cuda_backend
 from fastsgd.backends.contract import KERNELS
-from .cases import assert_matches, f32, make_case, reference
+from .cases import F32_EPS, assert_matches, f32, make_case, reference
 from .conftest import ON_DEVICE, SHAPES
 
 
@@ -35,7 +35,7 @@ def check_against_reference(cu, ref, name, rng, m, k, n, scale=1.0):
     for g, want in zip(got, reference(ref, name, args)):
         if name.endswith("accuracy"):
             assert isinstance(g, float) and g == want
-        elif name.endswith("loss_forward"):
+        elif name.endswith("loss_forward") or name == "mse_forward":
             assert isinstance(g, float)
             assert_matches(g, want, reduction, magnitude ** 0.5 + scale)
         else:
@@ -71,11 +71,14 @@ def test_kernel_matches_reference_at_other_scales(cu, ref, rng, name, scale):
 
 
 @pytest.mark.parametrize("extreme", [1e4, -1e4, 88.8, -88.8, 1e-30])
-def test_sigmoid_and_softmax_stay_finite_at_extremes(cu, extreme):
+def test_sigmoid_tanh_and_softmax_stay_finite_at_extremes(cu, extreme):
     x = np.full((4, 10), extreme, np.float32)
     x[:, 0] = -extreme
     s = cu.to_numpy(cu.sigmoid_forward(cu.asarray(x)))
     assert np.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()
+    t = cu.to_numpy(cu.tanh_forward(cu.asarray(x)))
+    assert np.isfinite(t).all() and (np.abs(t) <= 1).all()
+    np.testing.assert_allclose(t, np.tanh(x.astype(np.float64)), rtol=4 * F32_EPS, atol=1e-38)
     z, labels = cu.asarray(x), cu.asarray(np.arange(4), dtype=np.int64)
     loss = cu.cross_entropy_forward(z, labels)
     grad = cu.to_numpy(cu.cross_entropy_backward(z, labels))
@@ -92,6 +95,17 @@ def test_accuracy_kernels_count_hits(cu):
     assert cu.binary_accuracy(preds, targets) == 0.75
     logits = cu.asarray(np.array([[0, 5, 1], [9, 1, 1], [2, 2, 0]], np.float32))  # tie -> first
     assert cu.multiclass_accuracy(logits, cu.asarray(np.array([1, 0, 1]), np.int64)) == pytest.approx(2 / 3)
+
+
+def test_mse_takes_a_vector_or_a_matrix_of_predictions(cu, ref, rng):
+    p, t = f32(rng, 6, 1), f32(rng, 6)  # (B, 1) predictions against (B,) targets
+    dp = cu.mse_backward(cu.asarray(p), cu.asarray(t))
+    assert tuple(dp.shape) == (6, 1)
+    assert_matches(cu.to_numpy(dp), ref.mse_backward(p, t), 6)
+    assert_matches(cu.mse_forward(cu.asarray(p), cu.asarray(t)), ref.mse_forward(p, t), 6)
+    z, y = f32(rng, 3, 4), f32(rng, 3, 4)
+    assert isinstance(cu.mse_forward(cu.asarray(z), cu.asarray(y)), float)
+    assert_matches(cu.mse_forward(cu.asarray(z), cu.asarray(y)), ref.mse_forward(z, y), 12)
 
 
 def test_mnist_loss_takes_a_column_of_predictions(cu, ref, rng):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fastsgd import SGD, DataLoaders, Learner, Linear, ReLU, Sequential, batch_accuracy
-from fastsgd import cross_entropy, mnist_loss
+from fastsgd import SGD, DataLoaders, Learner, Linear, ReLU, Sequential, Tanh, batch_accuracy
+from fastsgd import cross_entropy, mnist_loss, mse
 from fastsgd.backends import cuda as cuda_backend
 
 from .conftest import ON_DEVICE
@@ -58,32 +58,68 @@ def test_fit_matches_the_numpy_backend(cu, loss):
     np.testing.assert_allclose(on_gpu.predict(x[:5]), on_cpu.predict(x[:5]), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("layers, loss", [(1, "mnist_loss"), (1, "cross_entropy"),
-                                          (2, "mnist_loss"), (2, "cross_entropy")])
-def test_fused_epoch_matches_the_layer_by_layer_path(cu, layers, loss):
-    from fastsgd.fused import plan
+def model(kind, features, hidden, outputs, rng):
+    """A fresh model: "linear", "relu" (Linear-ReLU-Linear) or "deep" (Linear-Tanh-Linear-ReLU-Linear)."""
+    if kind == "linear":
+        return Sequential(Linear(features, outputs, rng))
+    if kind == "relu":
+        return Sequential(Linear(features, hidden, rng), ReLU(), Linear(hidden, outputs, rng))
+    return Sequential(Linear(features, hidden, rng), Tanh(), Linear(hidden, hidden // 2, rng), ReLU(),
+                      Linear(hidden // 2, outputs, rng))
+
+
+def task(loss, n, features, classes, seed):
+    """(x, targets, outputs, loss function) for ``loss``: 0/1 targets, labels or real values."""
+    x, labels = data(n, features, classes, seed)
+    if loss == "mnist_loss":
+        return x, (labels == 0).astype(np.float32), 1, mnist_loss
+    if loss == "mse":
+        return x, (x[:, :2] @ np.array([[1.0, -0.5], [0.5, 2.0]]) * 0.5).astype(np.float32), 2, mse
+    return x, labels, classes, cross_entropy
+
+
+def fit_program(backend, kind, loss, fused, epochs=2, seed=1):
+    """A Learner with a fresh ``kind`` model after ``epochs`` (cosine schedule), its weights, its history."""
     n, features, hidden, classes, bs, _ = SIZES
-    x, labels = data(n, features, classes, seed=1)
-    binary = loss == "mnist_loss"
-    targets = (labels == 0).astype(np.float32) if binary else labels
-    outputs = 1 if binary else classes
-    runs = {}
-    for fused in (False, True):
-        rng = np.random.default_rng(7)
-        model = Sequential(Linear(features, hidden, rng), ReLU(), Linear(hidden, outputs, rng)) \
-            if layers == 2 else Sequential(Linear(features, outputs, rng))
-        dls = DataLoaders.from_arrays(x[:n - 16], targets[:n - 16], x[n - 16:], targets[n - 16:],
-                                      bs=bs - 3, seed=0)  # a short last batch
-        learn = Learner(dls, model, mnist_loss if binary else cross_entropy,
-                        SGD(0.1, momentum=0.9, weight_decay=1e-3), [batch_accuracy], backend="cuda",
-                        show=False, fused=fused)
-        if fused:
-            assert plan(learn.backend, learn.model, learn.loss_func, learn.opt, dls.train) is not None
-        history = learn.fit(2, schedule="cosine")
-        runs[fused] = ([learn.backend.to_numpy(p.value) for p in model.parameters()], history,
-                       learn.recorder.losses)
-    (w0, h0, l0), (w1, h1, l1) = runs[False], runs[True]
+    x, targets, outputs, loss_func = task(loss, n, features, classes, seed)
+    dls = DataLoaders.from_arrays(x[:n - 16], targets[:n - 16], x[n - 16:], targets[n - 16:],
+                                  bs=bs - 3, seed=0)  # a short last batch
+    learn = Learner(dls, model(kind, features, hidden, outputs, np.random.default_rng(7)), loss_func,
+                    SGD(0.1, momentum=0.9, weight_decay=1e-3), [] if loss == "mse" else [batch_accuracy],
+                    backend=backend, show=False, fused=fused)
+    history = learn.fit(epochs, schedule="cosine")
+    weights = [learn.backend.to_numpy(p.value) for p in learn.model.parameters()]
+    return learn, weights, history
+
+
+@pytest.mark.parametrize("kind, loss", [("linear", "mnist_loss"), ("relu", "cross_entropy"),
+                                        ("deep", "mse")])
+def test_fused_epoch_matches_the_layer_by_layer_path(cu, kind, loss):
+    """One epoch each way (the layer path is slow in the simulator); test_cuda_program covers the rest."""
+    from fastsgd.fused import plan
+    layered, w0, h0 = fit_program("cuda", kind, loss, fused=False, epochs=1)
+    fused, w1, h1 = fit_program("cuda", kind, loss, fused=True, epochs=1)
+    assert layered.fused == "turned off" and fused.fused is True
+    program = plan(fused.model, fused.loss_func, fused.opt, fused.dls.train)
+    assert cuda_backend.is_device_array(program.params)
     for a, b in zip(w0, w1):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(l0, l1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layered.recorder.losses, fused.recorder.losses, rtol=1e-4, atol=1e-5)
     assert h0[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_a_deeper_model_trains_fused_and_matches_the_numpy_backend(cu, loss):
+    on_gpu, w_gpu, h_gpu = fit_program("cuda", "deep", loss, fused=True, seed=2)
+    on_cpu, w_cpu, h_cpu = fit_program("numpy", "deep", loss, fused=True, seed=2)
+    assert on_gpu.fused is True and on_cpu.fused is True
+    for p in on_gpu.model.parameters():  # views into the program's device blocks
+        assert cuda_backend.is_device_array(p.value) and cuda_backend.is_device_array(p.grad)
+    for a, b in zip(w_gpu, w_cpu):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(on_gpu.recorder.losses, on_cpu.recorder.losses, rtol=1e-4, atol=1e-5)
+    for row_gpu, row_cpu in zip(h_gpu, h_cpu):
+        for key in ("train_loss", "valid_loss"):
+            assert row_gpu[key] == pytest.approx(row_cpu[key], rel=1e-3, abs=1e-4), key
+    x = data(*SIZES[:2], SIZES[3])[0][:5]
+    np.testing.assert_allclose(on_gpu.predict(x), on_cpu.predict(x), rtol=1e-3, atol=1e-4)

@@ -15,8 +15,9 @@ everything memory safety depends on before calling C: every array must be a
 input is rejected, never copied), writable where it is an output, and of the size
 the kernel will read or write.  A violation raises ``TypeError`` or ``ValueError``
 naming the argument.  Values (NaN, labels in range for the accuracy) are the
-contract's business, except that out-of-range labels of the cross-entropy raise
-``ValueError`` here too since C would index with them.  So is overlap: an output
+contract's business, except what C indexes with: out-of-range labels of the
+cross-entropy raise ``ValueError`` here too, and so do ``train_epoch``'s row order and
+its layer table (checked by ``program.check_layer_table``).  So is overlap: an output
 that overlaps an input of a matmul-family kernel gives wrong numbers, not a crash
 (``contract.Backend`` rejects it); elementwise kernels may run in place.
 
@@ -28,6 +29,8 @@ import operator
 import os
 
 import numpy as np
+
+from . import program
 
 if os.environ.get("FASTSGD_DISABLE_C", "") not in ("", "0"):
     raise ImportError("C extension disabled by FASTSGD_DISABLE_C=1")
@@ -236,6 +239,21 @@ def relu_backward(x, dy, dx):
     lib.relu_backward(pdx, px, pdy, len(px))
 
 
+def tanh_forward(x, out):
+    """out = tanh(x), within a few ulp relative; any shape.  out may be x."""
+    px, po = _f32("x", x), _f32("out", out, True)
+    _same_size("out", po, len(px), "x.size")
+    lib.tanh_forward(po, px, len(px))
+
+
+def tanh_backward(y, dy, dx):
+    """dx = dy * (1 - y**2), y = tanh(x) the forward output; any shape."""
+    py, pdy, pdx = _f32("y", y), _f32("dy", dy), _f32("dx", dx, True)
+    _same_size("dy", pdy, len(py), "y.size")
+    _same_size("dx", pdx, len(py), "y.size")
+    lib.tanh_backward(pdx, py, pdy, len(py))
+
+
 # ------------------------------------------------------------------ losses
 def mnist_loss_forward(preds, targets):
     """mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,)."""
@@ -273,6 +291,21 @@ def cross_entropy_backward(logits, labels, dlogits):
     _bad_labels("labels", bad, C)
 
 
+def mse_forward(preds, targets):
+    """mean_n (p_n - t_n)^2 over every element.   preds, targets (n,) (any shape, equal sizes)."""
+    pp, pt = _f32("preds", preds), _f32("targets", targets)
+    _same_size("targets", pt, len(pp), "preds.size")
+    return lib.mse_forward(pp, pt, len(pp))
+
+
+def mse_backward(preds, targets, dpreds):
+    """dpreds_n = 2 (p_n - t_n) / n.   preds, targets, dpreds (n,) (any shape, equal sizes)."""
+    pp, pt, pd = _f32("preds", preds), _f32("targets", targets), _f32("dpreds", dpreds, True)
+    _same_size("targets", pt, len(pp), "preds.size")
+    _same_size("dpreds", pd, len(pp), "preds.size")
+    lib.mse_backward(pd, pp, pt, len(pp))
+
+
 # --------------------------------------------------------------- optimizer
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
     """In place:  g = grad + wd * param;  v = momentum * v + g (if velocity);  param -= lr * g.
@@ -305,9 +338,6 @@ def multiclass_accuracy(logits, labels):
 
 
 # ------------------------------------------------------- fused training epoch
-_PARAM_NAMES = ("w1", "b1", "w2", "b2")
-
-
 def _as_count(name, value):
     try:
         return operator.index(value)
@@ -315,90 +345,107 @@ def _as_count(name, value):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
 
 
-def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
-                binary, losses):
-    """One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP, in one C call.
+def _index_range(name, indices, high, what):
+    """Check that every value of int64 ``indices`` lies in [0, high) (C indexes with them)."""
+    if indices.size:
+        low, top = int(indices.min()), int(indices.max())
+        if low < 0 or top >= high:
+            raise ValueError(f"{name}: {what} must lie in [0, {high}), got values from "
+                             f"{low} to {top}")
 
-    x (N, I) float32; targets (N,) int64: 0/1 when ``binary`` (mnist_loss, one output),
-    else class labels in [0, O) (cross-entropy); order (N,) int64 row order, values in
-    [0, N); bs >= 1 the batch size; params, velocities, grads: lists of two arrays
-    [w1 (I, O), b1 (O,)] or four [w1 (I, H), b1 (H,), w2 (H, O), b2 (O,)], updated in
-    place; lrs (steps,) float32 the learning rate of each step and losses (steps,)
-    float64, filled, with steps = ceil(N / bs).  Per parameter and step:
-    v = momentum * v + (g + weight_decay * p);  p -= lr * v.  Returns the steps done:
-    ``steps``, or s when the loss of step s is not finite (losses[s] written).
+
+def _number(name, value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _check_program_consts():
+    """The layer and loss codes compiled into C are those of ``program.py``."""
+    ours = {"FS_LINEAR": program.LINEAR, "FS_RELU": program.RELU, "FS_SIGMOID": program.SIGMOID,
+            "FS_TANH": program.TANH, "FS_MNIST_LOSS": program.MNIST_LOSS,
+            "FS_CROSS_ENTROPY": program.CROSS_ENTROPY, "FS_MSE": program.MSE}
+    wrong = [name for name, code in ours.items() if getattr(lib, name, None) != code]
+    try:
+        row_bytes = ffi.sizeof("fs_layer")
+    except ffi.error:
+        row_bytes = None
+    if wrong or row_bytes != 4 * _I64.itemsize:
+        raise ImportError(f"fastsgd._ckernels does not match program.py (layer codes {wrong}, "
+                          f"row of {row_bytes} bytes); rebuild it: `python csrc/build.py`")
+
+
+_check_program_consts()
+
+
+def _program_targets(loss_kind, targets, labels, N, n_out):
+    """(targets pointer, its columns, labels pointer) for the loss; the unused one is NULL."""
+    loss_kind = _as_count("loss_kind", loss_kind)
+    if loss_kind not in program.LOSS_KINDS.values():
+        raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
+    if loss_kind == program.CROSS_ENTROPY:
+        _check_array("targets", targets, _F32)  # unused
+        _expect("labels", labels, (N,), "(x.shape[0],)")
+        plabels = _i64("labels", labels)
+        _index_range("labels", labels, n_out, "labels")
+        return _NULL, 1, plabels
+    if loss_kind == program.MNIST_LOSS and n_out != 1:
+        raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
+                         f"this one has {n_out}")
+    _check_array("labels", labels, _I64)  # unused
+    _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
+    return _f32("targets", targets), n_out, _NULL
+
+
+def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+                params, grads, velocities, losses):
+    """One epoch of SGD over a layer program (``program.py``) in one C call; the steps done.
+
+    layers (L, 4) int64 the table; params, grads (P,) float32 the flat blocks it points
+    into and velocities (P,) or None (plain SGD, needs momentum == 0), updated in place;
+    x (N, I) float32; loss_kind MNIST_LOSS: targets (N, 1) float32, one output;
+    MSE: targets (N, O) float32; CROSS_ENTROPY: labels (N,) int64 in [0, O) (the unused
+    one of targets / labels may be any array of its dtype); order (N,) int64 in [0, N);
+    bs >= 1; lrs (steps,) float32, losses (steps,) float64 filled, steps = ceil(N / bs).
+    Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
+    step's update skipped).
     """
+    (P,) = _shape("params", params, 1)
+    pparams = _f32("params", params, True)
+    n_in, n_out = program.check_layer_table(layers, P)
+    players = _from_buffer("fs_layer[]", layers)
+    _expect("grads", grads, (P,), "params.shape")
+    pgrads = _f32("grads", grads, True)
+    momentum = _number("momentum", momentum)
+    weight_decay = _number("weight_decay", weight_decay)
+    if velocities is None:
+        if momentum != 0.0:
+            raise ValueError(f"velocities: required when momentum != 0 (got {momentum})")
+        pvelocities = _NULL
+    else:
+        _expect("velocities", velocities, (P,), "params.shape")
+        pvelocities = _f32("velocities", velocities, True)
+
     N, I = _shape("x", x, 2)
+    if I != n_in:
+        raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
     px = _f32("x", x)
-    _expect("targets", targets, (N,), "(x.shape[0],)")
-    pt = _i64("targets", targets)
+    ptargets, cols, plabels = _program_targets(loss_kind, targets, labels, N, n_out)
     _expect("order", order, (N,), "(x.shape[0],)")
-    po = _i64("order", order)
-    if N and (order.min() < 0 or order.max() >= N):
-        raise ValueError(f"order: row indices must lie in [0, {N}); got values in "
-                         f"[{order.min()}, {order.max()}]")
+    porder = _i64("order", order)
+    _index_range("order", order, N, "row indices")
     bs = _as_count("bs", bs)
     if bs < 1:
         raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
-    groups = {"params": params, "velocities": velocities, "grads": grads}
-    for name, group in groups.items():
-        if not isinstance(group, (list, tuple)):
-            raise TypeError(f"{name}: expected a list of 2 or 4 arrays, got "
-                            f"{type(group).__name__}")
-    n_params = len(params)
-    if n_params not in (2, 4):
-        raise ValueError(f"params: expected 2 arrays (Linear) or 4 (Linear-ReLU-Linear), "
-                         f"got {n_params}")
-    for name in ("velocities", "grads"):
-        if len(groups[name]) != n_params:
-            raise ValueError(f"{name}: expected {n_params} arrays like params, "
-                             f"got {len(groups[name])}")
-    two_layers = n_params == 4
-    I2, H = _shape("params[0] (w1)", params[0], 2)
-    if I2 != I:
-        raise ValueError(f"params[0] (w1): shape[0] is {I2} but x.shape[1] is {I}; "
-                         f"expected them equal")
-    if two_layers:
-        H2, O = _shape("params[2] (w2)", params[2], 2)
-        if H2 != H:
-            raise ValueError(f"params[2] (w2): shape[0] is {H2} but w1.shape[1] is {H}; "
-                             f"expected them equal")
-        shapes = [(I, H), (H,), (H, O), (O,)]
-    else:
-        O = H
-        shapes = [(I, O), (O,)]
-    ptrs = {}
-    for name, group in groups.items():
-        for k, (array, shape) in enumerate(zip(group, shapes)):
-            label = f"{name}[{k}] ({_PARAM_NAMES[k]})"
-            _expect(label, array, shape, "its parameter's shape")
-            ptrs[name, k] = _f32(label, array, True)
-    if not two_layers:
-        for name in groups:
-            ptrs[name, 2] = ptrs[name, 3] = _NULL
-
-    binary = bool(binary)
-    if N:
-        t_min, t_max = targets.min(), targets.max()
-        if binary:
-            if O != 1:
-                raise ValueError(f"binary: mnist_loss needs one output, the model has {O}")
-            if t_min < 0 or t_max > 1:
-                raise ValueError(f"targets: mnist_loss targets must be 0 or 1; got values "
-                                 f"in [{t_min}, {t_max}]")
-        elif t_min < 0 or t_max >= O:
-            raise ValueError(f"targets: labels must lie in [0, {O}); got values in "
-                             f"[{t_min}, {t_max}]")
     steps = -(-N // bs)
     _expect("lrs", lrs, (steps,), "(ceil(N / bs),)")
-    pl = _f32("lrs", lrs)
+    plrs = _f32("lrs", lrs)
     _expect("losses", losses, (steps,), "(ceil(N / bs),)")
-    ploss = _f64("losses", losses, True)
-    done = lib.train_epoch(
-        ploss, *(ptrs["params", k] for k in range(4)),
-        *(ptrs["velocities", k] for k in range(4)), *(ptrs["grads", k] for k in range(4)),
-        px, pt, po, pl, N, I, H if two_layers else O, O, bs, two_layers, binary,
-        float(momentum), float(weight_decay))
+    plosses = _f64("losses", losses, True)
+    done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
+                           int(loss_kind), px, ptargets, cols, plabels, porder, plrs, N, bs, P,
+                           momentum, weight_decay)
     if done < 0:
         raise MemoryError("train_epoch: cannot allocate the scratch arrays")
     return done

@@ -24,9 +24,12 @@ array that makes compiled code read or write out of bounds.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 
 import numpy as np
+
+from . import program
 
 #: Implementation names and parameters every backend module must export.
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -40,16 +43,36 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "sigmoid_backward": ("y", "dy", "dx"),
     "relu_forward": ("x", "out"),
     "relu_backward": ("x", "dy", "dx"),
+    "tanh_forward": ("x", "out"),
+    "tanh_backward": ("y", "dy", "dx"),
     "mnist_loss_forward": ("preds", "targets"),
     "mnist_loss_backward": ("preds", "targets", "dpreds"),
     "cross_entropy_forward": ("logits", "labels"),
     "cross_entropy_backward": ("logits", "labels", "dlogits"),
+    "mse_forward": ("preds", "targets"),
+    "mse_backward": ("preds", "targets", "dpreds"),
     "sgd_update": ("param", "grad", "velocity", "lr", "momentum", "weight_decay"),
     "binary_accuracy": ("preds", "targets"),
     "multiclass_accuracy": ("logits", "labels"),
 }
 
-_check_values = True
+#: Kernels a backend may implement (``Backend.supports(name)`` says whether it does);
+#: when present they must take exactly these parameters.
+OPTIONAL_KERNELS: dict[str, tuple[str, ...]] = {
+    # one epoch of SGD over a layer program (see ``program.py``): steps done
+    "train_epoch": ("layers", "loss_kind", "x", "targets", "labels", "order", "bs", "lrs",
+                    "momentum", "weight_decay", "params", "grads", "velocities", "losses"),
+}
+
+#: Whether kernels scan their inputs for NaN/Inf: per thread and per asyncio task, so a
+#: Learner's ``skip_value_checks`` block never switches the checks off for other code.
+_VALUE_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("fastsgd_value_checks",
+                                                                     default=True)
+
+
+def value_checks_enabled() -> bool:
+    """Whether kernels called from this thread or task scan their inputs for NaN/Inf."""
+    return _VALUE_CHECKS.get()
 
 
 @contextlib.contextmanager
@@ -59,13 +82,14 @@ def skip_value_checks():
     Shape, dtype, layout and label-range checks stay on: they guard memory
     safety.  The trainer uses this in its inner loop after checking its data
     once, since a full scan of every input would cost as much as the kernel.
+    The switch is a context variable: it applies to this thread (or asyncio task)
+    alone and is restored exactly on leaving the block, however blocks nest.
     """
-    global _check_values
-    previous, _check_values = _check_values, False
+    token = _VALUE_CHECKS.set(False)
     try:
         yield
     finally:
-        _check_values = previous
+        _VALUE_CHECKS.reset(token)
 
 
 def missing_kernels(module) -> list[str]:
@@ -74,6 +98,10 @@ def missing_kernels(module) -> list[str]:
     for name, params in KERNELS.items():
         fn = getattr(module, name, None)
         if fn is None or _parameter_names(fn) != params:
+            bad.append(name)
+    for name, params in OPTIONAL_KERNELS.items():
+        fn = getattr(module, name, None)
+        if fn is not None and _parameter_names(fn) != params:
             bad.append(name)
     return bad
 
@@ -104,6 +132,10 @@ class Backend:
 
     def __repr__(self):
         return f"<fastsgd backend {self.name!r}>"
+
+    def supports(self, kernel: str) -> bool:
+        """Whether this backend implements ``kernel`` (a name of ``KERNELS`` or ``OPTIONAL_KERNELS``)."""
+        return kernel in KERNELS or (kernel in OPTIONAL_KERNELS and hasattr(self._impl, kernel))
 
     # ----------------------------------------------------------- arrays
     def asarray(self, x, dtype=np.float32):
@@ -187,8 +219,8 @@ class Backend:
         _same("dy.shape[0]", dy.shape[0], "x.shape[0]", x.shape[0])
         _same("dy.shape[1]", dy.shape[1], "w.shape[1]", w.shape[1])
         dx = self._out("dx", dx, x.shape, x.dtype, x, w, dy) if need_dx else None
-        dw = self._out("dw", dw, w.shape, x.dtype, x, w, dy)
-        db = self._out("db", db, (w.shape[1],), x.dtype, x, w, dy)
+        dw = self._out("dw", dw, w.shape, x.dtype, x, w, dy, *([dx] if need_dx else []))
+        db = self._out("db", db, (w.shape[1],), x.dtype, x, w, dy, dw, *([dx] if need_dx else []))
         self._impl.linear_backward(x, w, dy, dx, dw, db)
         return dx, dw, db
 
@@ -197,6 +229,7 @@ class Backend:
         """``out = 1 / (1 + exp(-x))``, finite for any finite x;  any shape."""
         x = self._float("x", x)
         out = self._out("out", out, x.shape, x.dtype)
+        self._in_place_or_apart("out", out, x)
         self._impl.sigmoid_forward(x, out)
         return out
 
@@ -206,6 +239,7 @@ class Backend:
         dy = self._float("dy", dy, dtype=y.dtype)
         _same("dy.shape", dy.shape, "y.shape", y.shape)
         dx = self._out("dx", dx, y.shape, y.dtype)
+        self._in_place_or_apart("dx", dx, y, dy)
         self._impl.sigmoid_backward(y, dy, dx)
         return dx
 
@@ -213,6 +247,7 @@ class Backend:
         """``out = max(x, 0)``;  any shape."""
         x = self._float("x", x)
         out = self._out("out", out, x.shape, x.dtype)
+        self._in_place_or_apart("out", out, x)
         self._impl.relu_forward(x, out)
         return out
 
@@ -222,7 +257,26 @@ class Backend:
         dy = self._float("dy", dy, dtype=x.dtype)
         _same("dy.shape", dy.shape, "x.shape", x.shape)
         dx = self._out("dx", dx, x.shape, x.dtype)
+        self._in_place_or_apart("dx", dx, x, dy)
         self._impl.relu_backward(x, dy, dx)
+        return dx
+
+    def tanh_forward(self, x, out=None):
+        """``out = tanh(x)``, finite for any finite x;  any shape."""
+        x = self._float("x", x)
+        out = self._out("out", out, x.shape, x.dtype)
+        self._in_place_or_apart("out", out, x)
+        self._impl.tanh_forward(x, out)
+        return out
+
+    def tanh_backward(self, y, dy, dx=None):
+        """``dx = dy * (1 - y**2)`` where ``y = tanh(x)`` is the forward output."""
+        y = self._float("y", y)
+        dy = self._float("dy", dy, dtype=y.dtype)
+        _same("dy.shape", dy.shape, "y.shape", y.shape)
+        dx = self._out("dx", dx, y.shape, y.dtype)
+        self._in_place_or_apart("dx", dx, y, dy)
+        self._impl.tanh_backward(y, dy, dx)
         return dx
 
     # ----------------------------------------------------------- losses
@@ -240,6 +294,7 @@ class Backend:
         shape = self._array("preds", preds).shape
         preds, targets = self._binary("preds", preds, "targets", targets)
         dpreds = self._out("dpreds", dpreds, shape, preds.dtype)
+        self._in_place_or_apart("dpreds", dpreds, preds, targets)
         self._impl.mnist_loss_backward(preds, targets, dpreds.reshape(-1))
         return dpreds
 
@@ -254,9 +309,26 @@ class Backend:
     def cross_entropy_backward(self, logits, labels, dlogits=None):
         """``dlogits = (softmax(logits) - onehot(labels)) / B``;  (B, C)."""
         logits, labels = self._classes("logits", logits, "labels", labels)
-        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype)
+        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype, logits)
         self._impl.cross_entropy_backward(logits, labels, dlogits)
         return dlogits
+
+    def mse_forward(self, preds, targets) -> float:
+        """Mean squared error over every element, the book's ``((preds - targets)**2).mean()``.
+
+        preds (B,) or (B, O) floats; targets of any real value, shaped like preds
+        ((B,) and (B, 1) are interchangeable), in the dtype of preds.
+        """
+        preds, targets = self._regression("preds", preds, "targets", targets)
+        return float(self._impl.mse_forward(preds.reshape(-1), targets.reshape(-1)))
+
+    def mse_backward(self, preds, targets, dpreds=None):
+        """``dpreds = 2 * (preds - targets) / preds.size``, shaped like preds."""
+        preds, targets = self._regression("preds", preds, "targets", targets)
+        dpreds = self._out("dpreds", dpreds, preds.shape, preds.dtype)
+        self._in_place_or_apart("dpreds", dpreds, preds, targets)
+        self._impl.mse_backward(preds.reshape(-1), targets.reshape(-1), dpreds.reshape(-1))
+        return dpreds
 
     # -------------------------------------------------------- optimizer
     def sgd_update(self, param, grad, lr, momentum=0.0, weight_decay=0.0, velocity=None):
@@ -279,10 +351,95 @@ class Backend:
             velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
                                    check_values=False)
             _same("velocity.shape", velocity.shape, "param.shape", param.shape)
+            self._in_place_or_apart("velocity", velocity, param, grad)
         else:
             velocity = None
+        self._in_place_or_apart("param", param, grad)
         self._impl.sgd_update(param, grad, velocity, lr, momentum, weight_decay)
         return param
+
+    # ------------------------------------------------------- fused epoch
+    def train_epoch(self, layers, loss_kind, x, targets, order, bs, lrs, params, grads,
+                    velocities=None, momentum=0.0, weight_decay=0.0, losses=None):
+        """One epoch of SGD over a layer program in one call (see ``program.py``).
+
+        layers (L, 4) int64 host table and loss_kind (``program.LOSS_KINDS``) declare
+        the program; params, grads (P,) float32 are the flat parameter and gradient
+        blocks the table points into, updated in place; velocities (P,) the momentum
+        buffers, required when ``momentum != 0`` and unused otherwise.  x (N, I);
+        targets: (N,) 0/1 float32 for MNIST_LOSS (one output), (N,) int64 labels in
+        [0, O) for CROSS_ENTROPY, (N, O) float32 (or (N,) when O == 1) for MSE; order
+        (N,) int64 row indices in [0, N); bs >= 1; lrs (steps,) float32 host array of
+        finite rates >= 0, steps = ceil(N / bs); losses (steps,) float64 host array.
+
+        Returns the losses of the steps run (a view of ``losses``): all of them, or up
+        to and including the first that is not finite, where the epoch stopped before
+        that step's update.  Only implemented where ``supports("train_epoch")``.
+        """
+        if not self.supports("train_epoch"):
+            raise NotImplementedError(f"backend {self.name!r} has no fused train_epoch kernel")
+        params = self._float("params", params, ndim=1, writable=True, check_values=False)
+        n_in, n_out = program.check_layer_table(layers, params.shape[0])
+        grads = self._out("grads", grads, params.shape, params.dtype, params)
+        momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
+        weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
+        if momentum != 0.0:
+            if velocities is None:
+                raise ValueError("train_epoch: velocities are required when momentum != 0")
+            velocities = self._out("velocities", velocities, params.shape, params.dtype,
+                                   params, grads)
+        else:
+            velocities = None
+        x = self._float("x", x, ndim=2, dtype=params.dtype)
+        _same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
+        n = x.shape[0]
+        targets, labels = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
+        order = self._array("order", order)
+        if order.dtype != np.int64 or tuple(order.shape) != (n,):
+            raise ValueError(f"order: expected int64 of shape ({n},), got {order.dtype} "
+                             f"of shape {tuple(order.shape)}")
+        self._index_range("order", order, n)
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
+        steps = -(-n // int(bs))
+        lrs = _host_array("lrs", lrs, np.float32, (steps,), "(ceil(N / bs),)")
+        if not (np.isfinite(lrs) & (lrs >= 0)).all():
+            bad = lrs[~(np.isfinite(lrs) & (lrs >= 0))][0]
+            raise ValueError(f"lrs: expected finite learning rates >= 0, got {bad}")
+        if losses is None:
+            losses = np.zeros(steps, np.float64)
+        losses = _host_array("losses", losses, np.float64, (steps,), "(ceil(N / bs),)",
+                             writable=True)
+        done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, labels, order,
+                                          int(bs), lrs, np.float32(momentum),
+                                          np.float32(weight_decay), params, grads,
+                                          velocities, losses))
+        return losses[:done + 1] if done < steps else losses
+
+    def _program_targets(self, loss_kind, targets, n, n_out, dtype):
+        """The (targets (N, T) float32, labels (N,) int64) pair ``train_epoch`` implementations take."""
+        if loss_kind not in program.LOSS_KINDS.values() or isinstance(loss_kind, bool):
+            raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
+        no_labels = self.empty(0, np.int64)
+        if loss_kind == program.CROSS_ENTROPY:
+            labels = self._array("targets", targets)
+            if labels.dtype != np.int64 or tuple(labels.shape) != (n,):
+                raise ValueError(f"targets: cross_entropy expects int64 labels of shape ({n},), "
+                                 f"got {labels.dtype} of shape {tuple(labels.shape)}")
+            self._label_range("targets", labels, n_out)
+            return self.empty((0, 1), dtype), labels
+        if loss_kind == program.MNIST_LOSS and n_out != 1:
+            raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
+                             f"this one has {n_out}")
+        targets = self._float("targets", targets, dtype=dtype)
+        if targets.ndim == 1 and n_out == 1:
+            targets = targets.reshape(n, 1)
+        if tuple(targets.shape) != (n, n_out):
+            raise ValueError(f"targets: expected shape ({n}, {n_out}) to match x and the "
+                             f"program's outputs, got {tuple(targets.shape)}")
+        if loss_kind == program.MNIST_LOSS:
+            self._binary_values("targets", targets)
+        return targets, no_labels
 
     # ---------------------------------------------------------- metrics
     def binary_accuracy(self, preds, targets) -> float:
@@ -320,7 +477,7 @@ class Backend:
             raise ValueError(f"{name}: expected a C-contiguous array; pass np.ascontiguousarray({name})")
         if writable and not x.flags.writeable:
             raise ValueError(f"{name}: expected a writable array (it is updated in place)")
-        if check_values and _check_values:
+        if check_values and _VALUE_CHECKS.get():
             self._finite(name, x)
         return x
 
@@ -347,6 +504,26 @@ class Backend:
                 raise ValueError(f"{name}: must not overlap an input of this kernel")
         return out
 
+    def _in_place_or_apart(self, name, out, *inputs):
+        """``out`` is exactly an input (elementwise kernels run in place) or shares no memory with it.
+
+        Any other overlap — a shifted view of the same buffer, say — would make a
+        compiled loop read what it already overwrote, so it is refused.
+        """
+        for x in inputs:
+            if self._may_overlap(out, x) and not self._same_memory(out, x):
+                raise ValueError(f"{name}: partly overlaps an input; pass the input itself "
+                                 f"(in place) or a separate array")
+
+    def _may_overlap(self, a, b) -> bool:
+        """Whether arrays ``a`` and ``b`` may share memory."""
+        return np.may_share_memory(a, b)
+
+    def _same_memory(self, a, b) -> bool:
+        """Whether C-contiguous arrays ``a`` and ``b`` are the same elements (same start and size)."""
+        return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                and a.size == b.size and a.dtype == b.dtype)
+
     def _binary(self, pname, preds, tname, targets):
         """preds (B,) or (B, 1) floats and matching 0/1 targets, both as (B,) views."""
         preds = self._float(pname, preds)
@@ -365,6 +542,24 @@ class Backend:
     def _binary_values(self, name, targets):
         if not ((targets == 0) | (targets == 1)).all():
             raise ValueError(f"{name}: expected every target to be 0 or 1")
+
+    def _regression(self, pname, preds, tname, targets):
+        """preds (B,) or (B, O) floats and real targets of the same shape ((B,) ~ (B, 1))."""
+        preds = self._float(pname, preds)
+        if preds.ndim not in (1, 2):
+            raise ValueError(f"{pname}: expected shape (B,) or (B, O), got {tuple(preds.shape)}")
+        targets = self._float(tname, targets, dtype=preds.dtype)
+        shape, tshape = tuple(preds.shape), tuple(targets.shape)
+        if tshape != shape and not (len(shape) + len(tshape) == 3
+                                    and preds.size == targets.size == shape[0]):
+            raise ValueError(f"{tname}: expected shape {shape} to match {pname}, got {tshape}")
+        return preds, targets
+
+    def _index_range(self, name, indices, high):
+        """Every value of int64 ``indices`` lies in [0, high) (they index memory)."""
+        if indices.size and (indices.min() < 0 or indices.max() >= high):
+            raise ValueError(f"{name}: indices must lie in [0, {high}), "
+                             f"got values from {indices.min()} to {indices.max()}")
 
     def _classes(self, zname, logits, lname, labels):
         """logits (B, C) floats and labels (B,) int64 in [0, C)."""
@@ -390,6 +585,21 @@ class Backend:
 def _same(name, value, other_name, other):
     if value != other:
         raise ValueError(f"{name} is {value} but {other_name} is {other}; expected them equal")
+
+
+def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
+    """A host (NumPy) array of exactly ``dtype`` and ``shape``, C-contiguous."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+    if x.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} = {source}, got {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array")
+    return x
 
 
 def _scalar(name, value, low=None, high=None) -> float:

@@ -10,16 +10,22 @@ in a loop.  Losses and accuracies return Python floats, so they wait for the
 device.
 
 Dimension letters as in ``contract.py``: B batch, I in-features, O out-features,
-C classes, M, K, N a generic matmul (M, K) @ (K, N).  ``n`` is a flat element count.
+C classes, M, K, N a generic matmul (M, K) @ (K, N), N samples, L layers,
+P parameters.  ``n`` is a flat element count.
 
 Layout of this module, top to bottom: launch constants; for each kernel family
-the ``@cuda.jit`` kernel(s) followed by the launcher(s) under the contract's
-names; ``KERNEL_SIGNATURES`` (every kernel with the argument types it is
-compiled for, used to build PTX ahead of time); the device-side checks; and
-``CudaBackend``, the contract's front door with device-array validation.
+(matmul, linear, activations, losses, optimizer, metrics, data movement, the
+device-side checks) the ``@cuda.jit`` kernel(s) followed by the launcher(s) under
+the contract's names; the layer program, a whole epoch in one cooperative kernel
+that walks the table of ``program.py`` (``train_epoch``); ``KERNEL_SIGNATURES``
+(every kernel with the argument types it is compiled for, used to build PTX ahead
+of time); and ``CudaBackend``, the contract's front door with device-array
+validation.
 
-Every kernel is self-contained: no helper device functions, so each one can be
-compiled to PTX without a GPU (``numba.cuda.compile_ptx``).
+Pieces shared by several kernels (the stable sigmoid, the one-block sum, the grid
+sync, the phases of the layer program) are ``@cuda.jit(device=True, inline=True)``
+functions: Numba inlines them into each kernel before code generation, so every
+kernel still compiles to PTX without a GPU (``numba.cuda.compile_ptx``).
 
 Availability: importing this module needs only ``numba-cuda``;
 ``make_backend()`` raises ``ImportError`` with the reason (no driver, no GPU)
@@ -42,14 +48,15 @@ if not hasattr(np, "row_stack"):
 if importlib.util.find_spec("numba_cuda") is None:
     raise ImportError("numba-cuda is not installed (pip install 'fastsgd[cuda]')")
 
-from numba import cuda, float32, int32  # noqa: E402
+from numba import cuda, float32, float64, int32  # noqa: E402
 
 try:  # where numba-cuda keeps its settings (older releases share Numba's)
     from numba.cuda.core import config as _cuda_config
 except ImportError:
     from numba.core import config as _cuda_config
 
-from . import contract  # noqa: E402
+from . import contract, program  # noqa: E402
+from .program import CROSS_ENTROPY, LINEAR, MNIST_LOSS, MSE, RELU, SIGMOID  # noqa: E402
 from .contract import Backend  # noqa: E402
 
 #: True when kernels run in Numba's CUDA simulator (on the CPU, one Python thread per GPU thread).
@@ -242,15 +249,20 @@ def linear_backward(x, w, dy, dx, dw, db):
 
 
 # ------------------------------------------------------------- activations
+@cuda.jit(device=True, inline=True)
+def _sigmoid(v):
+    """1 / (1 + exp(-v)) via exp(-|v|), which never overflows: a float32 in [0, 1]."""
+    e = math.exp(-abs(v))
+    r = float32(1.0) / (float32(1.0) + e)
+    return r if v >= float32(0.0) else e * r
+
+
 @cuda.jit
 def _sigmoid_forward_kernel(x, out):
-    """out = 1 / (1 + exp(-x)) via exp(-|x|), which never overflows.   x, out (n,)."""
+    """out = sigmoid(x), finite for any finite x.   x, out (n,)."""
     i = cuda.grid(1)
     if i < x.shape[0]:
-        v = x[i]
-        e = math.exp(-abs(v))
-        r = float32(1.0) / (float32(1.0) + e)
-        out[i] = r if v >= float32(0.0) else e * r
+        out[i] = _sigmoid(x[i])
 
 
 @cuda.jit
@@ -275,6 +287,22 @@ def _relu_backward_kernel(x, dy, dx):
     i = cuda.grid(1)
     if i < x.shape[0]:
         dx[i] = dy[i] if x[i] > float32(0.0) else float32(0.0)
+
+
+@cuda.jit
+def _tanh_forward_kernel(x, out):
+    """out = tanh(x); libdevice's tanhf saturates to +-1, never overflows.   x, out (n,)."""
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        out[i] = math.tanh(x[i])
+
+
+@cuda.jit
+def _tanh_backward_kernel(y, dy, dx):
+    """dx = dy * (1 - y * y), y = tanh(x) the forward output.   (n,)."""
+    i = cuda.grid(1)
+    if i < y.shape[0]:
+        dx[i] = dy[i] * (float32(1.0) - y[i] * y[i])
 
 
 def _flat(x):
@@ -313,25 +341,30 @@ def relu_backward(x, dy, dx):
     _launch_elementwise(_relu_backward_kernel, x, dy, dx)
 
 
+def tanh_forward(x, out):
+    """out = tanh(x), any shape."""
+    _launch_elementwise(_tanh_forward_kernel, x, out)
+
+
+def tanh_backward(y, dy, dx):
+    """dx = dy * (1 - y**2), any shape."""
+    _launch_elementwise(_tanh_backward_kernel, y, dy, dx)
+
+
 # ------------------------------------------------------------------ losses
 # The losses and accuracies reduce a batch to one number in a single block of
 # BLOCK threads: thread t takes rows t, t + BLOCK, ..., then the BLOCK partial
 # results are added pairwise in shared memory and thread 0 writes result[0].
 # The launcher copies that one number back (the only device-to-host transfer).
 
-@cuda.jit
-def _mnist_loss_forward_kernel(preds, targets, result):
-    """result[0] = sum_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   (B,) -> (1,)."""
-    partial = cuda.shared.array(BLOCK, float32)
-    t = cuda.threadIdx.x
-    acc = float32(0.0)
-    for b in range(t, preds.shape[0], BLOCK):
-        p = preds[b]
-        e = math.exp(-abs(p))
-        r = float32(1.0) / (float32(1.0) + e)
-        s = r if p >= float32(0.0) else e * r
-        acc += (float32(1.0) - s) if targets[b] == float32(1.0) else s
-    partial[t] = acc
+@cuda.jit(device=True, inline=True)
+def _block_sum(partial, t, value, result):
+    """result[0] = the sum of ``value`` over the block's BLOCK threads (t the thread).
+
+    Pairwise in ``partial``, a (BLOCK,) shared array of the result's dtype; every
+    thread of the block must call it.
+    """
+    partial[t] = value
     cuda.syncthreads()
     step = BLOCK // 2
     while step > 0:
@@ -344,15 +377,24 @@ def _mnist_loss_forward_kernel(preds, targets, result):
 
 
 @cuda.jit
+def _mnist_loss_forward_kernel(preds, targets, result):
+    """result[0] = sum_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   (B,) -> (1,)."""
+    partial = cuda.shared.array(BLOCK, float32)
+    t = cuda.threadIdx.x
+    acc = float32(0.0)
+    for b in range(t, preds.shape[0], BLOCK):
+        s = _sigmoid(preds[b])
+        acc += (float32(1.0) - s) if targets[b] == float32(1.0) else s
+    _block_sum(partial, t, acc, result)
+
+
+@cuda.jit
 def _mnist_loss_backward_kernel(preds, targets, dpreds):
     """dpreds_b = where(t_b == 1, -1, 1) * s_b * (1 - s_b) / B.   (B,) -> (B,)."""
     b = cuda.grid(1)
     B = preds.shape[0]
     if b < B:
-        p = preds[b]
-        e = math.exp(-abs(p))
-        r = float32(1.0) / (float32(1.0) + e)
-        s = r if p >= float32(0.0) else e * r
+        s = _sigmoid(preds[b])
         slope = s * (float32(1.0) - s) / float32(B)
         dpreds[b] = -slope if targets[b] == float32(1.0) else slope
 
@@ -375,16 +417,7 @@ def _cross_entropy_forward_kernel(logits, labels, result):
         for c in range(C):
             total += math.exp(logits[b, c] - m)
         acc += math.log(total) + m - logits[b, labels[b]]
-    partial[t] = acc
-    cuda.syncthreads()
-    step = BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        result[0] = partial[0]
+    _block_sum(partial, t, acc, result)
 
 
 @cuda.jit
@@ -403,6 +436,27 @@ def _cross_entropy_backward_kernel(logits, labels, dlogits):
         for c in range(C):
             dlogits[b, c] = math.exp(logits[b, c] - m) * scale
         dlogits[b, labels[b]] -= float32(1.0) / float32(B)
+
+
+@cuda.jit
+def _mse_forward_kernel(preds, targets, result):
+    """result[0] = sum_i (p_i - t_i)^2.   preds, targets (n,) -> (1,)."""
+    partial = cuda.shared.array(BLOCK, float32)
+    t = cuda.threadIdx.x
+    acc = float32(0.0)
+    for i in range(t, preds.shape[0], BLOCK):
+        e = preds[i] - targets[i]
+        acc += e * e
+    _block_sum(partial, t, acc, result)
+
+
+@cuda.jit
+def _mse_backward_kernel(preds, targets, dpreds):
+    """dpreds_i = 2 (p_i - t_i) / n.   (n,) -> (n,)."""
+    i = cuda.grid(1)
+    n = preds.shape[0]
+    if i < n:
+        dpreds[i] = float32(2.0) * (preds[i] - targets[i]) / float32(n)
 
 
 _scratch = {}
@@ -442,6 +496,16 @@ def cross_entropy_forward(logits, labels):
 def cross_entropy_backward(logits, labels, dlogits):
     """dlogits = (softmax(z) - onehot(labels)) / B.   (B, C) -> (B, C)."""
     _cross_entropy_backward_kernel[ceil_div(logits.shape[0], BLOCK), BLOCK](logits, labels, dlogits)
+
+
+def mse_forward(preds, targets):
+    """mean_i (p_i - t_i)^2.   preds, targets (n,): every element of a (B,) or (B, O) batch."""
+    return float(_one_block(_mse_forward_kernel, preds, targets)) / preds.shape[0]
+
+
+def mse_backward(preds, targets, dpreds):
+    """dpreds_i = 2 (p_i - t_i) / n.   (n,) -> (n,)."""
+    _launch_elementwise(_mse_backward_kernel, preds, targets, dpreds)
 
 
 # --------------------------------------------------------------- optimizer
@@ -484,16 +548,7 @@ def _binary_accuracy_kernel(preds, targets, result):
     for b in range(t, preds.shape[0], BLOCK):
         if (preds[b] > float32(0.0)) == (targets[b] == float32(1.0)):
             hits += int32(1)
-    partial[t] = hits
-    cuda.syncthreads()
-    step = BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        result[0] = partial[0]
+    _block_sum(partial, t, hits, result)
 
 
 @cuda.jit
@@ -510,16 +565,7 @@ def _multiclass_accuracy_kernel(logits, labels, result):
                 best = c
         if best == labels[b]:
             hits += int32(1)
-    partial[t] = hits
-    cuda.syncthreads()
-    step = BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        result[0] = partial[0]
+    _block_sum(partial, t, hits, result)
 
 
 def binary_accuracy(preds, targets):
@@ -568,16 +614,7 @@ def _count_outside_kernel(values, low, high, result):
     for i in range(t, values.shape[0], BLOCK):
         if values[i] < low or values[i] >= high:
             bad += int32(1)
-    partial[t] = bad
-    cuda.syncthreads()
-    step = BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        result[0] = partial[0]
+    _block_sum(partial, t, bad, result)
 
 
 @cuda.jit
@@ -589,16 +626,7 @@ def _count_not_binary_kernel(targets, result):
     for i in range(t, targets.shape[0], BLOCK):
         if targets[i] != float32(0.0) and targets[i] != float32(1.0):
             bad += int32(1)
-    partial[t] = bad
-    cuda.syncthreads()
-    step = BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        result[0] = partial[0]
+    _block_sum(partial, t, bad, result)
 
 
 @cuda.jit
@@ -628,6 +656,279 @@ def all_finite(x) -> bool:
     return int(flag.copy_to_host()[0]) == 0
 
 
+# ------------------------------------------------------------ the layer program
+# One epoch of SGD over a layer program (program.py) in one cooperative launch.
+# The table is read on the device; every phase below is a grid-stride loop over
+# its outputs, and a grid sync separates each phase from the next, so any grid
+# size is correct.  Per step of B rows:
+#
+#   gather a[0] | forward layer 0 | ... | forward layer L-1 | loss, d[L] per row |
+#   (all threads stop here if the step's loss is not finite) |
+#   backward layer L-1 | ... | backward the first LINEAR | update the whole block
+#
+# The activations a[0..L] and their gradients d[0..L] live in two flat scratch
+# arrays: a[l] is (B, W_l) row-major at acts[offsets[l]:], d[l] at the same
+# offset of deltas, with room for bs rows each (W_0 = I, W_{l+1} = N_OUT of row l).
+
+# cuda.cg.this_grid().sync() reaches the device runtime through device functions
+# that numba-cuda compiles for the current GPU, so compile_ptx fails without a
+# driver; the two intrinsics behind them, called directly, compile anywhere.
+_cg_grid = _cg_sync = None
+if not SIMULATED:
+    try:
+        from numba.cuda import cg as _cg
+        _cg_grid, _cg_sync = _cg._this_grid, _cg._grid_group_sync
+    except (ImportError, AttributeError):  # a numba-cuda that keeps them elsewhere: the public API
+        _cg_grid = _cg_sync = None
+
+#: Whether ``compile_ptx`` can build the grid-sync kernel without a driver.
+_GRID_SYNC_OFFLINE = SIMULATED or _cg_sync is not None
+
+if _cg_sync is None:
+    @cuda.jit(device=True, inline=True)
+    def _grid_sync():
+        """Wait until every thread of the cooperative grid gets here."""
+        cuda.cg.this_grid().sync()
+else:
+    @cuda.jit(device=True, inline=True)
+    def _grid_sync():
+        """Wait until every thread of the cooperative grid gets here."""
+        _cg_sync(_cg_grid())
+
+
+@cuda.jit(device=True, inline=True)
+def _gather(x, order, start, B, acts, tid, stride):
+    """a[0] = x[order[start:start + B]].   x (N, I) -> a[0] (B, I) at acts[0:]."""
+    I = x.shape[1]
+    for idx in range(tid, B * I, stride):
+        r = idx // I
+        acts[idx] = x[order[start + r], idx - r * I]
+
+
+@cuda.jit(device=True, inline=True)
+def _layer_forward(layers, l, B, params, acts, offsets, tid, stride):
+    """a[l+1] = layer l of a[l].   a[l] (B, N_IN) -> a[l+1] (B, N_OUT).
+
+    LINEAR: a[l] @ w + b with w (N_IN, N_OUT), b (N_OUT,) at params[PARAM:];
+    an activation: elementwise (N_IN == N_OUT).
+    """
+    kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+    src, dst = offsets[l], offsets[l + 1]
+    for idx in range(tid, B * n_out, stride):
+        if kind == LINEAR:
+            r = idx // n_out
+            j = idx - r * n_out
+            acc = params[at + n_in * n_out + j]
+            for k in range(n_in):
+                acc += acts[src + r * n_in + k] * params[at + k * n_out + j]
+            acts[dst + idx] = acc
+        else:
+            v = acts[src + idx]
+            if kind == RELU:
+                acts[dst + idx] = v if v > float32(0.0) else float32(0.0)
+            elif kind == SIGMOID:
+                acts[dst + idx] = _sigmoid(v)
+            else:
+                acts[dst + idx] = math.tanh(v)
+
+
+@cuda.jit(device=True, inline=True)
+def _row_loss(loss_kind, z, O, scale, targets, labels, row, acts, deltas):
+    """Loss of one output row z = a[L][r] (O,) at acts[z:], and dL/dz into deltas[z:].
+
+    ``row`` is the sample's row in targets (N, O) / labels (N,); ``scale`` the
+    divisor of the batch mean (B, or B * O for mse).  Returns the row's loss,
+    not yet divided by ``scale``.
+    """
+    if loss_kind == MNIST_LOSS:  # O == 1
+        s = _sigmoid(acts[z])
+        slope = s * (float32(1.0) - s) / scale
+        if targets[row, 0] == float32(1.0):
+            deltas[z] = -slope
+            return float32(1.0) - s
+        deltas[z] = slope
+        return s
+    if loss_kind == CROSS_ENTROPY:  # shifted by the row max: exp never overflows
+        label = labels[row]
+        m = acts[z]
+        for o in range(1, O):
+            m = max(m, acts[z + o])
+        total = float32(0.0)
+        for o in range(O):
+            total += math.exp(acts[z + o] - m)
+        lse = math.log(total) + m
+        for o in range(O):
+            deltas[z + o] = math.exp(acts[z + o] - lse) / scale
+        deltas[z + label] -= float32(1.0) / scale
+        return lse - acts[z + label]
+    loss = float32(0.0)  # MSE: targets shaped like the output
+    for o in range(O):
+        e = acts[z + o] - targets[row, o]
+        loss += e * e
+        deltas[z + o] = float32(2.0) * e / scale
+    return loss
+
+
+@cuda.jit(device=True, inline=True)
+def _loss_phase(loss_kind, L, B, start, s, layers, targets, labels, order, acts, deltas, offsets,
+                losses, tid, stride):
+    """losses[s] += the batch's mean loss; d[L] = its gradient w.r.t. a[L] (B, O)."""
+    O = layers[L - 1, 2]
+    scale = float32(B * O) if loss_kind == MSE else float32(B)
+    for r in range(tid, B, stride):
+        z = offsets[L] + r * O
+        loss = _row_loss(loss_kind, z, O, scale, targets, labels, order[start + r], acts, deltas)
+        cuda.atomic.add(losses, s, float64(loss) / float64(scale))
+
+
+@cuda.jit(device=True, inline=True)
+def _layer_backward(layers, l, need_dx, B, params, grads, acts, deltas, offsets, tid, stride):
+    """Gradients of layer l from d[l+1] (B, N_OUT).
+
+    LINEAR: grad w = a[l].T @ d[l+1] (N_IN, N_OUT) and grad b = sum_rows d[l+1]
+    (N_OUT,) into grads[PARAM:], and d[l] = d[l+1] @ w.T (B, N_IN) when
+    ``need_dx``, all in one grid-stride loop; an activation: d[l] elementwise
+    (ReLU from its input a[l], Sigmoid and Tanh from their output a[l+1]).
+    """
+    kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+    src, dst = offsets[l], offsets[l + 1]
+    if kind == LINEAR:
+        n_w = n_in * n_out
+        total = n_w + n_out + (B * n_in if need_dx else 0)
+        for idx in range(tid, total, stride):
+            acc = float32(0.0)
+            if idx < n_w:
+                i = idx // n_out
+                j = idx - i * n_out
+                for r in range(B):
+                    acc += acts[src + r * n_in + i] * deltas[dst + r * n_out + j]
+                grads[at + idx] = acc
+            elif idx < n_w + n_out:
+                j = idx - n_w
+                for r in range(B):
+                    acc += deltas[dst + r * n_out + j]
+                grads[at + idx] = acc
+            else:
+                e = idx - n_w - n_out
+                r = e // n_in
+                i = e - r * n_in
+                for j in range(n_out):
+                    acc += deltas[dst + r * n_out + j] * params[at + i * n_out + j]
+                deltas[src + e] = acc
+    else:
+        for idx in range(tid, B * n_in, stride):
+            dy = deltas[dst + idx]
+            if kind == RELU:
+                deltas[src + idx] = dy if acts[src + idx] > float32(0.0) else float32(0.0)
+            elif kind == SIGMOID:
+                y = acts[dst + idx]
+                deltas[src + idx] = dy * (y * (float32(1.0) - y))
+            else:
+                y = acts[dst + idx]
+                deltas[src + idx] = dy * (float32(1.0) - y * y)
+
+
+@cuda.jit(device=True, inline=True)
+def _sgd_step(params, grads, velocities, lr, momentum, weight_decay, tid, stride):
+    """One SGD update of the whole block, as ``sgd_update``.   params, grads (P,); velocities (P,) or (0,)."""
+    use_momentum = velocities.shape[0] > 0
+    for i in range(tid, params.shape[0], stride):
+        g = grads[i] + weight_decay * params[i]
+        if use_momentum:
+            g = momentum * velocities[i] + g
+            velocities[i] = g
+        params[i] -= lr * g
+
+
+@cuda.jit
+def _train_program_kernel(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
+                          weight_decay, params, grads, velocities, acts, deltas, offsets, losses):
+    """A whole epoch of SGD over a layer program; launch cooperatively (grid syncs).
+
+    layers (L, 4) int64, the table of program.py; x (N, I); targets (N, O) float
+    (mnist_loss, mse) or (0, 1), labels (N,) int64 (cross_entropy) or (0,);
+    order (N,) the row order; lrs (steps,); params, grads (P,); velocities (P,),
+    or (0,) without momentum; acts, deltas (bs * sum of widths,) scratch at
+    offsets (L + 2,); losses (steps,) float64, zeroed, filled here.  Stops, every
+    thread together, after the first step whose loss is not finite, before its
+    update.
+    """
+    tid = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    N = x.shape[0]
+    L = layers.shape[0]
+    first = 0  # the first LINEAR: nothing before it needs a gradient
+    while layers[first, 0] != LINEAR:
+        first += 1
+    for s in range(losses.shape[0]):
+        start = s * bs
+        B = min(bs, N - start)
+        # the previous step's update and this gather touch different memory: one sync covers both
+        _gather(x, order, start, B, acts, tid, stride)
+        _grid_sync()
+        for l in range(L):
+            _layer_forward(layers, l, B, params, acts, offsets, tid, stride)
+            _grid_sync()
+        _loss_phase(loss_kind, L, B, start, s, layers, targets, labels, order, acts, deltas,
+                    offsets, losses, tid, stride)
+        _grid_sync()
+        if not math.isfinite(losses[s]):
+            return
+        for l in range(L - 1, first - 1, -1):
+            _layer_backward(layers, l, l > first, B, params, grads, acts, deltas, offsets,
+                            tid, stride)
+            _grid_sync()
+        _sgd_step(params, grads, velocities, lrs[s], momentum, weight_decay, tid, stride)
+
+
+#: Threads per block of the program kernel; its grid is one block per SM (all co-resident).
+EPOCH_BLOCK = 16 if SIMULATED else 256
+
+_no_velocities = {}
+
+
+def _epoch_grid() -> int:
+    """Blocks of the cooperative launch: the simulator runs cooperative grids of one block."""
+    return 1 if SIMULATED else cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def _scratch_offsets(layers, bs: int) -> np.ndarray:
+    """Offsets of a[0] .. a[L] in the scratch, then its length: bs rows of each width.   (L + 2,) int64."""
+    return np.concatenate([[0], np.cumsum(program.widths(layers))]).astype(np.int64) * bs
+
+
+def _empty_velocities():
+    """A zero-length float32 device array: 'no momentum' for the program kernel."""
+    if "v" not in _no_velocities:
+        _no_velocities["v"] = cuda.device_array(0, np.float32)
+    return _no_velocities["v"]
+
+
+def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+                params, grads, velocities, losses):
+    """One epoch of SGD over a layer program in one launch; returns the steps done.
+
+    Arguments as ``contract.Backend.train_epoch`` passes them: layers (L, 4) and
+    lrs (steps,) host arrays, copied over; x, targets, labels, order, params,
+    grads, velocities (None without momentum) device arrays; losses (steps,) a
+    host float64 array, filled from the device at the end (one transfer per
+    epoch).  Returns ``steps``, or s when the loss of step s is not finite.
+    """
+    offsets = _scratch_offsets(layers, bs)
+    acts = cuda.device_array(int(offsets[-1]), np.float32)
+    deltas = cuda.device_array(int(offsets[-1]), np.float32)
+    device_losses = cuda.to_device(np.zeros(losses.shape[0], np.float64))
+    _train_program_kernel[_epoch_grid(), EPOCH_BLOCK](
+        cuda.to_device(np.ascontiguousarray(layers, np.int64)), np.int64(loss_kind), x, targets,
+        labels, order, np.int64(bs), cuda.to_device(np.ascontiguousarray(lrs, np.float32)),
+        np.float32(momentum), np.float32(weight_decay), params, grads,
+        _empty_velocities() if velocities is None else velocities, acts, deltas,
+        cuda.to_device(offsets), device_losses)
+    losses[:] = device_losses.copy_to_host()
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else losses.shape[0]
+
+
 # --------------------------------------------------------- the signatures
 _F1, _F2 = "float32[::1]", "float32[:, ::1]"
 _I1, _I2 = "int64[::1]", "int64[:, ::1]"
@@ -645,10 +946,14 @@ KERNEL_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_sigmoid_backward_kernel": (f"void({_F1}, {_F1}, {_F1})",),
     "_relu_forward_kernel": (f"void({_F1}, {_F1})",),
     "_relu_backward_kernel": (f"void({_F1}, {_F1}, {_F1})",),
+    "_tanh_forward_kernel": (f"void({_F1}, {_F1})",),
+    "_tanh_backward_kernel": (f"void({_F1}, {_F1}, {_F1})",),
     "_mnist_loss_forward_kernel": (f"void({_F1}, {_F1}, {_R1})",),
     "_mnist_loss_backward_kernel": (f"void({_F1}, {_F1}, {_F1})",),
     "_cross_entropy_forward_kernel": (f"void({_F2}, {_I1}, {_R1})",),
     "_cross_entropy_backward_kernel": (f"void({_F2}, {_I1}, {_F2})",),
+    "_mse_forward_kernel": (f"void({_F1}, {_F1}, {_R1})",),
+    "_mse_backward_kernel": (f"void({_F1}, {_F1}, {_F1})",),
     "_sgd_kernel": (f"void({_F1}, {_F1}, float32, float32)",),
     "_sgd_momentum_kernel": (f"void({_F1}, {_F1}, {_F1}, float32, float32, float32)",),
     "_binary_accuracy_kernel": (f"void({_F1}, {_F1}, {_N1})",),
@@ -657,21 +962,33 @@ KERNEL_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_count_outside_kernel": (f"void({_I1}, int64, int64, {_N1})",),
     "_count_not_binary_kernel": (f"void({_F1}, {_N1})",),
     "_flag_non_finite_kernel": (f"void({_F1}, {_N1})",),
+    # layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+    # params, grads, velocities, acts, deltas, offsets, losses
+    "_train_program_kernel": (f"void({_I2}, int64, {_F2}, {_F2}, {_I1}, {_I1}, int64, {_F1}, "
+                              f"float32, float32, {_F1}, {_F1}, {_F1}, {_F1}, {_F1}, {_I1}, "
+                              f"float64[::1])",),
 }
 
-#: Kernels that ``compile_ptx`` cannot build without a GPU, and why; the GPU check
-#: (``benchmarks/gpu_check.sh``) compiles and tests them on the device.
-DEVICE_ONLY_KERNELS: dict[str, str] = {
-    "_train_epoch_kernel": "its grid sync (cuda.cg.this_grid) is a device function, which "
-                           "numba-cuda compiles only with a driver present",
-}
+#: Kernels that ``compile_ptx`` cannot build without a GPU, and why (they have no entry
+#: in ``KERNEL_SIGNATURES``); the GPU check (``benchmarks/gpu_check.sh``) runs them.
+DEVICE_ONLY_KERNELS: dict[str, str] = {}
+if not _GRID_SYNC_OFFLINE:
+    DEVICE_ONLY_KERNELS["_train_program_kernel"] = (
+        "its grid sync goes through cuda.cg's device functions, which this numba-cuda "
+        "compiles only with a driver present")
+    del KERNEL_SIGNATURES["_train_program_kernel"]
+
+
+def _is_kernel(obj) -> bool:
+    """Whether ``obj`` is a ``@cuda.jit`` kernel (not a device function), on a device or simulated."""
+    if type(obj).__name__ == "FakeCUDAKernel":
+        return not obj._device
+    return type(obj).__name__ == "CUDADispatcher" and not obj.targetoptions.get("device")
 
 
 def kernels() -> dict:
     """Every ``@cuda.jit`` kernel defined in this module, by name."""
-    kinds = ("CUDADispatcher", "FakeCUDAKernel")  # on a device / in the simulator
-    return {name: obj for name, obj in vars(sys.modules[__name__]).items()
-            if type(obj).__name__ in kinds}
+    return {name: obj for name, obj in vars(sys.modules[__name__]).items() if _is_kernel(obj)}
 
 
 def compile_all_ptx(cc=(9, 0)) -> dict[tuple[str, str], str]:
@@ -783,7 +1100,7 @@ class CudaBackend(Backend):
         if idx.dtype != np.int64 or idx.ndim != 1:
             raise TypeError(f"idx: expected a 1-D int64 array, got {idx.dtype} of shape {tuple(idx.shape)}")
         out = self._out("out", out, (idx.shape[0], *src.shape[1:]), src.dtype, src, idx)
-        if contract._check_values and idx.shape[0] and count_outside(idx, 0, src.shape[0]):
+        if contract.value_checks_enabled() and idx.shape[0] and count_outside(idx, 0, src.shape[0]):
             raise IndexError(f"idx: expected indices in [0, {src.shape[0]})")
         if idx.shape[0] and src.size:
             take_rows(_rows(src), idx, _rows(out))
@@ -823,7 +1140,7 @@ class CudaBackend(Backend):
             raise ValueError(f"{name}: empty array (shape {tuple(x.shape)}); expected at least one element")
         if not (x.flags.c_contiguous if host else x.is_c_contiguous()):
             raise ValueError(f"{name}: expected a C-contiguous array; pass np.ascontiguousarray({name})")
-        if check_values and contract._check_values:
+        if check_values and contract.value_checks_enabled():
             if host:
                 super()._finite(name, x)
             else:
@@ -833,6 +1150,15 @@ class CudaBackend(Backend):
     def _finite(self, name, x):
         if not all_finite(x):
             raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
+
+    def _may_overlap(self, a, b) -> bool:
+        return bool(a.size and b.size and _overlap(a, b))
+
+    def _same_memory(self, a, b) -> bool:
+        if SIMULATED:
+            return (a._ary.__array_interface__["data"][0] == b._ary.__array_interface__["data"][0]
+                    and a.size == b.size)
+        return _span(a) == _span(b)
 
     def _out(self, name, out, shape, dtype, *inputs):
         """Allocate ``out`` on the device or check the given one; it must not overlap ``inputs``."""
@@ -873,9 +1199,16 @@ class CudaBackend(Backend):
         return logits, labels
 
     def _label_range(self, name, labels, n_classes):
-        if count_outside(labels, 0, n_classes):
+        if labels.size and count_outside(labels, 0, n_classes):
             host = labels.copy_to_host()  # only to name the offending values
             raise ValueError(f"{name}: labels must lie in [0, {n_classes}), "
+                             f"got values from {host.min()} to {host.max()}")
+
+    def _index_range(self, name, indices, high):
+        """Every value of the int64 device ``indices`` lies in [0, high), counted on the device."""
+        if indices.size and count_outside(indices, 0, high):
+            host = indices.copy_to_host()  # only to name the offending values
+            raise ValueError(f"{name}: indices must lie in [0, {high}), "
                              f"got values from {host.min()} to {host.max()}")
 
 
@@ -889,161 +1222,5 @@ def make_backend() -> CudaBackend:
 
 __all__ = ["make_backend", "CudaBackend", "KERNEL_SIGNATURES", "DEVICE_ONLY_KERNELS",
            "compile_all_ptx", "kernels",
-           "is_device_array", "SIMULATED", "TILE", "BLOCK", *contract.KERNELS]
-
-
-# ------------------------------------------------------- fused training epoch
-@cuda.jit
-def _train_epoch_kernel(x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2,
-                        h, dz, dh, g_w2, g_b2, lrs, momentum, weight_decay, binary, two_layers,
-                        losses):
-    """A whole epoch of SGD in one cooperative launch; grid syncs separate the phases.
-
-    x (N, I), targets (N,) int64 (0/1 for binary), order (N,) the row order.
-    Two layers: w1 (I, H), b1 (H,), w2 (H, O), b2 (O,); one layer: w1 (I, O),
-    b1 (O,), w2/b2 unused.  v_* velocities shaped like their parameters;
-    h, dh (bs, H) and dz (bs, O) scratch; g_w2 (H, O), g_b2 (O,) scratch;
-    lrs (steps,) the rate of each step; losses (steps,) zeroed, filled here.
-    Per step: [forward to h] sync [logits, loss, dz per row] sync
-    [dh, layer-2 gradients] sync [update every parameter] sync.  Every phase is
-    a grid-stride loop, so any grid size is correct.
-    """
-    grid = cuda.cg.this_grid()
-    tid = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    N, I = x.shape
-    H = w1.shape[1]
-    O = w2.shape[1] if two_layers else H
-    steps = (N + bs - 1) // bs
-    for s in range(steps):
-        start = s * bs
-        B = min(bs, N - start)
-        lr = lrs[s]
-        if two_layers:  # h = x_batch @ w1 + b1 (pre-activation, kept for the ReLU mask)
-            for idx in range(tid, B * H, stride):
-                r, j = idx // H, idx % H
-                row = order[start + r]
-                acc = b1[j]
-                for k in range(I):
-                    acc += x[row, k] * w1[k, j]
-                h[r, j] = acc
-            grid.sync()
-        for r in range(tid, B, stride):  # logits of one row, its loss and dz
-            row = order[start + r]
-            zmax = float32(-3.4e38)
-            for o in range(O):
-                if two_layers:
-                    acc = b2[o]
-                    for j in range(H):
-                        acc += max(h[r, j], float32(0.0)) * w2[j, o]
-                else:
-                    acc = b1[o]
-                    for k in range(I):
-                        acc += x[row, k] * w1[k, o]
-                dz[r, o] = acc
-                zmax = max(zmax, acc)
-            t = targets[row]
-            if binary:
-                p = dz[r, 0]
-                e = math.exp(-abs(p))
-                sig = 1.0 / (1.0 + e) if p >= 0 else e / (1.0 + e)
-                loss = (1.0 - sig) if t == 1 else sig
-                slope = sig * (1.0 - sig) / B
-                dz[r, 0] = -slope if t == 1 else slope
-            else:
-                total = 0.0
-                for o in range(O):
-                    total += math.exp(dz[r, o] - zmax)
-                lse = math.log(total) + zmax
-                loss = lse - dz[r, t]
-                for o in range(O):
-                    dz[r, o] = math.exp(dz[r, o] - lse) / B
-                dz[r, t] -= 1.0 / B
-            cuda.atomic.add(losses, s, loss / B)
-        grid.sync()
-        if two_layers:  # dh = (dz @ w2.T) * (h > 0); layer-2 gradients before w2 changes
-            for idx in range(tid, B * H, stride):
-                r, j = idx // H, idx % H
-                acc = float32(0.0)
-                if h[r, j] > 0:
-                    for o in range(O):
-                        acc += dz[r, o] * w2[j, o]
-                dh[r, j] = acc
-            for idx in range(tid, H * O, stride):
-                j, o = idx // O, idx % O
-                acc = float32(0.0)
-                for r in range(B):
-                    acc += max(h[r, j], float32(0.0)) * dz[r, o]
-                g_w2[j, o] = acc
-            for o in range(tid, O, stride):
-                acc = float32(0.0)
-                for r in range(B):
-                    acc += dz[r, o]
-                g_b2[o] = acc
-            grid.sync()
-        # the updates: g = grad + wd * p;  v = momentum * v + g;  p -= lr * v
-        for idx in range(tid, I * H, stride):
-            i, j = idx // H, idx % H
-            acc = float32(0.0)
-            for r in range(B):
-                acc += x[order[start + r], i] * (dh[r, j] if two_layers else dz[r, j])
-            v = momentum * v_w1[i, j] + (acc + weight_decay * w1[i, j])
-            v_w1[i, j] = v
-            w1[i, j] -= lr * v
-        for j in range(tid, H, stride):
-            acc = float32(0.0)
-            for r in range(B):
-                acc += dh[r, j] if two_layers else dz[r, j]
-            v = momentum * v_b1[j] + (acc + weight_decay * b1[j])
-            v_b1[j] = v
-            b1[j] -= lr * v
-        if two_layers:
-            for idx in range(tid, H * O, stride):
-                j, o = idx // O, idx % O
-                v = momentum * v_w2[j, o] + (g_w2[j, o] + weight_decay * w2[j, o])
-                v_w2[j, o] = v
-                w2[j, o] -= lr * v
-            for o in range(tid, O, stride):
-                v = momentum * v_b2[o] + (g_b2[o] + weight_decay * b2[o])
-                v_b2[o] = v
-                b2[o] -= lr * v
-        grid.sync()
-
-
-#: Threads per block of the fused epoch; its grid is one block per SM (all co-resident).
-EPOCH_BLOCK = 16 if SIMULATED else 256
-
-
-def _epoch_grid() -> int:
-    """Blocks of the cooperative launch: the simulator runs cooperative grids of one block."""
-    return 1 if SIMULATED else cuda.get_current_device().MULTIPROCESSOR_COUNT
-
-
-def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
-                binary, losses):
-    """A fused epoch for ``fastsgd.fused`` in one kernel launch; returns the steps done.
-
-    Device arrays: x, targets (int64), order, params/velocities/grads (lists of
-    two or four).  Host arrays: lrs (steps,) float32, losses (steps,) filled
-    here from the device at the end (one transfer per epoch).
-    """
-    two_layers = len(params) == 4
-    unused2, unused1 = cuda.device_array((0, 0), np.float32), cuda.device_array(0, np.float32)
-    w1, b1 = params[0], params[1]
-    w2, b2 = (params[2], params[3]) if two_layers else (unused2, unused1)
-    v_w1, v_b1 = velocities[0], velocities[1]
-    v_w2, v_b2 = (velocities[2], velocities[3]) if two_layers else (unused2, unused1)
-    g_w2, g_b2 = (grads[2], grads[3]) if two_layers else (unused2, unused1)
-    H = w1.shape[1]
-    O = w2.shape[1] if two_layers else H
-    h = cuda.device_array((bs, H), np.float32)
-    dh = cuda.device_array((bs, H), np.float32)
-    dz = cuda.device_array((bs, O), np.float32)
-    device_losses = cuda.to_device(np.zeros(len(lrs), np.float64))
-    _train_epoch_kernel[_epoch_grid(), EPOCH_BLOCK](
-        x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2, h, dz, dh, g_w2, g_b2,
-        cuda.to_device(np.asarray(lrs, np.float32)), np.float32(momentum),
-        np.float32(weight_decay), bool(binary), two_layers, device_losses)
-    losses[:] = device_losses.copy_to_host()
-    bad = np.flatnonzero(~np.isfinite(losses))
-    return int(bad[0]) if bad.size else len(losses)
+           "is_device_array", "SIMULATED", "TILE", "BLOCK", "EPOCH_BLOCK", *contract.KERNELS,
+           *contract.OPTIONAL_KERNELS]

@@ -14,8 +14,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-_MATMUL = dict(cache=True, parallel=True, fastmath=True)
-_ELEMENTWISE = dict(cache=True, fastmath=True)
+from . import program as prog
+
+#: Elementwise kernels use fastmath without the no-NaN / no-Inf assumptions, so NaN in
+#: gives NaN out (as in NumPy); the matmuls, which only multiply and add, keep full
+#: fastmath (it vectorises their inner loops much better).  The numpy error model: no
+#: Python-style ZeroDivisionError checks in compiled loops.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_MATMUL = dict(cache=True, parallel=True, fastmath=True, error_model="numpy")
+_ELEMENTWISE = dict(cache=True, fastmath=_FASTMATH, error_model="numpy")
+_PLAIN = dict(cache=True, error_model="numpy")
 
 #: Register blocking of the matmuls: ROWS rows of ``out`` are updated together from
 #: DEPTH rows of ``b`` at a time, so each loaded vector of b feeds ROWS * DEPTH
@@ -175,7 +183,7 @@ def sigmoid_backward(y, dy, dx):
 def _relu_flat(x, out):
     """out = max(x, 0) on flat arrays (n,)."""
     for n in range(x.size):
-        out[n] = x[n] if x[n] > 0 else np.float32(0.0)
+        out[n] = np.float32(0.0) if x[n] <= 0 else x[n]  # NaN stays NaN
 
 
 def relu_forward(x, out):
@@ -195,15 +203,39 @@ def relu_backward(x, dy, dx):
     _relu_backward_flat(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
 
 
+@njit(**_ELEMENTWISE)
+def _tanh_flat(x, out):
+    """out = tanh(x) on flat arrays (n,)."""
+    for n in range(x.size):
+        out[n] = math.tanh(x[n])
+
+
+def tanh_forward(x, out):
+    """out = tanh(x), any shape."""
+    _tanh_flat(x.reshape(-1), out.reshape(-1))
+
+
+@njit(**_ELEMENTWISE)
+def _tanh_backward_flat(y, dy, dx):
+    """dx = dy * (1 - y * y) on flat arrays (n,)."""
+    for n in range(y.size):
+        dx[n] = dy[n] * (np.float32(1.0) - y[n] * y[n])
+
+
+def tanh_backward(y, dy, dx):
+    """dx = dy * (1 - y**2), y = tanh(x) the forward output; any shape."""
+    _tanh_backward_flat(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+
+
 # ------------------------------------------------------------------ losses
-@njit(cache=True)
+@njit(**_PLAIN)
 def _sigmoid(p):
     e = math.exp(-abs(p))
     r = 1.0 / (1.0 + e)
     return r if p >= 0 else e * r
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def mnist_loss_forward(preds, targets):
     """mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,)."""
     total = 0.0
@@ -213,7 +245,7 @@ def mnist_loss_forward(preds, targets):
     return total / preds.size
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def mnist_loss_backward(preds, targets, dpreds):
     """dpreds_b = where(t_b == 1, -1, 1) * s_b * (1 - s_b) / B.   (B,) -> (B,)."""
     B = preds.size
@@ -223,7 +255,7 @@ def mnist_loss_backward(preds, targets, dpreds):
         dpreds[b] = -slope if targets[b] == 1 else slope
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def _logsumexp_row(z):
     """(max, log(sum(exp(z - max)))) of one row z (C,)."""
     m = z[0]
@@ -236,26 +268,56 @@ def _logsumexp_row(z):
     return m, math.log(total)
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
+def _check_labels(labels, B, C):
+    """Labels index memory: one per row, each in [0, C) (a direct call gets no contract)."""
+    if labels.size != B:
+        raise ValueError("labels: expected one label per row of logits")
+    for b in range(B):
+        if labels[b] < 0 or labels[b] >= C:
+            raise ValueError("labels: labels must lie in [0, C), C the columns of logits")
+
+
+@njit(**_PLAIN)
 def cross_entropy_forward(logits, labels):
     """mean_b (logsumexp(z_b) - z_b[label_b]).   logits (B, C), labels (B,) int64."""
     B = logits.shape[0]
+    _check_labels(labels, B, logits.shape[1])
     total = 0.0
     for b in range(B):
         m, lse = _logsumexp_row(logits[b])
-        total += lse + m - logits[b, labels[b]]
+        total += lse - (logits[b, labels[b]] - m)  # exact for equal huge logits
     return total / B
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def cross_entropy_backward(logits, labels, dlogits):
     """dlogits = (softmax(z) - onehot(labels)) / B.   (B, C) -> (B, C)."""
     B, C = logits.shape
+    _check_labels(labels, B, C)
     for b in range(B):
         m, lse = _logsumexp_row(logits[b])
         for c in range(C):
             dlogits[b, c] = math.exp(logits[b, c] - m - lse) / B
         dlogits[b, labels[b]] -= 1.0 / B
+
+
+@njit(**_PLAIN)
+def mse_forward(preds, targets):
+    """mean_n (p_n - t_n)^2.   preds, targets (n,)."""
+    total = 0.0
+    for n in range(preds.size):
+        diff = float(preds[n]) - float(targets[n])
+        total += diff * diff
+    return total / preds.size
+
+
+@njit(**_PLAIN)
+def mse_backward(preds, targets, dpreds):
+    """dpreds_n = 2 (p_n - t_n) / n.   (n,) -> (n,)."""
+    scale = np.float32(2.0 / preds.size)
+    for n in range(preds.size):
+        dpreds[n] = (preds[n] - targets[n]) * scale
 
 
 # --------------------------------------------------------------- optimizer
@@ -285,7 +347,7 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
 
 
 # ----------------------------------------------------------------- metrics
-@njit(cache=True)
+@njit(**_PLAIN)
 def binary_accuracy(preds, targets):
     """mean((p > 0) == (t == 1)): sigmoid(p) > 0.5 exactly when p > 0.   (B,)."""
     hits = 0
@@ -294,7 +356,7 @@ def binary_accuracy(preds, targets):
     return hits / preds.size
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def multiclass_accuracy(logits, labels):
     """mean(argmax(z_b) == label_b), first maximum on ties.   logits (B, C), labels (B,)."""
     B, C = logits.shape
@@ -317,106 +379,141 @@ def threading_layer() -> str:
 
 
 # ------------------------------------------------------- fused training epoch
-@njit(cache=True, parallel=True)
+# Layer and loss codes of ``program.py``, as constants the compiled code can read.
+_LINEAR, _RELU, _SIGMOID, _TANH = prog.LINEAR, prog.RELU, prog.SIGMOID, prog.TANH
+_MNIST_LOSS, _CROSS_ENTROPY = prog.MNIST_LOSS, prog.CROSS_ENTROPY
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
 def _gather_rows(x, order, start, xb):
     """xb[r] = x[order[start + r]] for every row r of xb.   x (N, I), xb (B, I)."""
     for r in prange(xb.shape[0]):
         xb[r, :] = x[order[start + r], :]
 
 
-@njit(cache=True)
-def _loss_and_grad(z, t, binary, dz):
-    """Mean loss of logits z (B, O) against targets t (B,), and dz = dL/dz (B, O)."""
-    if binary:
-        preds, dpreds = z[:, 0], dz[:, 0]
-        loss = mnist_loss_forward(preds, t)
-        mnist_loss_backward(preds, t, dpreds)
-    else:
-        loss = cross_entropy_forward(z, t)
-        cross_entropy_backward(z, t, dz)
-    return loss
+@njit(**_PLAIN)
+def _program_loss(loss_kind, z, t, labels, dz):
+    """Mean loss of the output z (B, O) and dz = dL/dz (B, O); t (B, T) or labels (B,)."""
+    if loss_kind == _MNIST_LOSS:
+        preds, dpreds, t0 = z[:, 0], dz[:, 0], t[:, 0]
+        mnist_loss_backward(preds, t0, dpreds)
+        return mnist_loss_forward(preds, t0)
+    if loss_kind == _CROSS_ENTROPY:
+        cross_entropy_backward(z, labels, dz)
+        return cross_entropy_forward(z, labels)
+    mse_backward(z.reshape(-1), t.reshape(-1), dz.reshape(-1))
+    return mse_forward(z.reshape(-1), t.reshape(-1))
 
 
-@njit(cache=True)
-def _sgd_step(p, g, v, lr, momentum, weight_decay):
-    """The SGD update with velocity on a parameter of any shape, through flat views."""
-    _sgd_momentum_flat(p.reshape(-1), g.reshape(-1), v.reshape(-1), lr, momentum, weight_decay)
+@njit(**_PLAIN)
+def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+                 params, grads, velocities, use_momentum, losses):
+    """One pass of SGD over a layer program in one call (see ``program.py``).
 
-
-@njit(cache=True)
-def _train_epoch(x, targets, order, bs, w1, b1, w2, b2, v_w1, v_b1, v_w2, v_b2,
-                 g_w1, g_b1, g_w2, g_b2, lrs, momentum, weight_decay, binary, two_layers, losses):
-    """One pass of SGD over a Linear model or a Linear-ReLU-Linear MLP, in one call.
-
-    x (N, I); targets (N,): 0/1 float32 (binary: mnist_loss) or int64 labels
-    (cross-entropy); order (N,) the row order of this pass.  Two layers:
-    w1 (I, H), b1 (H,), w2 (H, O), b2 (O,).  One layer (``two_layers`` false):
-    w1 (I, O), b1 (O,), and w2/b2 are unused.  v_* are the velocities and g_*
-    the gradient buffers, shaped like their parameters; lrs (steps,) is the
-    learning rate of each step.  Fills losses (steps,) and returns the number
-    of steps done (fewer when a loss is not finite).  The kernels run in the
-    same order as in the layer-by-layer path.
+    layers (L, 4); x (N, I); targets (N, T) float32 (mnist_loss, mse) or labels (N,)
+    int64 (cross-entropy); order (N,); params, grads, velocities (P,) flat blocks;
+    lrs, losses (steps,).  The activations a[l] (B, width_l) and their gradients
+    d[l] live in two scratch arrays laid out once.  Returns the steps done.
     """
-    N, I = x.shape
-    H = w1.shape[1]
-    O = w2.shape[1] if two_layers else H
-    xb_all = np.empty((bs, I), np.float32)
-    tb_all = np.empty(bs, targets.dtype)
-    h_all = np.empty((bs, H), np.float32)
-    a_all = np.empty((bs, H), np.float32)
-    da_all = np.empty((bs, H), np.float32)
-    z_all = np.empty((bs, O), np.float32)
-    dz_all = np.empty((bs, O), np.float32)
+    N = x.shape[0]
+    L = layers.shape[0]
+    offsets = np.zeros(L + 2, np.int64)  # a[l] starts at offsets[l] * bs
+    offsets[1] = layers[0, 1]
+    for l in range(L):
+        offsets[l + 2] = offsets[l + 1] + layers[l, 2]
+    acts = np.empty(offsets[L + 1] * bs, np.float32)
+    deltas = np.empty(offsets[L + 1] * bs, np.float32)
+    T = targets.shape[1]
+    tb_all = np.empty((bs, T), np.float32)
+    yb_all = np.empty(bs if labels.size else 0, np.int64)
+    first_linear = 0
+    while layers[first_linear, 0] != _LINEAR:
+        first_linear += 1
     steps = (N + bs - 1) // bs
     for s in range(steps):
         start = s * bs
         B = min(bs, N - start)
-        xb, tb = xb_all[:B], tb_all[:B]
-        _gather_rows(x, order, start, xb)
-        for r in range(B):
-            tb[r] = targets[order[start + r]]
-        z, dz = z_all[:B], dz_all[:B]
-        h, a, da = h_all[:B], a_all[:B], da_all[:B]
-        if two_layers:
-            _gemm(xb, w1, h, False)
-            _add_bias(h, b1)
-            _relu_flat(h.reshape(-1), a.reshape(-1))
-            _gemm(a, w2, z, False)
-            _add_bias(z, b2)
+        a0 = acts[:B * layers[0, 1]].reshape((B, layers[0, 1]))
+        _gather_rows(x, order, start, a0)
+        tb, yb = tb_all[:B], yb_all[:B if labels.size else 0]
+        if loss_kind == _CROSS_ENTROPY:
+            for r in range(B):
+                yb[r] = labels[order[start + r]]
         else:
-            _gemm(xb, w1, z, False)
-            _add_bias(z, b1)
-        loss = _loss_and_grad(z, tb, binary, dz)
+            for r in range(B):
+                tb[r, :] = targets[order[start + r], :]
+        for l in range(L):  # forward
+            kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+            a_in = acts[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
+            a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
+            if kind == _LINEAR:
+                w = params[at:at + n_in * n_out].reshape((n_in, n_out))
+                _gemm(a_in, w, a_out, False)
+                _add_bias(a_out, params[at + n_in * n_out:at + n_in * n_out + n_out])
+            elif kind == _RELU:
+                _relu_flat(a_in.reshape(-1), a_out.reshape(-1))
+            elif kind == _SIGMOID:
+                _sigmoid_flat(a_in.reshape(-1), a_out.reshape(-1))
+            else:
+                _tanh_flat(a_in.reshape(-1), a_out.reshape(-1))
+        O = layers[L - 1, 2]
+        z = acts[offsets[L] * bs:offsets[L] * bs + B * O].reshape((B, O))
+        dz = deltas[offsets[L] * bs:offsets[L] * bs + B * O].reshape((B, O))
+        loss = _program_loss(loss_kind, z, tb, yb, dz)
         losses[s] = loss
         if not math.isfinite(loss):
             return s
+        for l in range(L - 1, first_linear - 1, -1):  # backward
+            kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+            a_in = acts[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
+            a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
+            d_out = deltas[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
+            d_in = deltas[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
+            if kind == _LINEAR:
+                w_end = at + n_in * n_out
+                _gemm(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
+                bias_backward(d_out, grads[w_end:w_end + n_out])
+                if l > first_linear:
+                    matmul_backward_input(d_out, params[at:w_end].reshape((n_in, n_out)), d_in)
+            elif kind == _RELU:
+                _relu_backward_flat(a_in.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
+            elif kind == _SIGMOID:
+                _sigmoid_backward_flat(a_out.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
+            else:
+                _tanh_backward_flat(a_out.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
         lr = np.float32(lrs[s])
-        if two_layers:
-            _gemm(a, dz, g_w2, True)
-            bias_backward(dz, g_b2)
-            matmul_backward_input(dz, w2, da)
-            _relu_backward_flat(h.reshape(-1), da.reshape(-1), da.reshape(-1))
-            _gemm(xb, da, g_w1, True)
-            bias_backward(da, g_b1)
-            _sgd_step(w1, g_w1, v_w1, lr, momentum, weight_decay)
-            _sgd_step(b1, g_b1, v_b1, lr, momentum, weight_decay)
-            _sgd_step(w2, g_w2, v_w2, lr, momentum, weight_decay)
-            _sgd_step(b2, g_b2, v_b2, lr, momentum, weight_decay)
+        if use_momentum:
+            _sgd_momentum_flat(params, grads, velocities, lr, momentum, weight_decay)
         else:
-            _gemm(xb, dz, g_w1, True)
-            bias_backward(dz, g_b1)
-            _sgd_step(w1, g_w1, v_w1, lr, momentum, weight_decay)
-            _sgd_step(b1, g_b1, v_b1, lr, momentum, weight_decay)
+            _sgd_flat(params, grads, lr, weight_decay)
     return steps
 
 
-def train_epoch(x, targets, order, bs, params, velocities, grads, lrs, momentum, weight_decay,
-                binary, losses):
-    """A fused epoch for ``fastsgd.fused``: params, velocities, grads are lists of
-    two (one Linear) or four (Linear-ReLU-Linear) arrays.  Returns the steps done."""
-    two_layers = len(params) == 4
-    if not two_layers:  # typed placeholders for the unused second layer
-        unused = [np.empty((0, 0), np.float32), np.empty(0, np.float32)]
-        params, velocities, grads = params + unused, velocities + unused, grads + unused
-    return _train_epoch(x, targets, order, bs, *params, *velocities, *grads, lrs,
-                        np.float32(momentum), np.float32(weight_decay), binary, two_layers, losses)
+def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+                params, grads, velocities, losses):
+    """One epoch of SGD over a layer program (``program.py``); returns the steps done.
+
+    Arguments as ``contract.Backend.train_epoch`` passes them, validated there;
+    velocities None when momentum is 0.  Numba has no bounds checks of its own, so
+    what indexes memory is checked here too: the table (``program.check_layer_table``),
+    the sizes, and the order and label ranges.
+    """
+    n_in, n_out = prog.check_layer_table(layers, params.size)
+    n = x.shape[0]
+    steps = -(-n // bs) if bs >= 1 else -1
+    rows_ok = x.ndim == 2 and x.shape[1] == n_in and order.shape == (n,) and bs >= 1
+    sizes_ok = grads.shape == params.shape and lrs.shape == losses.shape == (steps,) and (
+        velocities is None or velocities.shape == params.shape)
+    if loss_kind == prog.CROSS_ENTROPY:
+        targets_ok = labels.shape == (n,) and (n == 0 or 0 <= labels.min() <= labels.max() < n_out)
+    else:
+        targets_ok = targets.shape == (n, n_out) and (loss_kind != prog.MNIST_LOSS or n_out == 1)
+    if not (rows_ok and sizes_ok and targets_ok) or (n and not 0 <= order.min() <= order.max() < n):
+        raise ValueError("train_epoch: arguments do not fit the program; call it through "
+                         "fastsgd.backends.get('numba').train_epoch, which says what is wrong")
+    use_momentum = velocities is not None
+    if not use_momentum:
+        velocities = np.empty(0, np.float32)
+    return _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs,
+                        np.float32(momentum), np.float32(weight_decay), params, grads,
+                        velocities, use_momentum, losses)

@@ -6,7 +6,11 @@ preallocated output(s) passed last (see ``contract.py`` for the dimension letter
 B, I, O, C and the conventions).  Arguments arrive validated by
 ``contract.Backend``; float32 or float64.
 """
+import math
+
 import numpy as np
+
+from . import program as prog
 
 
 # ------------------------------------------------------------------ matmul
@@ -74,6 +78,16 @@ def relu_backward(x, dy, dx):
     np.multiply(dy, x > 0, out=dx)
 
 
+def tanh_forward(x, out):
+    """out = tanh(x), any shape."""
+    np.tanh(x, out=out)
+
+
+def tanh_backward(y, dy, dx):
+    """dx = dy * (1 - y**2), where y = tanh(x) is the forward output."""
+    np.multiply(dy, 1 - y * y, out=dx)
+
+
 # ------------------------------------------------------------------ losses
 def _sigmoid(x):
     out = np.empty_like(x)
@@ -114,6 +128,16 @@ def cross_entropy_backward(logits, labels, dlogits):
     np.divide(p, len(labels), out=dlogits)
 
 
+def mse_forward(preds, targets):
+    """L = mean_n (p_n - t_n)^2.   preds, targets (n,): every element of a (B,) or (B, O) batch."""
+    return np.mean((preds - targets) ** 2)
+
+
+def mse_backward(preds, targets, dpreds):
+    """dL/dp_n = 2 (p_n - t_n) / n.   (n,) -> dpreds (n,)."""
+    np.multiply(preds - targets, 2 / preds.size, out=dpreds)
+
+
 # --------------------------------------------------------------- optimizer
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
     """In place:  g = grad + wd * param;  v = momentum * v + g (if velocity);  param -= lr * g.
@@ -137,3 +161,76 @@ def binary_accuracy(preds, targets):
 def multiclass_accuracy(logits, labels):
     """mean(argmax(z_b) == label_b), first maximum on ties.   logits (B, C), labels (B,)."""
     return (logits.argmax(axis=1) == labels).mean()
+
+
+# ------------------------------------------------------ fused training epoch
+def _layer_views(layers, params, grads):
+    """[(w, b, grad w, grad b) or None] per layer: views into the flat blocks."""
+    views = []
+    for kind, n_in, n_out, at in layers.tolist():
+        if kind != prog.LINEAR:
+            views.append(None)
+            continue
+        w_end = at + n_in * n_out
+        views.append((params[at:w_end].reshape(n_in, n_out), params[w_end:w_end + n_out],
+                      grads[at:w_end].reshape(n_in, n_out), grads[w_end:w_end + n_out]))
+    return views
+
+
+def _loss_and_grad(loss_kind, z, t, labels, dz):
+    """Mean loss of the output z (B, O) and dz = dL/dz (B, O)."""
+    if loss_kind == prog.MNIST_LOSS:
+        mnist_loss_backward(z[:, 0], t[:, 0], dz[:, 0])
+        return mnist_loss_forward(z[:, 0], t[:, 0])
+    if loss_kind == prog.CROSS_ENTROPY:
+        cross_entropy_backward(z, labels, dz)
+        return cross_entropy_forward(z, labels)
+    mse_backward(z.reshape(-1), t.reshape(-1), dz.reshape(-1))
+    return mse_forward(z.reshape(-1), t.reshape(-1))
+
+
+def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
+                params, grads, velocities, losses):
+    """One epoch of SGD over a layer program, as a plain loop over the kernels above.
+
+    layers (L, 4) the program (``program.py``), params / grads / velocities (P,)
+    the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, T)
+    for mnist_loss and mse, labels (N,) for cross-entropy; order (N,); lrs, losses
+    (steps,).  Per step: gather, forward, loss, backward, one update of the block.
+    Returns the steps done: all, or s when the loss of step s is not finite.
+    """
+    n, dtype = x.shape[0], params.dtype
+    views = _layer_views(layers, params, grads)
+    first_linear = int(np.flatnonzero(layers[:, prog.KIND] == prog.LINEAR)[0])
+    steps = -(-n // bs)
+    for s in range(steps):
+        rows = order[s * bs:(s + 1) * bs]
+        a = [np.ascontiguousarray(x[rows])]
+        for l, (kind, n_in, n_out, _) in enumerate(layers.tolist()):
+            out = np.empty((len(rows), n_out), dtype)
+            if kind == prog.LINEAR:
+                linear_forward(a[l], views[l][0], views[l][1], out)
+            else:
+                (relu_forward, sigmoid_forward, tanh_forward)[kind - 1](a[l], out)
+            a.append(out)
+        d = np.empty_like(a[-1])
+        t = targets[rows] if loss_kind != prog.CROSS_ENTROPY else None
+        y = labels[rows] if loss_kind == prog.CROSS_ENTROPY else None
+        losses[s] = _loss_and_grad(loss_kind, a[-1], t, y, d)
+        if not math.isfinite(losses[s]):
+            return s
+        for l in range(len(layers) - 1, first_linear - 1, -1):
+            kind = layers[l, prog.KIND]
+            dx = np.empty_like(a[l]) if l > first_linear else None
+            if kind == prog.LINEAR:
+                w, _, gw, gb = views[l]
+                linear_backward(a[l], w, d, dx, gw, gb)
+            elif kind == prog.RELU:
+                relu_backward(a[l], d, dx)
+            elif kind == prog.SIGMOID:
+                sigmoid_backward(a[l + 1], d, dx)
+            else:
+                tanh_backward(a[l + 1], d, dx)
+            d = dx
+        sgd_update(params, grads, velocities, lrs[s], momentum, weight_decay)
+    return steps

@@ -1,0 +1,114 @@
+"""The layer program: how a model reaches a backend's fused ``train_epoch`` kernel.
+
+A program is a table with one row per layer and one code for the loss; the
+parameters of every layer live in one flat block (as llm.c points its tensors
+into one allocation), and so do their gradients and velocities.
+
+    row = (KIND, N_IN, N_OUT, PARAM)      int64, one per layer, in forward order
+
+    KIND   LINEAR, RELU, SIGMOID or TANH
+    N_IN   features in;  N_OUT features out (equal for an activation)
+    PARAM  LINEAR: offset of w (N_IN, N_OUT) in the block, b (N_OUT,) follows it;
+           an activation: -1
+
+Each step of an epoch, for the rows ``order[s*bs : s*bs + B]`` of the data:
+    a[0] = x[rows];  a[l+1] = layer_l(a[l])                       forward
+    loss, d[L] = loss and its gradient w.r.t. a[L]                LOSS_*
+    for l = L-1 .. 0:                                             backward
+        LINEAR: grad w = a[l].T @ d[l+1];  grad b = sum_rows d[l+1]
+                d[l] = d[l+1] @ w.T              (when l is past the first LINEAR)
+        RELU:   d[l] = d[l+1] * (a[l] > 0)       (input of the layer)
+        SIGMOID d[l] = d[l+1] * a[l+1] * (1 - a[l+1])   (output of the layer)
+        TANH:   d[l] = d[l+1] * (1 - a[l+1]^2)
+    sgd_update(params, grads, velocities, lrs[s], momentum, weight_decay)   the whole block
+
+``check_layer_table`` is the one statement of what a valid table is; the
+contract and the C module both call it before any compiled code runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["KIND", "N_IN", "N_OUT", "PARAM", "LINEAR", "RELU", "SIGMOID", "TANH",
+           "LAYER_KINDS", "MNIST_LOSS", "CROSS_ENTROPY", "MSE", "LOSS_KINDS",
+           "check_layer_table", "layer_table", "widths", "scratch_floats"]
+
+#: Columns of the layer table.
+KIND, N_IN, N_OUT, PARAM = 0, 1, 2, 3
+
+#: Layer kinds.
+LINEAR, RELU, SIGMOID, TANH = 0, 1, 2, 3
+LAYER_KINDS = {"linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+#: Loss kinds: mnist_loss (one output, 0/1 float targets), cross_entropy (int64 labels
+#: in [0, O)), mse (float targets shaped like the output).
+MNIST_LOSS, CROSS_ENTROPY, MSE = 0, 1, 2
+LOSS_KINDS = {"mnist_loss": MNIST_LOSS, "cross_entropy": CROSS_ENTROPY, "mse": MSE}
+
+
+def layer_table(layers) -> tuple[np.ndarray, int]:
+    """The table for ``layers``, a list of ``(kind name, n_in, n_out)``, and the block size.
+
+    Parameters are laid out in layer order: each LINEAR's w then b.
+    """
+    rows, offset = [], 0
+    for name, n_in, n_out in layers:
+        kind = LAYER_KINDS[name]
+        if kind == LINEAR:
+            rows.append((kind, n_in, n_out, offset))
+            offset += n_in * n_out + n_out
+        else:
+            rows.append((kind, n_in, n_out, -1))
+    return np.array(rows, np.int64).reshape(len(rows), 4), offset
+
+
+def check_layer_table(layers, n_params: int) -> tuple[int, int]:
+    """Check that ``layers`` is a valid program for a block of ``n_params`` floats.
+
+    Valid: an int64 C-contiguous (L, 4) ndarray, L >= 1, known kinds, sizes >= 1
+    chaining from layer to layer, activations keeping their width, at least one
+    LINEAR, and every LINEAR's w and b inside ``[0, n_params)``.  Returns
+    ``(n_in, n_out)`` of the whole program; raises ``TypeError`` / ``ValueError``
+    naming the row and column otherwise.
+    """
+    if not isinstance(layers, np.ndarray) or layers.dtype != np.int64:
+        raise TypeError(f"layers: expected an int64 numpy.ndarray, got "
+                        f"{getattr(layers, 'dtype', type(layers).__name__)}")
+    if layers.ndim != 2 or layers.shape[1] != 4 or layers.shape[0] < 1:
+        raise ValueError(f"layers: expected shape (L, 4) with L >= 1, got {layers.shape}")
+    if not layers.flags.c_contiguous:
+        raise ValueError("layers: expected a C-contiguous array")
+    kinds = layers[:, KIND]
+    if ((kinds < LINEAR) | (kinds > TANH)).any():
+        row = int(np.flatnonzero((kinds < LINEAR) | (kinds > TANH))[0])
+        raise ValueError(f"layers[{row}]: unknown kind {kinds[row]}; expected one of "
+                         f"{sorted(LAYER_KINDS.values())}")
+    if (layers[:, N_IN] < 1).any() or (layers[:, N_OUT] < 1).any():
+        row = int(np.flatnonzero((layers[:, N_IN] < 1) | (layers[:, N_OUT] < 1))[0])
+        raise ValueError(f"layers[{row}]: sizes must be >= 1, got {tuple(layers[row, 1:3])}")
+    if not (kinds == LINEAR).any():
+        raise ValueError("layers: expected at least one LINEAR layer (nothing to train)")
+    n_params = int(n_params)
+    for row, (kind, n_in, n_out, param) in enumerate(layers.tolist()):
+        if row and n_in != layers[row - 1, N_OUT]:
+            raise ValueError(f"layers[{row}]: n_in is {n_in} but the layer before gives "
+                             f"{layers[row - 1, N_OUT]}; expected them equal")
+        if kind == LINEAR:
+            end = param + n_in * n_out + n_out
+            if param < 0 or end > n_params:
+                raise ValueError(f"layers[{row}]: w and b span [{param}, {end}) but the "
+                                 f"parameter block holds {n_params} floats")
+        elif n_in != n_out:
+            raise ValueError(f"layers[{row}]: an activation keeps its width; got n_in "
+                             f"{n_in}, n_out {n_out}")
+    return int(layers[0, N_IN]), int(layers[-1, N_OUT])
+
+
+def widths(layers) -> list[int]:
+    """Widths of the activations a[0] .. a[L] of a (checked) table."""
+    return [int(layers[0, N_IN]), *(int(n) for n in layers[:, N_OUT])]
+
+
+def scratch_floats(layers, bs: int) -> int:
+    """Floats a fused epoch needs for a[0..L] and d[0..L] at batch size ``bs``."""
+    return 2 * bs * sum(widths(layers))

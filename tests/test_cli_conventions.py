@@ -1,0 +1,29 @@
+"""The command behaves like a command: --version, python -m fastsgd, info."""
+import subprocess
+import sys
+
+import fastsgd as fs
+from fastsgd.cli import main
+
+
+def test_version_flag_prints_the_one_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert capsys.readouterr().out.strip() == f"fastsgd {fs.__version__}"
+
+
+def test_python_dash_m_fastsgd_runs_the_command():
+    result = subprocess.run([sys.executable, "-m", "fastsgd", "info"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"fastsgd {fs.__version__}" in result.stdout and "backends:" in result.stdout
+
+
+def test_info_names_the_c_kernel_and_its_threads(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    if fs.backends.available()["c"] is True:
+        from fastsgd.backends import c_ext
+        assert f"c backend: matmul kernel {c_ext.isa()}, threads: {c_ext.threads()}" in out

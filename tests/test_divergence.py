@@ -1,0 +1,69 @@
+"""Divergence and bad learning rates are caught the same way on every backend and path."""
+import numpy as np
+import pytest
+
+import fastsgd as fs
+
+from .conftest import backend_params
+from .test_learner import make_learner, separable
+
+PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="layered")]
+
+
+def learner(backend, fused, loss=fs.cross_entropy, lr=0.1, scale=1.0):
+    classes = 3 if loss is fs.cross_entropy else None
+    x, y = separable(n=400, features=12, classes=classes)
+    model = fs.simple_net(12, 8, 3 if classes else 1)
+    learn = make_learner(backend, x * scale, y, model, loss, lr=lr)
+    learn.fused = fused
+    return learn
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("schedule, text", [
+    (lambda progress: -1.0, "learning rate -0.1"),
+    (lambda progress: float("nan"), "learning rate nan"),
+    (lambda progress: 1e40, "learning rate 1.0000000000000001e+39"),
+    (lambda progress: "fast", "learning rate 'fast'"),
+], ids=["negative", "nan", "beyond-float32", "not-a-number"])
+def test_a_schedule_giving_a_bad_rate_is_refused_before_any_step(backend, fused, schedule, text):
+    learn = learner(backend, fused)
+    before = [learn.backend.to_numpy(p.value).copy() for p in learn.model.parameters()]
+    with pytest.raises(ValueError) as info:
+        learn.fit(2, schedule=schedule)
+    assert f"schedule: step 0 gives {text}" in str(info.value)
+    after = [learn.backend.to_numpy(p.value) for p in learn.model.parameters()]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("loss", [fs.cross_entropy, fs.mnist_loss], ids=["cross_entropy", "mnist_loss"])
+def test_a_huge_learning_rate_raises_training_diverged(backend, fused, loss):
+    learn = learner(backend, fused, loss, lr=1e30)
+    with pytest.raises(fs.TrainingDiverged, match="lower the learning rate"):
+        learn.fit(2)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fused", PATHS)
+def test_a_loss_that_explodes_while_finite_is_divergence(backend, fused):
+    learn = learner(backend, fused, lr=10.0)
+    with pytest.raises(fs.TrainingDiverged, match="training loss grew from"):
+        learn.fit(3)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_good_rate_trains_without_a_false_alarm(backend):
+    learn = learner(backend, True, lr=0.5)
+    history = learn.fit(3)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_the_bound_follows_the_first_loss_of_training():
+    learn = learner("numpy", False, lr=0.1)
+    learn.fit(1)
+    first = learn.recorder.losses[0]
+    assert learn.recorder.history[0]["train_loss"] < fs.learner.DIVERGED_LOSS_FACTOR * first + 1
