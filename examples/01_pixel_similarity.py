@@ -19,7 +19,7 @@ ideal_3, ideal_7 = threes.mean(axis=0), sevens.mean(axis=0)
 
 
 def show(image, shades=" .:-=+*#%@"):
-    """A 28x28 image as 14 lines of text (every other pixel): the denser the character, the more ink."""
+    """A 28x28 image as 14 lines of text (every other pixel); denser characters, more ink."""
     grid = image.reshape(28, 28)[::2, ::2] / image.max()
     return ["".join(shades[int(v * (len(shades) - 1))] for v in row) for row in grid]
 

@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         return args.run(args) or 0
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError) as exc:
+        # ArithmeticError: TrainingDiverged, a FloatingPointError
         print(f"fastsgd: error: {_one_line(exc)}", file=sys.stderr)
     except MemoryError as exc:
         print(f"fastsgd: error: out of memory{f' ({_one_line(exc)})' if str(exc) else ''}",

@@ -5,6 +5,8 @@ import sys
 import fastsgd as fs
 from fastsgd.cli import main
 
+from .mnist_fixtures import make_mnist_folder
+
 
 def test_version_flag_prints_the_one_version(capsys):
     try:
@@ -27,3 +29,11 @@ def test_info_names_the_c_kernel_and_its_threads(capsys):
     if fs.backends.available()["c"] is True:
         from fastsgd.backends import c_ext
         assert f"c backend: matmul kernel {c_ext.isa()}, threads: {c_ext.threads()}" in out
+
+
+def test_divergence_is_one_line_and_exit_2(tmp_path, capsys):
+    folder = make_mnist_folder(tmp_path, n_train=300, n_valid=100, seed=0)
+    assert main(["train", "--no-progress", "--data", str(folder), "--digits", "all", "--lr", "1e30",
+                 "--epochs", "2", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastsgd: error: training diverged at epoch 0")
