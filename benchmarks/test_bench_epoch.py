@@ -1,29 +1,35 @@
-"""A whole training epoch per backend: ``Learner.fit(1)``, and the same in PyTorch.
+"""A whole training epoch per runner, in this process: fastsgd's fused epoch and the peers.
 
-60,000 random 784-pixel samples; 784-30-1 with mnist_loss and 784-128-10 with
-cross_entropy; batch sizes 64 and 256; plain SGD, lr 0.1.  Each runner is first
-validated (weights after a short unshuffled run match the reference's), then
-timed over 5 epochs after a warm-up epoch.  Under ``--benchmark-disable`` the
-epoch shrinks to ``SMOKE_SAMPLES`` samples so the smoke run stays quick.
+The epoch of ``fastsgd.bench.epochs``: 784-128-10 (ReLU), softmax cross-entropy, plain
+SGD at lr 0.1, batch sizes 64 and 256, the same samples, initial weights and order for
+every runner.  Each runner is first validated (``epochs.validate``: its first step
+losses and its epoch's losses against the numpy reference's on a short run), then
+timed over 5 epochs after a warm-up epoch.  ``fastsgd bench`` runs the same epochs,
+each runner in a process of its own; here they share one, so an idle thread pool of
+one runner may still slow another.  Under ``--benchmark-disable`` the epoch shrinks to
+``SMOKE_SAMPLES`` samples and torch.compile, which compiles for tens of seconds, is skipped.
 """
 import pytest
 
 from fastsgd import bench
+from fastsgd.bench import epochs
 
 from .conftest import record, runner_params
 
 SMOKE_SAMPLES = 2_048
 
 
-@pytest.mark.parametrize("runner", runner_params())
+@pytest.mark.parametrize("runner", runner_params("epoch"))
 @pytest.mark.parametrize("bs", bench.BATCH_SIZES, ids=lambda bs: f"bs{bs}")
-@pytest.mark.parametrize("model", list(bench.MODELS))
-def test_epoch(benchmark, model, bs, runner, machine):
+def test_epoch(benchmark, bs, runner, machine):
+    if runner == "torch.compile" and not benchmark.enabled:
+        pytest.skip("torch.compile compiles for tens of seconds; it runs when timing")
     samples = bench.EPOCH_SAMPLES if benchmark.enabled else SMOKE_SAMPLES
-    case = bench.epoch_case(model, bs, samples)
-    job = bench.prepare(case, runner)
+    case = bench.epoch_case(bs, samples)
+    error = epochs.validate(runner, bs)   # raises ValidationError on a mismatch
+    trainer = epochs.trainer(runner, epochs.load_data(samples), epochs.initial_weights(), bs)
     benchmark.group = case.group
     benchmark.extra_info["samples"] = samples
     with bench.timing(runner):
-        benchmark.pedantic(job.fn, rounds=5, warmup_rounds=1)
-    record(benchmark, case, job, machine)
+        benchmark.pedantic(trainer.epoch, rounds=5, warmup_rounds=1)
+    record(benchmark, case, runner, machine, error)

@@ -2,7 +2,7 @@
 
 Each test validates its runner's result against the float64 reference, then times
 the kernel as the trainer calls it (``bench.timing``: other thread pools held to one
-thread, no NaN/Inf scans).  Cases: ``fastsgd.bench.cases()``.
+thread, no NaN/Inf scans).  Cases: ``fastsgd.bench.select_cases()``.
 """
 import pytest
 
@@ -10,7 +10,7 @@ from fastsgd import bench
 
 from .conftest import record, runner_params
 
-CASES = bench.cases([k for k in bench.KERNEL_NAMES if k != "epoch"])
+CASES = bench.select_cases([k for k in bench.KERNEL_NAMES if k != "epoch"])
 
 
 @pytest.mark.parametrize("runner", runner_params())
@@ -20,4 +20,4 @@ def test_kernel(benchmark, case, runner, machine):
     benchmark.group = case.group
     with bench.timing(runner):
         benchmark(job.fn)
-    record(benchmark, case, job, machine)
+    record(benchmark, case, runner, machine, job.max_error)

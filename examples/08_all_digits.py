@@ -29,13 +29,14 @@ learn = fs.Learner(dls, fs.simple_net(784, 128, 10), fs.cross_entropy,
 learn.fit(4)                                                    # prints one row per epoch
 accuracy = learn.recorder.history[-1]["batch_accuracy"]
 
-scores = learn.predict(ds.valid_x[:8])                          # (8, 10) raw scores
+scores = learn.predict_raw(ds.valid_x[:8])                      # (8, 10) raw scores
 shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-probs = shifted / shifted.sum(axis=1, keepdims=True)            # softmax
+probs = shifted / shifted.sum(axis=1, keepdims=True)            # softmax, by hand
+assert np.allclose(probs, learn.predict_proba(ds.valid_x[:8]), atol=1e-6)
 for label, p in zip(ds.valid_y[:8], probs):
     print(f"digit {label}: predicted {p.argmax()} with probability {p.max():.2f}")
 
-predicted = learn.predict(ds.valid_x).argmax(axis=1)
+predicted = learn.predict(ds.valid_x)                           # the digit of each image
 per_digit = [(predicted[ds.valid_y == d] == d).mean() for d in range(10)]
 print("accuracy per digit: " + " ".join(f"{d}:{a:.0%}" for d, a in enumerate(per_digit)))
 print(f"all ten digits: accuracy {accuracy:.2%}")

@@ -4,6 +4,9 @@ Kernels live in backends (``fastsgd.backends.get("numba").matmul(a, b)``); the
 trainer API below uses the book's / fastai's names.
 """
 from . import backends
+from .callbacks import (Callback, CancelEpochException, CancelFitException, EarlyStopping,
+                        LRFinder, ProgressCallback, Recorder, SaveBest)
+from .distributed import MPI
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh, load_model, save_model, simple_net
 from .learner import DataLoader, DataLoaders, Learner, TrainingDiverged
 from .losses import Loss, batch_accuracy, cross_entropy, mnist_loss, mse
@@ -16,4 +19,7 @@ __all__ = [
     "backends", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net", "save_model",
     "load_model", "DataLoader", "DataLoaders", "Learner", "TrainingDiverged", "Loss", "mnist_loss",
     "cross_entropy", "mse", "batch_accuracy", "SGD", "constant_lr", "cosine_lr", "set_seed",
+    "Callback", "CancelFitException", "CancelEpochException", "Recorder", "ProgressCallback",
+    "EarlyStopping", "SaveBest", "LRFinder",
+    "MPI",
 ]

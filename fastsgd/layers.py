@@ -11,6 +11,7 @@ each size.  A layer computes on the backend it was bound to with ``to(backend)``
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from .files import BadArchive, NpzArchive, open_output
 from .random import global_rng
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
-           "save_model", "load_model"]
+           "save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile"]
 
 
 class Parameter:
@@ -223,20 +224,70 @@ _LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh
 _MAX_PARAMETERS = 1 << 28        # floats a model file may declare (1 GiB of float32)
 _MAX_CONFIG_BYTES = 1 << 20
 _MAX_NESTING = 8                 # Sequentials inside Sequentials
+_MAX_STATE_BYTES = 16 << 20      # a checkpoint's JSON state
+_MAX_LOSSES = 1 << 26            # per-step losses a checkpoint may hold
+_STATE, _LOSSES = "state", "losses"
 
 
-def save_model(model: Sequential, path) -> Path:
+def save_model(model: Sequential, path, state: dict | None = None, velocities=None,
+               losses=None) -> Path:
     """Write ``model`` (architecture + weights) to an .npz file atomically.
 
-    The file is written to a temporary name in the same folder and renamed, so
-    a crash or Ctrl-C never leaves a half-written model behind.
+    ``state`` (a JSON-ready dict), ``velocities`` (one array per parameter) and
+    ``losses`` (1-D floats) make the file a training checkpoint (see
+    ``Learner.save``); without them it holds the model alone.  The file is
+    written to a temporary name in the same folder and renamed, so a crash or
+    Ctrl-C never leaves a half-written model behind.
     """
-    arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(model.parameters())}
-    arrays["config"] = np.frombuffer(json.dumps(model.config()).encode(), dtype=np.uint8)
+    params = model.parameters()
+    arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(params)}
+    arrays["config"] = _json_bytes(model.config())
+    if state is None and (velocities is not None or losses is not None):
+        raise ValueError("state: velocities and losses are saved only with a state")
+    if state is not None:
+        arrays[_STATE] = _json_bytes(state)
+    if velocities is not None:
+        velocities = list(velocities)
+        if len(velocities) != len(params):
+            raise ValueError(f"velocities: expected {len(params)} arrays, one per parameter, "
+                             f"got {len(velocities)}")
+        for i, (p, v) in enumerate(zip(params, velocities)):
+            v = model.backend.to_numpy(v)
+            if v.shape != tuple(p.value.shape):
+                raise ValueError(f"velocities: array {i} has shape {v.shape}, expected "
+                                 f"{tuple(p.value.shape)}")
+            arrays[f"v{i}"] = np.asarray(v, np.float32)
+    if losses is not None:
+        arrays[_LOSSES] = np.asarray(losses, np.float64).reshape(-1)
     with open_output(path) as f:
         np.savez(f, **arrays)
     return Path(path)
 
+
+def _json_bytes(obj) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFile:
+    """What the model file at ``path`` holds, checked: the architecture ``config`` and ``weights``;
+    a checkpoint adds its ``state`` (a dict), the optimiser's ``velocities`` (one
+    float32 array per parameter, or None) and the per-step training ``losses``."""
+
+    path: Path
+    config: dict
+    weights: list
+    state: dict | None = None
+    velocities: list | None = None
+    losses: np.ndarray | None = None
+
+    def build(self, backend=None) -> Sequential:
+        """The model this file describes, holding its weights, on ``backend`` (default: numpy)."""
+        model = _build(self.config)
+        if backend is not None:
+            model.to(backend)
+        load_weights(model, self.weights, source=f"model file {self.path}")
+        return model
 
 class _Zeros:
     """Stands in for a random generator where the drawn values are overwritten at once."""
@@ -300,42 +351,81 @@ def _parameter_shapes(config) -> list[tuple[int, ...]]:
     return [shape for n_in, n_out in linears for shape in ((n_in, n_out), (n_out,))]
 
 
-def _read_config(npz: NpzArchive):
-    """The architecture stored in the archive's ``config`` member (JSON bytes)."""
-    header = npz.headers.get("config")
-    if header is None:
-        raise ValueError("no config array")
-    if header.dtype != np.uint8 or len(header.shape) != 1 or header.size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"config must be at most {_MAX_CONFIG_BYTES} uint8 bytes, got "
+def _read_json(npz: NpzArchive, name: str, limit: int):
+    """The JSON value stored as UTF-8 bytes in the archive's ``name`` member."""
+    header = npz.headers[name]
+    if header.dtype != np.uint8 or len(header.shape) != 1 or header.size > limit:
+        raise ValueError(f"{name} must be at most {limit} uint8 bytes, got "
                          f"shape {header.shape} of {header.dtype}")
     try:
-        return json.loads(npz.read("config").tobytes().decode("utf-8"))
+        return json.loads(npz.read(name).tobytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, or nesting too deep
-        raise ValueError(f"config is not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+        raise ValueError(f"{name} is not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _read_config(npz: NpzArchive):
+    """The architecture stored in the archive's ``config`` member (JSON bytes)."""
+    if "config" not in npz.headers:
+        raise ValueError("no config array")
+    return _read_json(npz, "config", _MAX_CONFIG_BYTES)
+
+
+def _expected_members(npz: NpzArchive, n: int) -> set[str]:
+    """The member names a file with ``n`` parameters may hold: config and p0.., and in a
+    checkpoint (one with a state) also v0.. and losses."""
+    expected = {"config", *(f"p{i}" for i in range(n))}
+    if _STATE not in npz.headers:
+        return expected
+    velocities = {f"v{i}" for i in range(n)}
+    if velocities & set(npz.headers):        # the optimiser's velocities: all of them or none
+        expected |= velocities
+    return expected | {_STATE} | ({_LOSSES} & set(npz.headers))
 
 
 def _check_arrays(npz: NpzArchive, shapes) -> None:
-    """The archive holds exactly ``config`` and p0.. with float data of ``shapes``."""
-    expected = {"config", *(f"p{i}" for i in range(len(shapes)))}
+    """The archive holds ``config`` and p0.. with float data of ``shapes`` (and, in a
+    checkpoint, velocities v0.. shaped alike and 1-D float ``losses``), nothing else."""
+    expected = _expected_members(npz, len(shapes))
     missing, extra = sorted(expected - set(npz.headers)), sorted(set(npz.headers) - expected)
     if missing or extra:
         raise ValueError(f"the config declares {len(shapes)} parameter arrays; "
                          + "; ".join(f"{what} {', '.join(names)}" for what, names in
                                      (("missing", missing), ("unexpected", extra)) if names))
-    for i, shape in enumerate(shapes):
-        header = npz.headers[f"p{i}"]
-        if header.dtype.kind != "f":
-            raise ValueError(f"p{i} holds {header.dtype}, expected floats")
-        if header.shape != shape:
-            raise ValueError(f"p{i} has shape {header.shape}, the config declares {shape}")
+    for prefix in ("p", "v"):
+        for i, shape in enumerate(shapes):
+            header = npz.headers.get(f"{prefix}{i}")
+            if header is None:
+                continue
+            if header.dtype.kind != "f":
+                raise ValueError(f"{prefix}{i} holds {header.dtype}, expected floats")
+            if header.shape != shape:
+                raise ValueError(f"{prefix}{i} has shape {header.shape}, the config declares {shape}")
+    losses = npz.headers.get(_LOSSES)
+    if losses is not None and (losses.dtype.kind != "f" or len(losses.shape) != 1
+                               or losses.size > _MAX_LOSSES):
+        raise ValueError(f"losses must be at most {_MAX_LOSSES} floats in one dimension, got "
+                         f"shape {losses.shape} of {losses.dtype}")
 
 
-def read_model_file(path) -> tuple[dict, list[np.ndarray]]:
-    """(architecture config, parameter arrays) stored in a file written by ``save_model``.
+def _read_floats(npz: NpzArchive, names, dtype=np.float32) -> list[np.ndarray]:
+    """The arrays ``names`` as ``dtype``, each checked to be finite."""
+    arrays = []
+    for name in names:
+        array = npz.read(name).astype(dtype, copy=False)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        arrays.append(array)
+    return arrays
+
+
+def read_checkpoint(path) -> ModelFile:
+    """Everything a file written by ``save_model`` or ``Learner.save`` holds, checked.
 
     Everything is checked before any array is read: the config's layers and sizes
-    (at most 2**28 parameters), and every array's header against them.  A malformed
-    file raises one ValueError naming it; a missing one FileNotFoundError.
+    (at most 2**28 parameters), and every array's header against them; then every
+    array is checked to be finite and a checkpoint's state to be a JSON object.  A
+    malformed file raises one ValueError naming it; a missing one FileNotFoundError.
+    The state's meaning is checked by its reader (``Learner.load``).
     """
     path = Path(path)
     try:
@@ -343,7 +433,14 @@ def read_model_file(path) -> tuple[dict, list[np.ndarray]]:
             config = _read_config(npz)
             shapes = _parameter_shapes(config)
             _check_arrays(npz, shapes)
-            weights = [npz.read(f"p{i}").astype(np.float32, copy=False) for i in range(len(shapes))]
+            state = _read_json(npz, _STATE, _MAX_STATE_BYTES) if _STATE in npz.headers else None
+            if state is not None and not isinstance(state, dict):
+                raise ValueError(f"state must be a JSON object, got {type(state).__name__}")
+            n = len(shapes)
+            weights = _read_floats(npz, [f"p{i}" for i in range(n)])
+            velocities = _read_floats(npz, [f"v{i}" for i in range(n)]) \
+                if "v0" in npz.headers else None
+            losses = _read_floats(npz, [_LOSSES], np.float64)[0] if _LOSSES in npz.headers else None
     except FileNotFoundError:
         raise FileNotFoundError(f"model file {path} does not exist") from None
     except BadArchive as e:
@@ -352,10 +449,17 @@ def read_model_file(path) -> tuple[dict, list[np.ndarray]]:
         raise ValueError(f"model file {path}: cannot read ({e.strerror or e})") from None
     except ValueError as e:
         raise ValueError(f"model file {path}: {e}") from None
-    for i, w in enumerate(weights):
-        if not np.isfinite(w).all():
-            raise ValueError(f"model file {path}: p{i} holds NaN or infinite values")
-    return config, weights
+    return ModelFile(path, config, weights, state, velocities, losses)
+
+
+def read_model_file(path) -> tuple[dict, list[np.ndarray]]:
+    """(architecture config, parameter arrays) stored in a model file or a checkpoint.
+
+    The whole file is checked as ``read_checkpoint`` does; a malformed file raises
+    one ValueError naming it, a missing one FileNotFoundError.
+    """
+    stored = read_checkpoint(path)
+    return stored.config, stored.weights
 
 
 def load_weights(model: Module, weights: list[np.ndarray], source="weights"):
@@ -381,10 +485,6 @@ def load_weights(model: Module, weights: list[np.ndarray], source="weights"):
 
 
 def load_model(path, backend=None) -> Sequential:
-    """The model stored at ``path`` by ``save_model``, on ``backend`` (default: numpy)."""
-    config, weights = read_model_file(path)
-    model = _build(config)
-    if backend is not None:
-        model.to(backend)
-    load_weights(model, weights, source=f"model file {path}")
-    return model
+    """The model (architecture + weights) stored at ``path`` by ``save_model`` or
+    ``Learner.save``, on ``backend`` (default: numpy)."""
+    return read_checkpoint(path).build(backend)

@@ -4,29 +4,32 @@
     learn = Learner(dls, simple_net(784, 30, 1), mnist_loss, SGD(0.1), [batch_accuracy])
     learn.fit(10)            # prints one row per epoch; history in learn.recorder
 
-One step is the book's loop: predict, loss, backward, step.  The Learner never
-names a backend: it holds a handle and every layer, loss and update calls
-kernels through it.
+One step is the book's loop: predict, loss, backward, step.  Around the steps,
+callbacks (``fastsgd.callbacks``) record the history, set the step rates, print
+the table, draw progress bars and may stop the fit.  The Learner never names a
+backend: it holds a handle and every layer, loss and update calls kernels
+through it.
 """
 from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from . import backends
+from . import backends, inference
 from . import fused as fused_path
-from .layers import Module, load_weights, read_model_file, save_model
+from .callbacks import (MAX_LR, Callback, CancelEpochException, CancelFitException, EpochTable,
+                        LRFinder, LRSchedule, ProgressCallback, Recorder, metric_name)
+from .layers import Module, load_weights, read_checkpoint, save_model
 from .losses import Loss
-from .optim import SCHEDULES, SGD
+from .optim import SGD
 from .random import global_rng
 
 __all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged",
-           "DIVERGED_LOSS_FACTOR"]
+           "DIVERGED_LOSS_FACTOR", "CHECKPOINT_FORMAT", "generator_from_state"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -37,9 +40,6 @@ class TrainingDiverged(FloatingPointError):
 #: An epoch whose mean training loss exceeds this many times the first step's loss
 #: (plus 1) has diverged, even while every number is still finite.
 DIVERGED_LOSS_FACTOR = 10.0
-
-#: The largest learning rate a float32 kernel can hold.
-_MAX_LR = float(np.finfo(np.float32).max)
 
 
 class DataLoader:
@@ -111,11 +111,57 @@ class DataLoader:
             self.backend.take_rows(self.y, idx, out=yb)
             yield xb, yb
 
+    @property
+    def rng_state(self) -> dict:
+        """The shuffling generator's state as JSON-ready data (``bit_generator.state``).
+
+        Assigning a state saved this way continues the same sequence of batch
+        orders; a malformed one raises ValueError and changes nothing.
+        """
+        return _json_ready(self._rng.bit_generator.state)
+
+    @rng_state.setter
+    def rng_state(self, state: dict):
+        self._rng = generator_from_state(state)
+
     def _batch_buffers(self, size):
         if size not in self._buffers:
             self._buffers[size] = (self.backend.empty((size, self.x.shape[1]), np.float32),
                                    self.backend.empty((size, *self.y.shape[1:]), self.y.dtype))
         return self._buffers[size]
+
+
+#: Bit generators whose saved state ``DataLoader.rng_state`` accepts.
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _json_ready(value):
+    """``value`` with NumPy arrays and scalars turned into lists and Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def generator_from_state(state, where: str = "rng_state") -> np.random.Generator:
+    """A ``numpy.random.Generator`` continuing from a saved ``bit_generator.state``, or
+    ValueError naming ``where`` and what is wrong with it."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"{where}: expected a bit generator state of one of "
+                         f"{', '.join(_BIT_GENERATORS)}, got {str(state)[:80]}")
+    bit_generator = getattr(np.random, name)()
+    try:
+        bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(f"{where}: not a valid {name} state ({type(e).__name__}: "
+                         f"{str(e)[:80]})") from None
+    return np.random.Generator(bit_generator)
 
 
 class DataLoaders:
@@ -139,30 +185,19 @@ class DataLoaders:
         return iter((self.train, self.valid))
 
 
-class Recorder:
-    """Per-epoch history: ``history`` is a list of dicts with keys
-    ``epoch``, ``train_loss``, ``valid_loss``, one per metric, and ``seconds``."""
-
-    def __init__(self):
-        self.history: list[dict] = []
-        self.losses: list[float] = []  # every training batch's loss
-
-    def plot_loss(self, path) -> Path:
-        """Train/valid loss and the metrics per epoch, as a PNG at ``path`` (needs matplotlib)."""
-        from .plots import plot_history
-        return plot_history(self.history, path)
-
-
 class Learner:
     """Trains ``model`` on ``dls`` with ``loss_func`` and ``opt``, reporting ``metrics``.
 
     ``backend`` is a name, a Backend or None for ``fastsgd.backends.default_name()``.
-    ``show`` prints the per-epoch table; ``progress`` draws a progress bar over
-    the batches (default: only when stdout is a terminal).  With ``fused`` (the
-    default), a whole epoch runs in one compiled call of the backend's layer
-    program (see ``fastsgd.fused``) whenever the model, loss and backend allow it;
-    the result is the same as layer by layer.  ``learn.fused`` then reads True, or
-    a string saying why fits run layer by layer.
+    ``show`` prints the per-epoch table; ``progress`` draws progress bars: over a
+    fit's epochs, and on the layer path over each epoch's batches (default: only
+    when stdout is a terminal).  ``cbs`` are callbacks (``fastsgd.callbacks``) run
+    in every fit.  With ``fused`` (the default), a whole epoch runs in one
+    compiled call of the backend's layer program (see ``fastsgd.fused``) whenever
+    the model, loss, backend and callbacks allow it; the result is the same as
+    layer by layer.  ``learn.fused`` then reads True, or a string saying why fits
+    run layer by layer.  ``distributed`` (a ``fastsgd.MPI``) trains data-parallel
+    over MPI ranks (see ``fastsgd.distributed``).
 
     Threads: different Learners (and any kernels) may run in different threads at
     once — each keeps its own buffers and the NaN-check switch is per thread.  One
@@ -172,7 +207,8 @@ class Learner:
 
     def __init__(self, dls: DataLoaders, model: Module, loss_func: Loss, opt: SGD | None = None,
                  metrics: Sequence[Callable] = (), backend=None, show: bool = True,
-                 progress: bool | None = None, fused: bool = True):
+                 progress: bool | None = None, fused: bool = True, cbs: Sequence[Callback] = (),
+                 distributed=None):
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a fastsgd layer or Sequential, got {type(model).__name__}")
         if not isinstance(loss_func, Loss):
@@ -187,12 +223,17 @@ class Learner:
         self.show = show
         self.fused = fused
         self.progress = sys.stdout.isatty() if progress is None else progress
+        self.cbs = _checked_callbacks(cbs, "cbs")
         self.recorder = Recorder()
-        self.epoch = 0
+        self.epoch, self.n_epochs, self.last_row = 0, 0, None
+        self._running: list[Callback] | None = None   # the callbacks of the fit in progress
         self._dpreds_buf = None
         self.model.to(self.backend)
         self.opt.bind(self.model.parameters(), self.backend)
         self._check_data()
+        self.distributed = distributed
+        if distributed is not None:
+            distributed.bind(self)
 
     def _check_data(self):
         n_in, n_out = self.model.n_in, self.model.n_out
@@ -209,21 +250,30 @@ class Learner:
     # ------------------------------------------------------------ training
     @property
     def fused(self) -> bool | str:
-        """True when this Learner's fits run on the fused path, else the reason they do not."""
+        """True when this Learner's fits run on the fused path, else the reason they do not.
+
+        During a fit, the callbacks of that fit count too.
+        """
         if not self._fused_wanted:
             return "turned off"
+        for cb in (self._running if self._running is not None else self.cbs):
+            if callable(getattr(cb, "after_batch", None)):
+                return f"callback {cb.name} needs after_batch"
         return fused_path.reason(self.model, self.loss_func, self.opt, self.dls.train) or True
 
     @fused.setter
     def fused(self, wanted: bool):
         self._fused_wanted = bool(wanted)
 
-    def fit(self, n_epochs: int, lr: float | None = None, schedule="constant") -> list[dict]:
+    def fit(self, n_epochs: int, lr: float | None = None, schedule="constant",
+            cbs: Sequence[Callback] = ()) -> list[dict]:
         """Train for ``n_epochs``; ``lr`` overrides the optimiser's rate.
 
         ``schedule`` is "constant", "cosine" (steps start large, then get
         smaller) or a function of training progress in [0, 1) returning a
-        multiplier of ``lr``.  Returns the history of these epochs.
+        multiplier of ``lr``.  ``cbs`` are callbacks for this fit only, run with
+        the Learner's own.  Returns the history of these epochs (fewer rows when
+        a callback ends the fit early).
         """
         if not isinstance(n_epochs, (int, np.integer)) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs: expected a positive integer, got {n_epochs!r}")
@@ -231,76 +281,101 @@ class Learner:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 \
                     or not math.isfinite(lr):
                 raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        schedule = LRSchedule(schedule)
+        cbs = _checked_callbacks(cbs, "cbs")
+        if lr is not None:
             self.opt.lr = float(lr)
-        scale = SCHEDULES.get(schedule) if isinstance(schedule, str) else schedule
-        if not callable(scale):
-            raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)} or a function, "
-                             f"got {schedule!r}")
-        if self.show:
-            self._print_header()
+        display = ([EpochTable()] if self.show else []) + ([ProgressCallback()] if self.progress else [])
         start = len(self.recorder.history)
-        total_steps = n_epochs * len(self.dls.train)
-        program = fused_path.plan(self.model, self.loss_func, self.opt, self.dls.train) \
-            if self.fused is True else None
-        for i in range(n_epochs):
-            t0 = time.perf_counter()
-            lrs = self._learning_rates(i * len(self.dls.train), total_steps, scale)
-            if program is not None:
-                train_loss = self._train_epoch_fused(program, lrs)
-            else:
-                train_loss = self._train_epoch(lrs)
-            row = {"epoch": self.epoch, "train_loss": train_loss, **self.validate()}
-            self._check_diverged(row)
-            row["seconds"] = time.perf_counter() - t0
-            self.recorder.history.append(row)
-            self.epoch += 1
-            if self.show:
-                self._print_row(row)
+        self._fit(n_epochs, [self.recorder, schedule, *display, *self.cbs, *cbs])
         return self.recorder.history[start:]
 
-    def _learning_rates(self, step0, total_steps, scale) -> np.ndarray:
-        """The rate of each step of the epoch starting at ``step0``: lr times the schedule.
+    def _fit(self, n_epochs, cbs):
+        """Run ``n_epochs`` epochs with callbacks ``cbs``."""
+        self.n_epochs = n_epochs
+        self._running = sorted(cbs, key=lambda cb: cb.order)
+        for cb in self._running:
+            cb.learn = self
+        try:
+            program = fused_path.plan(self.model, self.loss_func, self.opt, self.dls.train) \
+                if self.fused is True else None
+            if self.distributed is not None:
+                program = self.distributed.program(self, program)
+        except BaseException:
+            self._running = None
+            raise
+        try:
+            self.callback("before_fit")
+            for _ in range(n_epochs):
+                self._do_epoch(program)
+        except CancelFitException:
+            pass
+        finally:
+            try:
+                self.callback("after_fit")
+            finally:
+                self._running = None
 
-        Each must be finite, >= 0 and representable in float32, on both paths alike.
-        """
-        rates = []
-        for step in range(step0, step0 + len(self.dls.train)):
-            multiplier = scale(step / total_steps)
-            rate = self.opt.lr * multiplier if _is_real(multiplier) else multiplier
-            if not _is_real(rate) or not 0 <= rate <= _MAX_LR:
-                raise ValueError(f"schedule: step {step} gives learning rate {rate!r}; expected "
-                                 f"a finite number in [0, {_MAX_LR:.4g}] (lr times the "
-                                 f"schedule's multiplier)")
-            rates.append(rate)
-        return np.array(rates, np.float64)
+    def _do_epoch(self, program):
+        """One epoch: train, validate, check, with the callbacks around."""
+        self.dl, self.lrs, self.last_row, self.step_losses = self.dls.train, None, None, []
+        try:
+            self.callback("before_epoch")
+            if program is not None:
+                train_loss = self._train_epoch_fused(program)
+            else:
+                train_loss = self._train_epoch()
+            self.last_row = {"epoch": self.epoch, "train_loss": train_loss, **self.validate()}
+            self._check_diverged(self.last_row)
+            self.callback("after_epoch")
+        except CancelEpochException:
+            pass
+        except CancelFitException:
+            self.epoch += 1
+            raise
+        self.epoch += 1       # an epoch that ends in an error does not count
 
-    def _train_epoch(self, lrs) -> float:
-        kernels, model, loss_func = self.backend, self.model, self.loss_func
-        dl = self.dls.train
+    def callback(self, event: str):
+        """Run ``event`` (e.g. "after_epoch") on the fit's callbacks that define it, in order."""
+        for cb in self._running or ():
+            method = getattr(cb, event, None)
+            if method is not None:
+                method()
+
+    def _train_epoch(self) -> float:
+        """One epoch layer by layer: predict, loss, backward, step; after_batch after each."""
         total, count = 0.0, 0
-        batches = _progress(dl, self.progress, f"epoch {self.epoch}")
-        with backends.skip_value_checks():  # the data was checked once, the loss is checked below
-            for (xb, yb), lr in zip(batches, lrs):
-                preds = model.forward(xb)
-                loss = loss_func(preds, yb, kernels)
-                self._check_loss(loss)
-                dpreds = loss_func.backward(preds, yb, kernels, out=self._dpreds(preds))
-                model.backward(dpreds)
+        for self.iter, ((self.xb, self.yb), lr) in enumerate(zip(self.dl, self._rates())):
+            with backends.skip_value_checks():  # the data was checked once, the loss is checked here
+                self.preds = self.model.forward(self.xb)
+                self.loss = self.loss_func(self.preds, self.yb, self.backend)
+                self._check_loss(self.loss)
+                dpreds = self.loss_func.backward(self.preds, self.yb, self.backend,
+                                                 out=self._dpreds(self.preds))
+                self.model.backward(dpreds)
                 self.opt.step(float(lr))
-                total += loss * len(xb)
-                count += len(xb)
-                self.recorder.losses.append(loss)
+            total += self.loss * len(self.xb)
+            count += len(self.xb)
+            self.step_losses.append(self.loss)
+            self.callback("after_batch")
         return total / count
 
-    def _train_epoch_fused(self, program, lrs) -> float:
+    def _train_epoch_fused(self, program) -> float:
+        """One epoch in one compiled call; the steps' losses are checked afterwards."""
         dl = self.dls.train
-        losses = program.run(lrs)
-        for loss in losses:
+        losses = program.run(self._rates())
+        self.step_losses = losses.tolist()
+        for loss in self.step_losses:
             self._check_loss(loss)
-        self.recorder.losses.extend(losses.tolist())
         sizes = np.full(len(dl), dl.bs)
         sizes[-1] = dl.n - dl.bs * (len(dl) - 1)
         return float(losses @ sizes) / dl.n
+
+    def _rates(self) -> np.ndarray:
+        """This epoch's step rates: ``lrs`` as a callback set it, else ``opt.lr`` throughout."""
+        if self.lrs is None:
+            self.lrs = np.full(len(self.dls.train), self.opt.lr)
+        return self.lrs
 
     def _check_loss(self, loss):
         if not math.isfinite(loss):
@@ -314,7 +389,8 @@ class Learner:
         for key, value in row.items():
             if key != "epoch" and not math.isfinite(value):
                 self._diverged(f"{key} is {value}")
-        first = self.recorder.losses[0] if self.recorder.losses else row["train_loss"]
+        losses = self.recorder.losses or self.step_losses
+        first = losses[0] if losses else row["train_loss"]
         bound = DIVERGED_LOSS_FACTOR * first + 1.0
         if row["train_loss"] > bound:
             self._diverged(f"the training loss grew from {first:.4g} to {row['train_loss']:.4g}")
@@ -329,14 +405,82 @@ class Learner:
             buf = self._dpreds_buf = self.backend.empty(preds.shape)
         return buf
 
+    # ------------------------------------------------------------ lr_find
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+                stop_div: bool = True) -> float:
+        """Try learning rates growing exponentially from ``start_lr`` to ``end_lr`` over
+        ``num_it`` training steps; returns the suggested rate.
+
+        The steps run layer by layer (``fastsgd.callbacks.LRFinder``), across epoch
+        boundaries without validating, and stop early once the smoothed loss
+        exceeds 4 times its best (with ``stop_div``) or a loss is not finite.
+        The suggestion is the rate of the lowest smoothed loss divided by 10
+        (``fastsgd.callbacks.suggest_lr``).  Afterwards
+        the weights, gradients, optimiser velocities and rate, the training
+        DataLoader's shuffling state, the epoch counter and the recorder's history
+        and losses are exactly as before; the rates and losses tried are in
+        ``learn.recorder.lr_find`` (plot them with ``recorder.plot_lr_find(path)``).
+        """
+        for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                    or not value <= MAX_LR:
+                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+        if not end_lr > start_lr:
+            raise ValueError(f"end_lr: expected a rate above start_lr={start_lr}, got {end_lr}")
+        if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)) or num_it < 2:
+            raise ValueError(f"num_it: expected an integer >= 2, got {num_it!r}")
+        finder = LRFinder(start_lr, end_lr, int(num_it), stop_div)
+        saved = self._training_state()
+        try:
+            self._fit(math.ceil(num_it / len(self.dls.train)), [self.recorder, finder])
+        except TrainingDiverged:
+            pass                           # a loss went non-finite: the steps before it count
+        finally:
+            self._restore_training_state(saved)
+        self.recorder.lr_find = finder.result()
+        return self.recorder.lr_find.suggestion
+
+    def _training_state(self) -> dict:
+        """Copies of everything a few training steps change (see ``lr_find``)."""
+        to_host = self.backend.to_numpy
+        params = self.model.parameters()
+        return {"values": [to_host(p.value).copy() for p in params],
+                "grads": [None if p.grad is None else to_host(p.grad).copy() for p in params],
+                "velocities": [None if v is None else to_host(v).copy()
+                               for v in self.opt.velocities()],
+                "lr": self.opt.lr, "rng": self.dls.train.rng_state, "epoch": self.epoch,
+                "n_epochs": self.n_epochs, "last_row": self.last_row,
+                "history": len(self.recorder.history), "losses": len(self.recorder.losses)}
+
+    def _restore_training_state(self, saved):
+        """Put back what ``_training_state`` copied."""
+        params = self.model.parameters()
+        for p, value, grad in zip(params, saved["values"], saved["grads"]):
+            p.value = self.backend.asarray(value)
+            if grad is not None:
+                p.grad = self.backend.asarray(grad)
+        velocities = saved["velocities"]
+        if any(v is not None for v in [*velocities, *self.opt.velocities()]):
+            # a velocity not made yet is zero
+            self.opt.set_velocities([self.backend.zeros(p.value.shape) if v is None
+                                     else self.backend.asarray(v)
+                                     for p, v in zip(params, velocities)])
+        self.opt.lr = saved["lr"]
+        self.dls.train.rng_state = saved["rng"]
+        self.epoch, self.n_epochs, self.last_row = saved["epoch"], saved["n_epochs"], saved["last_row"]
+        del self.recorder.history[saved["history"]:]
+        del self.recorder.losses[saved["losses"]:]
+
     # ---------------------------------------------------------- evaluation
     def validate(self, dl: DataLoader | None = None) -> dict:
         """Mean loss and metrics over ``dl`` (default: the validation set).
 
         Returns ``{"valid_loss": ..., <metric name>: ...}``, each weighted by batch size.
         """
+        if dl is None and self.distributed is not None:
+            return self.distributed.validate(self)
         dl = dl or self.dls.valid
-        sums = {"valid_loss": 0.0, **{_name(m): 0.0 for m in self.metrics}}
+        sums = {"valid_loss": 0.0, **{metric_name(m): 0.0 for m in self.metrics}}
         finite = True
         with backends.skip_value_checks():
             for xb, yb in dl:
@@ -344,73 +488,188 @@ class Learner:
                 finite = finite and bool(np.isfinite(self.backend.to_numpy(preds)).all())
                 sums["valid_loss"] += self.loss_func(preds, yb, self.backend) * len(xb)
                 for m in self.metrics:
-                    sums[_name(m)] += m(preds, yb, self.backend) * len(xb)
+                    sums[metric_name(m)] += m(preds, yb, self.backend) * len(xb)
         if not finite:  # a bounded loss (mnist_loss) can hide outputs gone to +-inf or NaN
             sums["valid_loss"] = math.nan
         return {k: v / dl.n for k, v in sums.items()}
 
+    # ---------------------------------------------------------- predictions
+    @property
+    def classes(self) -> list | None:
+        """What each class is, in class order (ints or strings): the labels ``predict``
+        returns and the columns of ``predict_proba``.
+
+        For one binary output (``mnist_loss``), ``classes[0]`` is the class of target
+        1.0 (the output's sigmoid is its probability) and ``classes[1]`` that of 0.0:
+        ``fastsgd train --digits 3,7`` sets ``[3, 7]``.  Default: ``[1, 0]`` (the
+        targets) for a binary model, ``0 .. outputs-1`` for class scores, None for
+        regression.  Saved and restored by ``save``/``load``.
+        """
+        classes = self.__dict__.get("_classes")
+        if classes is None:
+            return inference.default_classes(self.loss_func.targets, self.model.n_out)
+        return list(classes)
+
+    @classes.setter
+    def classes(self, names):
+        self._classes = None if names is None else inference.check_classes(
+            names, self.loss_func.targets, self.model.n_out)
+
+    def predict_raw(self, x, bs: int = 1024) -> np.ndarray:
+        """The model's raw outputs (N, outputs) for ``x``, as a NumPy float32 array.
+
+        ``x`` is (N, features), one sample (features,), or images (N, H, W) / one
+        image (H, W) with H * W = features, as floats on the training data's scale
+        (MNIST pixels in [0, 1]); integer arrays such as uint8 pixels are refused
+        with the advice to divide by 255.  One sample or image gives N = 1.
+        """
+        return inference.raw_outputs(self.model, inference.as_inputs(x, self.model.n_in), bs)
+
+    def predict_proba(self, x, bs: int = 1024) -> np.ndarray:
+        """Probabilities (N, classes) as float64, columns in the order of ``classes``:
+        softmax of the scores, or ``[sigmoid(z), 1 - sigmoid(z)]`` for one binary output.
+
+        Takes ``x`` as ``predict_raw`` does; a regression model raises ValueError.
+        """
+        return inference.probabilities(self.predict_raw(x, bs), self.loss_func.targets)
+
     def predict(self, x, bs: int = 1024) -> np.ndarray:
-        """The model's raw outputs for ``x`` (N, features) as a NumPy array (N, outputs)."""
-        x = np.asarray(x)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.model.n_in or len(x) == 0:
-            raise ValueError(f"x: expected shape (N, {self.model.n_in}) with N >= 1, got {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        outs = [self.backend.to_numpy(self.model.forward(self.backend.asarray(x[i:i + bs]))).copy()
-                for i in range(0, len(x), bs)]
-        return np.concatenate(outs)
+        """The predicted class of each sample (N,), named by ``classes``.
+
+        The class the accuracy metric counts: the first highest score, or for one
+        binary output ``classes[0]`` when the output is > 0 (probability > 0.5).
+        A regression model returns its raw outputs.  Takes ``x`` as ``predict_raw``.
+        """
+        return inference.decode(self.predict_raw(x, bs), self.loss_func.targets, self.classes)
 
     # ------------------------------------------------------------ storage
-    def save(self, path) -> Path:
-        """Write the model (architecture and weights) to ``path`` atomically."""
-        return save_model(self.model, path)
+    def save(self, path, with_opt: bool = True, settings: dict | None = None) -> Path:
+        """Write the model to ``path`` (.npz) atomically; returns the path.
+
+        The file always holds the architecture, the weights, ``classes`` and the
+        kind of targets.  With ``with_opt`` (the default) it is a checkpoint that
+        ``load`` resumes from exactly: the optimiser's settings and velocities, the
+        epoch counter, the training DataLoader's shuffling state, the recorder's
+        history and per-step losses, and ``settings`` (JSON-ready data of the
+        caller's, such as the command line's options and schedule name).
+        ``fastsgd.load_model`` reads either kind as a model.
+        """
+        state = {"format": CHECKPOINT_FORMAT, "targets": self.loss_func.targets,
+                 "loss": getattr(self.loss_func, "__name__", None), "classes": self.classes}
+        if not with_opt:
+            return save_model(self.model, path, state=state)
+        velocities = self.opt.velocities()
+        state.update(
+            epoch=self.epoch,
+            opt={"lr": self.opt.lr, "momentum": self.opt.momentum,
+                 "weight_decay": self.opt.weight_decay},
+            rng=self.dls.train.rng_state,
+            history=_json_ready(self.recorder.history),
+            settings=_json_ready(settings) if settings is not None else {})
+        if all(v is None for v in velocities):
+            velocities = None
+        else:                            # a velocity not made yet is zero
+            velocities = [np.zeros(p.value.shape, np.float32) if v is None else v
+                          for p, v in zip(self.model.parameters(), velocities)]
+        return save_model(self.model, path, state=state, velocities=velocities,
+                          losses=np.asarray(self.recorder.losses, np.float64))
 
     def load(self, path) -> "Learner":
-        """Load weights saved by ``save``; the architecture must match this model.
+        """Load a file written by ``save`` (or ``fastsgd.save_model``) into this Learner.
 
-        The whole file is checked first: on any error the weights and the
-        optimiser's state are left exactly as they were.  After a load, momentum
-        restarts from zero.
+        The architecture must match this model.  A checkpoint restores everything
+        ``save`` stored, so that training continues exactly where it stopped; a
+        file of weights alone restores the weights (and classes when stored), and
+        momentum restarts from zero.  The whole file is checked first: on any
+        error nothing changes — weights, optimiser, history, shuffling or classes.
         """
-        config, weights = read_model_file(path)
-        if config != self.model.config():
-            raise ValueError(f"model file {path}: architecture {config} does not match "
+        stored = read_checkpoint(path)
+        source = f"model file {path}"
+        if stored.config != self.model.config():
+            raise ValueError(f"{source}: architecture {stored.config} does not match "
                              f"this learner's model {self.model.config()}")
-        load_weights(self.model, weights, source=f"model file {path}")
+        restore = self._check_state(stored, source)
+        load_weights(self.model, stored.weights, source=source)
         self.opt.bind(self.model.parameters(), self.backend)
+        restore()
         return self
 
-    # ------------------------------------------------------------ display
-    def _columns(self):
-        return ["epoch", "train_loss", "valid_loss", *(_name(m) for m in self.metrics), "time"]
+    def _check_state(self, stored, source) -> Callable[[], None]:
+        """Check a file's state against this Learner; returns the function that applies it.
 
-    def _print_header(self):
-        print("  ".join(f"{c:<{_width(c)}}" for c in self._columns()).rstrip(), flush=True)
+        Nothing is assigned until that function runs, so a bad state changes nothing.
+        """
+        state = stored.state
+        if state is None:                          # a file of weights alone
+            return lambda: None
+        where = f"{source}: state"
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{where}: unknown format {state.get('format')!r} "
+                             f"(this fastsgd reads format {CHECKPOINT_FORMAT})")
+        targets = state.get("targets")
+        if targets != self.loss_func.targets:
+            raise ValueError(f"{where}: saved from a model with {targets!r} targets, this "
+                             f"learner's loss {self.loss_func!r} has {self.loss_func.targets!r}")
+        classes = inference.check_classes(state.get("classes"), targets, self.model.n_out,
+                                          f"{where}.classes")
+        if "opt" not in state:                     # saved without the optimiser
+            return lambda: setattr(self, "_classes", classes)
+        opt = _checked_opt(state.get("opt"), f"{where}.opt")
+        epoch = state.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"{where}.epoch: expected an integer >= 0, got {epoch!r:.40}")
+        history = _checked_history(state.get("history"), f"{where}.history")
+        rng = generator_from_state(state.get("rng"), f"{where}.rng")
+        settings = state.get("settings")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where}.settings: expected an object, got {settings!r:.40}")
+        losses = [] if stored.losses is None else stored.losses.tolist()
+        velocities = None if stored.velocities is None else \
+            [self.backend.asarray(v) for v in stored.velocities]
 
-    def _print_row(self, row):
-        columns = self._columns()
-        cells = [f"{row['epoch']:<{_width('epoch')}}"]
-        cells += [f"{row[c]:<{_width(c)}.6f}" for c in columns[1:-1]]
-        minutes, seconds = divmod(row["seconds"], 60)
-        cells.append(f"{int(minutes):02d}:{seconds:05.2f}")
-        print("  ".join(cells), flush=True)
+        def restore():
+            self._classes = classes
+            self.opt.lr, self.opt.momentum, self.opt.weight_decay = opt
+            if velocities is not None:
+                self.opt.set_velocities(velocities)
+            self.epoch = epoch
+            self.recorder.history = history
+            self.recorder.losses = losses
+            self.dls.train._rng = rng
+        return restore
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+#: The layout of ``Learner.save``'s state; ``load`` refuses others.
+CHECKPOINT_FORMAT = 1
 
 
-def _width(column: str) -> int:
-    return max(len(column), 10)
+def _checked_opt(opt, where) -> tuple[float, float, float]:
+    """(lr, momentum, weight_decay) from a saved optimiser state, checked as SGD checks them."""
+    if not isinstance(opt, dict) or set(opt) != {"lr", "momentum", "weight_decay"}:
+        raise ValueError(f"{where}: expected lr, momentum and weight_decay, got {opt!r:.80}")
+    try:
+        checked = SGD(opt["lr"], opt["momentum"], opt["weight_decay"])
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return checked.lr, checked.momentum, checked.weight_decay
 
 
-def _name(metric) -> str:
-    return getattr(metric, "__name__", type(metric).__name__)
+def _checked_history(history, where) -> list[dict]:
+    """A saved ``Recorder.history``: a list of objects, each with an integer epoch."""
+    if not isinstance(history, list):
+        raise ValueError(f"{where}: expected a list of epochs, got {history!r:.40}")
+    for i, row in enumerate(history):
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise ValueError(f"{where}[{i}]: expected an object with an integer epoch, "
+                             f"got {row!r:.80}")
+    return [dict(row) for row in history]
 
 
-def _progress(iterable, enabled, desc):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+def _checked_callbacks(cbs, where) -> list[Callback]:
+    """``cbs`` (one callback or several) as a list, each checked to be a Callback."""
+    cbs = [cbs] if isinstance(cbs, Callback) else list(cbs)
+    for cb in cbs:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"{where}: expected fastsgd.Callback objects, got {cb!r}")
+    return cbs

@@ -1,7 +1,10 @@
-"""PNG charts: a training history (fastai's ``plot_loss``) and benchmark speed-ups.
+"""PNG charts: a training history (fastai's ``plot_loss``), benchmark speed-ups, and a
+classifier's confusion matrix and top losses (``fastsgd interpret``).
 
     plot_history(learn.recorder.history, "loss.png")     # or learn.recorder.plot_loss(...)
     plot_speedups(fastsgd.bench.run_bench(), "speedups.png")
+    plot_confusion_matrix(matrix, ["3", "7"], "confusion.png")
+    plot_top_losses(images, titles, "top-losses.png")
 
 Needs matplotlib (``pip install 'fastsgd[plot]'``).  Figures are drawn with
 matplotlib's object API on the Agg canvas: no window, no global pyplot state.
@@ -13,7 +16,8 @@ from pathlib import Path
 
 from .files import open_output
 
-__all__ = ["require_matplotlib", "plot_history", "plot_speedups"]
+__all__ = ["require_matplotlib", "plot_history", "plot_speedups", "plot_confusion_matrix",
+           "plot_top_losses"]
 
 #: History keys that are not metrics.
 _NOT_METRICS = ("epoch", "train_loss", "valid_loss", "seconds")
@@ -124,6 +128,53 @@ def plot_speedups(rows: list[dict], path) -> Path:
     ax.grid(axis="x", alpha=0.4, zorder=1)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(names), frameon=False,
               fontsize=9)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, names, path, title: str = "confusion matrix") -> Path:
+    """Counts (C, C) — rows the actual class, columns the predicted — as a PNG at ``path``,
+    each cell labelled with its count and the axes with ``names`` (C strings)."""
+    import numpy as np
+    matrix = np.asarray(matrix)
+    names = [str(n) for n in names]
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
+        raise ValueError(f"matrix: expected shape ({len(names)}, {len(names)}) to match names, "
+                         f"got {matrix.shape}")
+    size = 2.5 + 0.55 * len(names)
+    fig = _figure(size + 1.0, size)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ticks = range(len(names))
+    ax.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right"
+                  if max(map(len, names)) > 2 else "center")
+    ax.set_yticks(ticks, names)
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=8,
+                color="white" if count > threshold else "black")
+    return _save(fig, path)
+
+
+def plot_top_losses(images, titles, path, title: str = "top losses") -> Path:
+    """Images (K, H, W) in [0, 1] in a grid, each above its line of ``titles``, as a PNG at
+    ``path`` (fastai's ``plot_top_losses``: prediction / actual, loss / probability)."""
+    import numpy as np
+    images = np.asarray(images)
+    if images.ndim != 3 or len(images) == 0 or len(titles) != len(images):
+        raise ValueError(f"images: expected (K, H, W) with K >= 1 and one title each, got shape "
+                         f"{images.shape} and {len(titles)} titles")
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    fig = _figure(2.0 * cols, 2.2 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
+    for ax, image, text in zip(axes, images, titles):
+        ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
+        ax.set_title(text, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

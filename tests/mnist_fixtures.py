@@ -17,7 +17,8 @@ import struct
 
 import numpy as np
 
-__all__ = ["write_idx", "synthetic_digits", "make_mnist_folder", "MNIST_NAMES"]
+__all__ = ["write_idx", "synthetic_digits", "make_mnist_folder", "embedded_data_missing",
+           "MNIST_NAMES"]
 
 #: The four file names of an MNIST folder (train images/labels, t10k images/labels).
 MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -91,3 +92,13 @@ def make_mnist_folder(path, n_train=600, n_valid=200, seed=0, gz=True) -> pathli
     for name, array in zip(MNIST_NAMES, (*train, *valid)):
         write_idx(folder / f"{name}{suffix}", array, gz=gz)
     return folder
+
+
+def embedded_data_missing() -> str | None:
+    """Why the embedded MNIST subset cannot load (its file is not in the package), or None."""
+    from fastsgd import data
+    try:
+        data._locate_embedded_csv()
+    except data.DataError as e:
+        return str(e)
+    return None

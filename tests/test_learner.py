@@ -153,9 +153,9 @@ def test_save_load_round_trip_reproduces_predictions(tmp_path):
     learn.fit(1)
     path = learn.save(tmp_path / "models" / "net.npz")
     assert [p.name for p in path.parent.iterdir()] == ["net.npz"]  # no temp file left behind
-    expected = learn.predict(x)
+    expected = learn.predict_raw(x)
     again = make_learner(None, x, y, seed=99).load(path)
-    np.testing.assert_array_equal(again.predict(x), expected)
+    np.testing.assert_array_equal(again.predict_raw(x), expected)
     model = fs.load_model(path, backend="numpy")
     assert model.config() == learn.model.config()
     np.testing.assert_allclose(model.forward(np.ascontiguousarray(x[:5])), expected[:5], rtol=1e-5,

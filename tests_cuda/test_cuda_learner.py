@@ -55,7 +55,7 @@ def test_fit_matches_the_numpy_backend(cu, loss):
         # a near-tie in the logits may round the other way: allow a couple of samples
         assert row_gpu["batch_accuracy"] == pytest.approx(row_cpu["batch_accuracy"], abs=2.5 / n_valid)
     x, _ = data(n, features, classes)
-    np.testing.assert_allclose(on_gpu.predict(x[:5]), on_cpu.predict(x[:5]), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(on_gpu.predict_raw(x[:5]), on_cpu.predict_raw(x[:5]), rtol=1e-3, atol=1e-4)
 
 
 def model(kind, features, hidden, outputs, rng):
@@ -122,4 +122,4 @@ def test_a_deeper_model_trains_fused_and_matches_the_numpy_backend(cu, loss):
         for key in ("train_loss", "valid_loss"):
             assert row_gpu[key] == pytest.approx(row_cpu[key], rel=1e-3, abs=1e-4), key
     x = data(*SIZES[:2], SIZES[3])[0][:5]
-    np.testing.assert_allclose(on_gpu.predict(x), on_cpu.predict(x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(on_gpu.predict_raw(x), on_cpu.predict_raw(x), rtol=1e-3, atol=1e-4)

@@ -227,56 +227,44 @@ class Backend:
     # ------------------------------------------------------ activations
     def sigmoid_forward(self, x, out=None):
         """``out = 1 / (1 + exp(-x))``, finite for any finite x;  any shape."""
-        x = self._float("x", x)
-        out = self._out("out", out, x.shape, x.dtype)
-        self._in_place_or_apart("out", out, x)
-        self._impl.sigmoid_forward(x, out)
-        return out
+        return self._elementwise("sigmoid_forward", x, out)
 
     def sigmoid_backward(self, y, dy, dx=None):
         """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)`` is the forward output."""
-        y = self._float("y", y)
-        dy = self._float("dy", dy, dtype=y.dtype)
-        _same("dy.shape", dy.shape, "y.shape", y.shape)
-        dx = self._out("dx", dx, y.shape, y.dtype)
-        self._in_place_or_apart("dx", dx, y, dy)
-        self._impl.sigmoid_backward(y, dy, dx)
-        return dx
+        return self._elementwise_backward("sigmoid_backward", "y", y, dy, dx)
 
     def relu_forward(self, x, out=None):
-        """``out = max(x, 0)``;  any shape."""
-        x = self._float("x", x)
-        out = self._out("out", out, x.shape, x.dtype)
-        self._in_place_or_apart("out", out, x)
-        self._impl.relu_forward(x, out)
-        return out
+        """``out = max(x, 0)`` (NaN stays NaN);  any shape."""
+        return self._elementwise("relu_forward", x, out)
 
     def relu_backward(self, x, dy, dx=None):
         """``dx = dy * (x > 0)`` where ``x`` is the forward input."""
-        x = self._float("x", x)
-        dy = self._float("dy", dy, dtype=x.dtype)
-        _same("dy.shape", dy.shape, "x.shape", x.shape)
-        dx = self._out("dx", dx, x.shape, x.dtype)
-        self._in_place_or_apart("dx", dx, x, dy)
-        self._impl.relu_backward(x, dy, dx)
-        return dx
+        return self._elementwise_backward("relu_backward", "x", x, dy, dx)
 
     def tanh_forward(self, x, out=None):
         """``out = tanh(x)``, finite for any finite x;  any shape."""
-        x = self._float("x", x)
-        out = self._out("out", out, x.shape, x.dtype)
-        self._in_place_or_apart("out", out, x)
-        self._impl.tanh_forward(x, out)
-        return out
+        return self._elementwise("tanh_forward", x, out)
 
     def tanh_backward(self, y, dy, dx=None):
         """``dx = dy * (1 - y**2)`` where ``y = tanh(x)`` is the forward output."""
-        y = self._float("y", y)
-        dy = self._float("dy", dy, dtype=y.dtype)
-        _same("dy.shape", dy.shape, "y.shape", y.shape)
-        dx = self._out("dx", dx, y.shape, y.dtype)
-        self._in_place_or_apart("dx", dx, y, dy)
-        self._impl.tanh_backward(y, dy, dx)
+        return self._elementwise_backward("tanh_backward", "y", y, dy, dx)
+
+    def _elementwise(self, kernel, x, out):
+        """``out = f(x)`` for elementwise kernel ``kernel``; out may be x itself."""
+        x = self._float("x", x)
+        out = self._out("out", out, x.shape, x.dtype)
+        self._in_place_or_apart("out", out, x)
+        getattr(self._impl, kernel)(x, out)
+        return out
+
+    def _elementwise_backward(self, kernel, saved_name, saved, dy, dx):
+        """``dx`` from the forward's saved array (``x`` or ``y``) and ``dy``, all one shape."""
+        saved = self._float(saved_name, saved)
+        dy = self._float("dy", dy, dtype=saved.dtype)
+        _same("dy.shape", dy.shape, f"{saved_name}.shape", saved.shape)
+        dx = self._out("dx", dx, saved.shape, saved.dtype)
+        self._in_place_or_apart("dx", dx, saved, dy)
+        getattr(self._impl, kernel)(saved, dy, dx)
         return dx
 
     # ----------------------------------------------------------- losses

@@ -1,0 +1,27 @@
+"""Child processes of ``fastsgd bench``: the peak probe and one epoch runner each.
+
+    python -m fastsgd.bench.worker peak N REPEATS   # best N^3 sgemm: {"seconds", "architecture", "threads"}
+    python -m fastsgd.bench.worker epoch SPEC_JSON  # epochs.run_worker(EpochSpec), one marked line
+"""
+import json
+import sys
+
+
+def main(argv) -> int:
+    if len(argv) == 3 and argv[0] == "peak":
+        from .machine import openblas, sgemm_seconds
+        seconds = sgemm_seconds(int(argv[1]), int(argv[2]))
+        blas = openblas() or {}
+        print(json.dumps({"seconds": seconds, "architecture": blas.get("architecture"),
+                          "threads": blas.get("threads")}))
+        return 0
+    if len(argv) == 2 and argv[0] == "epoch":
+        from .epochs import EpochSpec, print_result, run_worker
+        print_result(run_worker(EpochSpec.from_json(argv[1])))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,566 @@
+"""Callbacks: small objects that run code at fixed points of ``Learner.fit``.
+
+    class PrintValidLoss(Callback):
+        def after_epoch(self):
+            print(self.learn.epoch, self.learn.last_row["valid_loss"])
+
+    learn = Learner(dls, model, loss, opt, cbs=[EarlyStopping(patience=3)])  # every fit
+    learn.fit(20, cbs=[SaveBest("best.npz"), PrintValidLoss()])               # this fit only
+
+The events, in the order a fit runs them::
+
+    before_fit
+        before_epoch        learn.epoch is this epoch's number, learn.lrs its step rates
+            the epoch's steps (predict, loss, backward, step), each followed
+            by after_batch when a callback defines it
+        after_epoch         learn.last_row is the epoch's row of the history
+    after_fit               always, also when the fit ends on an error
+
+A callback defines the events it needs as methods without arguments and reads
+the Learner as ``self.learn``: ``epoch``, ``n_epochs`` (of this fit), ``dl`` (the
+training DataLoader of this epoch), ``lrs``, ``last_row``, ``recorder``, the
+model and the optimiser; in ``after_batch`` also ``iter`` (the step within the
+epoch), ``xb``, ``yb``, ``preds`` and ``loss``.  Callbacks run in ``order``,
+lower first; equal orders keep the order in which they were given.  The shipped
+ones are ordered so that a callback of the default order 0 sees the epoch's row
+recorded (with ``seconds``) and printed.
+
+A fused epoch is one compiled call, so ``after_batch`` cannot run inside it: a
+Learner with a callback defining ``after_batch`` trains layer by layer, and
+``learn.fused`` says which callback asked for it.
+
+Raise ``CancelFitException`` to end the fit cleanly (the rows so far stay in the
+history, ``after_fit`` runs, ``fit`` returns them).  Raise ``CancelEpochException``
+to skip the rest of the epoch: its remaining steps, its validation, its row and
+the ``after_epoch`` events; ``learn.epoch`` still advances and the fit goes on.
+On the fused path the epoch's steps are one call, so raised in ``before_epoch``
+it skips the epoch's training entirely; raised in ``after_epoch``, it only skips
+the ``after_epoch`` of the callbacks that come later.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .files import open_output
+from .optim import SCHEDULES
+
+__all__ = ["Callback", "CancelFitException", "CancelEpochException", "Recorder", "LRSchedule",
+           "ProgressCallback", "EpochTable", "EarlyStopping", "SaveBest", "LRFinder",
+           "LRFindResult", "metric_name", "suggest_lr"]
+
+#: The largest learning rate a float32 kernel can hold.
+MAX_LR = float(np.finfo(np.float32).max)
+
+
+class CancelFitException(Exception):
+    """Raised by a callback to end the fit; the epochs done so far are kept."""
+
+
+class CancelEpochException(Exception):
+    """Raised by a callback to skip the rest of the epoch (steps, validation, row)."""
+
+
+class Callback:
+    """Base class of callbacks: set ``order`` and define the events you need.
+
+    Events: ``before_fit``, ``before_epoch``, ``after_epoch``, ``after_fit`` and
+    (layer path only) ``after_batch``.  ``self.learn`` is the Learner running them.
+    """
+    order = 0
+    learn = None
+
+    @property
+    def name(self) -> str:
+        """The class name, as ``learn.fused`` reports it."""
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"{self.name}(order={self.order})"
+
+
+def metric_name(metric) -> str:
+    """The column name of a metric: its ``__name__``, else its type's name."""
+    return getattr(metric, "__name__", type(metric).__name__)
+
+
+def _write(line, file, progress):
+    """Print ``line`` to ``file``, clearing and redrawing progress bars when they are on."""
+    if progress:
+        from tqdm.auto import tqdm
+        tqdm.write(line, file=file)
+        file.flush()
+    else:
+        print(line, file=file, flush=True)
+
+
+# ----------------------------------------------------------------- recorder
+class Recorder(Callback):
+    """What fits recorded: one row per epoch, every step's loss, compile time, lr_find.
+
+    ``history`` is a list of dicts with keys ``epoch``, ``train_loss``,
+    ``valid_loss``, one per metric, and ``seconds``: the epoch's training and
+    validation time, less the time numba spent compiling kernels during it.
+    ``losses`` holds every training step's loss of the recorded epochs.
+    ``compile_seconds`` is the total time numba spent compiling during this
+    Learner's fits (0 when everything was compiled, or loaded from numba's disk
+    cache, before).  ``lr_find`` is the last ``LRFindResult`` or None.
+
+    Every Learner has one as ``learn.recorder``, run in every fit.  While numba
+    compiles for the first time in a fit, a one-line note goes to stderr (when
+    the Learner shows its table or progress).
+    """
+    order = -30
+
+    def __init__(self):
+        self.history: list[dict] = []
+        self.losses: list[float] = []
+        self.compile_seconds = 0.0
+        self.lr_find: LRFindResult | None = None
+        self._watch = None
+
+    def before_fit(self):
+        learn = self.learn
+        note = sys.stderr if (learn.show or learn.progress) else None
+        self._watch = _CompileWatch(note, progress=learn.progress).start()
+        self._compiled_before_epoch = 0.0
+
+    def before_epoch(self):
+        self._t0 = time.perf_counter()
+        self._compiled_before_epoch = self._watch.seconds
+
+    def after_epoch(self):
+        row = self.learn.last_row
+        compiled = self._watch.seconds - self._compiled_before_epoch
+        row["seconds"] = time.perf_counter() - self._t0 - compiled
+        self.history.append(row)
+        self.losses.extend(self.learn.step_losses)
+
+    def after_fit(self):
+        if self._watch is not None:
+            self._watch.stop()
+            self.compile_seconds += self._watch.seconds
+            self._watch = None
+
+    def plot_loss(self, path):
+        """Train/valid loss and the metrics per epoch, as a PNG at ``path`` (needs matplotlib)."""
+        from .plots import plot_history
+        return plot_history(self.history, path)
+
+    def plot_lr_find(self, path):
+        """The last ``lr_find``'s loss against the learning rate (log scale), as a PNG at ``path``.
+
+        Draws each step's loss and the smoothed loss, and marks the suggestion.
+        Needs matplotlib; written atomically through ``fastsgd.files.open_output``.
+        """
+        if self.lr_find is None:
+            raise ValueError("plot_lr_find: no lr_find result; run learn.lr_find() first")
+        from .plots import require_matplotlib
+        require_matplotlib()
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        found = self.lr_find
+        fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.plot(found.lrs, found.losses, color="0.75", linewidth=1, label="loss of each step")
+        ax.plot(found.lrs, found.smoothed, color="tab:blue", label="smoothed loss")
+        ax.axvline(found.suggestion, color="tab:red", linestyle="--",
+                   label=f"suggestion {found.suggestion:.3g}")
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
+               title=f"lr_find: {len(found.lrs)} steps")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        with open_output(path) as f:
+            fig.savefig(f, format="png")
+        return Path(path)
+
+
+class _CompileWatch:
+    """Adds up the seconds numba spends compiling in this thread; notes the first compile.
+
+    Listens to numba's ``numba:compile`` events, which fire only when numba
+    really compiles (not when it loads a kernel from its disk cache).
+    """
+
+    def __init__(self, note_file=None, progress=False):
+        self.seconds = 0.0
+        self.note_file, self.progress = note_file, progress
+        self._thread = threading.get_ident()
+        self._depth, self._t0, self._noted = 0, 0.0, False
+        self._listener = None
+
+    def start(self) -> "_CompileWatch":
+        """Begin listening (a no-op when numba is not imported: nothing can compile)."""
+        if "numba" in sys.modules:
+            from numba.core import event
+            self._listener = _listener_type()(self)
+            event.register("numba:compile", self._listener)
+        return self
+
+    def stop(self):
+        """Stop listening."""
+        if self._listener is not None:
+            from numba.core import event
+            event.unregister("numba:compile", self._listener)
+            self._listener = None
+
+    def on_start(self):
+        if threading.get_ident() != self._thread:
+            return
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+            if self.note_file is not None and not self._noted:
+                _write("compiling numba kernels (first run only) ...", self.note_file, self.progress)
+                self._noted = True
+        self._depth += 1
+
+    def on_end(self):
+        if threading.get_ident() != self._thread or self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
+
+
+_LISTENER = None
+
+
+def _listener_type():
+    """A ``numba.core.event.Listener`` that forwards to a ``_CompileWatch``."""
+    global _LISTENER
+    if _LISTENER is None:
+        from numba.core import event
+
+        class CompileListener(event.Listener):
+            def __init__(self, watch):
+                self.watch = watch
+
+            def on_start(self, ev):
+                self.watch.on_start()
+
+            def on_end(self, ev):
+                self.watch.on_end()
+
+        _LISTENER = CompileListener
+    return _LISTENER
+
+
+# ------------------------------------------------------------ lr schedule
+class LRSchedule(Callback):
+    """Sets ``learn.lrs``, each epoch's per-step learning rates: ``opt.lr`` times a schedule.
+
+    ``schedule`` is a name of ``fastsgd.optim.SCHEDULES`` ("constant", "cosine")
+    or a function of training progress in [0, 1) returning a multiplier.  Every
+    rate must be finite, >= 0 and representable in float32: a bad one raises
+    ValueError before the epoch's first step.  ``fit(..., schedule=...)`` adds one.
+    """
+    order = -20
+
+    def __init__(self, schedule="constant"):
+        scale = SCHEDULES.get(schedule) if isinstance(schedule, str) else schedule
+        if not callable(scale):
+            raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)} or a function, "
+                             f"got {schedule!r}")
+        self.scale = scale
+
+    def before_fit(self):
+        self.first_epoch = self.learn.epoch
+        self.total_steps = self.learn.n_epochs * len(self.learn.dls.train)
+
+    def before_epoch(self):
+        steps = len(self.learn.dls.train)
+        self.learn.lrs = self.rates((self.learn.epoch - self.first_epoch) * steps, steps)
+
+    def rates(self, step0, steps) -> np.ndarray:
+        """The rates of ``steps`` steps from step ``step0`` of the fit (float64)."""
+        lr, rates = self.learn.opt.lr, []
+        for step in range(step0, step0 + steps):
+            multiplier = self.scale(step / self.total_steps)
+            rate = lr * multiplier if _is_real(multiplier) else multiplier
+            if not _is_real(rate) or not 0 <= rate <= MAX_LR:
+                raise ValueError(f"schedule: step {step} gives learning rate {rate!r}; expected "
+                                 f"a finite number in [0, {MAX_LR:.4g}] (lr times the "
+                                 f"schedule's multiplier)")
+            rates.append(rate)
+        return np.array(rates, np.float64)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------- display
+class ProgressCallback(Callback):
+    """Progress bars (tqdm, on stderr or ``file``): one over the fit's epochs with a
+    time estimate, and on the layer path one over each epoch's batches.
+
+    A fused epoch is one compiled call, so there the epoch bar is the finest one.
+    ``Learner(progress=True)`` adds one to every fit (the default: only when
+    stdout is a terminal).
+    """
+    order = -10
+
+    def __init__(self, file=None):
+        self.file = file
+        self.epochs = self.batches = None
+
+    def before_fit(self):
+        from tqdm.auto import tqdm
+        self.epochs = tqdm(total=self.learn.n_epochs, desc="fit", unit="epoch", leave=False,
+                           dynamic_ncols=True, file=self.file)
+        self.batches = None
+
+    def before_epoch(self):
+        self._close_batches()
+        learn = self.learn
+        if learn.fused is not True:
+            from tqdm.auto import tqdm
+            self.batches = tqdm(learn.dl, desc=f"epoch {learn.epoch}", unit="batch", leave=False,
+                                dynamic_ncols=True, file=self.file)
+            learn.dl = self.batches
+
+    def after_epoch(self):
+        self._close_batches()
+        row = self.learn.last_row
+        self.epochs.update(1)
+        self.epochs.set_postfix(train_loss=f"{row['train_loss']:.4f}",
+                                valid_loss=f"{row['valid_loss']:.4f}", refresh=True)
+
+    def after_fit(self):
+        self._close_batches()
+        if self.epochs is not None:
+            self.epochs.close()
+            self.epochs = None
+
+    def _close_batches(self):
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+
+
+class EpochTable(Callback):
+    """Prints the per-epoch table on stdout: a header, then one row per epoch.
+
+    Columns: epoch, train_loss, valid_loss, one per metric, and time (mm:ss.ss).
+    ``Learner(show=True)`` (the default) adds one to every fit.
+    """
+    order = -5
+
+    def before_fit(self):
+        self._print("  ".join(f"{c:<{_width(c)}}" for c in self.columns()).rstrip())
+
+    def after_epoch(self):
+        row, columns = self.learn.last_row, self.columns()
+        cells = [f"{row['epoch']:<{_width('epoch')}}"]
+        cells += [f"{row[c]:<{_width(c)}.6f}" for c in columns[1:-1]]
+        minutes, seconds = divmod(row["seconds"], 60)
+        cells.append(f"{int(minutes):02d}:{seconds:05.2f}")
+        self._print("  ".join(cells))
+
+    def columns(self) -> list[str]:
+        """The table's column names."""
+        return ["epoch", "train_loss", "valid_loss", *(metric_name(m) for m in self.learn.metrics),
+                "time"]
+
+    def _print(self, line):
+        _write(line, sys.stdout, self.learn.progress)
+
+
+def _width(column: str) -> int:
+    return max(len(column), 10)
+
+
+# ------------------------------------------------- early stopping, best model
+#: Words of metric names that are better when larger.
+_MAX_WORDS = ("acc", "f1", "auc", "precision", "recall")
+
+
+class _Monitor(Callback):
+    """Follows one column of the epoch's row and says when it improves."""
+
+    def __init__(self, monitor="valid_loss", mode=None, min_delta=0.0):
+        if mode is None:
+            mode = "max" if any(w in monitor.lower() for w in _MAX_WORDS) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+        if not _is_real(min_delta) or not min_delta >= 0 or not math.isfinite(min_delta):
+            raise ValueError(f"min_delta: expected a finite number >= 0, got {min_delta!r}")
+        self.monitor, self.mode, self.min_delta = monitor, mode, float(min_delta)
+        self.best, self.best_epoch = None, None
+
+    def improved(self) -> bool:
+        """Whether the epoch just done beats the best so far (then it becomes the best)."""
+        row = self.learn.last_row
+        if self.monitor not in row:
+            raise ValueError(f"{self.name}: monitor {self.monitor!r} is not a column of the "
+                             f"history; expected one of {', '.join(k for k in row if k != 'epoch')}")
+        value = float(row[self.monitor])
+        if not math.isfinite(value):
+            return False
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch = value, row["epoch"]
+        return better
+
+
+class EarlyStopping(_Monitor):
+    """Stops the fit when ``monitor`` has not improved for ``patience`` epochs in a row.
+
+    Improving means lower by more than ``min_delta`` (``mode="min"``) or higher
+    (``mode="max"``); the mode defaults to "max" for accuracy-like names, else
+    "min".  With ``restore_best``, the model gets the weights of the best epoch
+    back at the end of the fit (the optimiser's velocities stay as they are);
+    otherwise nothing is restored.  Each fit starts afresh.  After a fit,
+    ``best``, ``best_epoch`` and ``stopped_epoch`` (None when it ran to the end)
+    say what happened.
+    """
+    order = 10
+
+    def __init__(self, patience: int = 1, monitor: str = "valid_loss", min_delta: float = 0.0,
+                 mode: str | None = None, restore_best: bool = False):
+        super().__init__(monitor, mode, min_delta)
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
+            raise ValueError(f"patience: expected a positive integer, got {patience!r}")
+        self.patience, self.restore_best = int(patience), restore_best
+        self.stopped_epoch = None
+
+    def before_fit(self):
+        self.best = self.best_epoch = self.stopped_epoch = None
+        self.wait, self._best_weights = 0, None
+
+    def after_epoch(self):
+        if self.improved():
+            self.wait = 0
+            if self.restore_best:
+                self._best_weights = _weights(self.learn)
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = self.learn.epoch
+            raise CancelFitException
+
+    def after_fit(self):
+        last = self.learn.recorder.history[-1]["epoch"] if self.learn.recorder.history else None
+        if self.restore_best and self._best_weights is not None and last != self.best_epoch:
+            _set_weights(self.learn, self._best_weights)
+        self._best_weights = None
+
+
+class SaveBest(_Monitor):
+    """Saves the model to ``path`` (``learn.save(path)``) whenever ``monitor`` improves,
+    so the file holds the best epoch's weights.
+
+    ``mode`` is "min" or "max", by default "max" for accuracy-like names, else
+    "min".  The best value is kept over every fit this callback runs in;
+    ``best`` and ``best_epoch`` say which epoch the file holds.
+    """
+    order = 5
+
+    def __init__(self, path, monitor: str = "valid_loss", mode: str | None = None,
+                 min_delta: float = 0.0):
+        super().__init__(monitor, mode, min_delta)
+        self.path = path
+
+    def after_epoch(self):
+        if self.improved():
+            self.learn.save(self.path)
+
+
+def _weights(learn) -> list[np.ndarray]:
+    """Host copies of the model's parameters."""
+    return [learn.backend.to_numpy(p.value).copy() for p in learn.model.parameters()]
+
+
+def _set_weights(learn, weights):
+    """Give the model's parameters the values ``weights`` (host arrays)."""
+    for p, w in zip(learn.model.parameters(), weights):
+        p.value = learn.backend.asarray(w.copy())
+
+
+# ---------------------------------------------------------------- lr_find
+class LRFindResult:
+    """What ``Learner.lr_find`` found: per step ``lrs``, ``losses`` and ``smoothed``
+    losses (NumPy arrays), and the ``suggestion``."""
+
+    def __init__(self, lrs, losses, smoothed, suggestion):
+        self.lrs, self.losses, self.smoothed = lrs, losses, smoothed
+        self.suggestion = suggestion
+
+    def __repr__(self):
+        return f"LRFindResult({len(self.lrs)} steps, suggestion={self.suggestion:.3g})"
+
+
+class LRFinder(Callback):
+    """Trains with a learning rate growing exponentially from ``start_lr`` to ``end_lr``
+    over ``num_it`` steps, recording each step's rate and loss.
+
+    The loss is smoothed with an exponential moving average (``beta``,
+    bias-corrected).  With ``stop_div``, the run stops once the smoothed loss
+    exceeds 4 times the best one or is not finite.  Epoch boundaries are crossed
+    without validation.  Used by ``Learner.lr_find``, which restores the
+    Learner afterwards; ``result()`` gives the ``LRFindResult``.
+    """
+    order = -20
+
+    def __init__(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, beta=0.9):
+        self.start_lr, self.end_lr, self.num_it = float(start_lr), float(end_lr), int(num_it)
+        self.stop_div, self.beta = stop_div, beta
+        self.lrs, self.losses, self.smoothed = [], [], []
+        self.bar = None
+
+    def before_fit(self):
+        self.lrs, self.losses, self.smoothed = [], [], []
+        self._average, self._best = 0.0, math.inf
+        if self.learn.progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.num_it, desc="lr_find", unit="step", leave=False,
+                            dynamic_ncols=True)
+
+    def before_epoch(self):
+        steps = len(self.lrs) + np.arange(len(self.learn.dls.train))
+        grown = self.start_lr * (self.end_lr / self.start_lr) ** (steps / (self.num_it - 1))
+        self.learn.lrs = np.where(steps < self.num_it, grown, self.end_lr)
+
+    def after_batch(self):
+        learn = self.learn
+        self.lrs.append(float(learn.lrs[learn.iter]))
+        self.losses.append(learn.loss)
+        self._average = self.beta * self._average + (1 - self.beta) * learn.loss
+        smooth = self._average / (1 - self.beta ** len(self.losses))
+        self.smoothed.append(smooth)
+        self._best = min(self._best, smooth)
+        if self.bar is not None:
+            self.bar.update(1)
+        diverged = not math.isfinite(smooth) or smooth > 4 * self._best
+        if len(self.lrs) >= self.num_it or (self.stop_div and diverged):
+            raise CancelFitException
+        if learn.iter == len(learn.dls.train) - 1:
+            raise CancelEpochException   # the next epoch starts without validating this one
+
+    def after_fit(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def result(self) -> LRFindResult:
+        """The rates, losses, smoothed losses and the suggested rate."""
+        lrs, smoothed = np.array(self.lrs), np.array(self.smoothed)
+        return LRFindResult(lrs, np.array(self.losses), smoothed, suggest_lr(lrs, smoothed))
+
+
+def suggest_lr(lrs, smoothed) -> float:
+    """The rate of the lowest smoothed loss divided by 10: a rate one order of magnitude
+    below the one where the loss bottoms out, so still on the descending part."""
+    smoothed = np.asarray(smoothed, np.float64)
+    if len(smoothed) == 0:
+        raise ValueError("lr_find: no step ran; nothing to suggest")
+    lowest = int(np.argmin(np.where(np.isfinite(smoothed), smoothed, np.inf)))
+    return float(lrs[lowest]) / 10
