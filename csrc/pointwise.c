@@ -208,7 +208,7 @@ FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *rest
             if (label < 0 || label >= C)
                 bad++;
             else
-                total += (double)m[r] + log((double)s[r]) - (double)z[r * C + label];
+                total += log((double)s[r]) - ((double)z[r * C + label] - (double)m[r]);
         }
     }
     *loss = B > 0 ? total / (double)B : 0.0;

@@ -745,10 +745,11 @@ def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
         except urllib.error.HTTPError as e:
             e.close()                              # it holds the open response
             raise _failed(url, f"HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:
-            raise (stalled if watchdog.tripped else _failed(url, str(e.reason))) from None
+        except urllib.error.URLError as e:  # a read blocked for `timeout` s is a stall too
+            gave_up = watchdog.tripped or isinstance(e.reason, TimeoutError)
+            raise (stalled if gave_up else _failed(url, str(e.reason))) from None
         except (OSError, http.client.HTTPException, ValueError) as e:
-            raise (stalled if watchdog.tripped else
+            raise (stalled if watchdog.tripped or isinstance(e, TimeoutError) else
                    _failed(url, f"{type(e).__name__}: {e}")) from None
     if watchdog.tripped and not complete:      # a cut connection reads as the end of the data
         raise stalled

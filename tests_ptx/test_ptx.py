@@ -40,7 +40,7 @@ GRID_SYNC = ("cudaCGGetIntrinsicHandle", "cudaCGSynchronize")
 @functools.lru_cache(maxsize=None)
 def compile_ptx(name, signature):
     """PTX for one kernel (compiled once), or a skip when the CUDA compiler libraries are missing."""
-    kernel = getattr(cuda_backend, name)
+    kernel = cuda_backend.kernels()[name]
     try:
         ptx, _ = cuda_backend.cuda.compile_ptx(kernel.py_func, signature, cc=CC)
     except Exception as exc:  # a missing NVRTC/NVVM is an environment limit, not a kernel bug

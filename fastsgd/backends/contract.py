@@ -30,6 +30,7 @@ import inspect
 import numpy as np
 
 from . import program
+from .arrays import HOST
 
 #: Implementation names and parameters every backend module must export.
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -122,12 +123,14 @@ class Backend:
     backend computes in.
     """
 
-    def __init__(self, name: str, impl, dtypes=(np.float32,)):
+    def __init__(self, name: str, impl, dtypes=(np.float32,), arrays=HOST):
         missing = missing_kernels(impl)
         if missing:
             raise TypeError(f"backend {name!r} does not implement the contract: {missing}")
         self.name = name
         self.dtypes = tuple(np.dtype(d) for d in dtypes)
+        #: The array adapter (``arrays.py``): every check on an argument goes through it.
+        self.arrays = arrays
         self._impl = impl
 
     def __repr__(self):
@@ -140,23 +143,41 @@ class Backend:
     # ----------------------------------------------------------- arrays
     def asarray(self, x, dtype=np.float32):
         """``x`` as a C-contiguous array this backend computes on (a copy only if needed)."""
-        return np.ascontiguousarray(x, dtype=dtype)
+        return self.arrays.asarray(x, np.dtype(dtype))
 
     def to_numpy(self, x) -> np.ndarray:
         """A NumPy array holding the values of backend array ``x``."""
-        return np.asarray(x)
+        return x if isinstance(x, np.ndarray) else self.arrays.to_numpy(x)
 
     def empty(self, shape, dtype=np.float32):
         """An uninitialised backend array."""
-        return np.empty(shape, dtype=dtype)
+        return self.arrays.empty(shape, np.dtype(dtype))
 
     def zeros(self, shape, dtype=np.float32):
         """A zero-filled backend array."""
-        return np.zeros(shape, dtype=dtype)
+        return self.arrays.zeros(shape, np.dtype(dtype))
 
     def take_rows(self, src, idx, out):
-        """``out[r] = src[idx[r]]``: gather a batch;  src (N, F) or (N,), idx (B,) int64 -> out."""
-        np.take(src, idx, axis=0, out=out)
+        """``out[r] = src[idx[r]]``: gather a batch.
+
+        src (N, F) or (N,) float32 or int64; idx (R,) int64; out (R, F) or (R,)
+        of src's dtype.  Indices outside [0, N) raise ``IndexError``; inside
+        ``skip_value_checks`` a device backend does not check them (the
+        DataLoader's come from a permutation) and gives zero rows instead.
+        """
+        src = self._array("src", src)
+        idx = self._array("idx", idx)
+        if src.ndim not in (1, 2):
+            raise ValueError(f"src: expected a 1-D or 2-D array, got shape {tuple(src.shape)}")
+        if idx.dtype != np.int64 or idx.ndim != 1:
+            raise TypeError(f"idx: expected a 1-D int64 array, got {idx.dtype} "
+                            f"of shape {tuple(idx.shape)}")
+        out = self._out("out", out, (idx.shape[0], *src.shape[1:]), src.dtype, src, idx)
+        if (_VALUE_CHECKS.get() and idx.shape[0]
+                and self.arrays.count_outside(idx, 0, src.shape[0])):
+            raise IndexError(f"idx: expected indices in [0, {src.shape[0]})")
+        if idx.shape[0] and src.size:
+            self.arrays.take_rows(src, idx, out)
         return out
 
     # ----------------------------------------------------------- matmul
@@ -442,53 +463,75 @@ class Backend:
 
     # ------------------------------------------------------- validation
     def _array(self, name, x):
-        """Reject what is not an array of this backend; return it."""
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-        return x
+        """Reject what is not an array of this backend; a host array given to a device
+        backend (a read-only input) is copied over.  Returns the backend array."""
+        arrays = self.arrays
+        if arrays.is_array(x):
+            return x
+        if isinstance(x, np.ndarray):
+            if not x.flags.c_contiguous:
+                raise ValueError(f"{name}: expected a C-contiguous array; "
+                                 f"pass np.ascontiguousarray({name})")
+            return arrays.to_backend(x)
+        raise TypeError(f"{name}: expected {arrays.accepts}, got {type(x).__name__}")
 
     def _float(self, name, x, ndim=None, dtype=None, writable=False, check_values=True):
-        """Check a float input: type, dtype, ndim, layout, non-empty, finite."""
-        x = self._array(name, x)
+        """Check a float input: type, dtype, ndim, layout, non-empty, finite; return it
+        as a backend array."""
+        arrays = self.arrays
+        if not arrays.is_array(x):
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{name}: expected {arrays.accepts}, got {type(x).__name__}")
+            if writable:
+                raise TypeError(f"{name}: expected {arrays.name} (it is updated in place), "
+                                f"got a numpy.ndarray; move it with backend.asarray({name})")
         if dtype is None:
             if x.dtype not in self.dtypes:
                 allowed = " or ".join(str(d) for d in self.dtypes)
                 raise TypeError(f"{name}: expected dtype {allowed}, got {x.dtype}"
                                 f" (backend {self.name!r})")
         elif x.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype} to match the other inputs, got {x.dtype}")
+            raise TypeError(f"{name}: expected dtype {dtype} to match the other inputs, "
+                            f"got {x.dtype}")
+        shape = tuple(x.shape)
         if ndim is not None and x.ndim != ndim:
-            raise ValueError(f"{name}: expected a {ndim}-D array, got shape {x.shape}")
+            raise ValueError(f"{name}: expected a {ndim}-D array, got shape {shape}")
         if x.size == 0:
-            raise ValueError(f"{name}: empty array (shape {x.shape}); expected at least one element")
-        if not x.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array; pass np.ascontiguousarray({name})")
-        if writable and not x.flags.writeable:
+            raise ValueError(f"{name}: empty array (shape {shape}); "
+                             f"expected at least one element")
+        host = isinstance(x, np.ndarray)
+        if not (x.flags.c_contiguous if host else arrays.contiguous(x)):
+            raise ValueError(f"{name}: expected a C-contiguous array; "
+                             f"pass np.ascontiguousarray({name})")
+        if writable and not arrays.writable(x):
             raise ValueError(f"{name}: expected a writable array (it is updated in place)")
         if check_values and _VALUE_CHECKS.get():
-            self._finite(name, x)
-        return x
-
-    def _finite(self, name, x):
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
+            if not (bool(np.isfinite(x).all()) if host else arrays.all_finite(x)):
+                raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
+        return x if arrays.is_array(x) else arrays.to_backend(x)
 
     def _out(self, name, out, shape, dtype, *inputs):
         """Allocate ``out`` or check the given one; it must not overlap ``inputs``."""
+        arrays = self.arrays
         shape = tuple(shape)
         if out is None:
             return self.empty(shape, dtype)
-        out = self._array(name, out)
+        if not arrays.is_array(out):
+            got = "a numpy.ndarray" if isinstance(out, np.ndarray) else type(out).__name__
+            if arrays.device:
+                raise TypeError(f"{name}: expected {arrays.name} (outputs are written on "
+                                f"the device), got {got}; allocate it with backend.empty")
+            raise TypeError(f"{name}: expected {arrays.accepts}, got {got}")
         if out.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
-        if out.shape != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {out.shape}")
-        if not out.flags.c_contiguous:
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(out.shape)}")
+        if not arrays.contiguous(out):
             raise ValueError(f"{name}: expected a C-contiguous array")
-        if not out.flags.writeable:
+        if not arrays.writable(out):
             raise ValueError(f"{name}: expected a writable array")
         for x in inputs:
-            if np.may_share_memory(out, x):
+            if arrays.may_overlap(out, x):
                 raise ValueError(f"{name}: must not overlap an input of this kernel")
         return out
 
@@ -498,19 +541,11 @@ class Backend:
         Any other overlap — a shifted view of the same buffer, say — would make a
         compiled loop read what it already overwrote, so it is refused.
         """
+        arrays = self.arrays
         for x in inputs:
-            if self._may_overlap(out, x) and not self._same_memory(out, x):
+            if arrays.may_overlap(out, x) and not arrays.same_memory(out, x):
                 raise ValueError(f"{name}: partly overlaps an input; pass the input itself "
                                  f"(in place) or a separate array")
-
-    def _may_overlap(self, a, b) -> bool:
-        """Whether arrays ``a`` and ``b`` may share memory."""
-        return np.may_share_memory(a, b)
-
-    def _same_memory(self, a, b) -> bool:
-        """Whether C-contiguous arrays ``a`` and ``b`` are the same elements (same start and size)."""
-        return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-                and a.size == b.size and a.dtype == b.dtype)
 
     def _binary(self, pname, preds, tname, targets):
         """preds (B,) or (B, 1) floats and matching 0/1 targets, both as (B,) views."""
@@ -518,17 +553,17 @@ class Backend:
         if preds.ndim == 2 and preds.shape[1] == 1:
             preds = preds.reshape(-1)
         if preds.ndim != 1:
-            raise ValueError(f"{pname}: expected shape (B,) or (B, 1), got {preds.shape}")
+            raise ValueError(f"{pname}: expected shape (B,) or (B, 1), got {tuple(preds.shape)}")
         targets = self._float(tname, targets, dtype=preds.dtype)
         targets = targets.reshape(-1) if targets.ndim == 2 and targets.shape[1] == 1 else targets
-        if targets.shape != preds.shape:
+        if tuple(targets.shape) != tuple(preds.shape):
             raise ValueError(f"{tname}: expected {preds.shape[0]} targets to match {pname}, "
-                             f"got shape {targets.shape}")
+                             f"got shape {tuple(targets.shape)}")
         self._binary_values(tname, targets)
         return preds, targets
 
     def _binary_values(self, name, targets):
-        if not ((targets == 0) | (targets == 1)).all():
+        if self.arrays.count_not_binary(targets):
             raise ValueError(f"{name}: expected every target to be 0 or 1")
 
     def _regression(self, pname, preds, tname, targets):
@@ -545,9 +580,10 @@ class Backend:
 
     def _index_range(self, name, indices, high):
         """Every value of int64 ``indices`` lies in [0, high) (they index memory)."""
-        if indices.size and (indices.min() < 0 or indices.max() >= high):
+        if indices.size and self.arrays.count_outside(indices, 0, high):
+            values = self.to_numpy(indices)  # only to name the offending values
             raise ValueError(f"{name}: indices must lie in [0, {high}), "
-                             f"got values from {indices.min()} to {indices.max()}")
+                             f"got values from {values.min()} to {values.max()}")
 
     def _classes(self, zname, logits, lname, labels):
         """logits (B, C) floats and labels (B,) int64 in [0, C)."""
@@ -557,17 +593,17 @@ class Backend:
             raise TypeError(f"{lname}: expected dtype int64, got {labels.dtype}")
         if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
             raise ValueError(f"{lname}: expected shape ({logits.shape[0]},) to match {zname}, "
-                             f"got {labels.shape}")
-        if not labels.flags.c_contiguous:
+                             f"got {tuple(labels.shape)}")
+        if not self.arrays.contiguous(labels):
             raise ValueError(f"{lname}: expected a C-contiguous array")
         self._label_range(lname, labels, logits.shape[1])
         return logits, labels
 
     def _label_range(self, name, labels, n_classes):
-        low, high = labels.min(), labels.max()
-        if low < 0 or high >= n_classes:
+        if labels.size and self.arrays.count_outside(labels, 0, n_classes):
+            values = self.to_numpy(labels)  # only to name the offending values
             raise ValueError(f"{name}: labels must lie in [0, {n_classes}), "
-                             f"got values from {low} to {high}")
+                             f"got values from {values.min()} to {values.max()}")
 
 
 def _same(name, value, other_name, other):

@@ -1,0 +1,83 @@
+"""Array adapters: what the contract needs to know about a backend's arrays.
+
+``Backend`` validates every argument through one adapter, so the checks (and
+their error messages, in ``contract.py``) are written once for every device.
+An adapter answers questions about arrays of its device and makes new ones:
+
+    is_array(x)            an array this backend computes on
+    contiguous(x)          C-contiguous (host arrays too, for adapters that accept them)
+    writable(x)            may be written in place
+    may_overlap(a, b)      may share memory
+    same_memory(a, b)      exactly the same elements (same start and size)
+    all_finite(x)          no NaN or Inf
+    count_outside(x, lo, hi)   how many values lie outside [lo, hi)
+    count_not_binary(x)    how many values are neither 0 nor 1
+    to_backend(x)          a C-contiguous NumPy array as a backend array
+    to_numpy(x)            a NumPy array with the values of backend array x
+    asarray(x, dtype)      anything array-like as a C-contiguous backend array
+    empty(shape, dtype), zeros(shape, dtype)
+    take_rows(src, idx, out)   out[r] = src[idx[r]] for validated (N, F), (R,), (R, F) arrays
+
+``HostArrays`` is the adapter of the CPU backends (NumPy arrays); the CUDA
+backend's lives in ``fastsgd/backends/cuda/arrays.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class HostArrays:
+    """The adapter for NumPy arrays in host memory."""
+
+    #: What the backend takes, for error messages.
+    accepts = "a numpy.ndarray"
+    #: The backend's own kind of array.
+    name = "a numpy.ndarray"
+    #: Whether arrays live on a device (host arrays given for outputs are then refused).
+    device = False
+
+    def is_array(self, x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def contiguous(self, x) -> bool:
+        return bool(x.flags.c_contiguous)
+
+    def writable(self, x) -> bool:
+        return bool(x.flags.writeable)
+
+    def may_overlap(self, a, b) -> bool:
+        return bool(np.may_share_memory(a, b))
+
+    def same_memory(self, a, b) -> bool:
+        return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                and a.size == b.size and a.dtype == b.dtype)
+
+    def all_finite(self, x) -> bool:
+        return bool(np.isfinite(x).all())
+
+    def count_outside(self, x, low, high) -> int:
+        return int(np.count_nonzero((x < low) | (x >= high)))
+
+    def count_not_binary(self, x) -> int:
+        return int(np.count_nonzero((x != 0) & (x != 1)))
+
+    def to_backend(self, x) -> np.ndarray:
+        return x
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def asarray(self, x, dtype=np.float32) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def empty(self, shape, dtype=np.float32) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def take_rows(self, src, idx, out) -> None:
+        np.take(src, idx, axis=0, out=out)
+
+
+HOST = HostArrays()
