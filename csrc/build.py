@@ -5,12 +5,14 @@
 builds it in place for development.  The cdef is ``kernels.h`` itself, less its
 preprocessor lines, so the header is the single list of prototypes.
 
-Flags: ``-O3 -fopenmp``, never ``-march=native``: the binary must run on any x86-64.
+Flags: ``-O3 -pthread -fopenmp-simd``, never ``-march=native``: the binary must run on any x86-64.
 The compute functions carry their own AVX-512 / AVX2 versions instead, picked at run
 time (``internal.h``, ``gemm.c``).  ``-ffp-contract=fast`` lets GCC fuse multiply-adds
 into FMA there; ``-fno-trapping-math`` (nothing here reads floating-point exception
 flags) lets it compute both sides of a select, so the branch-free loops vectorize
-without masking.
+without masking.  No OpenMP runtime is linked (``-fopenmp-simd`` only reads the
+``omp simd`` hints): the threads are the library's own pool (``pool.c``), which sleeps
+soon after each job and survives ``fork()``.
 """
 import os
 import sys
@@ -20,10 +22,10 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
 
-SOURCES = ["gemm.c", "pointwise.c", "train.c"]
+SOURCES = ["gemm.c", "pointwise.c", "train.c", "pool.c", "peak.c"]
 HEADERS = ["kernels.h", "internal.h", "gemm_kernel.h"]
-COMPILE_ARGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math"]
-LINK_ARGS = ["-fopenmp"]
+COMPILE_ARGS = ["-O3", "-pthread", "-fopenmp-simd", "-ffp-contract=fast", "-fno-trapping-math"]
+LINK_ARGS = ["-pthread"]
 
 
 def cdef_from_header(path):

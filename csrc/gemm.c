@@ -23,7 +23,7 @@
  * the rows of C, or its columns (each then packing only its own panels of B) when B
  * is packed and much wider than A is tall, as in dx = dy @ w.T: apart from a shared
  * packed B, the threads share nothing but the fork and the join.  gemm() holds the
- * OpenMP region.
+ * pool job (pool.c).
  *
  * Instruction sets: the tile must match the register file (8 x 32 floats in 16 AVX-512
  * registers, 6 x 16 in 12 AVX2 registers, 6 x 8 in 12 SSE2 registers), so the block
@@ -36,10 +36,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "internal.h"
 #include "kernels.h"
@@ -229,17 +225,20 @@ FS_CLONES static void pack_b_panel(float *restrict bp, view B, int64_t p0, int64
 
 /* ---------------------------------------------------------------- threading */
 
-static int thread_limit = 0; /* 0: not read from OpenMP yet */
+static int thread_limit = 0; /* 0: not chosen yet */
+
+/* $FASTSGD_THREADS when it is a positive number, else the CPUs this process may use. */
+static int default_threads(void)
+{
+    const char *env = getenv("FASTSGD_THREADS");
+    const long n = env ? strtol(env, NULL, 10) : 0;
+    return n > 0 ? (int)(n < 256 ? n : 256) : fs_cpu_count();
+}
 
 int matmul_threads(void)
 {
-    if (thread_limit <= 0) {
-#ifdef _OPENMP
-        thread_limit = omp_get_max_threads();
-#else
-        thread_limit = 1;
-#endif
-    }
+    if (thread_limit <= 0)
+        thread_limit = default_threads();
     return thread_limit;
 }
 
@@ -248,24 +247,6 @@ int set_matmul_threads(int threads)
     int previous = matmul_threads();
     thread_limit = threads < 1 ? 1 : threads;
     return previous;
-}
-
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static int team_size(void)
-{
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
 }
 
 /* ---------------------------------------------------------- packing memory */
@@ -349,10 +330,11 @@ typedef struct {
     int64_t a_floats;
 } gemm_plan;
 
-/* Thread t of T's share of the product.  Called inside the parallel region, or alone
- * (T == 1), where the `omp for` runs every iteration and the barrier does nothing. */
-static void gemm_part(const gemm_plan *g, int t, int T)
+/* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
+ * barriers do nothing). */
+static void gemm_part(void *plan, int t, int T)
 {
+    const gemm_plan *g = plan;
     const int64_t M = g->M, K = g->K, N = g->N, kc_step = g->kc_step;
     const int64_t mr = g->ks->mr, nr = g->ks->nr;
     const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
@@ -393,13 +375,14 @@ static void gemm_part(const gemm_plan *g, int t, int T)
             }
         } else {
             /* The threads pack this chunk of B together, each panel once. */
-#pragma omp for schedule(static)
-            for (int64_t job = 0; job < n_blocks * n_panels; job++) {
+            const int64_t jobs = n_blocks * n_panels;
+            for (int64_t job = t * jobs / T; job < (t + 1) * jobs / T; job++) {
                 const int64_t blk = job / n_panels, jp = job % n_panels;
                 const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
                 pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, g->B, p0, kc,
                              jp * nr, min64(nr, N - jp * nr), nr);
-            } /* implicit barrier: B is packed */
+            }
+            fs_barrier(T); /* B is packed */
         }
 
         for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
@@ -413,9 +396,8 @@ static void gemm_part(const gemm_plan *g, int t, int T)
                                      p0 == 0 && g->bias ? g->bias + j0 : NULL);
             }
         }
-        if (!g->split_cols && chunk + g->chunk_depth < K) {
-#pragma omp barrier /* before the next chunk overwrites the packed B */
-        }
+        if (!g->split_cols && chunk + g->chunk_depth < K)
+            fs_barrier(T); /* before the next chunk overwrites the packed B */
     }
 }
 
@@ -468,12 +450,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     g.bp = buffer;
     g.ap = buffer + b_floats;
 
-    if (threads == 1) {
-        gemm_part(&g, 0, 1);
-    } else {
-#pragma omp parallel num_threads(threads)
-        gemm_part(&g, thread_id(), team_size());
-    }
+    fs_parallel(gemm_part, &g, threads);
     release_packing_buffer(buffer);
 }
 

@@ -32,4 +32,13 @@ typedef float v16sf __attribute__((vector_size(64)));
 void gemm_keep_buffers(void);
 void gemm_free_buffers(void);
 
+/* pool.c: fs_parallel(task, ctx, threads) runs task(ctx, t, T) for t < T <= threads,
+ * t = 0 on the calling thread, and returns when all are done (T may come out below
+ * `threads`, e.g. 1 while another thread's job runs).  Inside a task, fs_barrier(T)
+ * waits for the T threads of the job.  fs_cpu_count(): the CPUs this process may use. */
+typedef void (*fs_task)(void *ctx, int t, int T);
+void fs_parallel(fs_task task, void *ctx, int threads);
+void fs_barrier(int T);
+int fs_cpu_count(void);
+
 #endif /* FASTSGD_INTERNAL_H */

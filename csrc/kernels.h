@@ -49,8 +49,9 @@ void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
                      const float *restrict x, const float *restrict w,
                      const float *restrict dy, int64_t B, int64_t I, int64_t O);
 
-/* Threads the matmul family may use (initially the OpenMP default, e.g.
- * $OMP_NUM_THREADS or the core count; 1 when built without OpenMP). */
+/* Threads the kernels may use (the matmul family, the fused epoch, peak_gflops):
+ * initially $FASTSGD_THREADS when set to a positive number, else the CPUs this process
+ * may run on.  They are the library's own pool (pool.c), not OpenMP. */
 int matmul_threads(void);
 
 /* Sets that number (clamped to at least 1); returns the previous one. */
@@ -131,6 +132,16 @@ double binary_accuracy(const float *restrict preds, const float *restrict target
 /* mean(argmax(z_b) == label_b), first maximum on ties.   logits (B, C), labels (B,). */
 double multiclass_accuracy(const float *restrict logits, const int64_t *restrict labels,
                            int64_t B, int64_t C);
+
+/* ------------------------------------------------------- the machine (peak.c) */
+
+/* fp32 GFLOP/s of independent vector FMA chains on up to `threads` threads (< 1: the
+ * matmul_threads() count), the best of a few rounds within about `seconds`;
+ * *threads_used (unless NULL) gets the threads that ran. */
+double peak_gflops(double seconds, int threads, int *threads_used);
+
+/* The vector width peak_gflops runs: "avx512", "avx2" or "baseline". */
+const char *peak_isa(void);
 
 /* ------------------------------------------------------ fused epoch (train.c) */
 

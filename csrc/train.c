@@ -18,10 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "internal.h"
 #include "kernels.h"
 
@@ -31,43 +27,62 @@
 
 /* ------------------------------------------------------------- the batch */
 
+/* A job split over the pool's threads: rows (gather) or 64-byte lines (update). */
+typedef struct {
+    void *dst;
+    const void *src;
+    const int64_t *rows;
+    int64_t B;
+    size_t size;
+} gather_job;
+
+static void gather_part(void *job, int t, int T)
+{
+    const gather_job *g = job;
+    for (int64_t r = t * g->B / T; r < (t + 1) * g->B / T; r++)
+        memcpy((char *)g->dst + r * g->size, (const char *)g->src + g->rows[r] * g->size,
+               g->size);
+}
+
 /* dst[r] = src[rows[r]] for r < B, rows of `size` bytes.   src (N, size), dst (B, size). */
 static void gather_rows(void *restrict dst, const void *restrict src,
                         const int64_t *restrict rows, int64_t B, size_t size)
 {
     const int threads = (int64_t)(B * size) >= PARALLEL_MIN_FLOATS * (int64_t)sizeof(float)
                             ? matmul_threads() : 1;
-    (void)threads;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t r = 0; r < B; r++)
-        memcpy((char *)dst + r * size, (const char *)src + rows[r] * size, size);
+    gather_job job = {dst, src, rows, B, size};
+    fs_parallel(gather_part, &job, threads);
 }
 
 /* ------------------------------------------------------------ the update */
+
+typedef struct {
+    float *param, *velocity;
+    const float *grad;
+    int64_t n;
+    float lr, momentum, weight_decay;
+} update_job;
+
+static void update_part(void *job, int t, int T)
+{
+    const update_job *u = job;
+    const int64_t lines = (u->n + 15) / 16;
+    const int64_t lo = 16 * (t * lines / T);
+    int64_t hi = 16 * ((t + 1) * lines / T);
+    hi = hi < u->n ? hi : u->n;
+    if (lo < hi)
+        sgd_update(u->param + lo, u->velocity ? u->velocity + lo : NULL, u->grad + lo,
+                   hi - lo, u->lr, u->momentum, u->weight_decay);
+}
 
 /* sgd_update of the whole block, its elements split among the threads in ranges of
  * whole 64-byte lines; element by element the same update, so the same result. */
 static void sgd_update_parallel(float *param, float *velocity, const float *grad, int64_t n,
                                 float lr, float momentum, float weight_decay)
 {
-#ifdef _OPENMP
     const int threads = n >= PARALLEL_MIN_FLOATS ? matmul_threads() : 1;
-    if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-        {
-            const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int64_t lines = (n + 15) / 16;
-            const int64_t lo = 16 * (t * lines / T);
-            int64_t hi = 16 * ((t + 1) * lines / T);
-            hi = hi < n ? hi : n;
-            if (lo < hi)
-                sgd_update(param + lo, velocity ? velocity + lo : NULL, grad + lo, hi - lo,
-                           lr, momentum, weight_decay);
-        }
-        return;
-    }
-#endif
-    sgd_update(param, velocity, grad, n, lr, momentum, weight_decay);
+    update_job job = {param, velocity, grad, n, lr, momentum, weight_decay};
+    fs_parallel(update_part, &job, threads);
 }
 
 /* --------------------------------------------------------------- scratch */

@@ -4,28 +4,21 @@ import pytest
 
 from fastsgd import backends
 
+from .helpers import backend_params
 
-#: Backends whose arrays live on a device; their own suite (tests_cuda) runs them.
-DEVICE_BACKENDS = {"cuda": "the cuda backend takes device arrays: tests_cuda covers it"}
-
-
-def backend_params():
-    """Every host backend as a pytest param; an unavailable one is skipped with its reason."""
-    params = []
-    for name, status in backends.available().items():
-        if name in DEVICE_BACKENDS:
-            reason = DEVICE_BACKENDS[name]
-        else:
-            reason = None if status is True else f"{name} unavailable: {status}"
-        marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+__all__ = ["backend_params"]
 
 
 @pytest.fixture(params=backend_params())
-def kernels(request):
+def backend(request):
     """A backend under test (every backend, the reference included)."""
     return backends.get(request.param)
+
+
+@pytest.fixture
+def kernels(backend):
+    """The backend under test, by its older fixture name."""
+    return backend
 
 
 @pytest.fixture

@@ -384,3 +384,20 @@ def test_plots_without_matplotlib_fail_with_one_line(monkeypatch, tmp_path, caps
     assert main(["train", "--plot", str(tmp_path / "l.png"), "--no-progress"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all("pip install 'fastsgd[plot]'" in e for e in errors)
+
+
+def test_a_second_peak_measurement_keeps_the_best(monkeypatch):
+    info = {"peak_gflops": 10.0, "peak_source": "measured: first", "peak_measurements": [10.0],
+            "peak_measured_at": 0.0, "cores": 2, "flops_per_cycle": 32}
+    monkeypatch.setattr(machine, "measure_peak",
+                        lambda: (machine.Peak(20.0, "second"), [{"probe": "p", "gflops": 20.0}]))
+    machine.remeasure_peak(info)
+    assert info["peak_gflops"] == 20.0 and info["peak_measurements"] == [10.0, 20.0]
+    assert info["peak_source"] == "measured: second [the best of 2 measurements]"
+    assert info["clock_ghz_estimate"] == pytest.approx(20.0 / 64)
+    monkeypatch.setattr(machine, "measure_peak", lambda: (machine.Peak(5.0, "third"), []))
+    machine.remeasure_peak(info, after_s=0.0)
+    assert info["peak_gflops"] == 20.0 and info["peak_measurements"][-1] == 5.0
+    before = dict(info)
+    machine.remeasure_peak(info)   # measured a moment ago: nothing to do
+    assert info == before

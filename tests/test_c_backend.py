@@ -785,3 +785,12 @@ def test_train_epoch_rejects_bad_input(c_ext, loss_kind, change, error, match):
     change(args)
     with pytest.raises(error, match=match):
         c_ext.train_epoch(**args)
+
+
+@needs_c
+@pytest.mark.parametrize("classes", [3, 10, 40])
+def test_cross_entropy_of_equal_huge_logits_is_log_of_the_classes(c_ext, classes):
+    logits = np.full((5, classes), 1e16, np.float32)
+    labels = np.arange(5, dtype=np.int64) % classes
+    assert c_ext.cross_entropy_forward(logits, labels) == pytest.approx(np.log(classes),
+                                                                        rel=1e-6)

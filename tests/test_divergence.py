@@ -4,8 +4,7 @@ import pytest
 
 import fastsgd as fs
 
-from .conftest import backend_params
-from .test_learner import make_learner, separable
+from .helpers import backend_params, make_learner, separable
 
 PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="layered")]
 

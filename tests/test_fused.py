@@ -7,22 +7,9 @@ from fastsgd import backends
 from fastsgd.backends import program as prog
 from fastsgd.fused import NotFusable, plan
 
-from .conftest import DEVICE_BACKENDS
+from .helpers import BAD_EPOCHS, changed, epoch_inputs, fused_backends
 
 ACTIVATIONS = (fs.ReLU, fs.Sigmoid, fs.Tanh)
-
-
-def fused_backends():
-    """Every host backend as a param; those without a fused kernel or unavailable are skipped."""
-    params = []
-    for name, status in backends.available().items():
-        if name in DEVICE_BACKENDS:
-            continue
-        reason = None if status is True else f"{name} unavailable: {status}"
-        if reason is None and not backends.get(name).supports("train_epoch"):
-            reason = f"{name} has no fused train_epoch kernel"
-        params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else []))
-    return params
 
 
 def regression(n, features, outputs, seed):
@@ -102,12 +89,16 @@ def test_random_programs_train_fused_exactly_like_layer_by_layer(backend, seed):
 @pytest.mark.parametrize("backend", fused_backends())
 def test_the_named_models_train_fused_and_agree_with_the_layer_path(backend):
     x, labels = task(fs.cross_entropy, 400, 784, 10, seed=1)
-    deep = lambda: fs.Sequential(fs.Linear(784, 256), fs.ReLU(), fs.Linear(256, 128), fs.Tanh(),
-                                 fs.Linear(128, 10))
+    def deep():
+        return fs.Sequential(fs.Linear(784, 256), fs.ReLU(), fs.Linear(256, 128), fs.Tanh(),
+                             fs.Linear(128, 10))
+
     assert_same_training(backend, deep, fs.cross_entropy, x * 0.1, labels, momentum=0.9)
     x, y = task(fs.mnist_loss, 400, 784, 1, seed=2)
-    sigmoid_net = lambda: fs.Sequential(fs.Linear(784, 30), fs.Sigmoid(), fs.Linear(30, 20),
-                                        fs.Sigmoid(), fs.Linear(20, 1))
+    def sigmoid_net():
+        return fs.Sequential(fs.Linear(784, 30), fs.Sigmoid(), fs.Linear(30, 20), fs.Sigmoid(),
+                             fs.Linear(20, 1))
+
     assert_same_training(backend, sigmoid_net, fs.mnist_loss, x, y, lr=1.0)
     x, y = regression(400, 13, 1, seed=3)
     assert_same_training(backend, lambda: fs.Sequential(fs.Linear(13, 1)), fs.mse, x, y, lr=0.01)
@@ -132,7 +123,9 @@ def test_a_loss_built_from_the_mnist_loss_kernels_trains_exactly_like_mnist_loss
     mine = fs.Loss("my_mnist_loss", np.float32, "mnist_loss_forward", "mnist_loss_backward")
     assert mine.kind == "mnist_loss" and mine.targets == "binary"
     x, y = task(fs.mnist_loss, 300, 20, 1, seed=4)
-    build = lambda: fs.Sequential(fs.Linear(20, 1))
+    def build():
+        return fs.Sequential(fs.Linear(20, 1))
+
     theirs, w_theirs = train(backend, build, fs.mnist_loss, x, y, fused=True, lr=1.0)
     ours, w_ours = train(backend, build, mine, x, y, fused=True, lr=1.0)
     assert ours.fused is True
@@ -193,7 +186,9 @@ def test_learner_says_which_path_runs_and_why():
 @pytest.mark.parametrize("backend", fused_backends())
 def test_fused_training_that_diverges_stops_like_the_layer_path(backend):
     x, y = task(fs.cross_entropy, 300, 20, 2, seed=7)
-    build = lambda: fs.Sequential(fs.Linear(20, 2))
+    def build():
+        return fs.Sequential(fs.Linear(20, 2))
+
     with pytest.raises(fs.TrainingDiverged, match="lower the learning rate"):
         train(backend, build, fs.cross_entropy, x * 1e4, y, fused=True, lr=1e38, epochs=2)
 
@@ -202,7 +197,9 @@ def test_fused_training_that_diverges_stops_like_the_layer_path(backend):
 def test_a_fit_after_load_or_between_fits_continues_exactly(backend, tmp_path):
     """Fused fits keep parameters and velocities in their blocks across fits and reloads."""
     x, y = task(fs.cross_entropy, 300, 12, 3, seed=8)
-    build = lambda: fs.Sequential(fs.Linear(12, 7), fs.Tanh(), fs.Linear(7, 3))
+    def build():
+        return fs.Sequential(fs.Linear(12, 7), fs.Tanh(), fs.Linear(7, 3))
+
     _, straight = train(backend, build, fs.cross_entropy, x, y, fused=True, epochs=4, momentum=0.9,
                         schedule="constant")
     fs.set_seed(11)
@@ -223,60 +220,6 @@ def test_a_fit_after_load_or_between_fits_continues_exactly(backend, tmp_path):
 
 
 # ---------------------------------------------------------------- the kernel's front door
-def epoch_inputs(loss_kind=prog.CROSS_ENTROPY, n=20, bs=8):
-    """Arguments of ``Backend.train_epoch`` for Linear(5, 4)-ReLU-Linear(4, 3)."""
-    layers, n_params = prog.layer_table([("linear", 5, 4), ("relu", 4, 4), ("linear", 4, 3)])
-    rng = np.random.default_rng(0)
-    targets = {prog.CROSS_ENTROPY: rng.integers(0, 3, n),
-               prog.MSE: rng.standard_normal((n, 3)).astype(np.float32)}[loss_kind]
-    steps = -(-n // bs)
-    return dict(layers=layers, loss_kind=loss_kind, x=rng.standard_normal((n, 5)).astype(np.float32),
-                targets=targets, order=rng.permutation(n), bs=bs,
-                lrs=np.full(steps, 0.1, np.float32), params=rng.standard_normal(n_params).astype(np.float32),
-                grads=np.zeros(n_params, np.float32), velocities=np.zeros(n_params, np.float32),
-                momentum=0.9, weight_decay=0.0)
-
-
-def changed(**changes):
-    args = epoch_inputs()
-    for key, value in changes.items():
-        args[key] = value(args) if callable(value) else value
-    return args
-
-
-BAD_EPOCHS = [
-    (dict(order=lambda a: np.where(a["order"] == 0, 20, a["order"])), ValueError, "order: indices must lie in [0, 20)"),
-    (dict(order=lambda a: a["order"] - 1), ValueError, "order: indices must lie in [0, 20)"),
-    (dict(order=lambda a: a["order"][:-1]), ValueError, "order: expected int64 of shape (20,)"),
-    (dict(order=lambda a: a["order"].astype(np.int32)), ValueError, "order: expected int64"),
-    (dict(targets=lambda a: np.where(a["targets"] == 2, 3, a["targets"])), ValueError,
-     "targets: labels must lie in [0, 3)"),
-    (dict(targets=lambda a: a["targets"].astype(np.float32)), ValueError, "targets: cross_entropy expects int64"),
-    (dict(loss_kind=prog.MNIST_LOSS, targets=np.zeros(20, np.float32)), ValueError,
-     "mnist_loss needs a program with one output"),
-    (dict(loss_kind=7), ValueError, "loss_kind: expected one of"),
-    (dict(layers=lambda a: a["layers"][:, :3].copy()), ValueError, "layers: expected shape (L, 4)"),
-    (dict(layers=lambda a: a["layers"].astype(np.int32)), TypeError, "layers: expected an int64"),
-    (dict(layers=lambda a: np.where(np.arange(4) == 3, 50, a["layers"])), ValueError,
-     "but the parameter block holds 39 floats"),
-    (dict(layers=lambda a: np.array([[0, 5, 4, 0], [1, 4, 4, -1], [0, 5, 3, 24]], np.int64)), ValueError,
-     "layers[2]: n_in is 5 but the layer before gives 4"),
-    (dict(layers=lambda a: np.array([[0, 5, 4, 0], [9, 4, 4, -1], [0, 4, 3, 24]], np.int64)), ValueError,
-     "layers[1]: unknown kind 9"),
-    (dict(layers=lambda a: np.array([[1, 5, 5, -1]], np.int64)), ValueError, "at least one LINEAR"),
-    (dict(x=lambda a: a["x"][:, :4].copy()), ValueError, "x.shape[1] is 4 but layers[0] n_in is 5"),
-    (dict(params=lambda a: a["params"][:-1].copy()), ValueError, "parameter block holds 38 floats"),
-    (dict(grads=lambda a: a["grads"][:-1].copy()), ValueError, "grads: expected shape (39,)"),
-    (dict(velocities=None), ValueError, "velocities are required when momentum != 0"),
-    (dict(velocities=lambda a: a["params"]), ValueError, "velocities: must not overlap"),
-    (dict(lrs=lambda a: a["lrs"][:2].copy()), ValueError, "lrs: expected shape (3,)"),
-    (dict(lrs=lambda a: np.array([0.1, -1, 0.1], np.float32)), ValueError, "lrs: expected finite learning rates >= 0"),
-    (dict(lrs=lambda a: np.array([0.1, np.nan, 0.1], np.float32)), ValueError, "lrs: expected finite"),
-    (dict(bs=0), ValueError, "bs: expected a positive integer"),
-    (dict(momentum=2.0), ValueError, "momentum: expected a finite number in [0.0, 1.0]"),
-]
-
-
 @pytest.mark.parametrize("backend", fused_backends())
 @pytest.mark.parametrize("changes, error, text", BAD_EPOCHS, ids=[c[2][:40] for c in BAD_EPOCHS])
 def test_train_epoch_rejects_bad_input_before_any_compiled_code_runs(backend, changes, error, text):

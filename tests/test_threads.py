@@ -7,8 +7,7 @@ import pytest
 import fastsgd as fs
 from fastsgd import backends
 
-from .conftest import backend_params
-from .test_learner import make_learner, separable
+from .helpers import backend_params, make_learner, separable
 
 
 @pytest.mark.parametrize("backend", backend_params())

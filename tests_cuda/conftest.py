@@ -6,6 +6,10 @@
 The simulator is read when Numba is first imported, so this file switches it on
 before anything else can import Numba: run this directory as its own pytest
 invocation (together with ``tests/`` it would come too late, and this file says so).
+
+``test_suite.py`` runs the shared kernel and bad-input suites of ``tests/`` on
+cuda (small shapes in the simulator: ``tests/helpers.py`` reads the switch); the
+other modules here test what only the device backend does.
 """
 import os
 import sys
@@ -25,18 +29,17 @@ import pytest  # noqa: E402
 
 from fastsgd import backends  # noqa: E402
 
-#: (m, k, n) as in tests/test_kernels.py: m the batch, k the in-features, n the outputs or classes.
-#: In the simulator (tiles of 4, blocks of 16 threads) these cross tile, block and
-#: grid-stride edges while each launch stays at a few hundred simulated threads.
-SHAPES = ([(1, 1, 1), (1, 7, 33), (7, 33, 1), (64, 784, 128), (256, 784, 128), (256, 128, 10),
-           (3, 784, 128), (65, 33, 10), (257, 129, 7), (1000, 31, 17)] if ON_DEVICE else
-          [(1, 1, 1), (5, 9, 6), (9, 3, 2), (2, 6, 9), (20, 3, 5)])
-
 
 @pytest.fixture(scope="session")
 def cu():
     """The CUDA backend (an error with the reason when it is unavailable)."""
     return backends.get("cuda")
+
+
+@pytest.fixture(scope="session")
+def backend(cu):
+    """The backend under test of the shared suites (tests/kernel_suite.py, bad_input_suite.py)."""
+    return cu
 
 
 @pytest.fixture(scope="session")

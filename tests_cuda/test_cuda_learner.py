@@ -2,8 +2,19 @@
 import numpy as np
 import pytest
 
-from fastsgd import SGD, DataLoaders, Learner, Linear, ReLU, Sequential, Tanh, batch_accuracy
-from fastsgd import cross_entropy, mnist_loss, mse
+from fastsgd import (
+    SGD,
+    DataLoaders,
+    Learner,
+    Linear,
+    ReLU,
+    Sequential,
+    Tanh,
+    batch_accuracy,
+    cross_entropy,
+    mnist_loss,
+    mse,
+)
 from fastsgd.backends import cuda as cuda_backend
 
 from .conftest import ON_DEVICE

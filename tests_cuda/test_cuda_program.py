@@ -11,7 +11,7 @@ import pytest
 from fastsgd import backends
 from fastsgd.backends import cuda as cuda_backend
 from fastsgd.backends import program as prog
-from tests.test_fused import BAD_EPOCHS, changed
+from tests.helpers import BAD_EPOCHS, changed
 
 #: name -> (layers as (kind, n_in, n_out), loss kind): every layer kind and every loss.
 PROGRAMS = {

@@ -10,8 +10,8 @@ a grid sync (it calls the device runtime's cooperative-groups functions) is
 assembled as relocatable code and linked against ``libcudadevrt.a`` with
 ``nvlink``, as Numba does on a GPU.  Whatever is missing is a skip with the
 reason.  The kernels and their argument types come from
-``fastsgd.backends.cuda.KERNEL_SIGNATURES``, which a test below checks against
-the kernels the module defines.
+``fastsgd.backends.cuda.KERNEL_SIGNATURES`` (filled by each kernel's ``@kernel``
+decorator), which a test below checks against the kernels the package defines.
 """
 import functools
 import os
@@ -26,7 +26,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != "0":
                 allow_module_level=True)
 pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip install 'fastsgd[cuda-ptx]')")
 
-from fastsgd.backends import cuda as cuda_backend  # noqa: E402
+from fastsgd.backends import cuda as cuda_backend
 
 CC = (9, 0)
 ARCH = f"sm_{CC[0]}{CC[1]}"

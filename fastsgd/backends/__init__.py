@@ -22,8 +22,9 @@ __all__ = ["KERNELS", "Backend", "available", "get", "default_name", "names",
 
 #: name -> (module, float dtypes it computes in); the order is the default preference,
 #: fastest first for the book's models: the compiled CPU backends train a whole epoch
-#: per call, while ``cuda`` pays a launch per kernel and wins only on large layers,
-#: so it is used when asked for by name.
+#: per call on host arrays, while ``cuda`` copies data to the device and pays a launch
+#: (and, with value checks on, a read-back) per call, so on the book's small layers it
+#: is used when asked for by name.
 _REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "c": ("fastsgd.backends.c_ext", ("float32",)),
     "numba": ("fastsgd.backends.numba_cpu", ("float32",)),

@@ -3,7 +3,7 @@
 The sources live in ``csrc/`` (``kernels.h`` lists every C function with its
 shapes); ``pip install .`` or ``pip install -e .`` builds them into
 ``fastsgd._ckernels``.  The matmuls pack their operands into panels and run a
-register-blocked micro-kernel, threaded with OpenMP.  The micro-kernel exists
+register-blocked micro-kernel on the library's own threads (see ``set_threads``).  The micro-kernel exists
 for AVX-512, AVX2 and baseline x86-64 (each with its own register tile) and the
 elementwise kernels are compiled for the same three; the best the CPU runs is
 picked at run time (``isa()`` says which matmul kernel is in use).
@@ -453,13 +453,35 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
 
 # ------------------------------------------------------------------ threads
 def threads() -> int:
-    """How many threads the matmul kernels may use (OpenMP's default at first)."""
+    """How many threads the C kernels may use (see ``set_threads``)."""
     return lib.matmul_threads()
 
 
 def set_threads(n: int) -> int:
-    """Let the matmul kernels use at most ``n`` threads; returns the previous limit."""
+    """Let the C kernels use at most ``n`` threads; returns the previous limit.
+
+    The matmuls, the fused epoch and ``peak_gflops`` run on a small pool of threads of
+    this library's own (no OpenMP runtime): the calling thread works too, and between
+    jobs the others spin for at most about 50 us, then sleep, so NumPy's BLAS or
+    another busy process gets the cores back at once.  The limit starts at
+    ``FASTSGD_THREADS`` (read when the library first needs it) when that is a positive
+    number, else at the CPUs this process may run on; ``OMP_NUM_THREADS`` does not
+    apply.  A kernel called while another Python thread's kernel holds the pool runs on
+    its caller's thread alone.  After ``os.fork()`` the child starts its own threads.
+    """
     return lib.set_matmul_threads(int(n))
+
+
+def peak_gflops(seconds: float = 0.2, threads: int = 0) -> tuple[float, str, int]:
+    """The machine's fp32 multiply-add peak, measured: ``(GFLOP/s, isa, threads used)``.
+
+    Independent FMA chains on the widest vectors this CPU runs (``isa``: "avx512",
+    "avx2" or "baseline") on ``threads`` threads (0: ``threads()``), the best of a few
+    rounds within about ``seconds``.  A busy machine gives less.
+    """
+    used = ffi.new("int *")
+    rate = lib.peak_gflops(float(seconds), int(threads), used)
+    return rate, ffi.string(lib.peak_isa()).decode(), used[0]
 
 
 #: The matmul micro-kernels, fastest first (each has its own register tile).

@@ -7,14 +7,31 @@ Dimension letters as in ``contract.py``.
 
 ``parallel=True`` is used only on the matmul family, where threads pay at the
 training shapes; ``fastmath=True`` where it lets LLVM vectorise a reduction.
+
+Threads: unless ``NUMBA_THREADING_LAYER`` is set (or the process already chose a
+layer), importing this module selects Numba's ``workqueue`` layer instead of its
+default, GNU OpenMP: OpenMP's workers spin after each kernel, stalling NumPy's BLAS
+and other busy processes, and a process that forks after an OpenMP region cannot run
+parallel code in the child.  Workqueue workers sleep between kernels and the child of
+a fork starts its own.  Workqueue must not be entered by two threads at once, so the
+parallel kernels here take a lock (kernels from several Python threads run one at a
+time).  ``numba.set_num_threads`` sets their thread count.
 """
 import math
+import os
+import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from . import program as prog
+
+if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+
+#: Held around every parallel kernel (see the module docstring).
+_PARALLEL = threading.Lock()
 
 #: Elementwise kernels use fastmath without the no-NaN / no-Inf assumptions, so NaN in
 #: gives NaN out (as in NumPy); the matmuls, which only multiply and add, keep full
@@ -97,11 +114,18 @@ def _gemm(a, b, out, transposed):
 
 def matmul(a, b, out):
     """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
-    _gemm(a, b, out, False)
+    with _PARALLEL:
+        _gemm(a, b, out, False)
+
+
+def matmul_backward_input(dy, w, dx):
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
+    with _PARALLEL:
+        _backward_input(dy, w, dx)
 
 
 @njit(**_MATMUL)
-def matmul_backward_input(dy, w, dx):
+def _backward_input(dy, w, dx):
     """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): dot products of rows."""
     B, O = dy.shape
     I = w.shape[0]
@@ -115,7 +139,8 @@ def matmul_backward_input(dy, w, dx):
 
 def matmul_backward_weight(x, dy, dw):
     """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
-    _gemm(x, dy, dw, True)
+    with _PARALLEL:
+        _gemm(x, dy, dw, True)
 
 
 @njit(**_ELEMENTWISE)
@@ -140,15 +165,17 @@ def _add_bias(out, b):
 
 def linear_forward(x, w, b, out):
     """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
-    _gemm(x, w, out, False)
+    with _PARALLEL:
+        _gemm(x, w, out, False)
     _add_bias(out, b)
 
 
 def linear_backward(x, w, dy, dx, dw, db):
     """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
-    if dx is not None:
-        matmul_backward_input(dy, w, dx)
-    _gemm(x, dy, dw, True)
+    with _PARALLEL:
+        if dx is not None:
+            _backward_input(dy, w, dx)
+        _gemm(x, dy, dw, True)
     bias_backward(dy, db)
 
 
@@ -474,7 +501,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
                 _gemm(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
-                    matmul_backward_input(d_out, params[at:w_end].reshape((n_in, n_out)), d_in)
+                    _backward_input(d_out, params[at:w_end].reshape((n_in, n_out)), d_in)
             elif kind == _RELU:
                 _relu_backward_flat(a_in.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
             elif kind == _SIGMOID:
@@ -514,6 +541,7 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)
-    return _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs,
-                        np.float32(momentum), np.float32(weight_decay), params, grads,
-                        velocities, use_momentum, losses)
+    with _PARALLEL:
+        return _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs,
+                            np.float32(momentum), np.float32(weight_decay), params, grads,
+                            velocities, use_momentum, losses)

@@ -180,7 +180,7 @@ def run_worker(spec: EpochSpec) -> dict:
             **stats.as_dict(), **notes}
 
 
-def run_in_process(spec: EpochSpec, timeout: float = 900) -> dict:
+def run_in_process(spec: EpochSpec, timeout: float = 600) -> dict:
     """``run_worker(spec)`` in a child process of its own (``python -m fastsgd.bench.worker``)."""
     from .machine import child_env
     env = child_env(strip_openblas=False)   # the child runs as this process does

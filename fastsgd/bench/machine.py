@@ -256,11 +256,33 @@ def machine_info() -> dict:
                                        if k in os.environ},
         "openblas_warning": openblas_warning(blas and blas["architecture"], peak.architecture),
         "peak_gflops": peak.gflops, "peak_source": f"measured: {peak.source}",
-        "peak_probes": probes,
+        "peak_probes": probes, "peak_measurements": [peak.gflops],
+        "peak_measured_at": time.time(),
         "bandwidth_gbs": copy_bandwidth(),
         "bandwidth_source": "measured: NumPy copy of 64 MiB (read + write), best of 5, one thread",
         "load_average": load_average(),
         "thread_limiting": "threadpoolctl" if importlib.util.find_spec("threadpoolctl")
         else "off (threadpoolctl is not installed)",
     }
+    return info
+
+
+def remeasure_peak(info: dict, after_s: float = 30.0) -> dict:
+    """Measure the peak again, unless it was measured less than ``after_s`` seconds ago,
+    and keep the best in ``info`` (changed in place).
+
+    A peak measured while other work ran reads low and makes rows exceed it; another
+    measurement at the end of a long run lowers that risk.
+    """
+    if time.time() - info.get("peak_measured_at", 0.0) < after_s:
+        return info
+    peak, probes = measure_peak()
+    info["peak_measured_at"] = time.time()
+    info["peak_measurements"] = info.get("peak_measurements", []) + [peak.gflops]
+    if peak.gflops > info["peak_gflops"]:
+        per_core = info["cores"] * info["flops_per_cycle"]
+        info.update(peak_gflops=peak.gflops, peak_source=f"measured: {peak.source}",
+                    peak_probes=probes, clock_ghz_estimate=peak.gflops / per_core)
+    n = len(info["peak_measurements"])
+    info["peak_source"] = info["peak_source"].split(" [")[0] + f" [the best of {n} measurements]"
     return info

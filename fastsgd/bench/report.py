@@ -169,7 +169,8 @@ class _EpochCells:
     def __call__(self, row):
         return [str(row["batch"]), row["backend"], *_timing_cells(row), _num(row["rate"]),
                 _pct(row), _ratio(row["speedup_vs_numpy"]), _ratio(row["speedup_vs_torch"]),
-                format_seconds(row["compile_s"]), f"{row['train_loss']:.5f}", _note(row)]
+                format_seconds(row["compile_s"]) if row["compile_s"] >= 1e-3 else "0",
+                f"{row['train_loss']:.5f}", _note(row)]
 
     @staticmethod
     def lead(row):

@@ -21,7 +21,7 @@ from . import peers
 from .cases import (EPOCH_SAMPLES, LR, Case, ValidationError, check, items, kernel_data,
                     parse_kernels, parse_sizes, select_cases)
 from .epochs import EPOCH_SIZES, EpochSpec, compare as compare_epochs, run_in_process
-from .machine import load_average, machine_info
+from .machine import load_average, machine_info, remeasure_peak
 from .stats import measure, quiet_pools, time_call
 
 
@@ -140,15 +140,22 @@ def _row(case: Case, runner: str) -> dict:
             "speedup_vs_numpy": None, "speedup_vs_torch": None, "max_error": None, "load": None}
 
 
-def _finish(row: dict, case: Case, machine: dict) -> dict:
-    """Rate, % of the measured peak (flop rows on the CPU) and the over-peak flag."""
-    row["rate"] = case.rate(row["median_s"])
-    if case.flop and row["device"] == "cpu":
-        row["pct_peak"] = 100.0 * row["rate"] / machine["peak_gflops"]
+def apply_peak(row: dict, peak_gflops: float) -> dict:
+    """``pct_peak`` of a flop row on the CPU, and the ``over_peak`` flag when it exceeds 100."""
+    flags = [f for f in row["flags"] if f != "over_peak"]
+    if row["status"] == "ok" and row["flop"] and row["device"] == "cpu":
+        row["pct_peak"] = 100.0 * row["rate"] / peak_gflops
         if row["pct_peak"] > 100.0:   # faster than the machine can go: a measuring error
-            row["flags"] = row["flags"] + ["over_peak"]
-    row["load"] = (load_average() or [None])[0]
+            flags.append("over_peak")
+    row["flags"] = flags
     return row
+
+
+def _finish(row: dict, case: Case, machine: dict) -> dict:
+    """Rate, % of the measured peak and the load average now."""
+    row["rate"] = case.rate(row["median_s"])
+    row["load"] = (load_average() or [None])[0]
+    return apply_peak(row, machine["peak_gflops"])
 
 
 def kernel_row(case: Case, runner: str, machine: dict, budget: float = 0.05,
@@ -270,6 +277,10 @@ def run_bench(kernels=None, backends=None, sizes=None, json_path=None, plot_path
     for case, names in epoch_jobs:
         bar.set_postfix_str(f"{case.group} (own processes)")
         rows += epoch_rows(case, names, machine, spec, on_row=lambda row: bar.update())
+    bar.set_postfix_str("measuring the peak again")
+    remeasure_peak(machine)   # the best of two: the load may have changed during the run
+    for row in rows:
+        apply_peak(row, machine["peak_gflops"])
     bar.close()
     add_speedups(rows)
     from . import report

@@ -4,14 +4,15 @@ Device arrays in, device arrays out: Numba CUDA device arrays
 (``numba.cuda.to_device``, ``backend.asarray``), float32 (int64 for labels and
 gather indices), C-contiguous.  Outputs and arrays updated in place must be
 device arrays; read-only inputs may also be NumPy arrays (copied over on every
-call).  Losses and accuracies return Python floats, so they wait for the device;
-every other launcher returns as soon as its kernel is queued.
+call).  Losses and accuracies return Python floats, and the value checks (NaN/Inf
+scan, label and target ranges) read one number back, so those calls wait for the
+device; inside ``skip_value_checks`` the other kernels return once queued.
 
 Layout:
     compat.py       the NumPy compatibility shim numba-cuda needs (imported first)
     launch.py       launch shapes, ``@kernel`` (records each kernel's PTX signatures),
                     launch helpers
-    device.py       inline device functions: sigmoid, row_logsumexp, block_sum
+    device.py       inline device functions: sigmoid, row_max_sum_exp, block_sum
     matmul.py       matmul, linear and bias-gradient kernels
     elementwise.py  activations
     losses.py       losses forward and backward
@@ -34,23 +35,41 @@ from . import compat  # noqa: F401  (before Numba's CUDA target loads)
 if importlib.util.find_spec("numba_cuda") is None:
     raise ImportError("numba-cuda is not installed (pip install 'fastsgd[cuda]')")
 
-import sys  # noqa: E402
+import sys
 
-import numpy as np  # noqa: E402
-from numba import cuda  # noqa: E402
+import numpy as np
+from numba import cuda
 
-from ..contract import Backend  # noqa: E402
-from .arrays import DEVICE, DeviceArrays, is_device_array  # noqa: E402
-from .checks import all_finite, count_not_binary, count_outside, take_rows  # noqa: E402
-from .elementwise import (relu_backward, relu_forward, sigmoid_backward,  # noqa: E402
-                          sigmoid_forward, tanh_backward, tanh_forward)
-from .launch import BLOCK, KERNEL_SIGNATURES, SIMULATED, TILE  # noqa: E402
-from .losses import (cross_entropy_backward, cross_entropy_forward,  # noqa: E402
-                     mnist_loss_backward, mnist_loss_forward, mse_backward, mse_forward)
-from .matmul import (bias_backward, linear_backward, linear_forward, matmul,  # noqa: E402
-                     matmul_backward_input, matmul_backward_weight)
-from .optimizer import binary_accuracy, multiclass_accuracy, sgd_update  # noqa: E402
-from .program import DEVICE_ONLY_KERNELS, EPOCH_BLOCK, train_epoch  # noqa: E402
+from ..contract import Backend
+from .arrays import DEVICE, DeviceArrays, is_device_array
+from .checks import all_finite, count_not_binary, count_outside, take_rows
+from .elementwise import (
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    tanh_backward,
+    tanh_forward,
+)
+from .launch import BLOCK, KERNEL_SIGNATURES, SIMULATED, TILE
+from .losses import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    mnist_loss_backward,
+    mnist_loss_forward,
+    mse_backward,
+    mse_forward,
+)
+from .matmul import (
+    bias_backward,
+    linear_backward,
+    linear_forward,
+    matmul,
+    matmul_backward_input,
+    matmul_backward_weight,
+)
+from .optimizer import binary_accuracy, multiclass_accuracy, sgd_update
+from .program import DEVICE_ONLY_KERNELS, EPOCH_BLOCK, train_epoch
 
 #: The modules that define kernels.
 KERNEL_MODULES = tuple(importlib.import_module(f"{__name__}.{module}") for module in (

@@ -2,7 +2,7 @@
 import math
 
 import numpy as np
-from numba import cuda, int32, float32
+from numba import cuda, float32, int32
 
 from .device import block_sum
 from .launch import BLOCK, F1, F2, I1, I2, N1, ceil_div, flat, kernel, one_block
@@ -13,7 +13,7 @@ def _take_rows_kernel(src, idx, out):
     """out[r, f] = src[idx[r], f], one thread per output element.   src (N, F), idx (R,) -> out (R, F).
 
     An index outside [0, N) yields a zero row instead of a read out of bounds
-    (the launcher checks indices first unless value checks are skipped).
+    (the contract checks indices first unless value checks are skipped).
     """
     i = cuda.grid(1)
     R, F = out.shape
@@ -28,7 +28,7 @@ def _take_rows_kernel(src, idx, out):
 
 
 def take_rows(src, idx, out):
-    """out[r] = src[idx[r]].   src (N, F), idx (R,) int64 -> out (R, F); arrays validated by CudaBackend."""
+    """out[r] = src[idx[r]].   src (N, F), idx (R,) int64 -> out (R, F), validated by the contract."""
     n = out.shape[0] * out.shape[1]
     _take_rows_kernel[ceil_div(n, BLOCK), BLOCK](src, idx, out)
 

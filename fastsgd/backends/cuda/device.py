@@ -1,4 +1,5 @@
-"""Device functions shared by the kernels, inlined into each before code generation.
+"""Device functions shared by the kernels (sigmoid, a row's max and sum of exp, a block sum),
+inlined into each before code generation.
 
 ``inline=True`` makes Numba paste them into every kernel that calls them, so each
 kernel still compiles to PTX on its own (``numba.cuda.compile_ptx``) without a GPU.
@@ -19,15 +20,18 @@ def sigmoid(v):
 
 
 @cuda.jit(device=True, inline=True)
-def row_logsumexp(z, start, n):
-    """log(sum_c exp(z[start + c])) over c < n, shifted by the maximum: exp never overflows."""
+def row_max_sum_exp(z, start, n):
+    """(m, sum_c exp(z[start + c] - m)) over c < n, m the row maximum: exp never overflows.
+
+    logsumexp is ``log(total) + m``; softmax is ``exp(z - m) / total``.
+    """
     m = z[start]
     for c in range(1, n):
         m = max(m, z[start + c])
     total = float32(0.0)
     for c in range(n):
         total += math.exp(z[start + c] - m)
-    return math.log(total) + m
+    return m, total
 
 
 @cuda.jit(device=True, inline=True)

@@ -9,7 +9,7 @@ import math
 
 from numba import cuda, float32
 
-from .device import block_sum, row_logsumexp, sigmoid
+from .device import block_sum, row_max_sum_exp, sigmoid
 from .launch import BLOCK, F1, F2, I1, R1, ceil_div, kernel, launch_elementwise, one_block
 
 
@@ -47,7 +47,8 @@ def _cross_entropy_forward_kernel(logits, labels, result):
     B, C = logits.shape
     acc = float32(0.0)
     for b in range(t, B, BLOCK):
-        acc += row_logsumexp(logits[b], 0, C) - logits[b, labels[b]]
+        m, total = row_max_sum_exp(logits[b], 0, C)
+        acc += math.log(total) + m - logits[b, labels[b]]
     block_sum(partial, t, acc, result)
 
 
@@ -57,9 +58,10 @@ def _cross_entropy_backward_kernel(logits, labels, dlogits):
     b = cuda.grid(1)
     B, C = logits.shape
     if b < B:
-        lse = row_logsumexp(logits[b], 0, C)
+        m, total = row_max_sum_exp(logits[b], 0, C)
+        scale = float32(1.0) / (total * float32(B))
         for c in range(C):
-            dlogits[b, c] = math.exp(logits[b, c] - lse) / float32(B)
+            dlogits[b, c] = math.exp(logits[b, c] - m) * scale
         dlogits[b, labels[b]] -= float32(1.0) / float32(B)
 
 

@@ -11,9 +11,8 @@ from numba import cuda, float32, float64
 
 from .. import program
 from ..program import CROSS_ENTROPY, LINEAR, MNIST_LOSS, MSE, RELU, SIGMOID
-from .device import row_logsumexp, sigmoid
+from .device import row_max_sum_exp, sigmoid
 from .launch import F1, F2, I1, I2, KERNEL_SIGNATURES, SIMULATED, empty_vector, kernel
-
 
 # ------------------------------------------------------------ the layer program
 # One epoch of SGD over a layer program (program.py) in one cooperative launch.
@@ -113,7 +112,8 @@ def _row_loss(loss_kind, z, O, scale, targets, labels, row, acts, deltas):
         return s
     if loss_kind == CROSS_ENTROPY:  # shifted by the row max: exp never overflows
         label = labels[row]
-        lse = row_logsumexp(acts, z, O)
+        m, total = row_max_sum_exp(acts, z, O)
+        lse = math.log(total) + m
         for o in range(O):
             deltas[z + o] = math.exp(acts[z + o] - lse) / scale
         deltas[z + label] -= float32(1.0) / scale

@@ -1,0 +1,220 @@
+/* pool.c -- the threads of the C backend: a small pool of its own, no OpenMP runtime.
+ *
+ * fs_parallel(task, ctx, T) runs task(ctx, t, T) for t = 0 .. T-1: the calling thread
+ * runs t = 0, pool workers the rest.  Between jobs a worker spins for at most
+ * SPIN_NS (a few tens of microseconds: long enough to bridge the gaps between the
+ * kernels of a training step) and then sleeps on a futex, so it never holds a core
+ * that another thread pool (NumPy's BLAS) or another process needs for longer than
+ * that.  fs_barrier() inside a task synchronizes the T threads of the job the same
+ * way (spin briefly, then sleep).
+ *
+ * One job runs on the pool at a time; a second caller arriving meanwhile (another
+ * Python thread) runs its job alone, on its own thread, instead of waiting.
+ * After fork() the child has none of the parent's workers: a pthread_atfork handler
+ * forgets them, and the child's first parallel job starts new ones.
+ */
+#define _GNU_SOURCE /* syscall, sched_getaffinity */
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+enum { MAX_THREADS = 256 };
+#define SPIN_NS 50000 /* 50 us */
+
+/* -------------------------------------------------------------- waiting */
+
+static void futex_wait(atomic_int *word, int expected)
+{
+    syscall(SYS_futex, (int *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake_all(atomic_int *word)
+{
+    syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Returns once *word != value: spins up to SPIN_NS, then sleeps on the futex.
+ * *sleepers counts the threads that may be asleep on word, so wakers skip the
+ * system call when nobody sleeps. */
+static void wait_while_equal(atomic_int *word, int value, atomic_int *sleepers)
+{
+    const int64_t deadline = now_ns() + SPIN_NS;
+    for (int i = 0; atomic_load_explicit(word, memory_order_acquire) == value; i++) {
+        cpu_relax();
+        if ((i & 63) == 63 && now_ns() > deadline) {
+            atomic_fetch_add(sleepers, 1);
+            while (atomic_load_explicit(word, memory_order_acquire) == value)
+                futex_wait(word, value);
+            atomic_fetch_sub(sleepers, 1);
+            return;
+        }
+    }
+}
+
+/* Stores value into *word and wakes whoever sleeps on it. */
+static void publish(atomic_int *word, int value, atomic_int *sleepers)
+{
+    atomic_store(word, value); /* sequentially consistent: not reordered with the load */
+    if (atomic_load(sleepers) > 0)
+        futex_wake_all(word);
+}
+
+/* ------------------------------------------------------------------ pool */
+
+static struct {
+    pthread_mutex_t lock; /* held by the thread whose job runs on the pool */
+    int workers;          /* started so far (threads 1 .. workers) */
+    atomic_int generation; /* bumped for each job */
+    atomic_int pending;    /* workers not done with the current job yet */
+    atomic_int sleepers_job, sleepers_done;
+    fs_task task;
+    void *ctx;
+    int T;
+    int start_generation[MAX_THREADS]; /* per worker: the generation when it started */
+    /* barrier */
+    atomic_int bar_count, bar_phase, sleepers_bar;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static _Thread_local int in_pool_job; /* this thread runs (part of) a pool job */
+
+static void *worker_main(void *arg)
+{
+    const int id = (int)(intptr_t)arg;
+    int seen = pool.start_generation[id]; /* the jobs after it are this worker's */
+    in_pool_job = 1;
+    for (;;) {
+        wait_while_equal(&pool.generation, seen, &pool.sleepers_job);
+        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        if (id < pool.T)
+            pool.task(pool.ctx, id, pool.T);
+        /* Every worker reports, also one with no part, so none is still between jobs
+         * (reading pool.T) when the next job is set up. */
+        if (atomic_fetch_sub(&pool.pending, 1) == 1 && atomic_load(&pool.sleepers_done))
+            futex_wake_all(&pool.pending);
+    }
+    return NULL;
+}
+
+/* Starts workers until there are `want`; returns how many there are. */
+static int grow_pool(int want)
+{
+    while (pool.workers < want) {
+        pthread_attr_t attr;
+        pthread_t thread;
+        pool.start_generation[pool.workers + 1] = atomic_load(&pool.generation);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int ok = pthread_create(&thread, &attr, worker_main,
+                                      (void *)(intptr_t)(pool.workers + 1)) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok)
+            break;
+        pool.workers++;
+    }
+    return pool.workers;
+}
+
+static void before_fork(void) { pthread_mutex_lock(&pool.lock); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&pool.lock); }
+
+/* The child has only the forking thread: forget the workers, start afresh. */
+static void after_fork_child(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pool.workers = 0;
+    atomic_store(&pool.pending, 0);
+    atomic_store(&pool.sleepers_job, 0);
+    atomic_store(&pool.sleepers_done, 0);
+    atomic_store(&pool.bar_count, 0);
+    atomic_store(&pool.sleepers_bar, 0);
+    pool.T = 0;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void install_atfork(void) { pthread_atfork(before_fork, after_fork_parent, after_fork_child); }
+
+void fs_parallel(fs_task task, void *ctx, int threads)
+{
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    if (threads <= 1 || in_pool_job) {
+        task(ctx, 0, 1);
+        return;
+    }
+    pthread_once(&atfork_once, install_atfork);
+    if (pthread_mutex_trylock(&pool.lock) != 0) { /* busy with another caller's job */
+        task(ctx, 0, 1);
+        return;
+    }
+    int T = 1 + grow_pool(threads - 1);
+    T = T < threads ? T : threads;
+    if (T <= 1) {
+        pthread_mutex_unlock(&pool.lock);
+        task(ctx, 0, 1);
+        return;
+    }
+    pool.task = task;
+    pool.ctx = ctx;
+    pool.T = T;
+    atomic_store(&pool.bar_count, 0);
+    atomic_store(&pool.pending, pool.workers);
+    publish(&pool.generation, atomic_load(&pool.generation) + 1, &pool.sleepers_job);
+
+    in_pool_job = 1;
+    task(ctx, 0, T);
+    in_pool_job = 0;
+
+    for (int left; (left = atomic_load_explicit(&pool.pending, memory_order_acquire)) != 0;)
+        wait_while_equal(&pool.pending, left, &pool.sleepers_done);
+    pthread_mutex_unlock(&pool.lock);
+}
+
+void fs_barrier(int T)
+{
+    if (T <= 1)
+        return;
+    const int phase = atomic_load_explicit(&pool.bar_phase, memory_order_acquire);
+    if (atomic_fetch_add(&pool.bar_count, 1) == T - 1) {
+        atomic_store(&pool.bar_count, 0);
+        publish(&pool.bar_phase, phase + 1, &pool.sleepers_bar);
+    } else {
+        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar);
+    }
+}
+
+int fs_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0)
+            return n;
+    }
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

@@ -1,0 +1,120 @@
+"""Threads of the CPU backends: thread controls, fork safety, the peak probe.
+
+Each check that could hang runs in a fresh interpreter under a timeout, so a hang fails.
+"""
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fastsgd import backends
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_c = pytest.mark.skipif(backends.available().get("c") is not True,
+                             reason="C extension not built")
+needs_numba = pytest.mark.skipif(backends.available().get("numba") is not True,
+                                 reason="numba unavailable")
+
+
+def run_python(code, timeout=60, env=None):
+    """Run ``code`` in a fresh interpreter at the project root; fail on a hang."""
+    full_env = dict(os.environ, **(env or {}))
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {timeout} s")
+
+
+FORK_POOL = """
+import multiprocessing as mp
+import numpy as np
+from fastsgd.backends import {modules}
+
+rng = np.random.default_rng(0)
+a = rng.standard_normal((256, 784), dtype=np.float32)
+b = rng.standard_normal((784, 128), dtype=np.float32)
+
+def errors(seed):
+    out = []
+    for m in ({modules},):
+        c = np.empty((256, 128), np.float32)
+        m.matmul(a, b, c)
+        out.append(float(np.abs(c - a @ b).max()))
+    return out
+
+errors(0)  # threads started before the fork
+with mp.get_context("fork").Pool(2) as pool:
+    print(max(max(e) for e in pool.map(errors, range(4))))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+@pytest.mark.parametrize("modules", [
+    pytest.param("c_ext", marks=needs_c),
+    pytest.param("numba_cpu", marks=needs_numba),
+    pytest.param("c_ext, numba_cpu", marks=[needs_c, needs_numba]),
+])
+def test_a_forked_pool_runs_threaded_kernels_after_the_parent_did(modules):
+    done = run_python(FORK_POOL.format(modules=modules), timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-2
+
+
+@needs_c
+def test_fastsgd_threads_sets_the_initial_limit():
+    code = "from fastsgd.backends import c_ext; print(c_ext.threads())"
+    done = run_python(code, env={"FASTSGD_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1"
+
+
+@needs_c
+def test_the_c_library_needs_no_openmp_runtime():
+    from fastsgd import _ckernels
+    with open(_ckernels.__file__, "rb") as f:
+        assert b"libgomp" not in f.read()
+
+
+@needs_c
+def test_peak_probe_is_positive_finite_and_not_below_a_big_matmul():
+    from fastsgd.backends import c_ext
+    rate, isa, used = c_ext.peak_gflops(0.1)
+    assert math.isfinite(rate) and rate > 0
+    assert isa in c_ext.ISAS and 1 <= used <= c_ext.threads()
+    a = np.ones((1024, 1024), np.float32)
+    a @ a
+    start = time.perf_counter()
+    a @ a
+    numpy_rate = 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9
+    assert rate >= 0.5 * numpy_rate  # loose: a sanity ordering, not a timing test
+
+
+@needs_c
+def test_kernels_called_from_threads_at_once_agree():
+    import threading
+    from fastsgd.backends import c_ext
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((256, 784), dtype=np.float32)
+    b = rng.standard_normal((784, 128), dtype=np.float32)
+    expected = np.empty((256, 128), np.float32)
+    c_ext.matmul(a, b, expected)
+    bad = []
+
+    def work():
+        out = np.empty_like(expected)
+        for _ in range(50):
+            c_ext.matmul(a, b, out)
+            if not np.allclose(out, expected, rtol=1e-5, atol=1e-4):
+                bad.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
