@@ -6,7 +6,7 @@
  * compiler emits an AVX-512 (x86-64-v4), an AVX2 + FMA (x86-64-v3) and a baseline
  * copy, and the dynamic loader picks the best one for the CPU when the library loads.
  * The binary therefore runs on any x86-64 CPU; it is never built with -march=native.
- * Functions holding `#pragma omp parallel` stay single-version: they call the clones.
+ * Functions that start pool jobs (pool.c) stay single-version: they call the clones.
  * Other compilers and targets get one portable version. */
 #ifndef FS_CLONES /* a build may define it, e.g. empty, to test one instruction set */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 \
