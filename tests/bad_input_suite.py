@@ -18,7 +18,8 @@ __all__ = ["test_bad_input_raises_a_clear_error", "test_output_may_not_alias_a_m
            "test_sgd_update_refuses_partly_overlapping_buffers",
            "test_exact_aliasing_runs_in_place_and_matches",
            "test_linear_backward_outputs_may_not_overlap_each_other",
-           "test_strided_backend_arrays_are_rejected"]
+           "test_strided_backend_arrays_are_rejected",
+           "test_a_learning_rate_beyond_float32_is_refused", "test_relu_keeps_nan_on_every_backend"]
 
 
 @pytest.mark.parametrize("kernel, args, kwargs, error, text", CASES,
@@ -121,3 +122,18 @@ def test_linear_backward_outputs_may_not_overlap_each_other(backend):
     with pytest.raises(ValueError, match="dlogits: must not overlap"):
         backend.cross_entropy_backward(z, backend.asarray(np.array([0, 1, 2, 0]), np.int64),
                                        dlogits=z)
+
+
+def test_a_learning_rate_beyond_float32_is_refused(backend):
+    param = backend.asarray(np.ones(3, np.float32))
+    grad = backend.asarray(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="lr: expected a finite number in"):
+        backend.sgd_update(param, grad, 1e39)
+    np.testing.assert_array_equal(backend.to_numpy(param), 1)
+
+
+def test_relu_keeps_nan_on_every_backend(backend):
+    x = backend.asarray(np.array([np.nan, -1, 2], np.float32))
+    with backends.skip_value_checks():
+        out = backend.to_numpy(backend.relu_forward(x))
+    assert np.isnan(out[0]) and out[1] == 0 and out[2] == 2

@@ -4,7 +4,7 @@ import pytest
 
 import fastsgd as fs
 
-from .test_learner import make_learner, separable
+from .helpers import make_learner, separable
 
 PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="layered")]
 

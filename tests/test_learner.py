@@ -5,27 +5,8 @@ import pytest
 import fastsgd as fs
 
 from .conftest import backend_params
+from .helpers import make_learner, separable
 from .mnist_fixtures import synthetic_digits
-
-
-def separable(n=600, features=20, seed=0, classes=None):
-    """A linearly separable problem: binary 0/1 targets, or integer labels for ``classes``."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, features)).astype(np.float32)
-    w = rng.standard_normal((features, classes or 1))
-    scores = x @ w
-    y = scores.argmax(1) if classes else (scores[:, 0] > 0).astype(np.float32)
-    return x, y
-
-
-def make_learner(backend, x, y, model=None, loss=fs.mnist_loss, bs=32, lr=0.5, seed=0,
-                 momentum=0.0, n_valid=100):
-    fs.set_seed(seed)
-    dls = fs.DataLoaders.from_arrays(x[n_valid:], y[n_valid:], x[:n_valid], y[:n_valid],
-                                     bs=bs, seed=seed)
-    model = model or fs.simple_net(x.shape[1], 16, 1)
-    return fs.Learner(dls, model, loss, fs.SGD(lr, momentum=momentum), [fs.batch_accuracy],
-                      backend=backend, show=False)
 
 
 @pytest.mark.parametrize("backend", backend_params())

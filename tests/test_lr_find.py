@@ -7,9 +7,8 @@ import pytest
 import fastsgd as fs
 from fastsgd.cli import main
 
+from .helpers import fused_backends, separable
 from .mnist_fixtures import embedded_data_missing, make_mnist_folder, synthetic_digits
-from .test_fused import fused_backends
-from .test_learner import separable
 
 
 def digits_learner(backend="numpy", classes=(3, 7), n=700, bs=32, momentum=0.0, fused=True):

@@ -10,8 +10,8 @@ import fastsgd as fs
 from fastsgd import backends
 from fastsgd.cli import main
 
+from .helpers import separable
 from .mnist_fixtures import make_mnist_folder
-from .test_learner import separable
 
 NOTE = "compiling numba kernels (first run only) ..."
 

@@ -559,12 +559,17 @@ def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
     return x
 
 
+#: The largest float32: a scalar the kernels take in float32 must not overflow to inf.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _scalar(name, value, low=None, high=None) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a number, got {value!r}") from None
-    if not np.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low}, {'inf' if high is None else high}]"
+    high = _F32_MAX if high is None else high
+    if not np.isfinite(value) or (low is not None and value < low) or value > high:
+        bounds = f"[{low}, {'3.4e38 (the float32 limit)' if high == _F32_MAX else high}]"
         raise ValueError(f"{name}: expected a finite number in {bounds}, got {value}")
     return value

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import peers
-from .cases import EPOCH_SAMPLES, EPOCH_VALID, LR, MODELS, EPOCH_MODEL, ValidationError
+from .cases import EPOCH_MODEL, EPOCH_SAMPLES, EPOCH_VALID, LR, MODELS, ValidationError
 from .stats import Stats, measure
 
 #: Layer widths of the epoch model.

@@ -117,12 +117,16 @@ def _table(header, right, rows, cells_of, group_of, file):
 def _header(machine, rows, file):
     blas = machine.get("blas") or {}
     peers = "".join(f", {name} {machine[name]}" for name in ("torch", "jax") if machine.get(name))
+    blas_text = (f"{blas['library']} {blas['version']} {blas['architecture'] or 'kernel unknown'}, "
+                 f"{blas['threads']} threads" if blas else "BLAS unknown without threadpoolctl")
     print(f"machine: {machine['cpu']} ({machine['llvm_cpu']}), {machine['cores']} cores, "
-          f"{machine['isa']}; numpy {machine['numpy']} (OpenBLAS {blas.get('version', '?')} "
-          f"{blas.get('architecture') or 'kernel unknown'}, {blas.get('threads', '?')} threads), "
+          f"{machine['isa']}; numpy {machine['numpy']} ({blas_text}), "
           f"numba {machine['numba']}{peers}", file=file)
     print(f"peak: {machine['peak_gflops']:.0f} GFLOP/s fp32, {machine['peak_source']}; every "
           f"% peak below is of it", file=file)
+    for probe in machine.get("peak_probes", []):
+        print(f"  probe {probe['probe']}: " + (f"{probe['gflops']:.0f} GFLOP/s" if "gflops" in probe
+                                               else probe["error"]), file=file)
     print(f"  implies ~{machine['clock_ghz_estimate']:.2f} GHz at {machine['flops_per_cycle']} "
           f"flops/cycle/core ({machine['flops_per_cycle_basis']})"
           + (f"; /proc/cpuinfo reports {machine['clock_ghz_reported']:.2f} GHz"
@@ -140,8 +144,8 @@ def _header(machine, rows, file):
     if start is not None:
         busiest = max([start] + loads)
         print(f"load average: {start:.2f} at the start, up to {busiest:.2f} during the run "
-              f"({machine['cores']} cores)", file=file)
-        if busiest > 0.5 * machine["cores"]:
+              f"({machine['cores']} cores; the run itself adds up to {machine['cores']})", file=file)
+        if start > 0.75 * machine["cores"] or busiest > 1.5 * machine["cores"]:
             print("warning: the machine was busy; timings are less reliable (see the spreads)",
                   file=file)
 

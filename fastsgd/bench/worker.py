@@ -1,6 +1,7 @@
 """Child processes of ``fastsgd bench``: the peak probe and one epoch runner each.
 
     python -m fastsgd.bench.worker peak N REPEATS   # best N^3 sgemm: {"seconds", "architecture", "threads"}
+    python -m fastsgd.bench.worker fma SECONDS      # the C FMA probe: {"gflops", "isa", "threads"}
     python -m fastsgd.bench.worker epoch SPEC_JSON  # epochs.run_worker(EpochSpec), one marked line
 """
 import json
@@ -14,6 +15,15 @@ def main(argv) -> int:
         blas = openblas() or {}
         print(json.dumps({"seconds": seconds, "architecture": blas.get("architecture"),
                           "threads": blas.get("threads")}))
+        return 0
+    if len(argv) == 2 and argv[0] == "fma":
+        try:
+            from ..backends import c_ext
+        except ImportError as exc:   # no C extension here: the probe does not apply
+            print(json.dumps({"unavailable": str(exc)}))
+            return 0
+        gflops, isa, threads = c_ext.peak_gflops(float(argv[1]))
+        print(json.dumps({"gflops": gflops, "isa": isa, "threads": threads}))
         return 0
     if len(argv) == 2 and argv[0] == "epoch":
         from .epochs import EpochSpec, print_result, run_worker

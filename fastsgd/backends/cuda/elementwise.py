@@ -28,7 +28,7 @@ def _relu_forward_kernel(x, out):
     """out = max(x, 0).   x, out (n,)."""
     i = cuda.grid(1)
     if i < x.shape[0]:
-        out[i] = x[i] if x[i] > float32(0.0) else float32(0.0)
+        out[i] = float32(0.0) if x[i] <= float32(0.0) else x[i]  # NaN stays NaN
 
 
 @kernel(f"void({F1}, {F1}, {F1})")
