@@ -232,13 +232,7 @@ def read_idx(path) -> np.ndarray:
     neither trailing data nor a decompression bomb is ever held in memory.
     """
     path = pathlib.Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
+    with _open_idx(path) as f:
         gz = False
         try:
             st = os.fstat(f.fileno())
@@ -259,6 +253,16 @@ def read_idx(path) -> np.ndarray:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+def _open_idx(path: pathlib.Path):
+    """``path`` opened for reading bytes; a missing or unreadable file is a ``DataError``."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def read_idx_rows(path, start: int, stop: int) -> tuple[np.ndarray, int]:
     """Rows ``start:stop`` (along the first dimension) of an IDX file of unsigned bytes,
     and the number of rows the file holds; ``stop`` past the end reads to the end.
@@ -274,13 +278,7 @@ def read_idx_rows(path, start: int, stop: int) -> tuple[np.ndarray, int]:
     if stop < start:
         raise ValueError(f"stop: expected a row >= start ({start}), got {stop}")
     path = pathlib.Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
+    with _open_idx(path) as f:
         gz = False
         try:
             st = os.fstat(f.fileno())
