@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -332,6 +333,7 @@ def _job(ranks, *args, stdout=subprocess.PIPE):
     command = [*MPIEXEC, "-n", str(ranks), sys.executable, "-m", "fastsgd", "train",
                "--distributed", *args]
     return subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            errors="replace",
                             start_new_session=True)
 
 
@@ -348,9 +350,10 @@ def _finish(proc, timeout):
 
 
 def _our_lines(text):
-    """fastsgd's own error lines (Open MPI's notices may run into them)."""
-    return [line.strip() for line in text.splitlines()
-            if line.strip().startswith(("fastsgd:", "error:"))]
+    """fastsgd's own error lines, from where they start: Open MPI's relay of the ranks'
+    output may run its notices, or a stray byte, into the start of a line."""
+    found = (re.search(r"fastsgd:.*|^\s*error:.*", line) for line in text.splitlines())
+    return [match.group(0).strip() for match in found if match]
 
 
 @pytest.fixture(scope="module")
