@@ -24,6 +24,11 @@
 #define GK_JOIN2(a, b) a##b
 #define GK_JOIN(a, b) GK_JOIN2(a, b)
 #define GK_TILE GK_JOIN(GK_NAME, _tile)
+/* GK_EACH_VECTOR(i, v) statement: the statement for each vector v of each row i of a
+ * tile, both loops unrolled in full. */
+#define GK_EACH_VECTOR(i, v)                                                          \
+    _Pragma("GCC unroll 8") for (int i = 0; i < GK_MR; i++)                           \
+        _Pragma("GCC unroll 4") for (int v = 0; v < GK_NV; v++)
 
 /* Packs rows [i0, i0 + mc) x depths [p0, p0 + kc) of A, in panels of GK_MR rows.
  * Row-major A (cs == 1): a panel is GK_MR rows of stride KC, ap[i * KC + k] (row copies).
@@ -70,11 +75,8 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
                                  int accumulate, const float *restrict bias)
 {
     GK_VEC acc[GK_MR][GK_NV];
-#pragma GCC unroll 8
-    for (int i = 0; i < GK_MR; i++)
-#pragma GCC unroll 4
-        for (int v = 0; v < GK_NV; v++)
-            acc[i][v] = (GK_VEC){0};
+    GK_EACH_VECTOR(i, v)
+        acc[i][v] = (GK_VEC){0};
 
     for (int64_t k = 0; k < kc; k++) {
         GK_VEC bk[GK_NV];
@@ -109,11 +111,8 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
         }
     } else { /* an edge tile: spill it, then write the valid part */
         float tile[GK_MR][GK_NR];
-#pragma GCC unroll 8
-        for (int i = 0; i < GK_MR; i++)
-#pragma GCC unroll 4
-            for (int v = 0; v < GK_NV; v++)
-                memcpy(&tile[i][v * GK_LANES], &acc[i][v], sizeof acc[i][v]);
+        GK_EACH_VECTOR(i, v)
+            memcpy(&tile[i][v * GK_LANES], &acc[i][v], sizeof acc[i][v]);
         for (int64_t i = 0; i < m; i++) {
             float *row = c + i * ldc;
             for (int64_t j = 0; j < n; j++) {
@@ -161,6 +160,7 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
 #undef GK_JOIN2
 #undef GK_JOIN
 #undef GK_TILE
+#undef GK_EACH_VECTOR
 #undef GK_NAME
 #undef GK_PACK_A
 #undef GK_TARGET

@@ -110,6 +110,7 @@ static double probe_round(fma_loop_fn loop, double seconds, int threads, int *us
     job.loop = loop;
     const double start = now_s();
     job.until = start + seconds;
+    fs_forget_stalls(); /* the probe asks for every thread, whatever came before */
     fs_parallel(probe_part, &job, threads < MAX_PEAK_THREADS ? threads : MAX_PEAK_THREADS);
     const double elapsed = now_s() - start; /* until the last thread is done */
     double flops = 0.0;

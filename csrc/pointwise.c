@@ -82,55 +82,57 @@ FS_INLINE float tanh_stable(float v)
 
 /* ------------------------------------------------------------- activations */
 
-FS_CLONES void sigmoid_forward(float *out, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        out[i] = sigmoid(x[i]);
-}
+/* FS_FORWARD(name, F): name(out, x, n) sets out[i] = F of v = x[i];  any shape, n
+ * elements, out may be x.  FS_BACKWARD(name, saved, F): name(dx, saved, dy, n) sets
+ * dx[i] = F of s = saved[i] (the forward's input x or output y) and g = dy[i]. */
+#define FS_FORWARD(name, F)                                                              \
+    FS_CLONES void name(float *out, const float *x, int64_t n)                          \
+    {                                                                                    \
+        for (int64_t i = 0; i < n; i++) {                                                \
+            const float v = x[i];                                                        \
+            out[i] = (F);                                                                \
+        }                                                                                \
+    }
+#define FS_BACKWARD(name, saved, F)                                                      \
+    FS_CLONES void name(float *dx, const float *saved, const float *dy, int64_t n)      \
+    {                                                                                    \
+        for (int64_t i = 0; i < n; i++) {                                                \
+            const float s = saved[i], g = dy[i];                                         \
+            dx[i] = (F);                                                                 \
+        }                                                                                \
+    }
 
-FS_CLONES void sigmoid_backward(float *dx, const float *y, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dx[i] = dy[i] * y[i] * (1.0f - y[i]);
-}
-
-FS_CLONES void relu_forward(float *out, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        out[i] = x[i] <= 0.0f ? 0.0f : x[i]; /* NaN stays NaN, as in max(x, 0) */
-}
-
-FS_CLONES void relu_backward(float *dx, const float *x, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-FS_CLONES void tanh_forward(float *out, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        out[i] = tanh_stable(x[i]);
-}
-
-FS_CLONES void tanh_backward(float *dx, const float *y, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dx[i] = dy[i] * ((1.0f - y[i]) * (1.0f + y[i])); /* 1 - y^2 without cancellation */
-}
+FS_FORWARD(sigmoid_forward, sigmoid(v))
+FS_BACKWARD(sigmoid_backward, y, g * s * (1.0f - s))
+FS_FORWARD(relu_forward, v <= 0.0f ? 0.0f : v) /* NaN stays NaN, as in max(x, 0) */
+FS_BACKWARD(relu_backward, x, s > 0.0f ? g : 0.0f)
+FS_FORWARD(tanh_forward, tanh_stable(v))
+FS_BACKWARD(tanh_backward, y, g * ((1.0f - s) * (1.0f + s))) /* 1 - y^2 without cancellation */
 
 /* ------------------------------------------------------------------ losses */
 
-FS_CLONES double mnist_loss_forward(const float *restrict preds,
-                                    const float *restrict targets, int64_t B)
-{
-    double total = 0.0;
-#pragma omp simd reduction(+ : total)
-    for (int64_t b = 0; b < B; b++) {
-        float s = sigmoid(preds[b]);
-        total += targets[b] == 1.0f ? 1.0f - s : s;
+/* FS_MEAN(name, acc_t, term): name(preds, targets, n) is the mean over i < n of term, of
+ * p = preds[i] and t = targets[i], summed in acc_t (a vectorized reduction); 0 when
+ * n == 0.  preds, targets (n,). */
+#define FS_MEAN(name, acc_t, term)                                                       \
+    FS_CLONES double name(const float *restrict preds, const float *restrict targets,   \
+                          int64_t n)                                                     \
+    {                                                                                    \
+        acc_t total = 0;                                                                 \
+        _Pragma("omp simd reduction(+ : total)")                                         \
+        for (int64_t i = 0; i < n; i++) {                                                \
+            const float p = preds[i], t = targets[i];                                    \
+            total += (term);                                                             \
+        }                                                                                \
+        return n > 0 ? (double)total / (double)n : 0.0;                                  \
     }
-    return B > 0 ? total / (double)B : 0.0;
+
+FS_INLINE float mnist_term(float p, float t)
+{
+    const float s = sigmoid(p);
+    return t == 1.0f ? 1.0f - s : s;
 }
+FS_MEAN(mnist_loss_forward, double, mnist_term(p, t))
 
 FS_CLONES void mnist_loss_backward(float *restrict dpreds, const float *restrict preds,
                                    const float *restrict targets, int64_t B)
@@ -158,6 +160,16 @@ FS_INLINE float row_max_and_sum(const float *restrict z, int64_t C, float *sum)
 }
 
 enum { ROWS = 64 }; /* rows of short softmax rows handled together */
+
+/* label when it names one of C classes, else -1 with *bad counted up (the cross-entropy
+ * kernels return how many labels they skipped). */
+FS_INLINE int64_t class_of(int64_t label, int64_t C, int64_t *bad)
+{
+    if (label >= 0 && label < C)
+        return label;
+    ++*bad;
+    return -1;
+}
 
 /* Softmax pieces of a block of rows of z (rows, C), rows <= ROWS:  m[r] = max_c z[r, c],
  * e (rows, C) = exp(z - m[r]),  s[r] = sum_c e[r, c].  The exps run as one flat loop over
@@ -204,10 +216,8 @@ FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *rest
                 m[r] = row_max_and_sum(z + r * C, C, &s[r]);
         }
         for (int64_t r = 0; r < rows; r++) {
-            int64_t label = labels[b0 + r];
-            if (label < 0 || label >= C)
-                bad++;
-            else
+            const int64_t label = class_of(labels[b0 + r], C, &bad);
+            if (label >= 0)
                 total += log((double)s[r]) - ((double)z[r * C + label] - (double)m[r]);
         }
     }
@@ -231,27 +241,20 @@ FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *r
             const float scale = inv_b / s[r]; /* softmax / B */
             for (int64_t c = 0; c < C; c++)
                 dz[r * C + c] *= scale;
-            int64_t label = labels[b0 + r];
-            if (label < 0 || label >= C)
-                bad++;
-            else
+            const int64_t label = class_of(labels[b0 + r], C, &bad);
+            if (label >= 0)
                 dz[r * C + label] -= inv_b;
         }
     }
     return bad;
 }
 
-FS_CLONES double mse_forward(const float *restrict preds, const float *restrict targets,
-                             int64_t n)
+FS_INLINE double squared_error(float p, float t)
 {
-    double total = 0.0;
-#pragma omp simd reduction(+ : total)
-    for (int64_t i = 0; i < n; i++) {
-        const double diff = (double)preds[i] - (double)targets[i];
-        total += diff * diff;
-    }
-    return n > 0 ? total / (double)n : 0.0;
+    const double diff = (double)p - (double)t;
+    return diff * diff;
 }
+FS_MEAN(mse_forward, double, squared_error(p, t))
 
 FS_CLONES void mse_backward(float *restrict dpreds, const float *restrict preds,
                             const float *restrict targets, int64_t n)
@@ -280,15 +283,7 @@ FS_CLONES void sgd_update(float *param, float *velocity, const float *grad, int6
 
 /* ----------------------------------------------------------------- metrics */
 
-FS_CLONES double binary_accuracy(const float *restrict preds, const float *restrict targets,
-                                 int64_t B)
-{
-    int64_t hits = 0;
-#pragma omp simd reduction(+ : hits)
-    for (int64_t b = 0; b < B; b++)
-        hits += (preds[b] > 0.0f) == (targets[b] == 1.0f);
-    return B > 0 ? (double)hits / (double)B : 0.0;
-}
+FS_MEAN(binary_accuracy, int64_t, (p > 0.0f) == (t == 1.0f))
 
 FS_CLONES double multiclass_accuracy(const float *restrict logits,
                                      const int64_t *restrict labels, int64_t B, int64_t C)

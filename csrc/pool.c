@@ -10,6 +10,14 @@
  *
  * One job runs on the pool at a time; a second caller arriving meanwhile (another
  * Python thread) runs its job alone, on its own thread, instead of waiting.
+ *
+ * Sharing the cores: when the caller of a job spends longer blocked (joining, or at
+ * a barrier) than working, and longer than STALL_NS, a worker was kept off its core,
+ * by another process or an oversubscribed machine.  Waiting for it at every join is
+ * what turns a busy core into a collapse, so the pool then runs jobs on the caller's
+ * thread alone for a while: SOLO_MIN_NS at first, doubled while stalls recur (up to
+ * SOLO_MAX_NS), forgotten after a stretch without one.  The split of a job does not
+ * change its results, so neither does this.
  * After fork() the child has none of the parent's workers: a pthread_atfork handler
  * forgets them, and the child's first parallel job starts new ones.
  */
@@ -30,7 +38,10 @@
 #include "internal.h"
 
 enum { MAX_THREADS = 256 };
-#define SPIN_NS 50000 /* 50 us */
+#define SPIN_NS 50000           /* 50 us */
+#define STALL_NS 200000         /* 200 us blocked, and more than the caller's own work */
+#define SOLO_MIN_NS 5000000     /* 5 ms */
+#define SOLO_MAX_NS 320000000   /* 320 ms */
 
 /* -------------------------------------------------------------- waiting */
 
@@ -98,9 +109,33 @@ static struct {
     int start_generation[MAX_THREADS]; /* per worker: the generation when it started */
     /* barrier */
     atomic_int bar_count, bar_phase, sleepers_bar;
+    /* sharing the cores (read and written under lock, or by the job's caller) */
+    int64_t caller_blocked_ns; /* the caller's time at barriers in the current job */
+    int64_t solo_until_ns, solo_ns, last_stall_ns;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int in_pool_job; /* this thread runs (part of) a pool job */
+static _Thread_local int is_job_caller; /* ... and is the thread that started it */
+
+/* Whether jobs run on the caller alone now (a recent stall); under lock. */
+static int running_solo(int64_t now)
+{
+    return now < pool.solo_until_ns;
+}
+
+/* After a threaded job: the caller worked `work` ns and was blocked `blocked` ns. */
+static void note_join(int64_t work, int64_t blocked, int64_t now)
+{
+    if (blocked > STALL_NS && blocked > work) {
+        const int64_t doubled = 2 * pool.solo_ns;
+        pool.solo_ns = pool.solo_ns == 0 ? SOLO_MIN_NS
+                       : doubled < SOLO_MAX_NS ? doubled : SOLO_MAX_NS;
+        pool.solo_until_ns = now + pool.solo_ns;
+        pool.last_stall_ns = now;
+    } else if (pool.solo_ns && now - pool.last_stall_ns > 4 * pool.solo_ns + SOLO_MAX_NS) {
+        pool.solo_ns = 0; /* a long stretch without a stall: the cores are ours again */
+    }
+}
 
 static void *worker_main(void *arg)
 {
@@ -139,6 +174,13 @@ static int grow_pool(int want)
     return pool.workers;
 }
 
+void fs_forget_stalls(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    pool.solo_until_ns = pool.solo_ns = pool.last_stall_ns = 0;
+    pthread_mutex_unlock(&pool.lock);
+}
+
 static void before_fork(void) { pthread_mutex_lock(&pool.lock); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&pool.lock); }
 
@@ -147,6 +189,7 @@ static void after_fork_child(void)
 {
     pthread_mutex_init(&pool.lock, NULL);
     pool.workers = 0;
+    pool.solo_until_ns = pool.solo_ns = pool.last_stall_ns = 0;
     atomic_store(&pool.pending, 0);
     atomic_store(&pool.sleepers_job, 0);
     atomic_store(&pool.sleepers_done, 0);
@@ -171,26 +214,36 @@ void fs_parallel(fs_task task, void *ctx, int threads)
         task(ctx, 0, 1);
         return;
     }
-    int T = 1 + grow_pool(threads - 1);
+    const int64_t start = now_ns();
+    const int had_workers = pool.workers;
+    int T = running_solo(start) ? 1 : 1 + grow_pool(threads - 1);
     T = T < threads ? T : threads;
     if (T <= 1) {
-        pthread_mutex_unlock(&pool.lock);
+        in_pool_job = 1; /* a job of its own inside this one runs alone too */
         task(ctx, 0, 1);
+        in_pool_job = 0;
+        pthread_mutex_unlock(&pool.lock);
         return;
     }
     pool.task = task;
     pool.ctx = ctx;
     pool.T = T;
+    pool.caller_blocked_ns = 0;
     atomic_store(&pool.bar_count, 0);
     atomic_store(&pool.pending, pool.workers);
     publish(&pool.generation, atomic_load(&pool.generation) + 1, &pool.sleepers_job);
 
-    in_pool_job = 1;
+    in_pool_job = is_job_caller = 1;
     task(ctx, 0, T);
-    in_pool_job = 0;
+    in_pool_job = is_job_caller = 0;
 
+    const int64_t done = now_ns();
     for (int left; (left = atomic_load_explicit(&pool.pending, memory_order_acquire)) != 0;)
         wait_while_equal(&pool.pending, left, &pool.sleepers_done);
+    const int64_t joined = now_ns();
+    const int64_t blocked = pool.caller_blocked_ns + (joined - done);
+    if (pool.workers == had_workers) /* starting threads is no stall */
+        note_join((done - start) - pool.caller_blocked_ns, blocked, joined);
     pthread_mutex_unlock(&pool.lock);
 }
 
@@ -202,6 +255,10 @@ void fs_barrier(int T)
     if (atomic_fetch_add(&pool.bar_count, 1) == T - 1) {
         atomic_store(&pool.bar_count, 0);
         publish(&pool.bar_phase, phase + 1, &pool.sleepers_bar);
+    } else if (is_job_caller) {
+        const int64_t t0 = now_ns();
+        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar);
+        pool.caller_blocked_ns += now_ns() - t0;
     } else {
         wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar);
     }

@@ -312,19 +312,20 @@ class ProgressCallback(Callback):
         self.epochs = self.batches = None
 
     def before_fit(self):
-        from tqdm.auto import tqdm
-        self.epochs = tqdm(total=self.learn.n_epochs, desc="fit", unit="epoch", leave=False,
-                           dynamic_ncols=True, file=self.file)
+        self.epochs = self._bar(total=self.learn.n_epochs, desc="fit", unit="epoch")
         self.batches = None
 
     def before_epoch(self):
         self._close_batches()
         learn = self.learn
         if learn.fused is not True:
-            from tqdm.auto import tqdm
-            self.batches = tqdm(learn.dl, desc=f"epoch {learn.epoch}", unit="batch", leave=False,
-                                dynamic_ncols=True, file=self.file)
+            self.batches = self._bar(learn.dl, desc=f"epoch {learn.epoch}", unit="batch")
             learn.dl = self.batches
+
+    def _bar(self, iterable=None, **kwargs):
+        """A tqdm bar on ``file`` that is cleared when it closes."""
+        from tqdm.auto import tqdm
+        return tqdm(iterable, leave=False, dynamic_ncols=True, file=self.file, **kwargs)
 
     def after_epoch(self):
         self._close_batches()
@@ -335,14 +336,16 @@ class ProgressCallback(Callback):
 
     def after_fit(self):
         self._close_batches()
-        if self.epochs is not None:
-            self.epochs.close()
-            self.epochs = None
+        self.epochs = _closed(self.epochs)
 
     def _close_batches(self):
-        if self.batches is not None:
-            self.batches.close()
-            self.batches = None
+        self.batches = _closed(self.batches)
+
+
+def _closed(bar) -> None:
+    """Close the progress bar ``bar`` if there is one; None, what its attribute becomes."""
+    if bar is not None:
+        bar.close()
 
 
 class EpochTable(Callback):

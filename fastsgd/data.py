@@ -18,58 +18,32 @@ distributes as ``mnist_5k.csv.gz``; fastsgd ships the same file inside the packa
 It is split 400 train / 100 valid per digit with a fixed seed, and cached as an
 ``.npz`` in ``cache_dir()``.
 
+The IDX reader lives in ``fastsgd.idx`` and the downloads in ``fastsgd.download``;
+their public names (``read_idx``, ``download_mnist``, ``DataError`` ...) are
+importable from here too.
+
 ``load_images(path)`` reads images to classify (an IDX file or a ``.npy`` array), and
 ``FASHION_MNIST_CLASSES`` names Fashion-MNIST's ten labels.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
-import gzip
 import hashlib
-import http.client
-import math
-import os
 import pathlib
-import socket
-import stat
-import struct
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
 from .files import NpzArchive, open_output
+from .idx import DataError, read_idx, read_idx_rows
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
            "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
            "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
            "EMBEDDED_SHA256", "FASHION_MNIST_CLASSES"]
 
-#: Mirror of the original MNIST files (the one torchvision uses).
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-
-#: The original MNIST archives: file name -> SHA-256 of the .gz file as published.
-MNIST_FILES: dict[str, str] = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-
-#: Their sizes in bytes: a server sending more (or announcing another size) is refused.
-MNIST_SIZES: dict[str, int] = {
-    "train-images-idx3-ubyte.gz": 9912422,
-    "train-labels-idx1-ubyte.gz": 28881,
-    "t10k-images-idx3-ubyte.gz": 1648877,
-    "t10k-labels-idx1-ubyte.gz": 4542,
-}
 
 # The four IDX files of an MNIST-style folder (each may also carry a .gz suffix).
 _TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -77,14 +51,6 @@ _TRAIN_LABELS = "train-labels-idx1-ubyte"
 _VALID_IMAGES = "t10k-images-idx3-ubyte"
 _VALID_LABELS = "t10k-labels-idx1-ubyte"
 _MNIST_NAMES = (_TRAIN_IMAGES, _TRAIN_LABELS, _VALID_IMAGES, _VALID_LABELS)
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_IDX_UBYTE = 0x08
-_READ_CHUNK = 1 << 20
-_MAX_IDX_BYTES = 1 << 32           # the most data an IDX file may declare
-_MAX_DEFLATE_RATIO = 1032          # deflate cannot expand data by more than this
-_FREE_RATIO_BYTES = 64 << 20       # above this size, IDX data must compress at most ...
-_MAX_GZIP_RATIO = 100              # ... this well (real images: about 5:1)
 
 #: Fashion-MNIST's names of the labels 0..9.
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -101,22 +67,8 @@ _EMBEDDED_SEED = 0
 _CACHE_FORMAT = 1                                  # bump when the .npz layout changes
 _MAX_CACHE_ROWS = 100_000
 
-_STALL_BYTES = 1024                # a download must bring this much per `timeout` seconds
-_MAX_DOWNLOAD_BYTES = 64 << 20     # for files of unknown size
-
 _DATA_HINT = ("reinstall fastsgd (the file ships inside the package), "
               "or pass a folder of MNIST IDX files with --data DIR")
-_DOWNLOAD_HINT = "pass a local folder of MNIST IDX files with --data DIR instead"
-
-
-class DataError(ValueError):
-    """Bad or missing data file; the message names the file and what is wrong."""
-
-
-class DownloadError(RuntimeError):
-    """A download failed: network, HTTP status, stalled server, too many bytes, bad
-    checksum, or writing the file.  A RuntimeError, not an OSError, so that code
-    handling file errors does not mistake it for one; no partial file is left."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,203 +84,6 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train_x={self.train_x.shape}, "
                 f"valid_x={self.valid_x.shape})")
-
-
-# --------------------------------------------------------------------------- IDX files
-
-def _read_upto(stream, n: int) -> bytes:
-    """Up to ``n`` bytes from ``stream``: fewer only at the end of the data."""
-    parts, got = [], 0
-    while got < n:
-        part = stream.read(n - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
-
-
-def _fill(stream, out: np.ndarray) -> int:
-    """Read into the uint8 array ``out`` until it is full or the data end; returns the count."""
-    view, got = memoryview(out), 0
-    while got < len(view):
-        n = stream.readinto(view[got:got + _READ_CHUNK])
-        if not n:
-            break
-        got += n
-    return got
-
-
-def _idx_dims(stream, path: pathlib.Path) -> tuple[int, ...]:
-    """Read and check an IDX header of unsigned bytes; returns its dims."""
-    head = _read_upto(stream, 4)
-    if len(head) < 4:
-        raise DataError(f"{path}: not an IDX file (only {len(head)} bytes)")
-    if head[0] != 0 or head[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic {head.hex()})")
-    if head[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: unsupported IDX type code 0x{head[2]:02x} "
-                        f"(only 0x08, unsigned byte, is supported)")
-    ndim = head[3]
-    if not 1 <= ndim <= 4:
-        raise DataError(f"{path}: unsupported number of IDX dimensions {ndim} (1 to 4)")
-    raw = _read_upto(stream, 4 * ndim)
-    if len(raw) < 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header: expected {4 + 4 * ndim} bytes, "
-                        f"got {4 + len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw)
-    size = math.prod(dims)
-    if size == 0:
-        raise DataError(f"{path}: IDX dims {dims} hold no data (a dimension is 0)")
-    if size > _MAX_IDX_BYTES:
-        raise DataError(f"{path}: IDX dims {dims} declare {size} bytes, more than the "
-                        f"{_MAX_IDX_BYTES} (4 GiB) fastsgd reads")
-    return dims
-
-
-def _check_raw_size(path, dims, file_size) -> None:
-    """An uncompressed IDX file holds its header and exactly the data its dims declare."""
-    header, expected = 4 + 4 * len(dims), math.prod(dims)
-    got = file_size - header
-    if got < expected:
-        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
-                        f"{expected} bytes, got {got}")
-    if got > expected:
-        raise DataError(f"{path}: {got - expected} unexpected trailing bytes after "
-                        f"IDX data for dims {dims} (expected {expected} bytes, got {got})")
-
-
-def _check_gzip_size(path, dims, gzip_size) -> None:
-    """Refuse dims no gzip file of ``gzip_size`` bytes can hold, or likely decompression bombs."""
-    expected = math.prod(dims)
-    if expected + 4 + 4 * len(dims) > _MAX_DEFLATE_RATIO * gzip_size:
-        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected {expected} "
-                        f"bytes, more than a {gzip_size}-byte gzip file can hold")
-    if expected > _FREE_RATIO_BYTES and expected > _MAX_GZIP_RATIO * gzip_size:
-        raise DataError(f"{path}: IDX dims {dims} declare {expected} bytes from a "
-                        f"{gzip_size}-byte gzip file, over {_MAX_GZIP_RATIO}:1 compression; "
-                        f"refusing it as a likely decompression bomb")
-
-
-def _read_idx_data(stream, path, dims) -> np.ndarray:
-    """The data after the header: exactly what ``dims`` declare, not a byte more."""
-    expected = math.prod(dims)
-    out = np.empty(expected, dtype=np.uint8)
-    got = _fill(stream, out)
-    if got < expected:
-        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
-                        f"{expected} bytes, got {got}")
-    if stream.read(1):
-        raise DataError(f"{path}: unexpected trailing data after the {expected} bytes of "
-                        f"IDX data for dims {dims}")
-    return out.reshape(dims)
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (raw or gzipped) as a uint8 array with its dims.
-
-    The header's dims say exactly how many bytes follow; gzipped data is
-    decompressed as a stream and refused at the first byte past that size, so
-    neither trailing data nor a decompression bomb is ever held in memory.
-    """
-    path = pathlib.Path(path)
-    with _open_idx(path) as f:
-        gz = False
-        try:
-            st = os.fstat(f.fileno())
-            gz = f.peek(2)[:2] == _GZIP_MAGIC
-            if not gz:
-                dims = _idx_dims(f, path)
-                if stat.S_ISREG(st.st_mode):
-                    _check_raw_size(path, dims, st.st_size)
-                return _read_idx_data(f, path, dims)
-            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
-                dims = _idx_dims(stream, path)
-                if stat.S_ISREG(st.st_mode):
-                    _check_gzip_size(path, dims, st.st_size)
-                return _read_idx_data(stream, path, dims)
-        except (EOFError, zlib.error, OSError) as e:
-            if gz:
-                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _open_idx(path: pathlib.Path):
-    """``path`` opened for reading bytes; a missing or unreadable file is a ``DataError``."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def read_idx_rows(path, start: int, stop: int) -> tuple[np.ndarray, int]:
-    """Rows ``start:stop`` (along the first dimension) of an IDX file of unsigned bytes,
-    and the number of rows the file holds; ``stop`` past the end reads to the end.
-
-    Only those rows are read: a raw file is memory-mapped, a gzipped one is
-    decompressed as a stream, skipping the rows before ``start`` and stopping after
-    ``stop``.  Headers and sizes are checked as ``read_idx`` checks them, except that
-    a gzipped file's data past ``stop`` is not read.
-    """
-    for name, value in (("start", start), ("stop", stop)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-    if stop < start:
-        raise ValueError(f"stop: expected a row >= start ({start}), got {stop}")
-    path = pathlib.Path(path)
-    with _open_idx(path) as f:
-        gz = False
-        try:
-            st = os.fstat(f.fileno())
-            gz = f.peek(2)[:2] == _GZIP_MAGIC
-            if not gz:
-                dims = _idx_dims(f, path)
-                if stat.S_ISREG(st.st_mode):
-                    _check_raw_size(path, dims, st.st_size)
-                    lo, hi, row = _row_range(dims, start, stop)
-                    if hi == lo:
-                        return np.empty((0, *dims[1:]), np.uint8), dims[0]
-                    mapped = np.memmap(f, np.uint8, "r", offset=4 + 4 * len(dims) + lo * row,
-                                       shape=((hi - lo) * row,))
-                    rows = np.array(mapped).reshape(hi - lo, *dims[1:])
-                    del mapped
-                    return rows, dims[0]
-                return _read_idx_rows_data(f, path, dims, start, stop), dims[0]
-            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
-                dims = _idx_dims(stream, path)
-                if stat.S_ISREG(st.st_mode):
-                    _check_gzip_size(path, dims, st.st_size)
-                return _read_idx_rows_data(stream, path, dims, start, stop), dims[0]
-        except (EOFError, zlib.error, OSError) as e:
-            if gz:
-                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _row_range(dims, start, stop) -> tuple[int, int, int]:
-    """(first row, end row, bytes per row) of ``start:stop`` clipped to ``dims[0]`` rows."""
-    lo, hi = min(int(start), dims[0]), min(int(stop), dims[0])
-    return lo, hi, math.prod(dims[1:])
-
-
-def _read_idx_rows_data(stream, path, dims, start, stop) -> np.ndarray:
-    """Rows ``start:stop`` of the data after the header, read from ``stream`` in order."""
-    lo, hi, row = _row_range(dims, start, stop)
-    skip = lo * row
-    while skip:
-        got = len(stream.read(min(skip, _READ_CHUNK)))
-        if not got:
-            raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
-                            f"{math.prod(dims)} bytes, got {lo * row - skip}")
-        skip -= got
-    out = np.empty((hi - lo) * row, dtype=np.uint8)
-    got = _fill(stream, out)
-    if got < len(out):
-        raise DataError(f"{path}: truncated IDX data for dims {dims}: expected "
-                        f"{math.prod(dims)} bytes, got {lo * row + got}")
-    return out.reshape(hi - lo, *dims[1:])
 
 
 # --------------------------------------------------------------------------- MNIST folders
@@ -479,17 +234,6 @@ def select_digits(x, y, digits) -> tuple[np.ndarray, np.ndarray]:
     return x_sel, remap[y_sel.astype(np.int64)]
 
 
-# --------------------------------------------------------------------------- cache folder
-
-def cache_dir() -> pathlib.Path:
-    """``$FASTSGD_CACHE``, else ``$XDG_CACHE_HOME/fastsgd``, else ``~/.cache/fastsgd``."""
-    if os.environ.get("FASTSGD_CACHE"):
-        return pathlib.Path(os.environ["FASTSGD_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return pathlib.Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fastsgd"
-    return pathlib.Path.home() / ".cache" / "fastsgd"
-
-
 _default_cache_dir = cache_dir     # load_embedded's parameter shadows the name
 
 
@@ -596,230 +340,3 @@ def load_embedded(cache_dir=None) -> Dataset:
                    _images_to_features(images[valid]), labels[valid].astype(np.int64),
                    name=f"embedded {_EMBEDDED_NAME}")
 
-
-# --------------------------------------------------------------------------- downloads
-
-def _sha256_file(path: pathlib.Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _failed(url: str, reason: str) -> DownloadError:
-    return DownloadError(f"download of {url} failed ({reason}); {_DOWNLOAD_HINT}")
-
-
-class _Watchdog:
-    """Gives up on a connection that delivers less than ``min_bytes`` in some
-    ``timeout``-second window, from the request on (the headers included).
-
-    The reading thread reports each chunk with ``feed``; a timer thread checks the
-    same rule while that thread is blocked (slow headers, a silent server) and then
-    shuts the socket down, so the blocked read returns at once.
-    """
-
-    def __init__(self, timeout: float, min_bytes: int):
-        self.timeout, self.min_bytes = timeout, min_bytes
-        self.connection = None              # the HTTP connection, once one is made
-        self.tripped = False
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._start = time.monotonic()
-        self._total = 0
-        self._marks = collections.deque([(self._start, 0)])   # (time, bytes so far)
-
-    def track(self, connection_class):
-        """A factory of ``connection_class`` connections that this watchdog can cut."""
-        def connect(*args, **kwargs):
-            self.connection = connection_class(*args, **kwargs)
-            return self.connection
-        return connect
-
-    def feed(self, n: int) -> bool:
-        """Count ``n`` more bytes received; returns True when the rule is broken."""
-        with self._lock:
-            now = time.monotonic()
-            self._total += n
-            self._marks.append((now, self._total))
-            return self._broken(now)
-
-    def _broken(self, now: float) -> bool:
-        if now - self._start < self.timeout:
-            return False
-        window_start = now - self.timeout
-        while len(self._marks) > 1 and self._marks[1][0] <= window_start:
-            self._marks.popleft()
-        return self._total - self._marks[0][1] < self.min_bytes
-
-    def _watch(self):
-        while not self._done.wait(min(0.25, self.timeout / 4)):
-            with self._lock:
-                broken = self._broken(time.monotonic())
-            if broken:
-                self.tripped = True
-                sock = getattr(self.connection, "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                return
-
-    def __enter__(self) -> "_Watchdog":
-        threading.Thread(target=self._watch, daemon=True, name="fastsgd-download-watchdog").start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-
-
-class _TrackedConnections:
-    """Makes the handler's HTTP connections through the watchdog's factory."""
-
-    watchdog: _Watchdog
-
-    def do_open(self, http_class, req, **kwargs):
-        return super().do_open(self.watchdog.track(http_class), req, **kwargs)
-
-
-def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
-    """urllib's default opener (proxies, redirects) whose connections ``watchdog`` sees."""
-    handlers = []
-    for base in (urllib.request.HTTPHandler, getattr(urllib.request, "HTTPSHandler", None)):
-        if base is not None:
-            handler = type(f"Tracked{base.__name__}", (_TrackedConnections, base), {})()
-            handler.watchdog = watchdog
-            handlers.append(handler)
-    return urllib.request.build_opener(*handlers)
-
-
-def _check_length(response, url: str, size: int | None, limit: int) -> None:
-    """Refuse a Content-Length that differs from the known size or exceeds the limit."""
-    status = getattr(response, "status", 200)
-    if status != 200:
-        raise _failed(url, f"HTTP {status}, expected 200")
-    text = response.headers.get("Content-Length")
-    if text is None or not text.strip().isdigit():
-        return
-    length = int(text)
-    if size is not None and length != size:
-        raise _failed(url, f"the server announces {length} bytes, the file has {size}")
-    if length > limit:
-        raise _failed(url, f"the server announces {length} bytes, more than the {limit} allowed")
-
-
-def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
-    """Stream ``url`` into the open file ``out``; returns the content's hex SHA-256.
-
-    ``size`` is the file's known size in bytes (None: at most 64 MiB).  Gives up
-    when less than 1 KiB arrives in some ``timeout``-second window, and on more
-    bytes than expected.  Every failure is a ``DownloadError``.
-    """
-    limit = size if size is not None else _MAX_DOWNLOAD_BYTES
-    watchdog = _Watchdog(timeout, min(_STALL_BYTES, size) if size else _STALL_BYTES)
-    stalled = _failed(url, f"stalled: less than {watchdog.min_bytes} bytes in {timeout:g} s")
-    h, got = hashlib.sha256(), 0
-    with watchdog:
-        try:
-            with _opener(watchdog).open(url, timeout=timeout) as response:
-                _check_length(response, url, size, limit)
-                read = getattr(response, "read1", response.read)
-                while chunk := read(1 << 16):
-                    got += len(chunk)
-                    if got > limit:
-                        raise _failed(url, f"more than the {limit} bytes expected")
-                    if watchdog.feed(len(chunk)) and got != size:
-                        raise stalled
-                    h.update(chunk)
-                    try:
-                        out.write(chunk)
-                    except OSError as e:
-                        raise DownloadError(f"download of {url}: cannot write the file "
-                                            f"({e.strerror or e})") from None
-                complete = got == size or getattr(response, "length", None) == 0
-        except DownloadError:
-            raise
-        except urllib.error.HTTPError as e:
-            e.close()                              # it holds the open response
-            raise _failed(url, f"HTTP {e.code} {e.reason}") from None
-        except urllib.error.URLError as e:  # a read blocked for `timeout` s is a stall too
-            gave_up = watchdog.tripped or isinstance(e.reason, TimeoutError)
-            raise (stalled if gave_up else _failed(url, str(e.reason))) from None
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise (stalled if watchdog.tripped or isinstance(e, TimeoutError) else
-                   _failed(url, f"{type(e).__name__}: {e}")) from None
-    if watchdog.tripped and not complete:      # a cut connection reads as the end of the data
-        raise stalled
-    if size is not None and got != size:
-        raise _failed(url, f"got {got} of {size} bytes")
-    return h.hexdigest()
-
-
-def _download_file(url: str, target: pathlib.Path, sha256: str, timeout: float,
-                   size: int | None = None) -> None:
-    """Download ``url`` to ``target`` via a temp file in the same folder, verified by SHA-256.
-
-    On any failure (a ``DownloadError``) ``target`` is left as it was.
-    """
-    try:
-        with open_output(target) as out:
-            actual = _fetch(url, out, timeout, size)
-            if actual != sha256.lower():
-                raise DownloadError(f"checksum mismatch for {target.name} from {url}: "
-                                    f"expected sha256 {sha256}, got {actual}")
-    except OSError as e:
-        raise DownloadError(f"download of {url}: cannot write {target} "
-                            f"({e.strerror or e})") from None
-
-
-def _expected_files(files) -> dict[str, tuple[str, int | None]]:
-    """``files`` as name -> (sha256, size or None); the default is MNIST with its sizes."""
-    if files is None:
-        return {name: (sha, MNIST_SIZES[name]) for name, sha in MNIST_FILES.items()}
-    out = {}
-    for name, value in files.items():
-        sha, size = (value, None) if isinstance(value, str) else value
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise ValueError(f"files[{name!r}]: expected a hex SHA-256, got {sha!r}")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            raise ValueError(f"files[{name!r}]: expected a size in bytes, got {size!r}")
-        out[name] = (sha, size)
-    return out
-
-
-def _present(target: pathlib.Path, sha256: str, size: int | None) -> bool:
-    """True when ``target`` already holds the expected file."""
-    try:
-        if not target.is_file() or (size is not None and target.stat().st_size != size):
-            return False
-        return _sha256_file(target) == sha256.lower()
-    except OSError:
-        return False
-
-
-def download_mnist(dest=None, base_url=MNIST_URL, timeout=30.0, files=None) -> pathlib.Path:
-    """Download the MNIST .gz files into ``dest`` (default ``cache_dir()/"mnist"``).
-
-    ``files`` maps file name -> SHA-256, or -> (SHA-256, size in bytes) (default
-    ``MNIST_FILES`` with ``MNIST_SIZES``); files already present with the right
-    checksum are kept.  A server that sends less than 1 KiB in some ``timeout``-
-    second window, or more bytes than the file has, is given up on.  Any failure
-    raises ``DownloadError`` and leaves no partial file.  Returns the folder.
-    """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-    expected = _expected_files(files)
-    folder = pathlib.Path(dest) if dest is not None else cache_dir() / "mnist"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create the download folder {folder} "
-                            f"({e.strerror or e})") from None
-    base = base_url if base_url.endswith("/") else base_url + "/"
-    for name, (sha256, size) in expected.items():
-        target = folder / name
-        if not _present(target, sha256, size):
-            _download_file(base + urllib.parse.quote(name), target, sha256, timeout, size)
-    return folder

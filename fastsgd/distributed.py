@@ -38,7 +38,8 @@ import time
 import numpy as np
 
 from . import backends
-from .learner import DataLoader, DataLoaders, TrainingDiverged
+from .learner import TrainingDiverged
+from .loaders import DataLoader, DataLoaders
 
 __all__ = ["MPI", "ShardLoader", "DistributedError", "batch_share", "shard_range"]
 
@@ -267,10 +268,7 @@ class MPI:
             train = ShardLoader(train_x, train_y, bs, True, seed, offsets[0], totals[0])
             valid = ShardLoader(valid_x, valid_y, valid_bs or max(bs, 1024), False, None,
                                 offsets[1], totals[1])
-            if valid.x.shape[1] != train.x.shape[1]:
-                raise ValueError(f"valid_x: expected {train.x.shape[1]} features to match "
-                                 f"train_x, got {valid.x.shape[1]}")
-        return DataLoaders(train, valid)
+            return DataLoaders.checked(train, valid)
 
     def load_data(self, args):
         """``fastsgd train``'s data, this rank's rows of it: (name, train_x, train_y,

@@ -6,6 +6,8 @@
     check_writable("out/run.json")            # before a long job: fail now, not after
     with NpzArchive("model.npz") as npz:      # every member's shape and dtype, no data yet
         npz.headers["p0"].shape, npz.read("p0")
+    with file_errors(missing, unreadable):    # a reader's OSErrors in its own words
+        f = open(path, "rb")
 
 Regular files are replaced atomically: readers see the old content or the new,
 never half of it, and an exception or Ctrl-C at any point leaves no temp file
@@ -30,11 +32,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 __all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "check_writable",
-           "ArrayHeader", "BadArchive", "NpzArchive"]
+           "ArrayHeader", "BadArchive", "NpzArchive", "file_errors"]
 
 #: The path that means standard output.
 STDOUT = "-"
@@ -62,6 +65,18 @@ def _is_special(target: Path) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _destination(path) -> tuple[str, Path | None]:
+    """Where output to ``path`` goes: ``("stdout", None)``, ``("special", target)`` for a
+    device node, FIFO or socket (written in place), else ``("file", target)``, a regular
+    file, new or replaced.  A folder raises ``IsADirectoryError``."""
+    if _is_stdout(path):
+        return "stdout", None
+    target = _target(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; expected a file name")
+    return ("special" if _is_special(target) else "file"), target
 
 
 @contextlib.contextmanager
@@ -150,14 +165,12 @@ def open_output(path, binary: bool = True):
     then renamed over ``path``; if the block raises, ``path`` is left as it was.
     Missing folders are created.  ``-`` is standard output.
     """
-    if _is_stdout(path):
+    kind, target = _destination(path)
+    if kind == "stdout":
         with _stdout(binary) as out:
             yield out
         return
-    target = _target(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; expected a file name")
-    if _is_special(target):
+    if kind == "special":
         with _direct(target, binary) as out:
             yield out
         return
@@ -204,37 +217,38 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing[::-1]
 
 
+@contextlib.contextmanager
+def _cannot_write(path, step: str):
+    """An ``OSError`` in the block becomes ``OSError("cannot write PATH: STEP (why)")``."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {step} ({e.strerror or e})") from None
+
+
 def check_writable(path) -> None:
     """Raise ``OSError`` saying why, unless ``open_output(path)`` can be expected to work.
 
     Leaves nothing behind: folders it had to create to try are removed again.
     """
-    if _is_stdout(path):
+    kind, target = _destination(path)
+    if kind == "stdout":
         return
-    target = _target(path)
-    if target.is_dir():
-        raise OSError(f"cannot write {path}: it is a folder; expected a file name")
-    if _is_special(target):
+    if kind == "special":
         if not os.access(target, os.W_OK):
             raise OSError(f"cannot write {path}: permission denied")
         return
     created = []
     try:
         for folder in _missing_folders(target.parent):
-            try:
+            with _cannot_write(path, f"cannot create folder {folder}"):
                 folder.mkdir()
-            except OSError as e:
-                raise OSError(f"cannot write {path}: cannot create folder {folder} "
-                              f"({e.strerror or e})") from None
             created.append(folder)
         if not target.parent.is_dir():
             raise OSError(f"cannot write {path}: {target.parent} is not a folder")
         probe = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-        try:
+        with _cannot_write(path, f"cannot create files in {target.parent}"):
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as e:
-            raise OSError(f"cannot write {path}: cannot create files in {target.parent} "
-                          f"({e.strerror or e})") from None
         os.unlink(probe)
     finally:
         for folder in reversed(created):
@@ -333,22 +347,29 @@ class NpzArchive:
             raise BadArchive(self.path, f"member {info.filename!r} claims {info.file_size} bytes "
                              f"from {info.compress_size} stored bytes")
 
-    def _read_header(self, info: zipfile.ZipInfo) -> ArrayHeader:
+    @contextlib.contextmanager
+    def _member(self, info: zipfile.ZipInfo, malformed: str):
+        """The member ``info``, open for reading; what goes wrong while it is read becomes
+        ``BadArchive``: "MALFORMED (why)" for bad content, "cannot read (why)" for I/O."""
         try:
             with self._zip.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-                else:
-                    raise ValueError(f"unsupported .npy format version {version}")
-                header_bytes = member.tell()
+                yield member
         except _ARCHIVE_ERRORS as e:
-            raise BadArchive(self.path, f"member {info.filename!r}: bad .npy header ({e})") from None
+            raise BadArchive(self.path, f"member {info.filename!r}: {malformed} ({e})") from None
         except OSError as e:
             raise BadArchive(self.path, f"member {info.filename!r}: cannot read "
                              f"({e.strerror or e})") from None
+
+    def _read_header(self, info: zipfile.ZipInfo) -> ArrayHeader:
+        with self._member(info, "bad .npy header") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            header_bytes = member.tell()
         header = ArrayHeader(tuple(int(n) for n in shape), np.dtype(dtype), bool(fortran))
         if header.dtype.hasobject:
             raise BadArchive(self.path, f"member {info.filename!r} holds Python objects")
@@ -363,22 +384,16 @@ class NpzArchive:
         header, info = self.headers[name], self._infos[name]
         out = np.empty(header.size, dtype=header.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        try:
-            with self._zip.open(info) as member:
-                member.seek(info.file_size - header.nbytes)
-                got = 0
-                while got < len(view):
-                    chunk = member.read(min(_CHUNK, len(view) - got))
-                    if not chunk:
-                        break
-                    view[got:got + len(chunk)] = chunk
-                    got += len(chunk)
-                member.read(1)                       # reaches the end: the CRC is checked
-        except _ARCHIVE_ERRORS as e:
-            raise BadArchive(self.path, f"member {info.filename!r}: corrupt data ({e})") from None
-        except OSError as e:
-            raise BadArchive(self.path, f"member {info.filename!r}: cannot read "
-                             f"({e.strerror or e})") from None
+        with self._member(info, "corrupt data") as member:
+            member.seek(info.file_size - header.nbytes)
+            got = 0
+            while got < len(view):
+                chunk = member.read(min(_CHUNK, len(view) - got))
+                if not chunk:
+                    break
+                view[got:got + len(chunk)] = chunk
+                got += len(chunk)
+            member.read(1)                           # reaches the end: the CRC is checked
         if got != len(view):
             raise BadArchive(self.path, f"member {info.filename!r}: truncated data")
         order = "F" if header.fortran_order else "C"
@@ -393,3 +408,16 @@ class NpzArchive:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def file_errors(missing: Callable[[], BaseException],
+                unreadable: Callable[[OSError], BaseException]):
+    """Raise ``missing()`` for a FileNotFoundError in the block and ``unreadable(e)`` for any
+    other OSError ``e``, each without the original as its context."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise missing() from None
+    except OSError as e:
+        raise unreadable(e) from None

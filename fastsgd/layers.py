@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .files import BadArchive, NpzArchive, open_output
+from .files import BadArchive, NpzArchive, file_errors, open_output
 from .random import global_rng
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
@@ -115,46 +115,44 @@ class Linear(Module):
         return f"Linear({self.n_in}, {self.n_out})"
 
 
-class ReLU(Module):
+class _Elementwise(Module):
+    """An activation applied elementwise: forward and backward are one backend kernel each,
+    ``<kernel>_forward(x, out)`` and ``<kernel>_backward(saved, dy, dx)``, where ``saved``
+    is the input when ``keeps`` is "x" and the output when it is "y"."""
+
+    kernel: str
+    keeps: str
+
+    def forward(self, x):
+        y = getattr(self.backend, f"{self.kernel}_forward")(
+            x, out=self._buffer("y", x.shape, x.dtype))
+        self._saved = x if self.keeps == "x" else y
+        return y
+
+    def backward(self, dy):
+        return getattr(self.backend, f"{self.kernel}_backward")(
+            self._saved, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ReLU(_Elementwise):
     """``y = max(x, 0)``, elementwise."""
 
-    def forward(self, x):
-        self._x = x
-        return self.backend.relu_forward(x, out=self._buffer("y", x.shape, x.dtype))
-
-    def backward(self, dy):
-        return self.backend.relu_backward(self._x, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
-
-    def __repr__(self):
-        return "ReLU()"
+    kernel, keeps = "relu", "x"
 
 
-class Sigmoid(Module):
+class Sigmoid(_Elementwise):
     """``y = 1 / (1 + exp(-x))``, elementwise."""
 
-    def forward(self, x):
-        self._y = self.backend.sigmoid_forward(x, out=self._buffer("y", x.shape, x.dtype))
-        return self._y
-
-    def backward(self, dy):
-        return self.backend.sigmoid_backward(self._y, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
-
-    def __repr__(self):
-        return "Sigmoid()"
+    kernel, keeps = "sigmoid", "y"
 
 
-class Tanh(Module):
+class Tanh(_Elementwise):
     """``y = tanh(x)``, elementwise."""
 
-    def forward(self, x):
-        self._y = self.backend.tanh_forward(x, out=self._buffer("y", x.shape, x.dtype))
-        return self._y
-
-    def backward(self, dy):
-        return self.backend.tanh_backward(self._y, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
-
-    def __repr__(self):
-        return "Tanh()"
+    kernel, keeps = "tanh", "y"
 
 
 class Sequential(Module):
@@ -428,27 +426,32 @@ def read_checkpoint(path) -> ModelFile:
     The state's meaning is checked by its reader (``Learner.load``).
     """
     path = Path(path)
-    try:
-        with NpzArchive(path) as npz:
-            config = _read_config(npz)
-            shapes = _parameter_shapes(config)
-            _check_arrays(npz, shapes)
-            state = _read_json(npz, _STATE, _MAX_STATE_BYTES) if _STATE in npz.headers else None
-            if state is not None and not isinstance(state, dict):
-                raise ValueError(f"state must be a JSON object, got {type(state).__name__}")
-            n = len(shapes)
-            weights = _read_floats(npz, [f"p{i}" for i in range(n)])
-            velocities = _read_floats(npz, [f"v{i}" for i in range(n)]) \
-                if "v0" in npz.headers else None
-            losses = _read_floats(npz, [_LOSSES], np.float64)[0] if _LOSSES in npz.headers else None
-    except FileNotFoundError:
-        raise FileNotFoundError(f"model file {path} does not exist") from None
-    except BadArchive as e:
-        raise ValueError(f"model file {path} is not a fastsgd model: {e.reason}") from None
-    except OSError as e:
-        raise ValueError(f"model file {path}: cannot read ({e.strerror or e})") from None
-    except ValueError as e:
-        raise ValueError(f"model file {path}: {e}") from None
+    with file_errors(lambda: FileNotFoundError(f"model file {path} does not exist"),
+                     lambda e: ValueError(f"model file {path}: cannot read ({e.strerror or e})")):
+        try:
+            return _read_arrays(path)
+        except BadArchive as e:
+            raise ValueError(f"model file {path} is not a fastsgd model: {e.reason}") from None
+        except OSError:
+            raise                                  # said by file_errors
+        except ValueError as e:
+            raise ValueError(f"model file {path}: {e}") from None
+
+
+def _read_arrays(path: Path) -> ModelFile:
+    """``read_checkpoint``'s reading and checking, before its errors are put in its words."""
+    with NpzArchive(path) as npz:
+        config = _read_config(npz)
+        shapes = _parameter_shapes(config)
+        _check_arrays(npz, shapes)
+        state = _read_json(npz, _STATE, _MAX_STATE_BYTES) if _STATE in npz.headers else None
+        if state is not None and not isinstance(state, dict):
+            raise ValueError(f"state must be a JSON object, got {type(state).__name__}")
+        n = len(shapes)
+        weights = _read_floats(npz, [f"p{i}" for i in range(n)])
+        velocities = _read_floats(npz, [f"v{i}" for i in range(n)]) \
+            if "v0" in npz.headers else None
+        losses = _read_floats(npz, [_LOSSES], np.float64)[0] if _LOSSES in npz.headers else None
     return ModelFile(path, config, weights, state, velocities, losses)
 
 

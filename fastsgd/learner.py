@@ -1,4 +1,4 @@
-"""DataLoaders and the Learner: the fastai-style training loop over backend kernels.
+"""The Learner: the fastai-style training loop over backend kernels.
 
     dls = DataLoaders.from_arrays(train_x, train_y, valid_x, valid_y, bs=64, seed=0)
     learn = Learner(dls, simple_net(784, 30, 1), mnist_loss, SGD(0.1), [batch_accuracy])
@@ -8,7 +8,10 @@ One step is the book's loop: predict, loss, backward, step.  Around the steps,
 callbacks (``fastsgd.callbacks``) record the history, set the step rates, print
 the table, draw progress bars and may stop the fit.  The Learner never names a
 backend: it holds a handle and every layer, loss and update calls kernels
-through it.
+through it.  The DataLoaders live in ``fastsgd.loaders``, the fused epoch in
+``fastsgd.fused`` and checkpoints in ``fastsgd.checkpoint``; ``DataLoader``,
+``DataLoaders``, ``generator_from_state`` and ``CHECKPOINT_FORMAT`` are importable
+from here too.
 """
 from __future__ import annotations
 
@@ -19,14 +22,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import backends, inference
+from . import backends, checkpoint, inference
 from . import fused as fused_path
 from .callbacks import (MAX_LR, Callback, CancelEpochException, CancelFitException, EpochTable,
                         LRFinder, LRSchedule, ProgressCallback, Recorder, metric_name)
-from .layers import Module, load_weights, read_checkpoint, save_model
+from .checkpoint import CHECKPOINT_FORMAT
+from .layers import Module
+from .loaders import DataLoader, DataLoaders, generator_from_state
 from .losses import Loss
 from .optim import SGD
-from .random import global_rng
 
 __all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged",
            "DIVERGED_LOSS_FACTOR", "CHECKPOINT_FORMAT", "generator_from_state"]
@@ -40,149 +44,6 @@ class TrainingDiverged(FloatingPointError):
 #: An epoch whose mean training loss exceeds this many times the first step's loss
 #: (plus 1) has diverged, even while every number is still finite.
 DIVERGED_LOSS_FACTOR = 10.0
-
-
-class DataLoader:
-    """Batches of ``(x, y)``: x (N, F) float32, y (N,) targets.
-
-    With ``shuffle``, each pass visits the rows in a new order drawn from a
-    generator seeded by ``seed`` (same seed, same batches).  Batches are
-    gathered into reused buffers; without shuffling they are views.  The last
-    batch may be smaller.  ``bs=len(x)`` gives full-batch gradient descent and
-    ``bs=1`` pure stochastic descent.
-    """
-
-    def __init__(self, x, y, bs: int = 64, shuffle: bool = False, seed: int | None = None):
-        x = np.asarray(x)
-        y = np.asarray(y)
-        if x.ndim != 2:
-            raise ValueError(f"x: expected a 2-D array (N, features), got shape {x.shape}")
-        if len(x) == 0:
-            raise ValueError("x: empty dataset; expected at least one row")
-        if len(y) != len(x):
-            raise ValueError(f"y: expected {len(x)} targets to match x, got {len(y)}")
-        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
-            raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
-        if not np.issubdtype(x.dtype, np.number):
-            raise TypeError(f"x: expected numbers, got dtype {x.dtype}")
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(self.x).all():
-            raise ValueError("x: contains NaN or Inf; expected finite values")
-        self.y = y
-        self.backend = backends.get("numpy")
-        self.bs = int(min(bs, len(x)))
-        self.shuffle = shuffle
-        self._rng = np.random.default_rng(seed) if seed is not None else \
-            np.random.default_rng(global_rng().integers(2**63))
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def to(self, backend) -> "DataLoader":
-        """Keep the data on ``backend`` (moved once) and gather batches there."""
-        self.backend = backends.get(backend)
-        self.x = self.backend.asarray(self.x)
-        self.y = self.backend.asarray(self.y, dtype=self.y.dtype)
-        self._buffers.clear()
-        return self
-
-    def __len__(self):
-        """Number of batches per pass."""
-        return math.ceil(len(self.x) / self.bs)
-
-    @property
-    def n(self) -> int:
-        """Number of samples."""
-        return len(self.x)
-
-    def next_order(self) -> np.ndarray:
-        """The row order of the next pass: a fresh permutation when shuffling."""
-        return self._rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
-
-    def __iter__(self):
-        n, bs = len(self.x), self.bs
-        if not self.shuffle:
-            for start in range(0, n, bs):
-                yield self.x[start:start + bs], self.y[start:start + bs]
-            return
-        order = self.backend.asarray(self.next_order(), dtype=np.int64)
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            xb, yb = self._batch_buffers(len(idx))
-            self.backend.take_rows(self.x, idx, out=xb)
-            self.backend.take_rows(self.y, idx, out=yb)
-            yield xb, yb
-
-    @property
-    def rng_state(self) -> dict:
-        """The shuffling generator's state as JSON-ready data (``bit_generator.state``).
-
-        Assigning a state saved this way continues the same sequence of batch
-        orders; a malformed one raises ValueError and changes nothing.
-        """
-        return _json_ready(self._rng.bit_generator.state)
-
-    @rng_state.setter
-    def rng_state(self, state: dict):
-        self._rng = generator_from_state(state)
-
-    def _batch_buffers(self, size):
-        if size not in self._buffers:
-            self._buffers[size] = (self.backend.empty((size, self.x.shape[1]), np.float32),
-                                   self.backend.empty((size, *self.y.shape[1:]), self.y.dtype))
-        return self._buffers[size]
-
-
-#: Bit generators whose saved state ``DataLoader.rng_state`` accepts.
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
-
-
-def _json_ready(value):
-    """``value`` with NumPy arrays and scalars turned into lists and Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def generator_from_state(state, where: str = "rng_state") -> np.random.Generator:
-    """A ``numpy.random.Generator`` continuing from a saved ``bit_generator.state``, or
-    ValueError naming ``where`` and what is wrong with it."""
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    if name not in _BIT_GENERATORS:
-        raise ValueError(f"{where}: expected a bit generator state of one of "
-                         f"{', '.join(_BIT_GENERATORS)}, got {str(state)[:80]}")
-    bit_generator = getattr(np.random, name)()
-    try:
-        bit_generator.state = state
-    except (ValueError, TypeError, KeyError, OverflowError) as e:
-        raise ValueError(f"{where}: not a valid {name} state ({type(e).__name__}: "
-                         f"{str(e)[:80]})") from None
-    return np.random.Generator(bit_generator)
-
-
-class DataLoaders:
-    """A training and a validation ``DataLoader`` (fastai's ``DataLoaders(train, valid)``)."""
-
-    def __init__(self, train: DataLoader, valid: DataLoader):
-        self.train, self.valid = train, valid
-
-    @classmethod
-    def from_arrays(cls, train_x, train_y, valid_x, valid_y, bs: int = 64, seed: int | None = None,
-                    valid_bs: int | None = None) -> "DataLoaders":
-        """Shuffled training batches of ``bs``; validation in order, in batches of ``valid_bs``."""
-        train = DataLoader(train_x, train_y, bs, shuffle=True, seed=seed)
-        valid = DataLoader(valid_x, valid_y, valid_bs or max(bs, 1024), shuffle=False)
-        if valid.x.shape[1] != train.x.shape[1]:
-            raise ValueError(f"valid_x: expected {train.x.shape[1]} features to match train_x, "
-                             f"got {valid.x.shape[1]}")
-        return cls(train, valid)
-
-    def __iter__(self):
-        return iter((self.train, self.valid))
 
 
 class Learner:
@@ -384,7 +245,7 @@ class Learner:
     def _check_diverged(self, row):
         """After an epoch: parameters and validation results finite, the loss not exploding."""
         for p in self.model.parameters():
-            if not np.isfinite(self.backend.to_numpy(p.value)).all():
+            if not self.backend.arrays.all_finite(p.value):
                 self._diverged(f"parameter {p.name} holds NaN or Inf")
         for key, value in row.items():
             if key != "epoch" and not math.isfinite(value):
@@ -430,46 +291,15 @@ class Learner:
         if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)) or num_it < 2:
             raise ValueError(f"num_it: expected an integer >= 2, got {num_it!r}")
         finder = LRFinder(start_lr, end_lr, int(num_it), stop_div)
-        saved = self._training_state()
+        saved = checkpoint.snapshot(self)
         try:
             self._fit(math.ceil(num_it / len(self.dls.train)), [self.recorder, finder])
         except TrainingDiverged:
             pass                           # a loss went non-finite: the steps before it count
         finally:
-            self._restore_training_state(saved)
+            checkpoint.restore_snapshot(self, saved)
         self.recorder.lr_find = finder.result()
         return self.recorder.lr_find.suggestion
-
-    def _training_state(self) -> dict:
-        """Copies of everything a few training steps change (see ``lr_find``)."""
-        to_host = self.backend.to_numpy
-        params = self.model.parameters()
-        return {"values": [to_host(p.value).copy() for p in params],
-                "grads": [None if p.grad is None else to_host(p.grad).copy() for p in params],
-                "velocities": [None if v is None else to_host(v).copy()
-                               for v in self.opt.velocities()],
-                "lr": self.opt.lr, "rng": self.dls.train.rng_state, "epoch": self.epoch,
-                "n_epochs": self.n_epochs, "last_row": self.last_row,
-                "history": len(self.recorder.history), "losses": len(self.recorder.losses)}
-
-    def _restore_training_state(self, saved):
-        """Put back what ``_training_state`` copied."""
-        params = self.model.parameters()
-        for p, value, grad in zip(params, saved["values"], saved["grads"]):
-            p.value = self.backend.asarray(value)
-            if grad is not None:
-                p.grad = self.backend.asarray(grad)
-        velocities = saved["velocities"]
-        if any(v is not None for v in [*velocities, *self.opt.velocities()]):
-            # a velocity not made yet is zero
-            self.opt.set_velocities([self.backend.zeros(p.value.shape) if v is None
-                                     else self.backend.asarray(v)
-                                     for p, v in zip(params, velocities)])
-        self.opt.lr = saved["lr"]
-        self.dls.train.rng_state = saved["rng"]
-        self.epoch, self.n_epochs, self.last_row = saved["epoch"], saved["n_epochs"], saved["last_row"]
-        del self.recorder.history[saved["history"]:]
-        del self.recorder.losses[saved["losses"]:]
 
     # ---------------------------------------------------------- evaluation
     def validate(self, dl: DataLoader | None = None) -> dict:
@@ -485,7 +315,7 @@ class Learner:
         with backends.skip_value_checks():
             for xb, yb in dl:
                 preds = self.model.forward(xb)
-                finite = finite and bool(np.isfinite(self.backend.to_numpy(preds)).all())
+                finite = finite and self.backend.arrays.all_finite(preds)
                 sums["valid_loss"] += self.loss_func(preds, yb, self.backend) * len(xb)
                 for m in self.metrics:
                     sums[metric_name(m)] += m(preds, yb, self.backend) * len(xb)
@@ -554,25 +384,7 @@ class Learner:
         caller's, such as the command line's options and schedule name).
         ``fastsgd.load_model`` reads either kind as a model.
         """
-        state = {"format": CHECKPOINT_FORMAT, "targets": self.loss_func.targets,
-                 "loss": getattr(self.loss_func, "__name__", None), "classes": self.classes}
-        if not with_opt:
-            return save_model(self.model, path, state=state)
-        velocities = self.opt.velocities()
-        state.update(
-            epoch=self.epoch,
-            opt={"lr": self.opt.lr, "momentum": self.opt.momentum,
-                 "weight_decay": self.opt.weight_decay},
-            rng=self.dls.train.rng_state,
-            history=_json_ready(self.recorder.history),
-            settings=_json_ready(settings) if settings is not None else {})
-        if all(v is None for v in velocities):
-            velocities = None
-        else:                            # a velocity not made yet is zero
-            velocities = [np.zeros(p.value.shape, np.float32) if v is None else v
-                          for p, v in zip(self.model.parameters(), velocities)]
-        return save_model(self.model, path, state=state, velocities=velocities,
-                          losses=np.asarray(self.recorder.losses, np.float64))
+        return checkpoint.save(self, path, with_opt, settings)
 
     def load(self, path) -> "Learner":
         """Load a file written by ``save`` (or ``fastsgd.save_model``) into this Learner.
@@ -583,87 +395,8 @@ class Learner:
         momentum restarts from zero.  The whole file is checked first: on any
         error nothing changes — weights, optimiser, history, shuffling or classes.
         """
-        stored = read_checkpoint(path)
-        source = f"model file {path}"
-        if stored.config != self.model.config():
-            raise ValueError(f"{source}: architecture {stored.config} does not match "
-                             f"this learner's model {self.model.config()}")
-        restore = self._check_state(stored, source)
-        load_weights(self.model, stored.weights, source=source)
-        self.opt.bind(self.model.parameters(), self.backend)
-        restore()
+        checkpoint.load(self, path)
         return self
-
-    def _check_state(self, stored, source) -> Callable[[], None]:
-        """Check a file's state against this Learner; returns the function that applies it.
-
-        Nothing is assigned until that function runs, so a bad state changes nothing.
-        """
-        state = stored.state
-        if state is None:                          # a file of weights alone
-            return lambda: None
-        where = f"{source}: state"
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{where}: unknown format {state.get('format')!r} "
-                             f"(this fastsgd reads format {CHECKPOINT_FORMAT})")
-        targets = state.get("targets")
-        if targets != self.loss_func.targets:
-            raise ValueError(f"{where}: saved from a model with {targets!r} targets, this "
-                             f"learner's loss {self.loss_func!r} has {self.loss_func.targets!r}")
-        classes = inference.check_classes(state.get("classes"), targets, self.model.n_out,
-                                          f"{where}.classes")
-        if "opt" not in state:                     # saved without the optimiser
-            return lambda: setattr(self, "_classes", classes)
-        opt = _checked_opt(state.get("opt"), f"{where}.opt")
-        epoch = state.get("epoch")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"{where}.epoch: expected an integer >= 0, got {epoch!r:.40}")
-        history = _checked_history(state.get("history"), f"{where}.history")
-        rng = generator_from_state(state.get("rng"), f"{where}.rng")
-        settings = state.get("settings")
-        if not isinstance(settings, dict):
-            raise ValueError(f"{where}.settings: expected an object, got {settings!r:.40}")
-        losses = [] if stored.losses is None else stored.losses.tolist()
-        velocities = None if stored.velocities is None else \
-            [self.backend.asarray(v) for v in stored.velocities]
-
-        def restore():
-            self._classes = classes
-            self.opt.lr, self.opt.momentum, self.opt.weight_decay = opt
-            if velocities is not None:
-                self.opt.set_velocities(velocities)
-            self.epoch = epoch
-            self.recorder.history = history
-            self.recorder.losses = losses
-            self.dls.train._rng = rng
-        return restore
-
-
-#: The layout of ``Learner.save``'s state; ``load`` refuses others.
-CHECKPOINT_FORMAT = 1
-
-
-def _checked_opt(opt, where) -> tuple[float, float, float]:
-    """(lr, momentum, weight_decay) from a saved optimiser state, checked as SGD checks them."""
-    if not isinstance(opt, dict) or set(opt) != {"lr", "momentum", "weight_decay"}:
-        raise ValueError(f"{where}: expected lr, momentum and weight_decay, got {opt!r:.80}")
-    try:
-        checked = SGD(opt["lr"], opt["momentum"], opt["weight_decay"])
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-    return checked.lr, checked.momentum, checked.weight_decay
-
-
-def _checked_history(history, where) -> list[dict]:
-    """A saved ``Recorder.history``: a list of objects, each with an integer epoch."""
-    if not isinstance(history, list):
-        raise ValueError(f"{where}: expected a list of epochs, got {history!r:.40}")
-    for i, row in enumerate(history):
-        epoch = row.get("epoch") if isinstance(row, dict) else None
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise ValueError(f"{where}[{i}]: expected an object with an integer epoch, "
-                             f"got {row!r:.80}")
-    return [dict(row) for row in history]
 
 
 def _checked_callbacks(cbs, where) -> list[Callback]:

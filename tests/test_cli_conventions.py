@@ -1,4 +1,5 @@
 """The command behaves like a command: --version, python -m fastsgd, info."""
+import pathlib
 import subprocess
 import sys
 
@@ -29,6 +30,26 @@ def test_info_names_the_c_kernel_and_its_threads(capsys):
     if fs.backends.available()["c"] is True:
         from fastsgd.backends import c_ext
         assert f"c backend: matmul kernel {c_ext.isa()}, threads: {c_ext.threads()}" in out
+
+
+def test_runtime_info_describes_the_available_cpu_backends():
+    info, available = fs.backends.runtime_info(), fs.backends.available()
+    assert set(info) == {name for name in ("c", "numba") if available[name] is True}
+    for fields in info.values():
+        assert fields["threads"] >= 1
+    if "numba" in info:
+        assert info["numba"]["threading_layer"] != "not yet initialised"
+
+
+def test_the_command_asks_the_backend_registry_not_a_backend_module():
+    import fastsgd.cli
+    import fastsgd.commands
+    sources = [pathlib.Path(fastsgd.cli.__file__),
+               *pathlib.Path(fastsgd.commands.__file__).parent.glob("*.py")]
+    for path in sources:
+        text = path.read_text()
+        for module in ("c_ext", "numba_cpu", "numpy_ref", "cuda"):
+            assert f"backends.{module}" not in text and f"backends import {module}" not in text, path
 
 
 def test_divergence_is_one_line_and_exit_2(tmp_path, capsys):

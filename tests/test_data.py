@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastsgd import data
+from fastsgd import data, download
 from fastsgd import files as fastsgd_files
 from fastsgd.data import DataError, Dataset, DownloadError
 from tests.mnist_fixtures import MNIST_NAMES, make_mnist_folder, synthetic_digits, write_idx
@@ -734,7 +734,7 @@ def test_download_refuses_a_body_of_the_wrong_size(scripted, tmp_path, script, m
 
 def test_download_of_unknown_size_is_capped(scripted, tmp_path, monkeypatch):
     url, stop, set_script = scripted
-    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", 500)
+    monkeypatch.setattr(download, "_MAX_DOWNLOAD_BYTES", 500)
     set_script(send(bytes(3000), length=-1))
     dest = tmp_path / "dest"
     with pytest.raises(DownloadError) as e:

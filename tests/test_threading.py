@@ -118,3 +118,46 @@ def test_kernels_called_from_threads_at_once_agree():
     for t in threads:
         t.join()
     assert bad == []
+
+
+SPIN = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass\n"
+
+
+def _fused_c_epoch(x, y, threads):
+    """The weights after two fused epochs on ``c`` with at most ``threads`` threads."""
+    import fastsgd as fs
+    from fastsgd.backends import c_ext
+    previous = c_ext.set_threads(threads)
+    try:
+        fs.set_seed(3)
+        model = fs.Sequential(fs.Linear(784, 128), fs.ReLU(), fs.Linear(128, 10))
+        dls = fs.DataLoaders(fs.DataLoader(x, y, 64, shuffle=True, seed=4),
+                             fs.DataLoader(x[:256], y[:256], 256))
+        learn = fs.Learner(dls, model, fs.cross_entropy, fs.SGD(0.1, momentum=0.9),
+                           backend="c", show=False, progress=False)
+        assert learn.fused is True
+        learn.fit(2)
+        return [p.value.copy() for p in model.parameters()]
+    finally:
+        c_ext.set_threads(previous)
+
+
+@needs_c
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores to keep one busy")
+def test_a_busy_core_leaves_the_threaded_epoch_exact():
+    """Beside a process spinning on one core the pool's workers are kept off it, and
+    the pool runs jobs on fewer threads for a while: the weights must not change."""
+    rng = np.random.default_rng(5)
+    x = rng.random((8192, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 8192)
+    alone = _fused_c_epoch(x, y, threads=1)
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(min(os.sched_getaffinity(0)))])
+    try:
+        time.sleep(0.2)
+        shared = _fused_c_epoch(x, y, threads=2)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    for a, b in zip(alone, shared):
+        np.testing.assert_array_equal(a, b)

@@ -8,17 +8,20 @@
 A backend is imported on first use; when its import fails (no compiler, no GPU)
 the failure is kept as the reason it is unavailable, and ``import fastsgd`` is
 never affected.  ``default_name()`` is ``$FASTSGD_BACKEND`` when set, else the
-first available backend in ``PREFERENCE`` (fastest first).
+first available backend in ``PREFERENCE`` (fastest first).  ``runtime_info()``
+says how the available CPU backends run (kernel ISA, threads, threading layer).
 """
 from __future__ import annotations
 
 import importlib
 import os
 
+import numpy as np
+
 from .contract import KERNELS, Backend, skip_value_checks
 
 __all__ = ["KERNELS", "Backend", "available", "get", "default_name", "names",
-           "skip_value_checks", "BackendUnavailable", "PREFERENCE"]
+           "skip_value_checks", "BackendUnavailable", "PREFERENCE", "runtime_info"]
 
 #: name -> (module, float dtypes it computes in); the order is the default preference,
 #: fastest first for the book's models: the compiled CPU backends train a whole epoch
@@ -90,3 +93,29 @@ def get(name: str | None = None) -> Backend:
     if backend is None:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {_reasons[name]}")
     return backend
+
+
+def _module(name: str):
+    """The module of the available backend ``name``, None where it is unavailable."""
+    return importlib.import_module(_REGISTRY[name][0]) if _load(name) else None
+
+
+def runtime_info() -> dict[str, dict]:
+    """How the available compiled CPU backends run; an unavailable one is left out.
+
+    ``{"c": {"isa": matmul micro-kernel, "threads": n},
+    "numba": {"threading_layer": name, "threads": n}}``.  Numba picks its threading
+    layer when its thread pool starts, so this runs one small numba kernel first.
+    """
+    info = {}
+    c = _module("c")
+    if c is not None:
+        info["c"] = {"isa": c.isa(), "threads": c.threads()}
+    nb = _module("numba")
+    if nb is not None:
+        import numba
+        ones = np.ones((4, 4), np.float32)
+        get("numba").matmul(ones, ones)                  # starts the thread pool
+        info["numba"] = {"threading_layer": nb.threading_layer(),
+                         "threads": numba.get_num_threads()}
+    return info

@@ -10,7 +10,9 @@ picked at run time (``isa()`` says which matmul kernel is in use).
 
 This is the only module that touches ``ffi`` / ``lib``.  Arguments normally arrive
 validated by ``contract.Backend``, but each function here still checks, cheaply,
-everything memory safety depends on before calling C: every array must be a
+everything memory safety depends on before calling C, reading the shapes from the
+same declaration as the contract (``spec.SIGNATURES``; the kernels are made from it
+and ``_C_CALLS``, their C argument lists): every array must be a
 ``numpy.ndarray`` of dtype float32 (labels int64), C-contiguous (non-contiguous
 input is rejected, never copied), writable where it is an output, and of the size
 the kernel will read or write.  A violation raises ``TypeError`` or ``ValueError``
@@ -31,6 +33,7 @@ import os
 import numpy as np
 
 from . import program
+from .spec import SIGNATURES, bind_dims, describe, dim_sources, host_array, kernel_function
 
 if os.environ.get("FASTSGD_DISABLE_C", "") not in ("", "0"):
     raise ImportError("C extension disabled by FASTSGD_DISABLE_C=1")
@@ -50,46 +53,27 @@ _NULL = ffi.NULL
 
 
 # ----------------------------------------------------------- argument checks
-def _f32(name, x, writable=False):
-    """A cffi ``float *`` into ndarray ``x`` after checking its type, dtype and layout.
+#: The kinds of pointer ``_ptr`` makes: cffi item type and the NumPy dtype it needs.
+_FLOAT, _INT64, _DOUBLE = ("float[]", _F32), ("int64_t[]", _I64), ("double[]", _F64)
+#: The kind for each array dtype of ``spec.SIGNATURES`` (``Param.dtype``).
+_POINTERS = {"float": _FLOAT, "int64": _INT64}
+
+
+def _ptr(name, x, kind, writable=False):
+    """A cffi pointer into ndarray ``x`` of ``kind`` (``_FLOAT``, ``_INT64``, ``_DOUBLE``)
+    after checking its type, dtype and layout.
 
     ``ffi.from_buffer`` keeps ``x`` alive for the call and refuses (raising) buffers
     that are not C-contiguous or, with ``writable``, read-only; it does not look at
     the dtype, which is checked here.  ``len()`` of the result is ``x.size``.
     """
-    if type(x) is not _ndarray or x.dtype is not _F32:
-        _check_array(name, x, _F32)  # the fast test fails for subclasses too
+    ctype, dtype = kind
+    if type(x) is not _ndarray or x.dtype is not dtype:
+        host_array(name, x, dtype)  # the fast test fails for subclasses too
     try:
-        return _from_buffer("float[]", x, require_writable=writable)
+        return _from_buffer(ctype, x, require_writable=writable)
     except (TypeError, ValueError, BufferError) as exc:
         raise _layout_error(name, x, writable, exc) from None
-
-
-def _i64(name, x):
-    """A cffi ``int64_t *`` into ndarray ``x`` (labels), checked as in ``_f32``."""
-    if type(x) is not _ndarray or x.dtype is not _I64:
-        _check_array(name, x, _I64)
-    try:
-        return _from_buffer("int64_t[]", x)
-    except (TypeError, ValueError, BufferError) as exc:
-        raise _layout_error(name, x, False, exc) from None
-
-
-def _f64(name, x, writable=False):
-    """A cffi ``double *`` into ndarray ``x``, checked as in ``_f32``."""
-    if type(x) is not _ndarray or x.dtype is not _F64:
-        _check_array(name, x, _F64)
-    try:
-        return _from_buffer("double[]", x, require_writable=writable)
-    except (TypeError, ValueError, BufferError) as exc:
-        raise _layout_error(name, x, writable, exc) from None
-
-
-def _check_array(name, x, dtype):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype}")
 
 
 def _same_size(name, ptr, n, source):
@@ -135,206 +119,95 @@ def _bad_labels(name, count, n_classes):
                          f"{count} do not")
 
 
-# ------------------------------------------------------------------ matmul
-def matmul(a, b, out):
-    """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
-    M, K = _shape("a", a, 2)
-    K2, N = _shape("b", b, 2)
-    if K2 != K:
-        raise ValueError(f"b.shape[0] is {K2} but a.shape[1] is {K}; expected them equal")
-    _expect("out", out, (M, N), "(a.shape[0], b.shape[1])")
-    lib.matmul(_f32("out", out, True), _f32("a", a), _f32("b", b), M, K, N)
+# ----------------------------------------------------------------- kernels
+#: Each kernel's C call (``csrc/kernels.h``): its arguments in order, as parameter
+#: names of ``spec.SIGNATURES`` (arrays become pointers), dimension letters (``n``:
+#: the common size of an elementwise kernel's arrays) and ``&loss``, a double the call
+#: fills and the kernel returns.  The cross-entropy calls return how many labels lie
+#: outside [0, C); any other call's result is the kernel's.
+_C_CALLS = """
+matmul                  out a b M K N
+matmul_backward_input   dx dy w B I O
+matmul_backward_weight  dw x dy B I O
+bias_backward           db dy B O
+linear_forward          out x w b B I O
+linear_backward         dx dw db x w dy B I O
+sigmoid_forward         out x n
+sigmoid_backward        dx y dy n
+relu_forward            out x n
+relu_backward           dx x dy n
+tanh_forward            out x n
+tanh_backward           dx y dy n
+mnist_loss_forward      preds targets B
+mnist_loss_backward     dpreds preds targets B
+cross_entropy_forward   &loss logits labels B C
+cross_entropy_backward  dlogits logits labels B C
+mse_forward             preds targets n
+mse_backward            dpreds preds targets n
+sgd_update              param velocity grad n lr momentum weight_decay
+binary_accuracy         preds targets B
+multiclass_accuracy     logits labels B C
+"""
+_COUNTS_BAD_LABELS = ("cross_entropy_forward", "cross_entropy_backward")
 
 
-def matmul_backward_input(dy, w, dx):
-    """dx = dy @ w.T, no transposed copy.   dy (B, O), w (I, O) -> dx (B, I)."""
-    B, O = _shape("dy", dy, 2)
-    I, O2 = _shape("w", w, 2)
-    if O2 != O:
-        raise ValueError(f"w.shape[1] is {O2} but dy.shape[1] is {O}; expected them equal")
-    _expect("dx", dx, (B, I), "(dy.shape[0], w.shape[0])")
-    lib.matmul_backward_input(_f32("dx", dx, True), _f32("dy", dy), _f32("w", w), B, I, O)
+def _c_kernel(kernel, c_args):
+    """The checked Python entry of C function ``kernel`` called with ``c_args``.
 
-
-def matmul_backward_weight(x, dy, dw):
-    """dw = x.T @ dy, no transposed copy.   x (B, I), dy (B, O) -> dw (I, O)."""
-    B, I = _shape("x", x, 2)
-    B2, O = _shape("dy", dy, 2)
-    if B2 != B:
-        raise ValueError(f"dy.shape[0] is {B2} but x.shape[0] is {B}; expected them equal")
-    _expect("dw", dw, (I, O), "(x.shape[1], dy.shape[1])")
-    lib.matmul_backward_weight(_f32("dw", dw, True), _f32("x", x), _f32("dy", dy), B, I, O)
-
-
-def bias_backward(dy, db):
-    """db[o] = sum_b dy[b, o].   dy (B, O) -> db (O,)."""
-    B, O = _shape("dy", dy, 2)
-    _expect("db", db, (O,), "(dy.shape[1],)")
-    lib.bias_backward(_f32("db", db, True), _f32("dy", dy), B, O)
-
-
-# ------------------------------------------------------------------ linear
-def linear_forward(x, w, b, out):
-    """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
-    B, I = _shape("x", x, 2)
-    I2, O = _shape("w", w, 2)
-    if I2 != I:
-        raise ValueError(f"w.shape[0] is {I2} but x.shape[1] is {I}; expected them equal")
-    _expect("b", b, (O,), "(w.shape[1],)")
-    _expect("out", out, (B, O), "(x.shape[0], w.shape[1])")
-    lib.linear_forward(_f32("out", out, True), _f32("x", x), _f32("w", w), _f32("b", b),
-                       B, I, O)
-
-
-def linear_backward(x, w, dy, dx, dw, db):
-    """dx = dy @ w.T (B, I), skipped when dx is None;  dw = x.T @ dy (I, O);  db = dy.sum(0) (O,).
-
-    x (B, I), w (I, O), dy (B, O).
+    Before C runs it checks every array against ``spec.SIGNATURES[kernel]``: its type,
+    dtype, layout and writability (``_ptr``) and its shape (``spec.bind_dims``), so no
+    call can make C read or write outside the arrays it was given.
     """
-    B, I = _shape("x", x, 2)
-    I2, O = _shape("w", w, 2)
-    if I2 != I:
-        raise ValueError(f"w.shape[0] is {I2} but x.shape[1] is {I}; expected them equal")
-    _expect("dy", dy, (B, O), "(x.shape[0], w.shape[1])")
-    _expect("dw", dw, (I, O), "w.shape")
-    _expect("db", db, (O,), "(w.shape[1],)")
-    if dx is None:
-        dx_ptr = _NULL
-    else:
-        _expect("dx", dx, (B, I), "x.shape")
-        dx_ptr = _f32("dx", dx, True)
-    lib.linear_backward(dx_ptr, _f32("dw", dw, True), _f32("db", db, True),
-                        _f32("x", x), _f32("w", w), _f32("dy", dy), B, I, O)
+    params = SIGNATURES[kernel]
+    sources = dim_sources(params)
+    # What to check, in this order: the shapes of the arrays read (they set the
+    # dimensions), the exact shapes of the arrays written, then every array's type,
+    # dtype and layout as it becomes a pointer, and the sizes of the "n" arrays.
+    reads = [(i, p, len(p.dims)) for i, p in enumerate(params)
+             if p.dims and p.dims != "n" and not p.written]
+    writes = [(i, p.name, p.dims, f"({', '.join(sources[d] for d in p.dims)}"
+               f"{',' * (len(p.dims) == 1)})")
+              for i, p in enumerate(params) if p.dims and p.dims != "n" and p.written]
+    arrays = [(i, p.name, _POINTERS[p.dtype], p.written, p.optional)
+              for i, p in enumerate(params) if p.dims]
+    flat = [p.name for p in params if p.dims == "n"]
+    scalars = [(i, p.name) for i, p in enumerate(params) if not p.dims]
+    c_fn = getattr(lib, kernel)
+    counts_labels = kernel in _COUNTS_BAD_LABELS
+    fills_loss = "&loss" in c_args
+
+    def run(args):
+        values = bind_dims([(p, _shape(p.name, args[i], ndim)) for i, p, ndim in reads])
+        for i, name, dims, source in writes:
+            if args[i] is not None:  # None: an optional output, checked below
+                _expect(name, args[i], tuple(map(values.__getitem__, dims)), source)
+        for i, name, kind, writable, optional in arrays:
+            x = args[i]
+            values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
+        if flat:
+            n = values["n"] = len(values[flat[0]])
+            for name in flat[1:]:
+                if values[name] is not _NULL:
+                    _same_size(name, values[name], n, f"{flat[0]}.size")
+        for i, name in scalars:
+            values[name] = float(args[i])
+        if fills_loss:
+            loss = values["&loss"] = ffi.new("double *")
+        result = c_fn(*map(values.__getitem__, c_args))
+        if counts_labels:
+            _bad_labels("labels", result, values["C"])
+            result = None
+        return loss[0] if fills_loss else result
+
+    call = kernel_function(kernel, params, "_run({})", {"__name__": __name__, "_run": run})
+    call.__doc__ = f"``{kernel}`` in C (see ``csrc/kernels.h``):  {describe(params)}."
+    return call
 
 
-# ------------------------------------------------------------- activations
-# Elementwise kernels work on the flat arrays: any shape, sizes must agree.
-def sigmoid_forward(x, out):
-    """out = 1 / (1 + exp(-x)), never overflowing; any shape.  out may be x."""
-    px, po = _f32("x", x), _f32("out", out, True)
-    _same_size("out", po, len(px), "x.size")
-    lib.sigmoid_forward(po, px, len(px))
-
-
-def sigmoid_backward(y, dy, dx):
-    """dx = dy * y * (1 - y), y = sigmoid(x) the forward output; any shape."""
-    py, pdy, pdx = _f32("y", y), _f32("dy", dy), _f32("dx", dx, True)
-    _same_size("dy", pdy, len(py), "y.size")
-    _same_size("dx", pdx, len(py), "y.size")
-    lib.sigmoid_backward(pdx, py, pdy, len(py))
-
-
-def relu_forward(x, out):
-    """out = max(x, 0); any shape.  out may be x."""
-    px, po = _f32("x", x), _f32("out", out, True)
-    _same_size("out", po, len(px), "x.size")
-    lib.relu_forward(po, px, len(px))
-
-
-def relu_backward(x, dy, dx):
-    """dx = dy where x > 0 else 0, x the forward input; any shape."""
-    px, pdy, pdx = _f32("x", x), _f32("dy", dy), _f32("dx", dx, True)
-    _same_size("dy", pdy, len(px), "x.size")
-    _same_size("dx", pdx, len(px), "x.size")
-    lib.relu_backward(pdx, px, pdy, len(px))
-
-
-def tanh_forward(x, out):
-    """out = tanh(x), within a few ulp relative; any shape.  out may be x."""
-    px, po = _f32("x", x), _f32("out", out, True)
-    _same_size("out", po, len(px), "x.size")
-    lib.tanh_forward(po, px, len(px))
-
-
-def tanh_backward(y, dy, dx):
-    """dx = dy * (1 - y**2), y = tanh(x) the forward output; any shape."""
-    py, pdy, pdx = _f32("y", y), _f32("dy", dy), _f32("dx", dx, True)
-    _same_size("dy", pdy, len(py), "y.size")
-    _same_size("dx", pdx, len(py), "y.size")
-    lib.tanh_backward(pdx, py, pdy, len(py))
-
-
-# ------------------------------------------------------------------ losses
-def mnist_loss_forward(preds, targets):
-    """mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,)."""
-    (B,) = _shape("preds", preds, 1)
-    _expect("targets", targets, (B,), "preds.shape")
-    return lib.mnist_loss_forward(_f32("preds", preds), _f32("targets", targets), B)
-
-
-def mnist_loss_backward(preds, targets, dpreds):
-    """dpreds_b = where(t_b == 1, -1, +1) * s_b * (1 - s_b) / B.   (B,) -> dpreds (B,)."""
-    (B,) = _shape("preds", preds, 1)
-    _expect("targets", targets, (B,), "preds.shape")
-    _expect("dpreds", dpreds, (B,), "preds.shape")
-    lib.mnist_loss_backward(_f32("dpreds", dpreds, True), _f32("preds", preds),
-                            _f32("targets", targets), B)
-
-
-def cross_entropy_forward(logits, labels):
-    """mean_b (logsumexp(z_b) - z_b[label_b]).   logits (B, C), labels (B,) int64."""
-    B, C = _shape("logits", logits, 2)
-    _expect("labels", labels, (B,), "(logits.shape[0],)")
-    loss = ffi.new("double *")
-    bad = lib.cross_entropy_forward(loss, _f32("logits", logits), _i64("labels", labels), B, C)
-    _bad_labels("labels", bad, C)
-    return loss[0]
-
-
-def cross_entropy_backward(logits, labels, dlogits):
-    """dlogits = (softmax(z) - onehot(labels)) / B.   (B, C) -> dlogits (B, C)."""
-    B, C = _shape("logits", logits, 2)
-    _expect("labels", labels, (B,), "(logits.shape[0],)")
-    _expect("dlogits", dlogits, (B, C), "logits.shape")
-    bad = lib.cross_entropy_backward(_f32("dlogits", dlogits, True), _f32("logits", logits),
-                                     _i64("labels", labels), B, C)
-    _bad_labels("labels", bad, C)
-
-
-def mse_forward(preds, targets):
-    """mean_n (p_n - t_n)^2 over every element.   preds, targets (n,) (any shape, equal sizes)."""
-    pp, pt = _f32("preds", preds), _f32("targets", targets)
-    _same_size("targets", pt, len(pp), "preds.size")
-    return lib.mse_forward(pp, pt, len(pp))
-
-
-def mse_backward(preds, targets, dpreds):
-    """dpreds_n = 2 (p_n - t_n) / n.   preds, targets, dpreds (n,) (any shape, equal sizes)."""
-    pp, pt, pd = _f32("preds", preds), _f32("targets", targets), _f32("dpreds", dpreds, True)
-    _same_size("targets", pt, len(pp), "preds.size")
-    _same_size("dpreds", pd, len(pp), "preds.size")
-    lib.mse_backward(pd, pp, pt, len(pp))
-
-
-# --------------------------------------------------------------- optimizer
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
-    """In place:  g = grad + wd * param;  v = momentum * v + g (if velocity);  param -= lr * g.
-
-    velocity is None when momentum == 0.  Any shape; sizes must agree.
-    """
-    pp, pg = _f32("param", param, True), _f32("grad", grad)
-    _same_size("grad", pg, len(pp), "param.size")
-    if velocity is None:
-        pv = _NULL
-    else:
-        pv = _f32("velocity", velocity, True)
-        _same_size("velocity", pv, len(pp), "param.size")
-    lib.sgd_update(pp, pv, pg, len(pp), float(lr), float(momentum), float(weight_decay))
-
-
-# ----------------------------------------------------------------- metrics
-def binary_accuracy(preds, targets):
-    """mean((p > 0) == (t == 1)): sigmoid(p) > 0.5 exactly when p > 0.   (B,)."""
-    (B,) = _shape("preds", preds, 1)
-    _expect("targets", targets, (B,), "preds.shape")
-    return lib.binary_accuracy(_f32("preds", preds), _f32("targets", targets), B)
-
-
-def multiclass_accuracy(logits, labels):
-    """mean(argmax(z_b) == label_b), first maximum on ties.   logits (B, C), labels (B,)."""
-    B, C = _shape("logits", logits, 2)
-    _expect("labels", labels, (B,), "(logits.shape[0],)")
-    return lib.multiclass_accuracy(_f32("logits", logits), _i64("labels", labels), B, C)
+for _line in _C_CALLS.strip().splitlines():
+    _kernel, *_args = _line.split()
+    globals()[_kernel] = _c_kernel(_kernel, tuple(_args))
+del _line, _kernel, _args
 
 
 # ------------------------------------------------------- fused training epoch
@@ -385,17 +258,17 @@ def _program_targets(loss_kind, targets, labels, N, n_out):
     if loss_kind not in program.LOSS_KINDS.values():
         raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
     if loss_kind == program.CROSS_ENTROPY:
-        _check_array("targets", targets, _F32)  # unused
+        host_array("targets", targets, _F32)  # unused
         _expect("labels", labels, (N,), "(x.shape[0],)")
-        plabels = _i64("labels", labels)
+        plabels = _ptr("labels", labels, _INT64)
         _index_range("labels", labels, n_out, "labels")
         return _NULL, 1, plabels
     if loss_kind == program.MNIST_LOSS and n_out != 1:
         raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
                          f"this one has {n_out}")
-    _check_array("labels", labels, _I64)  # unused
+    host_array("labels", labels, _I64)  # unused
     _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
-    return _f32("targets", targets), n_out, _NULL
+    return _ptr("targets", targets, _FLOAT), n_out, _NULL
 
 
 def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
@@ -412,11 +285,11 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     step's update skipped).
     """
     (P,) = _shape("params", params, 1)
-    pparams = _f32("params", params, True)
+    pparams = _ptr("params", params, _FLOAT, True)
     n_in, n_out = program.check_layer_table(layers, P)
     players = _from_buffer("fs_layer[]", layers)
     _expect("grads", grads, (P,), "params.shape")
-    pgrads = _f32("grads", grads, True)
+    pgrads = _ptr("grads", grads, _FLOAT, True)
     momentum = _number("momentum", momentum)
     weight_decay = _number("weight_decay", weight_decay)
     if velocities is None:
@@ -425,24 +298,24 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
         pvelocities = _NULL
     else:
         _expect("velocities", velocities, (P,), "params.shape")
-        pvelocities = _f32("velocities", velocities, True)
+        pvelocities = _ptr("velocities", velocities, _FLOAT, True)
 
     N, I = _shape("x", x, 2)
     if I != n_in:
         raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
-    px = _f32("x", x)
+    px = _ptr("x", x, _FLOAT)
     ptargets, cols, plabels = _program_targets(loss_kind, targets, labels, N, n_out)
     _expect("order", order, (N,), "(x.shape[0],)")
-    porder = _i64("order", order)
+    porder = _ptr("order", order, _INT64)
     _index_range("order", order, N, "row indices")
     bs = _as_count("bs", bs)
     if bs < 1:
         raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
     steps = -(-N // bs)
     _expect("lrs", lrs, (steps,), "(ceil(N / bs),)")
-    plrs = _f32("lrs", lrs)
+    plrs = _ptr("lrs", lrs, _FLOAT)
     _expect("losses", losses, (steps,), "(ceil(N / bs),)")
-    plosses = _f64("losses", losses, True)
+    plosses = _ptr("losses", losses, _DOUBLE, True)
     done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
                            int(loss_kind), px, ptargets, cols, plabels, porder, plrs, N, bs, P,
                            momentum, weight_decay)

@@ -35,7 +35,13 @@ from .spec import (
     _VALUE_CHECKS,
     KERNELS,
     OPTIONAL_KERNELS,
+    SIGNATURES,
+    bind_dims,
+    describe,
+    host_array,
+    kernel_function,
     missing_kernels,
+    same,
     skip_value_checks,
     value_checks_enabled,
 )
@@ -113,113 +119,69 @@ class Backend:
             self.arrays.take_rows(src, idx, out)
         return out
 
-    # ----------------------------------------------------------- matmul
-    def matmul(self, a, b, out=None):
-        """``out = a @ b``;  a (M, K), b (K, N) -> out (M, N)."""
-        a = self._float("a", a, ndim=2)
-        b = self._float("b", b, ndim=2, dtype=a.dtype)
-        _same("b.shape[0]", b.shape[0], "a.shape[1]", a.shape[1])
-        out = self._out("out", out, (a.shape[0], b.shape[1]), a.dtype, a, b)
-        self._impl.matmul(a, b, out)
-        return out
-
-    def matmul_backward_input(self, dy, w, dx=None):
-        """``dx = dy @ w.T`` without a transposed copy;  dy (B, O), w (I, O) -> dx (B, I)."""
-        dy = self._float("dy", dy, ndim=2)
-        w = self._float("w", w, ndim=2, dtype=dy.dtype)
-        _same("w.shape[1]", w.shape[1], "dy.shape[1]", dy.shape[1])
-        dx = self._out("dx", dx, (dy.shape[0], w.shape[0]), dy.dtype, dy, w)
-        self._impl.matmul_backward_input(dy, w, dx)
-        return dx
-
-    def matmul_backward_weight(self, x, dy, dw=None):
-        """``dw = x.T @ dy`` without a transposed copy;  x (B, I), dy (B, O) -> dw (I, O)."""
-        x = self._float("x", x, ndim=2)
-        dy = self._float("dy", dy, ndim=2, dtype=x.dtype)
-        _same("dy.shape[0]", dy.shape[0], "x.shape[0]", x.shape[0])
-        dw = self._out("dw", dw, (x.shape[1], dy.shape[1]), x.dtype, x, dy)
-        self._impl.matmul_backward_weight(x, dy, dw)
-        return dw
-
-    def bias_backward(self, dy, db=None):
-        """``db = dy.sum(axis=0)``;  dy (B, O) -> db (O,)."""
-        dy = self._float("dy", dy, ndim=2)
-        db = self._out("db", db, (dy.shape[1],), dy.dtype, dy)
-        self._impl.bias_backward(dy, db)
-        return db
-
-    # ----------------------------------------------------------- linear
-    def linear_forward(self, x, w, b, out=None):
-        """``out = x @ w + b``;  x (B, I), w (I, O), b (O,) -> out (B, O)."""
-        x = self._float("x", x, ndim=2)
-        w = self._float("w", w, ndim=2, dtype=x.dtype)
-        b = self._float("b", b, ndim=1, dtype=x.dtype)
-        _same("w.shape[0]", w.shape[0], "x.shape[1]", x.shape[1])
-        _same("b.shape[0]", b.shape[0], "w.shape[1]", w.shape[1])
-        out = self._out("out", out, (x.shape[0], w.shape[1]), x.dtype, x, w, b)
-        self._impl.linear_forward(x, w, b, out)
-        return out
-
+    # ---------------------------------------------------- matmul, linear
+    # matmul, matmul_backward_input, matmul_backward_weight, bias_backward and
+    # linear_forward are made from ``_CHECKED`` (after the class) on ``_product``.
     def linear_backward(self, x, w, dy, dx=None, dw=None, db=None, need_dx=True):
         """Gradients of ``y = x @ w + b``;  x (B, I), w (I, O), dy (B, O).
 
         Returns ``(dx (B, I), dw (I, O), db (O,))``; with ``need_dx=False`` (the
         first layer) ``dx`` is not computed and ``None`` is returned in its place.
         """
-        x = self._float("x", x, ndim=2)
-        w = self._float("w", w, ndim=2, dtype=x.dtype)
-        dy = self._float("dy", dy, ndim=2, dtype=x.dtype)
-        _same("w.shape[0]", w.shape[0], "x.shape[1]", x.shape[1])
-        _same("dy.shape[0]", dy.shape[0], "x.shape[0]", x.shape[0])
-        _same("dy.shape[1]", dy.shape[1], "w.shape[1]", w.shape[1])
-        dx = self._out("dx", dx, x.shape, x.dtype, x, w, dy) if need_dx else None
-        dw = self._out("dw", dw, w.shape, x.dtype, x, w, dy, *([dx] if need_dx else []))
-        db = self._out("db", db, (w.shape[1],), x.dtype, x, w, dy, dw, *([dx] if need_dx else []))
-        self._impl.linear_backward(x, w, dy, dx, dw, db)
-        return dx, dw, db
+        return self._product("linear_backward", (x, w, dy, dx, dw, db),
+                             skip=() if need_dx else ("dx",))
+
+    def _product(self, kernel, args, skip=()):
+        """Check matmul-family ``kernel``'s ``args`` against ``SIGNATURES``, call it.
+
+        Its inputs are floats of one dtype with the declared shapes; each output is
+        allocated when None (or left None when named in ``skip``), else checked, and
+        never overlaps an input or an earlier output.  Returns the output, or the
+        tuple of them when there are several.
+        """
+        params = SIGNATURES[kernel]
+        arrays, dtype = [], None
+        for p, x in zip(params, args):
+            if not p.written:
+                x = self._float(p.name, x, ndim=len(p.dims), dtype=dtype)
+                dtype = x.dtype
+                arrays.append((p, x))
+        dims = bind_dims([(p, x.shape) for p, x in arrays])
+        done = [x for _, x in arrays]
+        outs = []
+        for p, out in zip(params, args):
+            if p.written:
+                if p.name in skip:
+                    outs.append(None)
+                    continue
+                out = self._out(p.name, out, [dims[d] for d in p.dims], dtype, *done)
+                outs.append(out)
+                done.append(out)
+        getattr(self._impl, kernel)(*done[:len(arrays)], *outs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     # ------------------------------------------------------ activations
-    def sigmoid_forward(self, x, out=None):
-        """``out = 1 / (1 + exp(-x))``, finite for any finite x;  any shape."""
-        return self._elementwise("sigmoid_forward", x, out)
-
-    def sigmoid_backward(self, y, dy, dx=None):
-        """``dx = dy * y * (1 - y)`` where ``y = sigmoid(x)`` is the forward output."""
-        return self._elementwise_backward("sigmoid_backward", "y", y, dy, dx)
-
-    def relu_forward(self, x, out=None):
-        """``out = max(x, 0)`` (NaN stays NaN);  any shape."""
-        return self._elementwise("relu_forward", x, out)
-
-    def relu_backward(self, x, dy, dx=None):
-        """``dx = dy * (x > 0)`` where ``x`` is the forward input."""
-        return self._elementwise_backward("relu_backward", "x", x, dy, dx)
-
-    def tanh_forward(self, x, out=None):
-        """``out = tanh(x)``, finite for any finite x;  any shape."""
-        return self._elementwise("tanh_forward", x, out)
-
-    def tanh_backward(self, y, dy, dx=None):
-        """``dx = dy * (1 - y**2)`` where ``y = tanh(x)`` is the forward output."""
-        return self._elementwise_backward("tanh_backward", "y", y, dy, dx)
-
-    def _elementwise(self, kernel, x, out):
-        """``out = f(x)`` for elementwise kernel ``kernel``; out may be x itself."""
-        x = self._float("x", x)
-        out = self._out("out", out, x.shape, x.dtype)
-        self._in_place_or_apart("out", out, x)
-        getattr(self._impl, kernel)(x, out)
+    # sigmoid_, relu_ and tanh_forward / _backward are made from ``_CHECKED`` (after
+    # the class) on ``_elementwise``.
+    def _elementwise(self, kernel, args):
+        """Elementwise ``kernel``: its inputs (``x``, or the forward's saved ``x`` / ``y``
+        and ``dy``) of one shape and dtype; its output allocated or checked, of that
+        shape, and either exactly an input (in place) or apart from them."""
+        params = SIGNATURES[kernel]
+        *args, out = args
+        inputs = []
+        for p, x in zip(params, args):
+            if inputs:
+                x = self._float(p.name, x, dtype=inputs[0].dtype)
+                same(f"{p.name}.shape", x.shape, f"{params[0].name}.shape", inputs[0].shape)
+            else:
+                x = self._float(p.name, x)
+            inputs.append(x)
+        name = params[-1].name
+        out = self._out(name, out, inputs[0].shape, inputs[0].dtype)
+        self._in_place_or_apart(name, out, *inputs)
+        getattr(self._impl, kernel)(*inputs, out)
         return out
-
-    def _elementwise_backward(self, kernel, saved_name, saved, dy, dx):
-        """``dx`` from the forward's saved array (``x`` or ``y``) and ``dy``, all one shape."""
-        saved = self._float(saved_name, saved)
-        dy = self._float("dy", dy, dtype=saved.dtype)
-        _same("dy.shape", dy.shape, f"{saved_name}.shape", saved.shape)
-        dx = self._out("dx", dx, saved.shape, saved.dtype)
-        self._in_place_or_apart("dx", dx, saved, dy)
-        getattr(self._impl, kernel)(saved, dy, dx)
-        return dx
 
     # ----------------------------------------------------------- losses
     def mnist_loss_forward(self, preds, targets) -> float:
@@ -283,16 +245,14 @@ class Backend:
         """
         param = self._float("param", param, writable=True)
         grad = self._float("grad", grad, dtype=param.dtype)
-        _same("grad.shape", grad.shape, "param.shape", param.shape)
+        same("grad.shape", grad.shape, "param.shape", param.shape)
         lr = _scalar("lr", lr, low=0.0)
-        momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
-        weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
+        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocity,
+                                              "sgd_update: velocity is")
         if momentum != 0.0:
-            if velocity is None:
-                raise ValueError("sgd_update: velocity is required when momentum != 0")
             velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
                                    check_values=False)
-            _same("velocity.shape", velocity.shape, "param.shape", param.shape)
+            same("velocity.shape", velocity.shape, "param.shape", param.shape)
             self._in_place_or_apart("velocity", velocity, param, grad)
         else:
             velocity = None
@@ -323,24 +283,18 @@ class Backend:
         params = self._float("params", params, ndim=1, writable=True, check_values=False)
         n_in, n_out = program.check_layer_table(layers, params.shape[0])
         grads = self._out("grads", grads, params.shape, params.dtype, params)
-        momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
-        weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
+        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocities,
+                                              "train_epoch: velocities are")
         if momentum != 0.0:
-            if velocities is None:
-                raise ValueError("train_epoch: velocities are required when momentum != 0")
             velocities = self._out("velocities", velocities, params.shape, params.dtype,
                                    params, grads)
         else:
             velocities = None
         x = self._float("x", x, ndim=2, dtype=params.dtype)
-        _same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
+        same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
         n = x.shape[0]
         targets, labels = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
-        order = self._array("order", order)
-        if order.dtype != np.int64 or tuple(order.shape) != (n,):
-            raise ValueError(f"order: expected int64 of shape ({n},), got {order.dtype} "
-                             f"of shape {tuple(order.shape)}")
-        self._index_range("order", order, n)
+        order = self._indices("order", order, n, n, "indices", "expected int64")
         if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
             raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
         steps = -(-n // int(bs))
@@ -364,11 +318,8 @@ class Backend:
             raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
         no_labels = self.empty(0, np.int64)
         if loss_kind == program.CROSS_ENTROPY:
-            labels = self._array("targets", targets)
-            if labels.dtype != np.int64 or tuple(labels.shape) != (n,):
-                raise ValueError(f"targets: cross_entropy expects int64 labels of shape ({n},), "
-                                 f"got {labels.dtype} of shape {tuple(labels.shape)}")
-            self._label_range("targets", labels, n_out)
+            labels = self._indices("targets", targets, n, n_out, "labels",
+                                   "cross_entropy expects int64 labels")
             return self.empty((0, 1), dtype), labels
         if loss_kind == program.MNIST_LOSS and n_out != 1:
             raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
@@ -511,12 +462,22 @@ class Backend:
             raise ValueError(f"{tname}: expected shape {shape} to match {pname}, got {tshape}")
         return preds, targets
 
-    def _index_range(self, name, indices, high):
-        """Every value of int64 ``indices`` lies in [0, high) (they index memory)."""
+    def _index_range(self, name, indices, high, what="indices"):
+        """Every value of int64 ``indices`` (``what``: "indices", "labels") lies in [0, high)."""
         if indices.size and self.arrays.count_outside(indices, 0, high):
             values = self.to_numpy(indices)  # only to name the offending values
-            raise ValueError(f"{name}: indices must lie in [0, {high}), "
+            raise ValueError(f"{name}: {what} must lie in [0, {high}), "
                              f"got values from {values.min()} to {values.max()}")
+
+    def _indices(self, name, x, n, high, what, expects):
+        """``x`` as an int64 (n,) array of ``what`` in [0, high) (they index memory);
+        ``expects`` begins the message when its dtype or shape is wrong."""
+        x = self._array(name, x)
+        if x.dtype != np.int64 or tuple(x.shape) != (n,):
+            raise ValueError(f"{name}: {expects} of shape ({n},), got {x.dtype} "
+                             f"of shape {tuple(x.shape)}")
+        self._index_range(name, x, high, what)
+        return x
 
     def _classes(self, zname, logits, lname, labels):
         """logits (B, C) floats and labels (B,) int64 in [0, C)."""
@@ -529,27 +490,47 @@ class Backend:
                              f"got {tuple(labels.shape)}")
         if not self.arrays.contiguous(labels):
             raise ValueError(f"{lname}: expected a C-contiguous array")
-        self._label_range(lname, labels, logits.shape[1])
+        self._index_range(lname, labels, logits.shape[1], "labels")
         return logits, labels
 
-    def _label_range(self, name, labels, n_classes):
-        if labels.size and self.arrays.count_outside(labels, 0, n_classes):
-            values = self.to_numpy(labels)  # only to name the offending values
-            raise ValueError(f"{name}: labels must lie in [0, {n_classes}), "
-                             f"got values from {values.min()} to {values.max()}")
+
+#: ``Backend`` methods that are one checked call: name, the method that checks the
+#: arguments and calls the implementation, what it computes (the docstring adds the
+#: shapes of ``SIGNATURES``; an elementwise kernel's arrays all have one shape).
+_CHECKED = """
+matmul                  _product      ``out = a @ b``
+matmul_backward_input   _product      ``dx = dy @ w.T`` without a transposed copy
+matmul_backward_weight  _product      ``dw = x.T @ dy`` without a transposed copy
+bias_backward           _product      ``db = dy.sum(axis=0)``
+linear_forward          _product      ``out = x @ w + b``
+sigmoid_forward         _elementwise  ``out = 1 / (1 + exp(-x))``, finite for any finite x
+sigmoid_backward        _elementwise  ``dx = dy * y * (1 - y)``, y = sigmoid(x) the forward output
+relu_forward            _elementwise  ``out = max(x, 0)`` (NaN stays NaN)
+relu_backward           _elementwise  ``dx = dy * (x > 0)``, x the forward input
+tanh_forward            _elementwise  ``out = tanh(x)``, finite for any finite x
+tanh_backward           _elementwise  ``dx = dy * (1 - y**2)``, y = tanh(x) the forward output
+"""
 
 
-def _same(name, value, other_name, other):
-    if value != other:
-        raise ValueError(f"{name} is {value} but {other_name} is {other}; expected them equal")
+def _checked_method(kernel, check, doc):
+    """``Backend.<kernel>(self, inputs..., outputs=None)``: ``self.<check>(kernel, args)``."""
+    params = SIGNATURES[kernel]
+    method = kernel_function(kernel, params, f"self.{check}({kernel!r}, {{}})",
+                             {"__name__": __name__}, head="self, ", optional_outputs=True)
+    method.__doc__ = f"{doc};  {describe(params)}."
+    method.__qualname__ = f"Backend.{kernel}"
+    return method
+
+
+for _line in _CHECKED.strip().splitlines():
+    _kernel, _check, _doc = _line.split(None, 2)
+    setattr(Backend, _kernel, _checked_method(_kernel, _check, _doc))
+del _line, _kernel, _check, _doc
 
 
 def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
     """A host (NumPy) array of exactly ``dtype`` and ``shape``, C-contiguous."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+    host_array(name, x, dtype)
     if x.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} = {source}, got {x.shape}")
     if not x.flags.c_contiguous:
@@ -557,6 +538,16 @@ def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
     if writable and not x.flags.writeable:
         raise ValueError(f"{name}: expected a writable array")
     return x
+
+
+def _sgd_scalars(momentum, weight_decay, velocity, required) -> tuple[float, float]:
+    """``momentum`` in [0, 1] and ``weight_decay`` >= 0 as floats; a momentum != 0 needs
+    ``velocity`` (``required`` names it in the error, e.g. "sgd_update: velocity is")."""
+    momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
+    weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
+    if momentum != 0.0 and velocity is None:
+        raise ValueError(f"{required} required when momentum != 0")
+    return momentum, weight_decay
 
 
 #: The largest float32: a scalar the kernels take in float32 must not overflow to inf.

@@ -17,6 +17,7 @@ a fork starts its own.  Workqueue must not be entered by two threads at once, so
 parallel kernels here take a lock (kernels from several Python threads run one at a
 time).  ``numba.set_num_threads`` sets their thread count.
 """
+import functools
 import math
 import os
 import threading
@@ -78,23 +79,18 @@ def _rows_block(a, b, out, i, transposed):
             out[i + 1, j] += a10 * b0 + a11 * b1 + a12 * b2 + a13 * b3
             out[i + 2, j] += a20 * b0 + a21 * b1 + a22 * b2 + a23 * b3
             out[i + 3, j] += a30 * b0 + a31 * b1 + a32 * b2 + a33 * b3
-    for k in range(k_main, K):
-        for r in range(ROWS):
-            ark = _a(a, i + r, k, transposed)
-            for j in range(N):
-                out[i + r, j] += ark * b[k, j]
+    _add_rows(a, b, out, i, ROWS, k_main, transposed)
 
 
 @njit(inline="always")
-def _one_row(a, b, out, i, transposed):
-    """out[i] = A[i] @ b.   A (M, K), b (K, N), out (M, N)."""
+def _add_rows(a, b, out, i, rows, k0, transposed):
+    """out[i:i+rows] += A[i:i+rows, k0:] @ b[k0:], row by row.   A (M, K), b (K, N), out (M, N)."""
     K, N = b.shape
-    for j in range(N):
-        out[i, j] = np.float32(0.0)
-    for k in range(K):
-        aik = _a(a, i, k, transposed)
-        for j in range(N):
-            out[i, j] += aik * b[k, j]
+    for r in range(rows):
+        for k in range(k0, K):
+            ark = _a(a, i + r, k, transposed)
+            for j in range(N):
+                out[i + r, j] += ark * b[k, j]
 
 
 @njit(**_MATMUL)
@@ -108,8 +104,8 @@ def _gemm(a, b, out, transposed):
     n_blocks = M // ROWS
     for blk in prange(n_blocks):
         _rows_block(a, b, out, blk * ROWS, transposed)
-    for i in range(n_blocks * ROWS, M):
-        _one_row(a, b, out, i, transposed)
+    out[n_blocks * ROWS:, :] = np.float32(0.0)
+    _add_rows(a, b, out, n_blocks * ROWS, M - n_blocks * ROWS, 0, transposed)
 
 
 def matmul(a, b, out):
@@ -182,28 +178,18 @@ def linear_backward(x, w, dy, dx, dw, db):
 # ------------------------------------------------------------- activations
 @njit(**_ELEMENTWISE)
 def _sigmoid_flat(x, out):
-    """out = sigmoid(x) on flat arrays (n,), via exp(-|x|) so nothing overflows."""
+    """out = 1 / (1 + exp(-x)) on flat arrays (n,), via exp(-|x|) so nothing overflows."""
     for n in range(x.size):
         e = math.exp(-abs(x[n]))
         r = 1.0 / (1.0 + e)
         out[n] = r if x[n] >= 0 else e * r
 
 
-def sigmoid_forward(x, out):
-    """out = 1 / (1 + exp(-x)), any shape."""
-    _sigmoid_flat(x.reshape(-1), out.reshape(-1))
-
-
 @njit(**_ELEMENTWISE)
 def _sigmoid_backward_flat(y, dy, dx):
-    """dx = dy * y * (1 - y) on flat arrays (n,)."""
+    """dx = dy * y * (1 - y), y = sigmoid(x) the forward output; flat arrays (n,)."""
     for n in range(y.size):
         dx[n] = dy[n] * y[n] * (np.float32(1.0) - y[n])
-
-
-def sigmoid_backward(y, dy, dx):
-    """dx = dy * y * (1 - y), y = sigmoid(x) the forward output; any shape."""
-    _sigmoid_backward_flat(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
 
 
 @njit(**_ELEMENTWISE)
@@ -213,21 +199,11 @@ def _relu_flat(x, out):
         out[n] = np.float32(0.0) if x[n] <= 0 else x[n]  # NaN stays NaN
 
 
-def relu_forward(x, out):
-    """out = max(x, 0), any shape."""
-    _relu_flat(x.reshape(-1), out.reshape(-1))
-
-
 @njit(**_ELEMENTWISE)
 def _relu_backward_flat(x, dy, dx):
-    """dx = dy where x > 0 else 0, on flat arrays (n,)."""
+    """dx = dy where x > 0 else 0, x the forward input; flat arrays (n,)."""
     for n in range(x.size):
         dx[n] = dy[n] if x[n] > 0 else np.float32(0.0)
-
-
-def relu_backward(x, dy, dx):
-    """dx = dy * (x > 0), x the forward input; any shape."""
-    _relu_backward_flat(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
 
 
 @njit(**_ELEMENTWISE)
@@ -237,21 +213,27 @@ def _tanh_flat(x, out):
         out[n] = math.tanh(x[n])
 
 
-def tanh_forward(x, out):
-    """out = tanh(x), any shape."""
-    _tanh_flat(x.reshape(-1), out.reshape(-1))
-
-
 @njit(**_ELEMENTWISE)
 def _tanh_backward_flat(y, dy, dx):
-    """dx = dy * (1 - y * y) on flat arrays (n,)."""
+    """dx = dy * (1 - y * y), y = tanh(x) the forward output; flat arrays (n,)."""
     for n in range(y.size):
         dx[n] = dy[n] * (np.float32(1.0) - y[n] * y[n])
 
 
-def tanh_backward(y, dy, dx):
-    """dx = dy * (1 - y**2), y = tanh(x) the forward output; any shape."""
-    _tanh_backward_flat(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+def _any_shape(flat, name):
+    """Kernel ``name``: ``flat`` (same parameters) on flat views of arrays of any shape."""
+    def kernel(*arrays):
+        flat(*[a.reshape(-1) for a in arrays])
+    functools.update_wrapper(kernel, flat.py_func)
+    kernel.__name__ = kernel.__qualname__ = name
+    return kernel
+
+
+sigmoid_forward, sigmoid_backward, relu_forward, relu_backward, tanh_forward, tanh_backward = (
+    _any_shape(flat, name) for flat, name in zip(
+        (_sigmoid_flat, _sigmoid_backward_flat, _relu_flat, _relu_backward_flat, _tanh_flat,
+         _tanh_backward_flat), ("sigmoid_forward", "sigmoid_backward", "relu_forward",
+                                "relu_backward", "tanh_forward", "tanh_backward")))
 
 
 # ------------------------------------------------------------------ losses

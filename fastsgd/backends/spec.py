@@ -1,38 +1,144 @@
-"""What a backend module must export, and the switch for the kernels' value checks.
+"""What a backend module must export, the shapes its kernels take, and the value-check switch.
 
-``contract.Backend`` checks a module against ``KERNELS`` when it wraps it; the
-value-check switch is read by every validated call.
+``contract.Backend`` checks a module against ``KERNELS`` when it wraps it; its matmul
+and elementwise methods take their shape rules from ``SIGNATURES``, and so does every
+``c_ext`` kernel before it calls C.  The value-check switch is read by every validated
+call.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import inspect
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+#: Every kernel's implementation parameters, in order, with the shapes implementations
+#: receive (``contract.Backend`` checks them, ``c_ext`` again before calling C):
+#: ``name:DIMS`` an array read, ``name=DIMS`` an array written, a bare name a scalar.
+#: DIMS are dimension letters (``contract.py``), equal letters equal sizes; ``n`` is any
+#: shape of ``n`` elements (elementwise: equal sizes).  ``?``: the array may be None;
+#: ``/int64``: integer labels (every other array is float).
+_SIGNATURES = """
+matmul                  a:MK       b:KN            out=MN
+matmul_backward_input   dy:BO      w:IO            dx=BI
+matmul_backward_weight  x:BI       dy:BO           dw=IO
+bias_backward           dy:BO      db=O
+linear_forward          x:BI       w:IO            b:O      out=BO
+linear_backward         x:BI       w:IO            dy:BO    dx=BI?   dw=IO   db=O
+sigmoid_forward         x:n        out=n
+sigmoid_backward        y:n        dy:n            dx=n
+relu_forward            x:n        out=n
+relu_backward           x:n        dy:n            dx=n
+tanh_forward            x:n        out=n
+tanh_backward           y:n        dy:n            dx=n
+mnist_loss_forward      preds:B    targets:B
+mnist_loss_backward     preds:B    targets:B       dpreds=B
+cross_entropy_forward   logits:BC  labels:B/int64
+cross_entropy_backward  logits:BC  labels:B/int64  dlogits=BC
+mse_forward             preds:n    targets:n
+mse_backward            preds:n    targets:n       dpreds=n
+sgd_update              param=n    grad:n          velocity=n?  lr  momentum  weight_decay
+binary_accuracy         preds:B    targets:B
+multiclass_accuracy     logits:BC  labels:B/int64
+"""
+
+
+class Param(NamedTuple):
+    """One parameter of a kernel, as declared in ``_SIGNATURES``."""
+
+    name: str
+    dims: str | None  #: dimension letters, "n" for any shape, None for a scalar
+    written: bool = False
+    optional: bool = False
+    dtype: str = "float"
+
+
+def _param(token: str) -> Param:
+    name, sep, rest = re.fullmatch(r"(\w+)([:=]?)(.*)", token).groups()
+    if not sep:
+        return Param(name, None)
+    dims, _, dtype = rest.rstrip("?").partition("/")
+    return Param(name, dims, sep == "=", rest.endswith("?"), dtype or "float")
+
+
+#: kernel name -> its ``Param``s in order.
+SIGNATURES: dict[str, tuple[Param, ...]] = {
+    line.split()[0]: tuple(_param(token) for token in line.split()[1:])
+    for line in _SIGNATURES.strip().splitlines()}
 
 #: Implementation names and parameters every backend module must export.
 KERNELS: dict[str, tuple[str, ...]] = {
-    "matmul": ("a", "b", "out"),
-    "matmul_backward_input": ("dy", "w", "dx"),
-    "matmul_backward_weight": ("x", "dy", "dw"),
-    "bias_backward": ("dy", "db"),
-    "linear_forward": ("x", "w", "b", "out"),
-    "linear_backward": ("x", "w", "dy", "dx", "dw", "db"),
-    "sigmoid_forward": ("x", "out"),
-    "sigmoid_backward": ("y", "dy", "dx"),
-    "relu_forward": ("x", "out"),
-    "relu_backward": ("x", "dy", "dx"),
-    "tanh_forward": ("x", "out"),
-    "tanh_backward": ("y", "dy", "dx"),
-    "mnist_loss_forward": ("preds", "targets"),
-    "mnist_loss_backward": ("preds", "targets", "dpreds"),
-    "cross_entropy_forward": ("logits", "labels"),
-    "cross_entropy_backward": ("logits", "labels", "dlogits"),
-    "mse_forward": ("preds", "targets"),
-    "mse_backward": ("preds", "targets", "dpreds"),
-    "sgd_update": ("param", "grad", "velocity", "lr", "momentum", "weight_decay"),
-    "binary_accuracy": ("preds", "targets"),
-    "multiclass_accuracy": ("logits", "labels"),
-}
+    kernel: tuple(p.name for p in params) for kernel, params in SIGNATURES.items()}
+
+
+def same(name, value, other_name, other):
+    """Raise ``ValueError`` unless ``value`` (of ``name``) equals ``other``."""
+    if value != other:
+        raise ValueError(f"{name} is {value} but {other_name} is {other}; expected them equal")
+
+
+def bind_dims(arrays) -> dict[str, int]:
+    """The size of each dimension letter, from ``(Param, shape)`` pairs of the arrays read.
+
+    In parameter order, the first array with a letter sets its size; a later one that
+    disagrees raises ``ValueError`` naming both (e.g. "b.shape[0] is 3 but a.shape[1] is 4").
+    """
+    dims = {}
+    for p, shape in arrays:
+        for letter, size in zip(p.dims, shape):
+            if dims.setdefault(letter, size) != size:
+                first = next(q for q, _ in arrays if letter in q.dims)
+                same(f"{p.name}.shape[{p.dims.index(letter)}]", size,
+                     f"{first.name}.shape[{first.dims.index(letter)}]", dims[letter])
+    return dims
+
+
+def dim_sources(params) -> dict[str, str]:
+    """Where each dimension letter of ``params`` is read from, e.g. ``{"M": "a.shape[0]"}``."""
+    sources = {}
+    for p in params:
+        if p.dims and p.dims != "n" and not p.written:
+            for axis, letter in enumerate(p.dims):
+                sources.setdefault(letter, f"{p.name}.shape[{axis}]")
+    return sources
+
+
+def describe(params) -> str:
+    """The shapes of ``params`` for a docstring, e.g. ``a (M, K), b (K, N) -> out (M, N)``."""
+    def one(p):
+        if p.dims is None or p.dims == "n":
+            return p.name if p.dims is None else f"{p.name} (any shape)"
+        return f"{p.name} ({', '.join(p.dims)}{',' * (len(p.dims) == 1)})"
+    read = ", ".join(one(p) for p in params if not p.written)
+    written = ", ".join(one(p) for p in params if p.written)
+    return f"{read} -> {written}" if written else read
+
+
+def kernel_function(name, params, call, namespace, head="", optional_outputs=False):
+    """``def name(head, p1, p2, ...): return <call with the tuple (p1, p2, ...)>``.
+
+    Compiled from source so that its signature is the kernel's (``missing_kernels``
+    reads it, keyword calls work) at no cost per call.  ``call`` is an expression with
+    ``{}`` where the tuple goes, naming what ``namespace`` holds; with
+    ``optional_outputs`` the arrays written default to None.
+    """
+    arguments = ", ".join(p.name + "=None" * (optional_outputs and p.written) for p in params)
+    values = "".join(f"{p.name}, " for p in params)
+    exec(f"def {name}({head}{arguments}):\n    return {call.format(f'({values})')}\n",
+         namespace)
+    return namespace[name]
+
+
+def host_array(name, x, dtype):
+    """Check that ``x`` is a ``numpy.ndarray`` of exactly ``dtype`` (``TypeError`` if not)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+
 
 #: Kernels a backend may implement (``Backend.supports(name)`` says whether it does);
 #: when present they must take exactly these parameters.

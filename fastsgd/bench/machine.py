@@ -166,13 +166,19 @@ def child_env(strip_openblas: bool = True, env=None) -> dict:
     return env
 
 
-def numpy_sgemm_peak(n: int = PEAK_N, repeats: int = PEAK_REPEATS, timeout: float = 120) -> Peak:
-    """NumPy's best ``n^3`` sgemm in a child process free of ``OPENBLAS_OVERRIDES``."""
-    cmd = [sys.executable, "-m", "fastsgd.bench.worker", "peak", str(n), str(repeats)]
+def _run_probe(what: str, argv: list[str], timeout: float) -> dict:
+    """The JSON line that ``python -m fastsgd.bench.worker ARGV`` prints last, run in
+    ``child_env()``; ``RuntimeError`` naming the ``what`` probe when it fails."""
+    cmd = [sys.executable, "-m", "fastsgd.bench.worker", *argv]
     done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"peak probe failed: {done.stderr.strip()[-500:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} probe failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def numpy_sgemm_peak(n: int = PEAK_N, repeats: int = PEAK_REPEATS, timeout: float = 120) -> Peak:
+    """NumPy's best ``n^3`` sgemm in a child process free of ``OPENBLAS_OVERRIDES``."""
+    result = _run_probe("peak", ["peak", str(n), str(repeats)], timeout)
     arch = result.get("architecture")
     return Peak(2.0 * n ** 3 / result["seconds"] / 1e9,
                 f"NumPy sgemm {n}^3, best of {repeats}, in a child process without "
@@ -183,11 +189,7 @@ def numpy_sgemm_peak(n: int = PEAK_N, repeats: int = PEAK_REPEATS, timeout: floa
 def c_fma_peak(seconds: float = 0.3, timeout: float = 60) -> Peak | None:
     """The C extension's FMA-chain probe (``c_ext.peak_gflops``) in a child process;
     ``None`` where the C extension is not built."""
-    cmd = [sys.executable, "-m", "fastsgd.bench.worker", "fma", str(seconds)]
-    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"FMA probe failed: {done.stderr.strip()[-500:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _run_probe("FMA", ["fma", str(seconds)], timeout)
     if "unavailable" in result:
         return None
     return Peak(result["gflops"], f"C {result['isa']} FMA chains on {result['threads']} threads, "

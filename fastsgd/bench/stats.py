@@ -11,6 +11,7 @@ is noisy too.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import math
 import statistics
@@ -35,6 +36,11 @@ def quantile(sorted_values, q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def _of_samples(summary: Callable, doc: str) -> property:
+    """A read-only attribute: ``summary`` of the rounds' seconds per call."""
+    return property(lambda self: summary(self.samples), doc=doc)
+
+
 @dataclass(frozen=True)
 class Stats:
     """Seconds per call of each round (``samples``), ``iterations`` calls per round."""
@@ -47,32 +53,15 @@ class Stats:
             raise ValueError("samples: expected at least one round")
         object.__setattr__(self, "samples", tuple(float(s) for s in self.samples))
 
-    @property
-    def _sorted(self):
-        return sorted(self.samples)
-
-    @property
-    def rounds(self) -> int:
-        return len(self.samples)
-
-    @property
-    def min(self) -> float:
-        return min(self.samples)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.samples)
+    rounds = _of_samples(len, "Number of rounds.")
+    min = _of_samples(builtins.min, "The fastest round.")
+    max = _of_samples(builtins.max, "The slowest round.")
+    median = _of_samples(statistics.median, "The median round.")
+    mean = _of_samples(statistics.fmean, "The mean of the rounds.")
 
     def q(self, q: float) -> float:
-        return quantile(self._sorted, q)
+        """The ``q`` quantile (0..1) of the rounds."""
+        return quantile(sorted(self.samples), q)
 
     @property
     def spread(self) -> float:

@@ -11,8 +11,9 @@ device; inside ``skip_value_checks`` the other kernels return once queued.
 Layout:
     compat.py       the NumPy compatibility shim numba-cuda needs (imported first)
     launch.py       launch shapes, ``@kernel`` (records each kernel's PTX signatures),
-                    launch helpers
-    device.py       inline device functions: sigmoid, row_max_sum_exp, block_sum
+                    launch helpers, the launchers made from kernel tables
+    device.py       inline device functions: sigmoid, row_max_sum_exp, tree_sum,
+                    block_sum; kernels made of a per-element term
     matmul.py       matmul, linear and bias-gradient kernels
     elementwise.py  activations
     losses.py       losses forward and backward

@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda, float32, int32
 
 from .device import block_sum
-from .launch import BLOCK, F1, F2, I1, I2, N1, ceil_div, flat, kernel, one_block
+from .launch import F1, F2, I1, I2, N1, flat, kernel, launch_threads, one_block
 
 
 @kernel(f"void({F2}, {I1}, {F2})", f"void({I2}, {I1}, {I2})")
@@ -29,33 +29,33 @@ def _take_rows_kernel(src, idx, out):
 
 def take_rows(src, idx, out):
     """out[r] = src[idx[r]].   src (N, F), idx (R,) int64 -> out (R, F), validated by the contract."""
-    n = out.shape[0] * out.shape[1]
-    _take_rows_kernel[ceil_div(n, BLOCK), BLOCK](src, idx, out)
+    launch_threads(_take_rows_kernel, out.shape[0] * out.shape[1], src, idx, out)
 
 
 # ------------------------------------------------------ device-side checks
+@cuda.jit(device=True, inline=True)
+def _outside(values, bounds, i):
+    """1 if values[i] lies outside [low, high) = ``bounds``, else 0 (int32)."""
+    low, high = bounds
+    return int32(1) if values[i] < low or values[i] >= high else int32(0)
+
+
 @kernel(f"void({I1}, int64, int64, {N1})")
 def _count_outside_kernel(values, low, high, result):
     """result[0] = #{i : not low <= values[i] < high}, in one block.   values (n,) int64 -> (1,)."""
-    partial = cuda.shared.array(BLOCK, int32)
-    t = cuda.threadIdx.x
-    bad = int32(0)
-    for i in range(t, values.shape[0], BLOCK):
-        if values[i] < low or values[i] >= high:
-            bad += int32(1)
-    block_sum(partial, t, bad, result)
+    block_sum(_outside, values, (low, high), int32(0), result)
+
+
+@cuda.jit(device=True, inline=True)
+def _not_binary(targets, unused, i):
+    """1 if targets[i] is neither 0 nor 1, else 0 (int32); the second argument is unused."""
+    return int32(1) if targets[i] != float32(0.0) and targets[i] != float32(1.0) else int32(0)
 
 
 @kernel(f"void({F1}, {N1})")
 def _count_not_binary_kernel(targets, result):
     """result[0] = #{i : targets[i] not 0 and not 1}, in one block.   targets (n,) float32 -> (1,)."""
-    partial = cuda.shared.array(BLOCK, int32)
-    t = cuda.threadIdx.x
-    bad = int32(0)
-    for i in range(t, targets.shape[0], BLOCK):
-        if targets[i] != float32(0.0) and targets[i] != float32(1.0):
-            bad += int32(1)
-    block_sum(partial, t, bad, result)
+    block_sum(_not_binary, targets, 0, int32(0), result)
 
 
 @kernel(f"void({F1}, {N1})")
@@ -81,6 +81,6 @@ def all_finite(x) -> bool:
     """Whether the float32 device array ``x`` holds no NaN or Inf (waits for the device)."""
     x = flat(x)
     flag = cuda.to_device(np.zeros(1, np.int32))
-    _flag_non_finite_kernel[ceil_div(x.shape[0], BLOCK), BLOCK](x, flag)
+    launch_threads(_flag_non_finite_kernel, x.shape[0], x, flag)
     return int(flag.copy_to_host()[0]) == 0
 

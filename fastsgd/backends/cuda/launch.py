@@ -1,4 +1,5 @@
-"""Launch shapes, the kernel decorator and small launch helpers shared by every kernel family.
+"""Launch shapes, the kernel decorator, launch helpers and the contract's entries (launchers
+made from a kernel table) shared by every kernel family.
 
 The simulator runs each GPU thread as a Python thread (about a millisecond each),
 so there the same kernels run with small blocks: tests then cross several tile and
@@ -6,8 +7,13 @@ block edges at shapes of a few dozen elements.
 """
 from __future__ import annotations
 
+import inspect
+from functools import partial
+
 import numpy as np
 from numba import cuda
+
+from ..spec import KERNELS
 
 try:  # where numba-cuda keeps its settings (older releases share Numba's)
     from numba.cuda.core import config as _cuda_config
@@ -62,10 +68,15 @@ def rows(x):
     return x if x.ndim == 2 else x.reshape(x.shape[0], 1)
 
 
+def launch_threads(kern, n, *args):
+    """Run ``kern`` on ``args`` with one thread per item i < n, in blocks of BLOCK threads."""
+    kern[ceil_div(n, BLOCK), BLOCK](*args)
+
+
 def launch_elementwise(kern, *arrays):
     """Run an elementwise kernel on flat views of ``arrays``: one thread per element."""
     views = [flat(a) for a in arrays]
-    kern[ceil_div(views[0].shape[0], BLOCK), BLOCK](*views)
+    launch_threads(kern, views[0].shape[0], *views)
 
 
 _cache = {}
@@ -91,4 +102,58 @@ def one_block(kern, *args, dtype=np.float32):
     device, host = _result_buffers(dtype)
     kern[1, BLOCK](*args, device)
     device.copy_to_host(host)
-    return host[0]
+    return host[0].item()
+
+
+def batch_mean(kern, batch, *args, dtype=np.float32):
+    """A one-block reduction over a batch (``batch``, ``args``) divided by its length: a float."""
+    return one_block(kern, batch, *args, dtype=dtype) / batch.shape[0]
+
+
+# ------------------------------------------------- the contract's entries
+def entry(name, run, doc):
+    """``run`` as the contract's ``name``: that name, ``doc`` and the parameters ``spec.KERNELS[name]``."""
+    signature = inspect.Signature([inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                   for p in KERNELS[name]])
+
+    def call(*args, **named):
+        if named:
+            args = signature.bind(*args, **named).args
+        return run(*args)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    call.__signature__ = signature
+    return call
+
+
+def _entries(run, doc, kernels):
+    """One entry per kernel ``_<name>_kernel``: the contract's ``name`` calling ``run(kernel, *args)``."""
+    found = []
+    for kern in kernels:
+        kern_name = kern.py_func.__name__
+        name = kern_name.removeprefix("_").removesuffix("_kernel")
+        found.append(entry(name, partial(run, kern), doc.format(name=name, kernel=kern_name)))
+    return tuple(found)
+
+
+def elementwise_entries(*kernels):
+    """The contract's entries of ``kernels``, each run on flat views of its arrays (any shape)."""
+    return _entries(launch_elementwise, "The contract's {name}: ``{kernel}`` on flat views, any shape.",
+                    kernels)
+
+
+def _launch_rows(kern, first, *arrays):
+    """Run ``kern`` with one thread per row of ``first``, its first argument."""
+    launch_threads(kern, first.shape[0], first, *arrays)
+
+
+def rows_entries(*kernels):
+    """The contract's entries of ``kernels``, each with one thread per row of its first array."""
+    return _entries(_launch_rows, "The contract's {name}: ``{kernel}``, one thread per row.", kernels)
+
+
+def mean_entries(*kernels, dtype=np.float32):
+    """The contract's entries of one-block reductions ``kernels``: the total / the batch, a float."""
+    return _entries(partial(batch_mean, dtype=dtype),
+                    "The contract's {name}: ``{kernel}``'s total over the batch / its length.", kernels)

@@ -1,94 +1,69 @@
 """Matmuls, the linear layer and the bias gradient: shared-memory tiled kernels and their launchers."""
 from numba import cuda, float32
 
+from .device import tree_sum
 from .launch import COLS, F1, F2, ROWS, TILE, TILE_PAD, ceil_div, empty_vector, kernel
 
 
-@kernel(f"void({F2}, {F2}, {F1}, {F2})")
-def _matmul_kernel(a, b, bias, out):
-    """out = a @ b (+ bias when bias is not empty).   a (M, K), b (K, N), bias (N,) or (0,) -> out (M, N).
+@cuda.jit(device=True, inline=True)
+def _load_tile(tile, m, transposed, r0, c0):
+    """tile[i, j] = A[r0 + i, c0 + j], zero outside A, for A = m.T when ``transposed`` else m.
 
-    One thread per output; block (TILE, TILE) covers out[by*TILE:, bx*TILE:].
-    Both operands are read a TILE x TILE tile at a time into shared memory
-    (zero outside the matrix), coalesced along the row.
+    Thread (tx, ty) of a (TILE, TILE) block loads one element, and consecutive tx
+    read consecutive columns of m (coalesced): a transposed tile is stored
+    transposed, so tiles have TILE_PAD columns to keep shared-memory banks apart.
     """
-    sa = cuda.shared.array((TILE, TILE), float32)
-    sb = cuda.shared.array((TILE, TILE), float32)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    row = cuda.blockIdx.y * TILE + ty          # in M
-    col = cuda.blockIdx.x * TILE + tx          # in N
-    M, K = a.shape
-    N = b.shape[1]
+    i, j = (tx, ty) if transposed else (ty, tx)
+    r, c = (c0 + j, r0 + i) if transposed else (r0 + i, c0 + j)
+    tile[i, j] = m[r, c] if r < m.shape[0] and c < m.shape[1] else float32(0.0)
+
+
+@cuda.jit(device=True, inline=True)
+def _tiled_matmul(a, a_transposed, b, b_transposed, bias, out):
+    """out = A @ B (+ bias unless None or empty), A = a.T if ``a_transposed`` else a, B likewise.
+
+    A (M, K), B (K, N), bias (N,) -> out (M, N).  One thread per output; block
+    (TILE, TILE) covers out[by*TILE:, bx*TILE:], reading A and B a TILE x TILE
+    tile at a time into shared memory (``_load_tile``).  Every thread of the
+    block must call it.
+    """
+    sa = cuda.shared.array((TILE, TILE_PAD), float32)   # sa[i, k] = A[row i, k]
+    sb = cuda.shared.array((TILE, TILE_PAD), float32)   # sb[k, j] = B[k, col j]
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    r0, c0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    K = a.shape[0] if a_transposed else a.shape[1]
     acc = float32(0.0)
-    for t in range((K + TILE - 1) // TILE):
-        k = t * TILE + tx
-        sa[ty, tx] = a[row, k] if row < M and k < K else float32(0.0)
-        k = t * TILE + ty
-        sb[ty, tx] = b[k, col] if k < K and col < N else float32(0.0)
+    for k0 in range(0, K, TILE):
+        _load_tile(sa, a, a_transposed, r0, k0)
+        _load_tile(sb, b, b_transposed, k0, c0)
         cuda.syncthreads()
         for kk in range(TILE):
             acc += sa[ty, kk] * sb[kk, tx]
         cuda.syncthreads()
-    if row < M and col < N:
-        if bias.shape[0] > 0:
+    row, col = r0 + ty, c0 + tx
+    if row < out.shape[0] and col < out.shape[1]:
+        if bias is not None and bias.shape[0] > 0:
             acc += bias[col]
         out[row, col] = acc
 
 
+@kernel(f"void({F2}, {F2}, {F1}, {F2})")
+def _matmul_kernel(a, b, bias, out):
+    """out = a @ b (+ bias when bias is not empty).   a (M, K), b (K, N), bias (N,) or (0,) -> out (M, N)."""
+    _tiled_matmul(a, False, b, False, bias, out)
+
+
 @kernel(f"void({F2}, {F2}, {F2})")
 def _matmul_backward_input_kernel(dy, w, dx):
-    """dx = dy @ w.T, reading w untransposed.   dy (B, O), w (I, O) -> dx (B, I).
-
-    Block (TILE, TILE) covers dx[by*TILE:, bx*TILE:]; the reduction runs over O.
-    The w tile is read along its rows (coalesced) and stored transposed.
-    """
-    sa = cuda.shared.array((TILE, TILE), float32)       # sa[b, o] = dy[b, o]
-    sb = cuda.shared.array((TILE, TILE_PAD), float32)   # sb[o, i] = w[i, o]
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    row = cuda.blockIdx.y * TILE + ty          # in B
-    col = cuda.blockIdx.x * TILE + tx          # in I
-    B, O = dy.shape
-    I = w.shape[0]
-    w_row = cuda.blockIdx.x * TILE + ty        # the row of w this thread loads
-    acc = float32(0.0)
-    for t in range((O + TILE - 1) // TILE):
-        o = t * TILE + tx
-        sa[ty, tx] = dy[row, o] if row < B and o < O else float32(0.0)
-        sb[tx, ty] = w[w_row, o] if w_row < I and o < O else float32(0.0)
-        cuda.syncthreads()
-        for kk in range(TILE):
-            acc += sa[ty, kk] * sb[kk, tx]
-        cuda.syncthreads()
-    if row < B and col < I:
-        dx[row, col] = acc
+    """dx = dy @ w.T, the w tile read along w's rows.   dy (B, O), w (I, O) -> dx (B, I)."""
+    _tiled_matmul(dy, False, w, True, None, dx)
 
 
 @kernel(f"void({F2}, {F2}, {F2})")
 def _matmul_backward_weight_kernel(x, dy, dw):
-    """dw = x.T @ dy, reading x untransposed.   x (B, I), dy (B, O) -> dw (I, O).
-
-    Block (TILE, TILE) covers dw[by*TILE:, bx*TILE:]; the reduction runs over B.
-    The x tile is read along its rows (coalesced) and stored transposed.
-    """
-    sa = cuda.shared.array((TILE, TILE_PAD), float32)   # sa[i, b] = x[b, i]
-    sb = cuda.shared.array((TILE, TILE), float32)       # sb[b, o] = dy[b, o]
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    row = cuda.blockIdx.y * TILE + ty          # in I
-    col = cuda.blockIdx.x * TILE + tx          # in O
-    B, I = x.shape
-    O = dy.shape[1]
-    x_col = cuda.blockIdx.y * TILE + tx        # the column of x this thread loads
-    acc = float32(0.0)
-    for t in range((B + TILE - 1) // TILE):
-        b = t * TILE + ty
-        sa[tx, ty] = x[b, x_col] if b < B and x_col < I else float32(0.0)
-        sb[ty, tx] = dy[b, col] if b < B and col < O else float32(0.0)
-        cuda.syncthreads()
-        for kk in range(TILE):
-            acc += sa[ty, kk] * sb[kk, tx]
-        cuda.syncthreads()
-    if row < I and col < O:
-        dw[row, col] = acc
+    """dw = x.T @ dy, the x tile read along x's rows.   x (B, I), dy (B, O) -> dw (I, O)."""
+    _tiled_matmul(x, True, dy, False, None, dw)
 
 
 @kernel(f"void({F2}, {F1})")
@@ -96,8 +71,8 @@ def _bias_backward_kernel(dy, db):
     """db[o] = sum_b dy[b, o].   dy (B, O) -> db (O,).
 
     Block (COLS, ROWS) owns COLS columns: thread (tx, ty) sums rows ty, ty + ROWS, ...
-    of column bx*COLS + tx (a warp reads consecutive columns), then the ROWS
-    partial sums of each column are added in shared memory.
+    of column bx*COLS + tx (a warp reads consecutive columns), then ``tree_sum``
+    adds the ROWS partial sums of each column in shared memory.
     """
     partial = cuda.shared.array((ROWS, COLS), float32)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -107,16 +82,9 @@ def _bias_backward_kernel(dy, db):
     if o < O:
         for b in range(ty, B, ROWS):
             acc += dy[b, o]
-    partial[ty, tx] = acc
-    cuda.syncthreads()
-    step = ROWS // 2
-    while step > 0:
-        if ty < step:
-            partial[ty, tx] += partial[ty + step, tx]
-        cuda.syncthreads()
-        step //= 2
+    total = tree_sum(partial, ty, tx, acc)
     if ty == 0 and o < O:
-        db[o] = partial[0, tx]
+        db[o] = total
 
 
 def _launch_matmul(kernel, m, n, *args):

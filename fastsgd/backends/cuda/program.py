@@ -59,12 +59,27 @@ else:
 
 
 @cuda.jit(device=True, inline=True)
+def _row_col(idx, n):
+    """(idx // n, idx % n): the row and column of flat index idx into rows of n (one division)."""
+    r = idx // n
+    return r, idx - r * n
+
+
+@cuda.jit(device=True, inline=True)
+def _dot(acc, u, i, di, v, j, dj, n):
+    """acc + sum_k u[i + k * di] * v[j + k * dj] over k < n, added to acc in order of k."""
+    for k in range(n):
+        acc += u[i + k * di] * v[j + k * dj]
+    return acc
+
+
+@cuda.jit(device=True, inline=True)
 def _gather(x, order, start, B, acts, tid, stride):
     """a[0] = x[order[start:start + B]].   x (N, I) -> a[0] (B, I) at acts[0:]."""
     I = x.shape[1]
     for idx in range(tid, B * I, stride):
-        r = idx // I
-        acts[idx] = x[order[start + r], idx - r * I]
+        r, c = _row_col(idx, I)
+        acts[idx] = x[order[start + r], c]
 
 
 @cuda.jit(device=True, inline=True)
@@ -77,13 +92,10 @@ def _layer_forward(layers, l, B, params, acts, offsets, tid, stride):
     kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
     src, dst = offsets[l], offsets[l + 1]
     for idx in range(tid, B * n_out, stride):
-        if kind == LINEAR:
-            r = idx // n_out
-            j = idx - r * n_out
-            acc = params[at + n_in * n_out + j]
-            for k in range(n_in):
-                acc += acts[src + r * n_in + k] * params[at + k * n_out + j]
-            acts[dst + idx] = acc
+        if kind == LINEAR:  # the bias, then a[l][r] . w[:, j]
+            r, j = _row_col(idx, n_out)
+            acts[dst + idx] = _dot(params[at + n_in * n_out + j], acts, src + r * n_in, 1,
+                                   params, at + j, n_out, n_in)
         else:
             v = acts[src + idx]
             if kind == RELU:
@@ -153,25 +165,20 @@ def _layer_backward(layers, l, need_dx, B, params, grads, acts, deltas, offsets,
         n_w = n_in * n_out
         total = n_w + n_out + (B * n_in if need_dx else 0)
         for idx in range(tid, total, stride):
-            acc = float32(0.0)
-            if idx < n_w:
-                i = idx // n_out
-                j = idx - i * n_out
-                for r in range(B):
-                    acc += acts[src + r * n_in + i] * deltas[dst + r * n_out + j]
-                grads[at + idx] = acc
-            elif idx < n_w + n_out:
+            if idx < n_w:  # grad w[i, j] = a[l][:, i] . d[l+1][:, j]
+                i, j = _row_col(idx, n_out)
+                grads[at + idx] = _dot(float32(0.0), acts, src + i, n_in, deltas, dst + j, n_out, B)
+            elif idx < n_w + n_out:  # grad b[j] = sum_r d[l+1][r, j]
                 j = idx - n_w
+                acc = float32(0.0)
                 for r in range(B):
                     acc += deltas[dst + r * n_out + j]
                 grads[at + idx] = acc
-            else:
+            else:  # d[l][r, i] = d[l+1][r] . w[i]
                 e = idx - n_w - n_out
-                r = e // n_in
-                i = e - r * n_in
-                for j in range(n_out):
-                    acc += deltas[dst + r * n_out + j] * params[at + i * n_out + j]
-                deltas[src + e] = acc
+                r, i = _row_col(e, n_in)
+                deltas[src + e] = _dot(float32(0.0), deltas, dst + r * n_out, 1,
+                                       params, at + i * n_out, 1, n_out)
     else:
         for idx in range(tid, B * n_in, stride):
             dy = deltas[dst + idx]

@@ -1,0 +1,167 @@
+"""DataLoaders: the batches a Learner trains and validates on, and their shuffling state.
+
+    dls = DataLoaders.from_arrays(train_x, train_y, valid_x, valid_y, bs=64, seed=0)
+    for xb, yb in dls.train: ...
+
+A ``DataLoader`` keeps its rows on the backend it was moved to and gathers
+shuffled batches there; its generator's state can be saved as JSON-ready data
+(``rng_state``) and continued later (``generator_from_state``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backends
+from .random import global_rng
+
+__all__ = ["DataLoader", "DataLoaders", "generator_from_state"]
+
+
+class DataLoader:
+    """Batches of ``(x, y)``: x (N, F) float32, y (N,) targets.
+
+    With ``shuffle``, each pass visits the rows in a new order drawn from a
+    generator seeded by ``seed`` (same seed, same batches).  Batches are
+    gathered into reused buffers; without shuffling they are views.  The last
+    batch may be smaller.  ``bs=len(x)`` gives full-batch gradient descent and
+    ``bs=1`` pure stochastic descent.
+    """
+
+    def __init__(self, x, y, bs: int = 64, shuffle: bool = False, seed: int | None = None):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.ndim != 2:
+            raise ValueError(f"x: expected a 2-D array (N, features), got shape {x.shape}")
+        if len(x) == 0:
+            raise ValueError("x: empty dataset; expected at least one row")
+        if len(y) != len(x):
+            raise ValueError(f"y: expected {len(x)} targets to match x, got {len(y)}")
+        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
+        if not np.issubdtype(x.dtype, np.number):
+            raise TypeError(f"x: expected numbers, got dtype {x.dtype}")
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(self.x).all():
+            raise ValueError("x: contains NaN or Inf; expected finite values")
+        self.y = y
+        self.backend = backends.get("numpy")
+        self.bs = int(min(bs, len(x)))
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed) if seed is not None else \
+            np.random.default_rng(global_rng().integers(2**63))
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def to(self, backend) -> "DataLoader":
+        """Keep the data on ``backend`` (moved once) and gather batches there."""
+        self.backend = backends.get(backend)
+        self.x = self.backend.asarray(self.x)
+        self.y = self.backend.asarray(self.y, dtype=self.y.dtype)
+        self._buffers.clear()
+        return self
+
+    def __len__(self):
+        """Number of batches per pass."""
+        return math.ceil(len(self.x) / self.bs)
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return len(self.x)
+
+    def next_order(self) -> np.ndarray:
+        """The row order of the next pass: a fresh permutation when shuffling."""
+        return self._rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
+
+    def __iter__(self):
+        n, bs = len(self.x), self.bs
+        if not self.shuffle:
+            for start in range(0, n, bs):
+                yield self.x[start:start + bs], self.y[start:start + bs]
+            return
+        order = self.backend.asarray(self.next_order(), dtype=np.int64)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            xb, yb = self._batch_buffers(len(idx))
+            self.backend.take_rows(self.x, idx, out=xb)
+            self.backend.take_rows(self.y, idx, out=yb)
+            yield xb, yb
+
+    @property
+    def rng_state(self) -> dict:
+        """The shuffling generator's state as JSON-ready data (``bit_generator.state``).
+
+        Assigning a state saved this way continues the same sequence of batch
+        orders; a malformed one raises ValueError and changes nothing.
+        """
+        return _json_ready(self._rng.bit_generator.state)
+
+    @rng_state.setter
+    def rng_state(self, state: dict):
+        self._rng = generator_from_state(state)
+
+    def _batch_buffers(self, size):
+        if size not in self._buffers:
+            self._buffers[size] = (self.backend.empty((size, self.x.shape[1]), np.float32),
+                                   self.backend.empty((size, *self.y.shape[1:]), self.y.dtype))
+        return self._buffers[size]
+
+
+#: Bit generators whose saved state ``DataLoader.rng_state`` accepts.
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _json_ready(value):
+    """``value`` with NumPy arrays and scalars turned into lists and Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def generator_from_state(state, where: str = "rng_state") -> np.random.Generator:
+    """A ``numpy.random.Generator`` continuing from a saved ``bit_generator.state``, or
+    ValueError naming ``where`` and what is wrong with it."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"{where}: expected a bit generator state of one of "
+                         f"{', '.join(_BIT_GENERATORS)}, got {str(state)[:80]}")
+    bit_generator = getattr(np.random, name)()
+    try:
+        bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(f"{where}: not a valid {name} state ({type(e).__name__}: "
+                         f"{str(e)[:80]})") from None
+    return np.random.Generator(bit_generator)
+
+
+class DataLoaders:
+    """A training and a validation ``DataLoader`` (fastai's ``DataLoaders(train, valid)``)."""
+
+    def __init__(self, train: DataLoader, valid: DataLoader):
+        self.train, self.valid = train, valid
+
+    @classmethod
+    def from_arrays(cls, train_x, train_y, valid_x, valid_y, bs: int = 64, seed: int | None = None,
+                    valid_bs: int | None = None) -> "DataLoaders":
+        """Shuffled training batches of ``bs``; validation in order, in batches of ``valid_bs``."""
+        train = DataLoader(train_x, train_y, bs, shuffle=True, seed=seed)
+        valid = DataLoader(valid_x, valid_y, valid_bs or max(bs, 1024), shuffle=False)
+        return cls.checked(train, valid)
+
+    @classmethod
+    def checked(cls, train: DataLoader, valid: DataLoader) -> "DataLoaders":
+        """``DataLoaders(train, valid)``, or ValueError when their rows differ in features."""
+        if valid.x.shape[1] != train.x.shape[1]:
+            raise ValueError(f"valid_x: expected {train.x.shape[1]} features to match train_x, "
+                             f"got {valid.x.shape[1]}")
+        return cls(train, valid)
+
+    def __iter__(self):
+        return iter((self.train, self.valid))
