@@ -19,11 +19,13 @@
  *                                              updates from the two panels.
  *
  * A narrow row-major B (N <= 256 in whole panels: the forward pass and x.T @ dy of a
- * layer with up to 256 outputs) is read in place instead of packed.  Threads split
- * the rows of C, or its columns (each then packing only its own panels of B) when B
- * is packed and much wider than A is tall, as in dx = dy @ w.T: apart from a shared
- * packed B, the threads share nothing but the fork and the join.  gemm() holds the
- * pool job (pool.c).
+ * layer with up to 256 outputs) is read in place instead of packed; then the threads
+ * take chunks of row panels (or column panels, when there are few rows) in turn from
+ * a shared counter, so a thread kept off its core by another process holds up one
+ * chunk, not half the product.  With B packed, threads split the rows of C, or its
+ * columns (each then packing only its own panels of B) when B is much wider than A is
+ * tall, as in dx = dy @ w.T: apart from a shared packed B, the threads share nothing
+ * but the fork and the join.  gemm() holds the pool job (pool.c).
  *
  * Instruction sets: the tile must match the register file (8 x 32 floats in 16 AVX-512
  * registers, 6 x 16 in 12 AVX2 registers, 6 x 8 in 12 SSE2 registers), so the block
@@ -34,6 +36,7 @@
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,13 +331,17 @@ typedef struct {
                             laid out kc_step deep, so a panel's place never changes */
     float *ap;           /* packed A blocks, a_floats per thread */
     int64_t a_floats;
+    /* With B read in place the threads take pieces of C in turn: chunk_panels row
+     * panels (or column panels with split_cols) at a time, n_chunks in all. */
+    int64_t chunk_panels, n_chunks;
+    atomic_llong next_chunk;
 } gemm_plan;
 
 /* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
  * barriers do nothing). */
 static void gemm_part(void *plan, int t, int T)
 {
-    const gemm_plan *g = plan;
+    gemm_plan *g = plan;
     const int64_t M = g->M, K = g->K, N = g->N, kc_step = g->kc_step;
     const int64_t mr = g->ks->mr, nr = g->ks->nr;
     const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
@@ -348,15 +355,30 @@ static void gemm_part(void *plan, int t, int T)
         i1 = min64(M, mr * ((t + 1) * g->m_panels / T));
     }
 
-    if (g->direct_b) { /* no shared packing, so no barrier: the threads run apart */
-        for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
-            const int64_t mc = min64(g->mc_step, i1 - ic);
-            for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
-                const int64_t kc = min64(kc_step, K - p0);
-                g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
-                g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                     g->A.cs == 1, g->B.p + p0 * g->B.rs + j0, g->B.rs, 0,
-                                     p0 > 0, p0 == 0 && g->bias ? g->bias + j0 : NULL);
+    if (g->direct_b) {
+        /* No shared packing, so no barrier.  The threads take chunks of whole panels in
+         * turn (not fixed halves): one kept off its core by another process holds up
+         * only the chunk it has, and the others do the rest.  Each tile of C is computed
+         * the same way whoever takes it, so the result does not depend on the split. */
+        for (int64_t chunk; (chunk = atomic_fetch_add_explicit(&g->next_chunk, 1,
+                                                               memory_order_relaxed))
+                            < g->n_chunks;) {
+            const int64_t first = chunk * g->chunk_panels, last = first + g->chunk_panels;
+            if (g->split_cols) {
+                i0 = 0, i1 = M, j0 = nr * first, j1 = min64(N, nr * last);
+            } else {
+                i0 = mr * first, i1 = min64(M, mr * last);
+            }
+            for (int64_t ic = i0; ic < i1; ic += g->mc_step) {
+                const int64_t mc = min64(g->mc_step, i1 - ic);
+                for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
+                    const int64_t kc = min64(kc_step, K - p0);
+                    g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
+                    g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
+                                         g->A.cs == 1, g->B.p + p0 * g->B.rs + j0, g->B.rs,
+                                         0, p0 > 0,
+                                         p0 == 0 && g->bias ? g->bias + j0 : NULL);
+                }
             }
         }
         return;
@@ -437,9 +459,15 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
      * packed B is shared.  They split the columns when there are too few row panels,
      * or when B is packed and much wider than A is tall (dx = dy @ w.T at small
      * batches): then each packs only its own panels of B, and nobody waits. */
-    if (g.direct_b)
+    if (g.direct_b) {
         g.split_cols = g.m_panels < threads;
-    else
+        /* About four chunks a thread, each at most one block of MC rows. */
+        const int64_t panels = g.split_cols ? g.n_panels : g.m_panels;
+        const int64_t most = g.split_cols ? panels : g.mc_step / mr;
+        g.chunk_panels = min64(most, ceil_div(panels, 4 * (int64_t)threads));
+        g.n_chunks = ceil_div(panels, g.chunk_panels);
+        atomic_init(&g.next_chunk, 0);
+    } else
         g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
 
     float *buffer = packing_buffer((size_t)(b_floats + threads * g.a_floats));

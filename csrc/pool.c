@@ -11,13 +11,14 @@
  * One job runs on the pool at a time; a second caller arriving meanwhile (another
  * Python thread) runs its job alone, on its own thread, instead of waiting.
  *
- * Sharing the cores: when the caller of a job spends longer blocked (joining, or at
- * a barrier) than working, and longer than STALL_NS, a worker was kept off its core,
- * by another process or an oversubscribed machine.  Waiting for it at every join is
- * what turns a busy core into a collapse, so the pool then runs jobs on the caller's
- * thread alone for a while: SOLO_MIN_NS at first, doubled while stalls recur (up to
- * SOLO_MAX_NS), forgotten after a stretch without one.  The split of a job does not
- * change its results, so neither does this.
+ * Sharing the cores: the caller of each job adds up how long it worked and how long
+ * it was blocked (joining, or at a barrier).  When over WINDOW_NS of its time it was
+ * blocked for more than a quarter of its work, the workers were held up, by another
+ * process on their cores (or a busy NumPy pool), and waiting for them at every join is
+ * what turns a busy core into a collapse.  The pool then runs jobs on the caller's
+ * thread alone for a while: SOLO_MIN_NS at first, doubled while the workers stay held
+ * up (up to SOLO_MAX_NS), and threaded again after a window where they keep pace.  The
+ * split of a job does not change its results, so neither does this.
  * After fork() the child has none of the parent's workers: a pthread_atfork handler
  * forgets them, and the child's first parallel job starts new ones.
  */
@@ -39,7 +40,8 @@
 
 enum { MAX_THREADS = 256 };
 #define SPIN_NS 50000           /* 50 us */
-#define STALL_NS 200000         /* 200 us blocked, and more than the caller's own work */
+#define WINDOW_NS 2000000       /* the caller's time over which the threads are judged */
+#define HELD_UP_FRACTION 4      /* held up: blocked for more than a quarter of the work */
 #define SOLO_MIN_NS 5000000     /* 5 ms */
 #define SOLO_MAX_NS 320000000   /* 320 ms */
 
@@ -111,7 +113,9 @@ static struct {
     atomic_int bar_count, bar_phase, sleepers_bar;
     /* sharing the cores (read and written under lock, or by the job's caller) */
     int64_t caller_blocked_ns; /* the caller's time at barriers in the current job */
-    int64_t solo_until_ns, solo_ns, last_stall_ns;
+    int64_t window_work_ns, window_blocked_ns; /* the caller's, since the last verdict */
+    int64_t solo_until_ns, solo_ns;
+    atomic_llong stalls;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int in_pool_job; /* this thread runs (part of) a pool job */
@@ -126,15 +130,20 @@ static int running_solo(int64_t now)
 /* After a threaded job: the caller worked `work` ns and was blocked `blocked` ns. */
 static void note_join(int64_t work, int64_t blocked, int64_t now)
 {
-    if (blocked > STALL_NS && blocked > work) {
-        const int64_t doubled = 2 * pool.solo_ns;
-        pool.solo_ns = pool.solo_ns == 0 ? SOLO_MIN_NS
-                       : doubled < SOLO_MAX_NS ? doubled : SOLO_MAX_NS;
-        pool.solo_until_ns = now + pool.solo_ns;
-        pool.last_stall_ns = now;
-    } else if (pool.solo_ns && now - pool.last_stall_ns > 4 * pool.solo_ns + SOLO_MAX_NS) {
-        pool.solo_ns = 0; /* a long stretch without a stall: the cores are ours again */
+    pool.window_work_ns += work;
+    pool.window_blocked_ns += blocked;
+    if (pool.window_work_ns + pool.window_blocked_ns < WINDOW_NS)
+        return;
+    const int held_up = pool.window_blocked_ns > pool.window_work_ns / HELD_UP_FRACTION;
+    pool.window_work_ns = pool.window_blocked_ns = 0;
+    if (!held_up) {
+        pool.solo_ns = 0; /* the threads pay: the cores are ours */
+        return;
     }
+    atomic_fetch_add(&pool.stalls, 1);
+    const int64_t doubled = 2 * pool.solo_ns;
+    pool.solo_ns = pool.solo_ns == 0 ? SOLO_MIN_NS : doubled < SOLO_MAX_NS ? doubled : SOLO_MAX_NS;
+    pool.solo_until_ns = now + pool.solo_ns;
 }
 
 static void *worker_main(void *arg)
@@ -174,10 +183,12 @@ static int grow_pool(int want)
     return pool.workers;
 }
 
+int64_t pool_stalls(void) { return (int64_t)atomic_load(&pool.stalls); }
+
 void fs_forget_stalls(void)
 {
     pthread_mutex_lock(&pool.lock);
-    pool.solo_until_ns = pool.solo_ns = pool.last_stall_ns = 0;
+    pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
     pthread_mutex_unlock(&pool.lock);
 }
 
@@ -189,7 +200,7 @@ static void after_fork_child(void)
 {
     pthread_mutex_init(&pool.lock, NULL);
     pool.workers = 0;
-    pool.solo_until_ns = pool.solo_ns = pool.last_stall_ns = 0;
+    pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
     atomic_store(&pool.pending, 0);
     atomic_store(&pool.sleepers_job, 0);
     atomic_store(&pool.sleepers_done, 0);

@@ -345,6 +345,13 @@ def set_threads(n: int) -> int:
     return lib.set_matmul_threads(int(n))
 
 
+def pool_stalls() -> int:
+    """How many times the thread pool found a worker kept off its core (by another
+    process: the caller waited longer than it worked) and then ran jobs on the calling
+    thread alone for a while (see the README's Threads section)."""
+    return int(lib.pool_stalls())
+
+
 def peak_gflops(seconds: float = 0.2, threads: int = 0) -> tuple[float, str, int]:
     """The machine's fp32 multiply-add peak, measured: ``(GFLOP/s, isa, threads used)``.
 

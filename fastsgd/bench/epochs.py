@@ -152,12 +152,22 @@ class EpochSpec:
         return cls(**fields)
 
 
+def pool_stalls(runner: str) -> int | None:
+    """For ``c``, how often its thread pool has found a worker kept off its core (by
+    another process) and run jobs on the caller alone for a while; None elsewhere."""
+    if runner != "c":
+        return None
+    from ..backends import c_ext
+    return c_ext.pool_stalls()
+
+
 def run_worker(spec: EpochSpec) -> dict:
     """Time ``spec`` here: a warm-up epoch (its losses are the validation), then timed ones.
 
     Returns the losses of the first epoch, ``first_epoch_s`` (warm-up and
-    compilation included), the ``Stats`` fields of the timed epochs and
-    ``measure``'s notes (a noisy set of epochs is timed once more).
+    compilation included), the ``Stats`` fields of the timed epochs,
+    ``measure``'s notes (a noisy set of epochs is timed once more) and, for ``c``,
+    ``pool_stalls`` during the timed epochs.
     """
     data = load_data(spec.samples, spec.data, spec.sizes)
     t = trainer(spec.runner, data, initial_weights(spec.sizes), spec.bs)
@@ -173,7 +183,10 @@ def run_worker(spec: EpochSpec) -> dict:
             seconds.append(time.perf_counter() - t0)
         return Stats(tuple(seconds))
 
+    stalls_before = pool_stalls(spec.runner)
     stats, notes = measure(take, spec.retry)
+    if stalls_before is not None:
+        notes["pool_stalls"] = pool_stalls(spec.runner) - stalls_before
     return {"runner": spec.runner, "bs": spec.bs, "train_loss": train_loss,
             "valid_loss": valid_loss, "step_losses": list(steps), "first_epoch_s": first,
             "compile_s": max(0.0, first - stats.median), "epoch_samples_s": list(stats.samples),

@@ -74,6 +74,8 @@ def _note(row) -> str:
         notes[-1] += " (measured twice)"
     elif row["remeasured"]:
         notes.append("re-measured")
+    if row.get("pool_stalls"):
+        notes.append(f"{row['pool_stalls']} pool stalls (a worker kept off its core)")
     if "over_peak" in row["flags"]:
         notes.append("! above the measured peak: measuring error")
     return "; ".join(notes)
