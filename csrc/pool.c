@@ -13,7 +13,7 @@
  *
  * Sharing the cores: the caller of each job adds up how long it worked and how long
  * it was blocked (joining, or at a barrier).  When over WINDOW_NS of its time it was
- * blocked for more than a quarter of its work, the workers were held up, by another
+ * blocked for more than half its work, the workers were held up, by another
  * process on their cores (or a busy NumPy pool), and waiting for them at every join is
  * what turns a busy core into a collapse.  The pool then runs jobs on the caller's
  * thread alone for a while: SOLO_MIN_NS at first, doubled while the workers stay held
@@ -41,7 +41,7 @@
 enum { MAX_THREADS = 256 };
 #define SPIN_NS 50000           /* 50 us */
 #define WINDOW_NS 2000000       /* the caller's time over which the threads are judged */
-#define HELD_UP_FRACTION 4      /* held up: blocked for more than a quarter of the work */
+#define HELD_UP_FRACTION 2      /* held up: blocked for more than half the work */
 #define SOLO_MIN_NS 5000000     /* 5 ms */
 #define SOLO_MAX_NS 320000000   /* 320 ms */
 

@@ -5,8 +5,9 @@ preallocated output(s) passed last; arguments arrive validated by
 ``contract.Backend`` (C-contiguous float32, shapes checked, labels in range).
 Dimension letters as in ``contract.py``.
 
-``parallel=True`` is used only on the matmul family, where threads pay at the
-training shapes; ``fastmath=True`` where it lets LLVM vectorise a reduction.
+``parallel=True`` is used only on the matmul family, and only for products large
+enough for threads to pay (``PARALLEL_MIN_MACS``); ``fastmath=True`` where it lets
+LLVM vectorise a reduction.
 
 Threads: unless ``NUMBA_THREADING_LAYER`` is set (or the process already chose a
 layer), importing this module selects Numba's ``workqueue`` layer instead of its
@@ -110,14 +111,12 @@ def _gemm(a, b, out, transposed):
 
 def matmul(a, b, out):
     """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
-    with _PARALLEL:
-        _gemm(a, b, out, False)
+    _gemm_call(a, b, out, False)
 
 
 def matmul_backward_input(dy, w, dx):
     """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
-    with _PARALLEL:
-        _backward_input(dy, w, dx)
+    _backward_input_call(dy, w, dx)
 
 
 @njit(**_MATMUL)
@@ -133,10 +132,50 @@ def _backward_input(dy, w, dx):
             dx[b, i] = acc
 
 
+#: One-thread twins of the parallel matmuls: a product below ``PARALLEL_MIN_MACS``
+#: multiply-adds (a gather in the fused epoch below as many elements) runs on the
+#: calling thread: measured on 2 cores, the workqueue layer's threads made the training
+#: shapes 2-3x slower (e.g. 256x784x128: 98 GFLOP/s on one thread, 54 on two) and paid
+#: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Threads split whole rows: either
+#: twin gives the same bits.
+#: The twins are compiled from the same functions, so they are not cached on disk:
+#: Numba's cache knows a function by its name and line, and would mix the two up.
+PARALLEL_MIN_MACS = 1 << 26
+_ONE_THREAD = dict(_MATMUL, parallel=False, cache=False)
+_gemm_one_thread = njit(**_ONE_THREAD)(_gemm.py_func)
+_backward_input_one_thread = njit(**_ONE_THREAD)(_backward_input.py_func)
+
+
+@njit(inline="always")
+def _product(a, b, out, transposed):
+    """``_gemm`` on the threads, or on this one for a small product (compiled callers)."""
+    if out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+        _gemm_one_thread(a, b, out, transposed)
+    else:
+        _gemm(a, b, out, transposed)
+
+
+def _gemm_call(a, b, out, transposed):
+    """``_product`` for Python callers: the threads, under the lock, only when they pay."""
+    if out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+        _gemm_one_thread(a, b, out, transposed)
+    else:
+        with _PARALLEL:
+            _gemm(a, b, out, transposed)
+
+
+def _backward_input_call(dy, w, dx):
+    """``_backward_input`` on the threads only when they pay."""
+    if dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+        _backward_input_one_thread(dy, w, dx)
+    else:
+        with _PARALLEL:
+            _backward_input(dy, w, dx)
+
+
 def matmul_backward_weight(x, dy, dw):
     """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
-    with _PARALLEL:
-        _gemm(x, dy, dw, True)
+    _gemm_call(x, dy, dw, True)
 
 
 @njit(**_ELEMENTWISE)
@@ -161,17 +200,15 @@ def _add_bias(out, b):
 
 def linear_forward(x, w, b, out):
     """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
-    with _PARALLEL:
-        _gemm(x, w, out, False)
+    _gemm_call(x, w, out, False)
     _add_bias(out, b)
 
 
 def linear_backward(x, w, dy, dx, dw, db):
     """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
-    with _PARALLEL:
-        if dx is not None:
-            _backward_input(dy, w, dx)
-        _gemm(x, dy, dw, True)
+    if dx is not None:
+        _backward_input_call(dy, w, dx)
+    _gemm_call(x, dy, dw, True)
     bias_backward(dy, db)
 
 
@@ -414,6 +451,9 @@ def _program_loss(loss_kind, z, t, labels, dz):
     return mse_forward(z.reshape(-1), t.reshape(-1))
 
 
+_gather_rows_one_thread = njit(**dict(_PLAIN, cache=False))(_gather_rows.py_func)
+
+
 @njit(**_PLAIN)
 def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
                  params, grads, velocities, use_momentum, losses):
@@ -443,7 +483,10 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
         start = s * bs
         B = min(bs, N - start)
         a0 = acts[:B * layers[0, 1]].reshape((B, layers[0, 1]))
-        _gather_rows(x, order, start, a0)
+        if B * a0.shape[1] < PARALLEL_MIN_MACS:
+            _gather_rows_one_thread(x, order, start, a0)
+        else:
+            _gather_rows(x, order, start, a0)
         tb, yb = tb_all[:B], yb_all[:B if labels.size else 0]
         if loss_kind == _CROSS_ENTROPY:
             for r in range(B):
@@ -457,7 +500,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             if kind == _LINEAR:
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
-                _gemm(a_in, w, a_out, False)
+                _product(a_in, w, a_out, False)
                 _add_bias(a_out, params[at + n_in * n_out:at + n_in * n_out + n_out])
             elif kind == _RELU:
                 _relu_flat(a_in.reshape(-1), a_out.reshape(-1))
@@ -480,10 +523,14 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             d_in = deltas[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
             if kind == _LINEAR:
                 w_end = at + n_in * n_out
-                _gemm(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
+                _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
-                    _backward_input(d_out, params[at:w_end].reshape((n_in, n_out)), d_in)
+                    w = params[at:w_end].reshape((n_in, n_out))
+                    if B * n_in * n_out < PARALLEL_MIN_MACS:
+                        _backward_input_one_thread(d_out, w, d_in)
+                    else:
+                        _backward_input(d_out, w, d_in)
             elif kind == _RELU:
                 _relu_backward_flat(a_in.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
             elif kind == _SIGMOID:
