@@ -346,14 +346,7 @@ static void gemm_part(void *plan, int t, int T)
     const int64_t mr = g->ks->mr, nr = g->ks->nr;
     const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
     float *const ap = g->ap + (int64_t)t * g->a_floats;
-    int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* this thread's part of C */
-    if (g->split_cols) {
-        j0 = nr * (t * n_panels / T);
-        j1 = min64(N, nr * ((t + 1) * n_panels / T));
-    } else {
-        i0 = mr * (t * g->m_panels / T);
-        i1 = min64(M, mr * ((t + 1) * g->m_panels / T));
-    }
+    int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* the part of C being computed */
 
     if (g->direct_b) {
         /* No shared packing, so no barrier.  The threads take chunks of whole panels in
@@ -384,6 +377,13 @@ static void gemm_part(void *plan, int t, int T)
         return;
     }
 
+    if (g->split_cols) { /* with B packed, each thread has a fixed share of C */
+        j0 = nr * (t * n_panels / T);
+        j1 = min64(N, nr * ((t + 1) * n_panels / T));
+    } else {
+        i0 = mr * (t * g->m_panels / T);
+        i1 = min64(M, mr * ((t + 1) * g->m_panels / T));
+    }
     for (int64_t chunk = 0; chunk < K; chunk += g->chunk_depth) {
         const int64_t n_blocks = ceil_div(min64(g->chunk_depth, K - chunk), kc_step);
 
@@ -455,10 +455,11 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     if ((double)M * N * K * 2.0 < PARALLEL_MIN_FLOPS)
         threads = 1;
 
-    /* Threads split the rows of C: with B read in place they share nothing, and a
-     * packed B is shared.  They split the columns when there are too few row panels,
-     * or when B is packed and much wider than A is tall (dx = dy @ w.T at small
-     * batches): then each packs only its own panels of B, and nobody waits. */
+    /* With B read in place the threads share nothing and take chunks of row panels in
+     * turn, or of column panels when there are too few row panels.  A packed B is
+     * shared and the threads split the rows of C, or its columns when there are too few
+     * row panels or B is much wider than A is tall (dx = dy @ w.T at small batches):
+     * then each packs only its own panels of B, and nobody waits. */
     if (g.direct_b) {
         g.split_cols = g.m_panels < threads;
         /* About four chunks a thread, each at most one block of MC rows. */

@@ -36,8 +36,8 @@ void gemm_free_buffers(void);
  * t = 0 on the calling thread, and returns when all are done (T may come out below
  * `threads`, e.g. 1 while another thread's job runs).  Inside a task, fs_barrier(T)
  * waits for the T threads of the job.  fs_cpu_count(): the CPUs this process may use.
- * After stalls (a worker kept off its core) jobs run on the caller alone for a while;
- * fs_forget_stalls() ends that at once. */
+ * While the workers are held up (another process on their cores) jobs run on the
+ * caller alone for a while; fs_forget_stalls() ends that at once. */
 typedef void (*fs_task)(void *ctx, int t, int T);
 void fs_parallel(fs_task task, void *ctx, int threads);
 void fs_barrier(int T);

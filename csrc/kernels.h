@@ -57,8 +57,9 @@ int matmul_threads(void);
 /* Sets that number (clamped to at least 1); returns the previous one. */
 int set_matmul_threads(int threads);
 
-/* How many times since the process started the pool found a worker kept off its core
- * (the caller blocked longer than it worked) and ran the next jobs on the caller alone. */
+/* How many times since the process started the pool found its workers held up (over
+ * 2 ms, the caller blocked for more than half its work: another process on their
+ * cores) and ran the next jobs on the caller alone for a while (pool.c). */
 int64_t pool_stalls(void);
 
 /* The matmul micro-kernel in use: "avx512", "avx2" or "baseline" (SSE2 on x86-64, plain

@@ -121,7 +121,7 @@ static struct {
 static _Thread_local int in_pool_job; /* this thread runs (part of) a pool job */
 static _Thread_local int is_job_caller; /* ... and is the thread that started it */
 
-/* Whether jobs run on the caller alone now (a recent stall); under lock. */
+/* Whether jobs run on the caller alone now (the workers were held up); under lock. */
 static int running_solo(int64_t now)
 {
     return now < pool.solo_until_ns;
@@ -185,10 +185,16 @@ static int grow_pool(int want)
 
 int64_t pool_stalls(void) { return (int64_t)atomic_load(&pool.stalls); }
 
+/* Back to judging the threads afresh (under lock, or with no other thread). */
+static void forget_sharing(void)
+{
+    pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
+}
+
 void fs_forget_stalls(void)
 {
     pthread_mutex_lock(&pool.lock);
-    pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
+    forget_sharing();
     pthread_mutex_unlock(&pool.lock);
 }
 
@@ -200,7 +206,7 @@ static void after_fork_child(void)
 {
     pthread_mutex_init(&pool.lock, NULL);
     pool.workers = 0;
-    pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
+    forget_sharing();
     atomic_store(&pool.pending, 0);
     atomic_store(&pool.sleepers_job, 0);
     atomic_store(&pool.sleepers_done, 0);

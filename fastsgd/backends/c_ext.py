@@ -346,9 +346,9 @@ def set_threads(n: int) -> int:
 
 
 def pool_stalls() -> int:
-    """How many times the thread pool found a worker kept off its core (by another
-    process: the caller waited longer than it worked) and then ran jobs on the calling
-    thread alone for a while (see the README's Threads section)."""
+    """How many times the thread pool found its workers held up (another process on
+    their cores: over 2 ms the caller waited for more than half its work) and then ran
+    jobs on the calling thread alone for a while (see the README's Threads section)."""
     return int(lib.pool_stalls())
 
 
