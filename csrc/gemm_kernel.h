@@ -17,7 +17,7 @@
  * compiled with a tile too big for the registers ran 40 times slower.
  *
  * Packed layouts (see pack_a / pack_b_panel in gemm.c): a B panel is bp[k * NR + j];
- * an A panel is row-major with row stride KC, ap[i * KC + k], or depth-major,
+ * an A panel is row-major with row stride A_LD, ap[i * A_LD + k], or depth-major,
  * ap[k * GK_MR + i].
  */
 #define GK_NR (GK_NV * GK_LANES)
@@ -31,23 +31,23 @@
         _Pragma("GCC unroll 4") for (int v = 0; v < GK_NV; v++)
 
 /* Packs rows [i0, i0 + mc) x depths [p0, p0 + kc) of A, in panels of GK_MR rows.
- * Row-major A (cs == 1): a panel is GK_MR rows of stride KC, ap[i * KC + k] (row copies).
+ * Row-major A (cs == 1): a panel is GK_MR rows of stride A_LD, ap[i * A_LD + k] (row copies).
  * Transposed A (rs == 1, A = x.T): a panel is depth-major, ap[k * GK_MR + i] (GK_MR
  * contiguous floats of x per depth).  Rows past the end of the block are zero-filled:
- * the micro-kernel always runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * KC) floats. */
+ * the micro-kernel always runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * A_LD) floats. */
 GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t mc,
                                 int64_t p0, int64_t kc)
 {
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
         if (A.cs == 1) {
-            float *panel = ap + ir * KC;
+            float *panel = ap + ir * A_LD;
             for (int64_t i = 0; i < GK_MR; i++) {
                 if (i < m)
-                    memcpy(panel + i * KC, A.p + (i0 + ir + i) * A.rs + p0,
+                    memcpy(panel + i * A_LD, A.p + (i0 + ir + i) * A.rs + p0,
                            (size_t)kc * sizeof(float));
                 else
-                    memset(panel + i * KC, 0, (size_t)kc * sizeof(float));
+                    memset(panel + i * A_LD, 0, (size_t)kc * sizeof(float));
             }
         } else if (m == GK_MR) {
             float *panel = ap + ir * kc;
@@ -135,19 +135,19 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
 {
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
-        const float *a_panel = ap + ir * (a_rowmajor ? KC : kc);
+        const float *a_panel = ap + ir * (a_rowmajor ? A_LD : kc);
         for (int64_t jr = 0; jr < nc; jr += GK_NR) {
             const int64_t n = nc - jr < GK_NR ? nc - jr : GK_NR;
             float *tile = c + ir * ldc + jr;
             const float *tile_bias = bias ? bias + jr : NULL;
             if (ldb == 0 && a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, KC, 1, b + jr * panel_depth, GK_NR, accumulate,
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr * panel_depth, GK_NR, accumulate,
                         tile_bias);
             else if (ldb == 0)
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr * panel_depth,
                         GK_NR, accumulate, tile_bias);
             else if (a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, KC, 1, b + jr, ldb, accumulate,
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr, ldb, accumulate,
                         tile_bias);
             else
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr, ldb, accumulate,

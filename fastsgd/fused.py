@@ -33,6 +33,23 @@ class NotFusable(ValueError):
     """This model, loss, optimiser or backend cannot train on the fused path; the message says why."""
 
 
+BLOCK_ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 vector
+
+
+def _aligned(values: np.ndarray) -> np.ndarray:
+    """A copy of the float32 vector ``values`` whose first element starts a 64-byte line.
+
+    NumPy's large arrays start 16 bytes into a page; the matmuls read a weight in place,
+    and AVX-512 loads that straddle two cache lines made the forward product ~20% slower.
+    """
+    spare = BLOCK_ALIGNMENT // values.itemsize
+    buffer = np.empty(values.size + spare, np.float32)
+    start = (-buffer.ctypes.data % BLOCK_ALIGNMENT) // values.itemsize
+    block = buffer[start:start + values.size]
+    block[...] = values
+    return block
+
+
 class LayerProgram:
     """A model + loss + SGD laid out for a backend's ``train_epoch`` kernel.
 
@@ -65,7 +82,8 @@ class LayerProgram:
         for arrays in ([p.value for p in params], [p.grad for p in params], opt_velocities):
             host = [np.zeros(p.value.shape, np.float32) if a is None else backend.to_numpy(a)
                     for a, p in zip(arrays, params)]
-            blocks.append(backend.asarray(np.concatenate([h.reshape(-1) for h in host])))
+            flat = _aligned(np.concatenate([h.reshape(-1) for h in host]))
+            blocks.append(backend.asarray(flat))
         self.params, self.grads, self.velocities = blocks
         offset, views = 0, []
         for p in params:

@@ -183,6 +183,20 @@ def test_learner_says_which_path_runs_and_why():
     assert "layer 1 is a Doubler" in odd.fused
 
 
+@pytest.mark.parametrize("backend", [b for b in fused_backends() if b != "cuda"])
+def test_the_fused_blocks_start_on_a_cache_line(backend):
+    x, y = task(fs.cross_entropy, 300, 20, 3, seed=4)
+    learn, _ = train(backend, lambda: fs.simple_net(20, 16, 3), fs.cross_entropy, x, y,
+                     fused=True, epochs=1, momentum=0.9)
+    weight, bias = learn.model.parameters()[:2]
+    for array in (weight.value, weight.grad):  # the first layer's views open each block
+        assert array.ctypes.data % 64 == 0
+    # the views are the blocks the compiled epoch updated: a fit moves the weights
+    before = weight.value.copy()
+    learn.fit(1)
+    assert not np.array_equal(before, weight.value)
+
+
 @pytest.mark.parametrize("backend", fused_backends())
 def test_fused_training_that_diverges_stops_like_the_layer_path(backend):
     x, y = task(fs.cross_entropy, 300, 20, 2, seed=7)
