@@ -15,7 +15,7 @@ import pytest
 
 import fastsgd as fs
 from fastsgd import bench
-from fastsgd.bench import cases, epochs, machine, report, run, stats
+from fastsgd.bench import cases, epochs, lockstep, machine, report, run, stats
 from fastsgd.cli import main
 
 from .mnist_fixtures import make_mnist_folder
@@ -335,6 +335,41 @@ def test_epoch_rows_run_in_their_own_processes(tmp_path):
         assert r["pct_peak"] <= 100 or "over_peak" in r["flags"]
     saved = json.loads((tmp_path / "epochs.json").read_text())
     assert saved["rows"][0]["step_losses"] == rows[0]["step_losses"]
+
+
+def test_the_runners_timed_epochs_are_taken_in_turn():
+    names = usable("numpy", "c")
+    specs = [epochs.EpochSpec(name, 64, samples=256, epochs=3, retry=False) for name in names]
+    results = lockstep.run_interleaved(specs)
+    starts = [results[name]["epoch_started_s"] for name in names]
+    assert all(len(s) == 3 and results[n]["rounds"] == 3 for s, n in zip(starts, names))
+    for i in range(2):   # every runner's epoch i starts before anyone's epoch i + 1
+        assert max(s[i] for s in starts) < min(s[i + 1] for s in starts)
+    if len(names) == 2:  # and each round starts one runner further on
+        assert starts[0][0] < starts[1][0] and starts[1][1] < starts[0][1]
+    for name in names:
+        assert math.isfinite(results[name]["train_loss"]) and len(results[name]["step_losses"]) == 4
+
+
+def test_a_runner_that_fails_ends_its_row_not_the_others():
+    specs = [epochs.EpochSpec(name, 64, samples=256, epochs=1) for name in ("numpy", "nonesuch")]
+    results = lockstep.run_interleaved(specs)
+    assert results["numpy"]["rounds"] == 1
+    assert isinstance(results["nonesuch"], RuntimeError)
+    assert "nonesuch" in str(results["nonesuch"]) and "exited with code" in str(results["nonesuch"])
+
+
+def test_the_epoch_server_answers_each_request_with_one_timed_epoch():
+    import io
+    out = io.StringIO()
+    spec = epochs.EpochSpec("numpy", 64, samples=128, epochs=1)
+    assert lockstep.serve(spec, io.StringIO("epoch\nepoch\nquit\nepoch\n"), out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("@epoch-ready ")
+    ready = json.loads(lines[0].split(" ", 1)[1])
+    assert len(ready["step_losses"]) == 2 and ready["first_epoch_s"] > 0
+    for line in lines[1:]:
+        assert line.startswith("@epoch-time ") and json.loads(line.split(" ", 1)[1])["seconds"] > 0
 
 
 def test_epoch_data_is_learnable_and_the_same_everywhere():

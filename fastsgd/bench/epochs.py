@@ -9,19 +9,17 @@ shuffling ``fastsgd.DataLoader(seed=ORDER_SEED)`` draws), and evaluates the
 held-out set after each epoch.  fastsgd runs ``Learner.fit(1)`` on the fused
 path.
 
-``run_worker`` times one runner: a first (warm-up) epoch, whose losses
-validate it against the ``numpy`` reference, then ``epochs`` timed epochs.
-``fastsgd bench`` runs each worker in its own process (``run_in_process``)
-so that no runner's thread pool takes the cores from another.
+Each runner has a first (warm-up) epoch, whose losses validate it against the
+``numpy`` reference, then ``epochs`` timed epochs.  ``fastsgd bench`` runs each
+runner in its own process, so that no runner's thread pool takes the cores from
+another, and takes the runners' timed epochs in turn (``lockstep``), so that a slow
+spell of a shared machine touches all of them alike.
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -29,7 +27,6 @@ import numpy as np
 
 from . import peers
 from .cases import EPOCH_MODEL, EPOCH_SAMPLES, EPOCH_VALID, LR, MODELS, ValidationError
-from .stats import Stats, measure
 
 #: Layer widths of the epoch model.
 EPOCH_SIZES = MODELS[EPOCH_MODEL][:3]
@@ -42,7 +39,6 @@ DATA_SEED, WEIGHT_SEED, ORDER_SEED = 0, 1, 2
 CHECK_STEPS, STEP_RTOL, EPOCH_RTOL = 20, 1e-4, 2e-2
 #: Samples of the quick in-process validation (``validate``).
 VALIDATION_SAMPLES = 512
-_RESULT = "@epoch-result "
 
 
 class EpochData(NamedTuple):
@@ -159,59 +155,6 @@ def pool_stalls(runner: str) -> int | None:
         return None
     from ..backends import c_ext
     return c_ext.pool_stalls()
-
-
-def run_worker(spec: EpochSpec) -> dict:
-    """Time ``spec`` here: a warm-up epoch (its losses are the validation), then timed ones.
-
-    Returns the losses of the first epoch, ``first_epoch_s`` (warm-up and
-    compilation included), the ``Stats`` fields of the timed epochs,
-    ``measure``'s notes (a noisy set of epochs is timed once more) and, for ``c``,
-    ``pool_stalls`` during the timed epochs.
-    """
-    data = load_data(spec.samples, spec.data, spec.sizes)
-    t = trainer(spec.runner, data, initial_weights(spec.sizes), spec.bs)
-    t0 = time.perf_counter()
-    train_loss, valid_loss, steps = t.epoch(CHECK_STEPS)
-    first = time.perf_counter() - t0
-
-    def take():
-        seconds = []
-        for _ in range(spec.epochs):
-            t0 = time.perf_counter()
-            t.epoch()
-            seconds.append(time.perf_counter() - t0)
-        return Stats(tuple(seconds))
-
-    stalls_before = pool_stalls(spec.runner)
-    stats, notes = measure(take, spec.retry)
-    if stalls_before is not None:
-        notes["pool_stalls"] = pool_stalls(spec.runner) - stalls_before
-    return {"runner": spec.runner, "bs": spec.bs, "train_loss": train_loss,
-            "valid_loss": valid_loss, "step_losses": list(steps), "first_epoch_s": first,
-            "compile_s": max(0.0, first - stats.median), "epoch_samples_s": list(stats.samples),
-            **stats.as_dict(), **notes}
-
-
-def run_in_process(spec: EpochSpec, timeout: float = 600) -> dict:
-    """``run_worker(spec)`` in a child process of its own (``python -m fastsgd.bench.worker``)."""
-    from .machine import child_env
-    env = child_env(strip_openblas=False)   # the child runs as this process does
-    cmd = [sys.executable, "-m", "fastsgd.bench.worker", "epoch", spec.to_json()]
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{spec.runner}: no result within {timeout:.0f} s") from None
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT):])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError(f"{spec.runner}: worker exited with code {done.returncode}: {tail}")
-
-
-def print_result(result: dict) -> None:
-    """The worker's answer on stdout, one marked line."""
-    print(_RESULT + json.dumps(result), flush=True)
 
 
 def compare(runner: str, result: dict, reference: dict) -> float:

@@ -204,7 +204,8 @@ def print_table(rows: list[dict], machine: dict | None = None, file=None) -> Non
         model = first["shape"].split()[0]
         print(f"\nepochs: {model} (ReLU), softmax cross-entropy, SGD lr 0.1, {first['samples']:,} "
               f"{first['data']} samples, same initial weights and order everywhere; each runner "
-              f"in its own process; medians of the epochs after a warm-up epoch", file=file)
+              f"in its own process, the runners' epochs taken in turn (round robin); medians "
+              f"of the epochs after a warm-up epoch", file=file)
         _table(_EpochCells.header, _EpochCells.right, epoch_rows, _EpochCells(),
                lambda r: r["batch"], file)
         print(file=file)

@@ -20,7 +20,8 @@ from .. import backends
 from . import peers
 from .cases import (EPOCH_SAMPLES, LR, Case, ValidationError, check, items, kernel_data,
                     parse_kernels, parse_sizes, select_cases)
-from .epochs import EPOCH_SIZES, EpochSpec, compare as compare_epochs, run_in_process
+from .epochs import EPOCH_SIZES, EpochSpec, compare as compare_epochs
+from .lockstep import run_interleaved
 from .machine import load_average, machine_info, remeasure_peak
 from .stats import measure, quiet_pools, time_call
 
@@ -178,13 +179,17 @@ def kernel_row(case: Case, runner: str, machine: dict, budget: float = 0.05,
 
 def epoch_rows(case: Case, names: list[str], machine: dict, spec: dict,
                on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
-    """One row per runner of ``names`` (``numpy`` first: the reference), each in its own process."""
+    """One row per runner of ``names`` (``numpy`` first: the reference), each in its own
+    process, their timed epochs taken in turn (``lockstep.run_interleaved``)."""
+    results = run_interleaved([EpochSpec(runner, case.batch, **spec) for runner in names])
     rows, reference = [], None
     for runner in names:
         row = {**_row(case, runner), "samples": spec["samples"], "data": spec["data"]}
         try:
             row["device"] = "gpu" if on_device(runner) else "cpu"
-            result = run_in_process(EpochSpec(runner, case.batch, **spec))
+            result = results[runner]
+            if isinstance(result, Exception):
+                raise result
             row.update({k: v for k, v in result.items() if k not in ("runner", "bs")})
             if runner == "numpy":
                 reference, row["max_error"] = result, 0.0

@@ -2,7 +2,7 @@
 
     python -m fastsgd.bench.worker peak N REPEATS   # best N^3 sgemm: {"seconds", "architecture", "threads"}
     python -m fastsgd.bench.worker fma SECONDS      # the C FMA probe: {"gflops", "isa", "threads"}
-    python -m fastsgd.bench.worker epoch SPEC_JSON  # epochs.run_worker(EpochSpec), one marked line
+    python -m fastsgd.bench.worker epochs SPEC_JSON # lockstep.serve(EpochSpec): epochs on request
 """
 import json
 import sys
@@ -25,10 +25,10 @@ def main(argv) -> int:
         gflops, isa, threads = c_ext.peak_gflops(float(argv[1]))
         print(json.dumps({"gflops": gflops, "isa": isa, "threads": threads}))
         return 0
-    if len(argv) == 2 and argv[0] == "epoch":
-        from .epochs import EpochSpec, print_result, run_worker
-        print_result(run_worker(EpochSpec.from_json(argv[1])))
-        return 0
+    if len(argv) == 2 and argv[0] == "epochs":
+        from .epochs import EpochSpec
+        from .lockstep import serve
+        return serve(EpochSpec.from_json(argv[1]))
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -181,7 +181,8 @@ _COMMANDS = {
         "Validate each kernel against the numpy reference, then time it on every available "
         "backend (and PyTorch when installed); then train one epoch on fastsgd's fused path "
         "and on each installed peer (PyTorch eager, torch.compile, jax.jit, jax.lax.scan), "
-        "each in its own process, validated against numpy.  Prints medians with their "
+        "each in its own process, their timed epochs taken in turn, validated against "
+        "numpy.  Prints medians with their "
         "spread, rates, % of the machine's measured peak and speed-ups."),
 }
 
