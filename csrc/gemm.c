@@ -59,11 +59,24 @@ enum {
 /* At most this many floats of packed B (16 MiB) are live at once. */
 #define PACKED_B_MAX_FLOATS ((int64_t)1 << 22)
 
-/* A[i][k] = p[i * rs + k * cs].  Either cs == 1 (row-major) or rs == 1 (transposed). */
+/* A[i][k] = p[i * rs + k * cs].  Either cs == 1 (row-major) or rs == 1 (transposed:
+ * the view of x.T, said by `transposed`, which also decides a 1-wide x).
+ * An A operand may also name the rows of its array through an index (a batch gathered
+ * while packing): with rows, row r of the array is p + rows[r] * stride, so A[i][k] =
+ * p[rows[i] * rs + k] (row-major) or p[i + rows[k] * cs] (transposed).  B has no rows
+ * and is never marked transposed (B.cs tells its layout). */
 typedef struct {
     const float *p;
     int64_t rs, cs;
+    const int64_t *rows; /* NULL: the array's rows in order */
+    int transposed;      /* A = x.T: a row of the array is a column of A */
 } view;
+
+/* The start of row r of the row-major array behind view A. */
+FS_INLINE const float *view_line(view A, int64_t r)
+{
+    return A.p + (A.rows ? A.rows[r] : r) * (A.transposed ? A.cs : A.rs);
+}
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -311,7 +324,7 @@ static void gemm_unblocked(float *restrict c, view A, view B, const float *restr
         for (int64_t j = 0; j < N; j++)
             row[j] = bias ? bias[j] : 0.0f;
         for (int64_t k = 0; k < K; k++) {
-            float a_ik = A.p[i * A.rs + k * A.cs];
+            float a_ik = A.transposed ? view_line(A, k)[i] : view_line(A, i)[k];
             for (int64_t j = 0; j < N; j++)
                 row[j] += a_ik * B.p[k * B.rs + j * B.cs];
         }
@@ -372,7 +385,7 @@ static void gemm_part(void *plan, int t, int T)
                     const int64_t kc = min64(kc_step, K - p0);
                     g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
                     g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                         g->A.cs == 1, g->B.p + p0 * g->B.rs + j0, g->B.rs,
+                                         !g->A.transposed, g->B.p + p0 * g->B.rs + j0, g->B.rs,
                                          0, p0 > 0,
                                          p0 == 0 && g->bias ? g->bias + j0 : NULL);
                 }
@@ -418,7 +431,7 @@ static void gemm_part(void *plan, int t, int T)
                 const float *panels = g->bp + blk * block_floats + j0 * kc_step;
                 g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
                 g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                     g->A.cs == 1, panels, 0, kc_step, p0 > 0,
+                                     !g->A.transposed, panels, 0, kc_step, p0 > 0,
                                      p0 == 0 && g->bias ? g->bias + j0 : NULL);
             }
         }
@@ -506,7 +519,7 @@ void matmul_backward_weight(float *restrict dw, const float *restrict x,
                             const float *restrict dy, int64_t B, int64_t I, int64_t O)
 {
     /* dw (I, O) = x.T (I, B) @ dy (B, O), where x.T[i][b] = x[b * I + i]. */
-    gemm(dw, (view){x, 1, I}, (view){dy, O, 1}, NULL, I, B, O);
+    gemm(dw, (view){x, 1, I, .transposed = 1}, (view){dy, O, 1}, NULL, I, B, O);
 }
 
 FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64_t B,
@@ -525,6 +538,21 @@ void linear_forward(float *restrict out, const float *restrict x, const float *r
                     const float *restrict b, int64_t B, int64_t I, int64_t O)
 {
     gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O);
+}
+
+void linear_forward_rows(float *restrict out, const float *restrict x,
+                         const int64_t *restrict rows, const float *restrict w,
+                         const float *restrict b, int64_t B, int64_t I, int64_t O)
+{
+    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O);
+}
+
+void matmul_backward_weight_rows(float *restrict dw, const float *restrict x,
+                                 const int64_t *restrict rows, const float *restrict dy,
+                                 int64_t B, int64_t I, int64_t O)
+{
+    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), where x[rows].T[i][b] = x[rows[b] * I + i]. */
+    gemm(dw, (view){x, 1, I, rows, 1}, (view){dy, O, 1}, NULL, I, B, O);
 }
 
 void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,

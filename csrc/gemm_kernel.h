@@ -31,35 +31,35 @@
         _Pragma("GCC unroll 4") for (int v = 0; v < GK_NV; v++)
 
 /* Packs rows [i0, i0 + mc) x depths [p0, p0 + kc) of A, in panels of GK_MR rows.
- * Row-major A (cs == 1): a panel is GK_MR rows of stride A_LD, ap[i * A_LD + k] (row copies).
- * Transposed A (rs == 1, A = x.T): a panel is depth-major, ap[k * GK_MR + i] (GK_MR
- * contiguous floats of x per depth).  Rows past the end of the block are zero-filled:
+ * Row-major A (not transposed): a panel is GK_MR rows of stride A_LD, ap[i * A_LD + k] (row copies).
+ * Transposed A (A = x.T): a panel is depth-major, ap[k * GK_MR + i] (GK_MR
+ * contiguous floats of x per depth).  Rows of x come through view_line (A.rows, gemm.c).  Rows past the end of the block are zero-filled:
  * the micro-kernel always runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * A_LD) floats. */
 GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t mc,
                                 int64_t p0, int64_t kc)
 {
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
-        if (A.cs == 1) {
+        if (!A.transposed) {
             float *panel = ap + ir * A_LD;
             for (int64_t i = 0; i < GK_MR; i++) {
                 if (i < m)
-                    memcpy(panel + i * A_LD, A.p + (i0 + ir + i) * A.rs + p0,
+                    memcpy(panel + i * A_LD, view_line(A, i0 + ir + i) + p0,
                            (size_t)kc * sizeof(float));
                 else
                     memset(panel + i * A_LD, 0, (size_t)kc * sizeof(float));
             }
         } else if (m == GK_MR) {
             float *panel = ap + ir * kc;
-            const float *src = A.p + (i0 + ir) + p0 * A.cs;
             for (int64_t k = 0; k < kc; k++) /* a fixed-size copy: a move or two */
-                memcpy(panel + k * GK_MR, src + k * A.cs, GK_MR * sizeof(float));
+                memcpy(panel + k * GK_MR, view_line(A, p0 + k) + i0 + ir, GK_MR * sizeof(float));
         } else {
             float *panel = ap + ir * kc;
-            const float *src = A.p + (i0 + ir) + p0 * A.cs;
-            for (int64_t k = 0; k < kc; k++)
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = view_line(A, p0 + k) + i0 + ir;
                 for (int64_t i = 0; i < GK_MR; i++)
-                    panel[k * GK_MR + i] = i < m ? src[k * A.cs + i] : 0.0f;
+                    panel[k * GK_MR + i] = i < m ? src[i] : 0.0f;
+            }
         }
     }
 }

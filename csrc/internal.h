@@ -2,6 +2,8 @@
 #ifndef FASTSGD_INTERNAL_H
 #define FASTSGD_INTERNAL_H
 
+#include <stdint.h>
+
 /* FS_CLONES marks a leaf compute function for GCC function multiversioning: the
  * compiler emits an AVX-512 (x86-64-v4), an AVX2 + FMA (x86-64-v3) and a baseline
  * copy, and the dynamic loader picks the best one for the CPU when the library loads.
@@ -31,6 +33,16 @@ typedef float v16sf __attribute__((vector_size(64)));
  * runs reuse one packing buffer instead of allocating their own (train.c). */
 void gemm_keep_buffers(void);
 void gemm_free_buffers(void);
+
+/* gemm.c: linear_forward and matmul_backward_weight of the batch x[rows[0..B)], read
+ * through the index while packing, with no gathered copy (train.c).
+ *   x (N, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O) -> out (B, O), dw (I, O). */
+void linear_forward_rows(float *restrict out, const float *restrict x,
+                         const int64_t *restrict rows, const float *restrict w,
+                         const float *restrict b, int64_t B, int64_t I, int64_t O);
+void matmul_backward_weight_rows(float *restrict dw, const float *restrict x,
+                                 const int64_t *restrict rows, const float *restrict dy,
+                                 int64_t B, int64_t I, int64_t O);
 
 /* pool.c: fs_parallel(task, ctx, threads) runs task(ctx, t, T) for t < T <= threads,
  * t = 0 on the calling thread, and returns when all are done (T may come out below

@@ -7,7 +7,9 @@
  * The program is a table of fs_layer rows (kernels.h, fastsgd/backends/program.py).
  * Each step runs the same kernels, in the same order, as the layer-by-layer path (and
  * as the reference epoch): gather, forward through the rows, loss, backward through
- * them in reverse, then one SGD update of the whole parameter block.  The activations
+ * them in reverse, then one SGD update of the whole parameter block.  (The batch of a
+ * program that starts with a LINEAR is gathered by that layer's products as they pack
+ * it, which gives the same values; see scratch.)  The activations
  * a[0..L] and their gradients d[0..L] live in one scratch allocation made once per call,
  * as does the matmuls' packing buffer (gemm_keep_buffers).  The caller
  * (fastsgd/backends/c_ext.py) has checked the table, every size and every index.
@@ -90,13 +92,17 @@ static void sgd_update_parallel(float *param, float *velocity, const float *grad
 /* The per-call working memory: a[l] (bs, width l) the input of layer l (a[L] the
  * output), d[l] the loss gradient w.r.t. a[l] (only past the first LINEAR: NULL
  * elsewhere), and the batch's targets (bs, T) or labels (bs,).  One allocation;
- * every array starts on a 64-byte line. */
+ * every array starts on a 64-byte line.  When the program starts with a LINEAR, a[0]
+ * is not used: that layer's two products read the batch x[rows] through the index
+ * while they pack it (gemm.c), so the step makes no gathered copy of its inputs. */
 typedef struct {
     float **a, **d;
     float *targets;
     int64_t *labels;
     void *memory;
     int64_t first_linear;
+    const float *x;       /* the samples (N, I) */
+    const int64_t *rows;  /* this step's batch rows of x, or NULL: a[0] holds them */
 } scratch;
 
 static size_t lines_of(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
@@ -161,7 +167,10 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
         switch (layer->kind) {
         case FS_LINEAR: {
             const float *w = params + layer->param, *b = w + layer->n_in * layer->n_out;
-            linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
+            if (l == 0 && s->rows)
+                linear_forward_rows(out, s->x, s->rows, w, b, B, layer->n_in, layer->n_out);
+            else
+                linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
             break;
         }
         case FS_RELU: relu_forward(out, in, n); break;
@@ -211,7 +220,10 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
         case FS_LINEAR: {
             const int64_t I = layer->n_in, O = layer->n_out;
             float *gw = grads + layer->param, *gb = gw + I * O;
-            matmul_backward_weight(gw, s->a[l], d_out, B, I, O);
+            if (l == 0 && s->rows)
+                matmul_backward_weight_rows(gw, s->x, s->rows, d_out, B, I, O);
+            else
+                matmul_backward_weight(gw, s->a[l], d_out, B, I, O);
             bias_backward(gb, d_out, B, O);
             if (l > s->first_linear)
                 matmul_backward_input(d_in, d_out, params + layer->param, B, I, O);
@@ -241,13 +253,17 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
     scratch s;
     if (scratch_alloc(&s, layers, L, rows, T) != 0)
         return -1;
+    s.x = x;
 
     gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
     int64_t step;
     for (step = 0; step < steps; step++) {
         const int64_t start = step * bs, B = N - start < bs ? N - start : bs;
         const int64_t *batch = order + start;
-        gather_rows(s.a[0], x, batch, B, (size_t)I * sizeof(float));
+        if (layers[0].kind == FS_LINEAR)
+            s.rows = batch; /* read in place by the first layer's products */
+        else
+            gather_rows(s.a[0], x, batch, B, (size_t)I * sizeof(float));
         if (loss_kind == FS_CROSS_ENTROPY)
             gather_rows(s.labels, labels, batch, B, sizeof(int64_t));
         else
