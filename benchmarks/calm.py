@@ -29,6 +29,8 @@ from fastsgd import backends
 from fastsgd.bench import epochs
 
 SHAPE = (256, 784, 128)
+#: Seconds of rest before a loop timed alone (OpenBLAS's workers stop spinning by then).
+SETTLE_S = 0.2
 SPIN = "import os\nos.sched_setaffinity(0, {%d})\nwhile True:\n    pass\n"
 
 
@@ -68,7 +70,10 @@ def alternate(rounds: int, calls: int = 200) -> None:
             _per_call(fn, 20)                   # warm-up: compilation, threads
         alone, theirs, pairs, ratios = [], [], [], []
         for _ in range(rounds):
+            # each "alone" after a rest: OpenBLAS's workers spin ~0.1 s after a NumPy call
+            time.sleep(SETTLE_S)
             alone.append(_per_call(ours, calls))
+            time.sleep(SETTLE_S)
             theirs.append(_per_call(numpy, calls))
             pairs.append(_per_call(pair, calls))
             ratios.append(pairs[-1] / (alone[-1] + theirs[-1]))

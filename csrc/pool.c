@@ -43,7 +43,7 @@ enum { MAX_THREADS = 256 };
 #define WINDOW_NS 2000000       /* the caller's time over which the threads are judged */
 #define HELD_UP_FRACTION 2      /* held up: blocked for more than half the work */
 #define SOLO_MIN_NS 5000000     /* 5 ms */
-#define SOLO_MAX_NS 320000000   /* 320 ms */
+#define SOLO_MAX_NS 40000000    /* 40 ms: threads are tried again soon after a burst */
 
 /* -------------------------------------------------------------- waiting */
 
