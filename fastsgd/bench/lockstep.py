@@ -72,7 +72,11 @@ class EpochProcess:
                                       stderr=self._stderr, bufsize=1)
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.ready = self._answer(_READY)
+        try:
+            self.ready = self._answer(_READY)
+        except RuntimeError:
+            self.close()
+            raise
 
     def _read(self):
         for line in self._proc.stdout:
