@@ -158,7 +158,7 @@ def pool_stalls(runner: str) -> int | None:
 
 
 def compare(runner: str, result: dict, reference: dict) -> float:
-    """How far ``result``'s first epoch is from ``reference``'s (both ``run_worker`` results,
+    """How far ``result``'s first epoch is from ``reference``'s (both ``run_interleaved`` results,
     or dicts of ``train_loss``, ``valid_loss``, ``step_losses``): the largest relative
     difference of the step losses; ``ValidationError`` past the tolerances."""
     steps, ref_steps = result["step_losses"], reference["step_losses"]

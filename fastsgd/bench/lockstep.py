@@ -150,10 +150,11 @@ def _rounds(procs: dict, names: list, rounds: int, failed: dict, clock_start: fl
 def run_interleaved(specs: list[EpochSpec], timeout: float = 600) -> dict:
     """Each spec's runner in its own process, their timed epochs taken in turn.
 
-    Returns, per runner, what ``epochs.run_worker`` returns (first-epoch losses,
-    ``first_epoch_s``, ``compile_s``, the ``Stats`` fields, ``flags``, ``remeasured``,
-    ``pool_stalls`` for ``c``) plus ``epoch_started_s`` (when each timed epoch started,
-    seconds after the first), or the exception that ended that runner.  A runner whose
+    Returns, per runner, a dict of its first epoch's losses (``train_loss``,
+    ``valid_loss``, ``step_losses``), ``first_epoch_s``, ``compile_s``, the ``Stats``
+    fields of its timed epochs, ``flags``, ``remeasured``, ``pool_stalls`` for ``c`` and
+    ``epoch_started_s`` (when each timed epoch started, seconds after the rounds began);
+    or the exception that ended that runner.  A runner whose
     epochs were noisy is timed once more, in turn with the other noisy ones.
     """
     procs, failed = {}, {}
