@@ -27,10 +27,9 @@ import numpy as np
 
 from fastsgd import backends
 from fastsgd.bench import epochs
+from fastsgd.bench.stats import SETTLE_S
 
 SHAPE = (256, 784, 128)
-#: Seconds of rest before a loop timed alone (OpenBLAS's workers stop spinning by then).
-SETTLE_S = 0.2
 SPIN = "import os\nos.sched_setaffinity(0, {%d})\nwhile True:\n    pass\n"
 
 

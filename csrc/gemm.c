@@ -470,8 +470,8 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     g.chunk_depth = min64(K, (blocks_per_chunk > 1 ? blocks_per_chunk : 1) * g.kc_step);
     /* Narrow row-major B (rows of at most 1 KiB, whole panels, on 64-byte lines) is read
      * in place: at the training shapes packing it cost more than it saved, and with no
-     * shared packed B the threads need no barrier.  Wide B rows are packed (power-of-two strides of
-     * several KiB made the in-place reads thrash the L1 cache). */
+     * shared packed B the threads need no barrier.  Wide B rows are packed (power-of-two
+     * strides of several KiB made the in-place reads thrash the L1 cache). */
     g.direct_b = B.cs == 1 && N % nr == 0 && N <= DIRECT_B_MAX_N && lines_up(B);
     const int64_t b_floats = g.direct_b ? 0 : ceil_div(g.chunk_depth, g.kc_step) * block_floats;
     g.a_floats = min64(g.mc_step, g.m_panels * mr) * A_LD;

@@ -31,10 +31,11 @@
         _Pragma("GCC unroll 4") for (int v = 0; v < GK_NV; v++)
 
 /* Packs rows [i0, i0 + mc) x depths [p0, p0 + kc) of A, in panels of GK_MR rows.
- * Row-major A (not transposed): a panel is GK_MR rows of stride A_LD, ap[i * A_LD + k] (row copies).
- * Transposed A (A = x.T): a panel is depth-major, ap[k * GK_MR + i] (GK_MR
- * contiguous floats of x per depth).  Rows of x come through view_line (A.rows, gemm.c).  Rows past the end of the block are zero-filled:
- * the micro-kernel always runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * A_LD) floats. */
+ * Row-major A (not transposed): a panel is GK_MR rows of stride A_LD, ap[i * A_LD + k]
+ * (row copies).  Transposed A (A = x.T): a panel is depth-major, ap[k * GK_MR + i]
+ * (GK_MR contiguous floats of x per depth).  Rows of x come through view_line (A.rows,
+ * gemm.c).  Rows past the end of the block are zero-filled: the micro-kernel always
+ * runs a full tile.   ap (ceil(mc / GK_MR) * GK_MR * A_LD) floats. */
 GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t mc,
                                 int64_t p0, int64_t kc)
 {
@@ -52,7 +53,8 @@ GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t 
         } else if (m == GK_MR) {
             float *panel = ap + ir * kc;
             for (int64_t k = 0; k < kc; k++) /* a fixed-size copy: a move or two */
-                memcpy(panel + k * GK_MR, view_line(A, p0 + k) + i0 + ir, GK_MR * sizeof(float));
+                memcpy(panel + k * GK_MR, view_line(A, p0 + k) + i0 + ir,
+                       GK_MR * sizeof(float));
         } else {
             float *panel = ap + ir * kc;
             for (int64_t k = 0; k < kc; k++) {
@@ -141,8 +143,8 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
             float *tile = c + ir * ldc + jr;
             const float *tile_bias = bias ? bias + jr : NULL;
             if (ldb == 0 && a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr * panel_depth, GK_NR, accumulate,
-                        tile_bias);
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr * panel_depth, GK_NR,
+                        accumulate, tile_bias);
             else if (ldb == 0)
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr * panel_depth,
                         GK_NR, accumulate, tile_bias);

@@ -36,17 +36,19 @@ class NotFusable(ValueError):
 BLOCK_ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 vector
 
 
-def _aligned(values: np.ndarray) -> np.ndarray:
-    """A copy of the float32 vector ``values`` whose first element starts a 64-byte line.
+def _aligned_concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """The float32 arrays, flattened end to end into one vector whose first element
+    starts a 64-byte line.
 
     NumPy's large arrays start 16 bytes into a page; the matmuls read a weight in place,
     and AVX-512 loads that straddle two cache lines made the forward product ~20% slower.
     """
-    spare = BLOCK_ALIGNMENT // values.itemsize
-    buffer = np.empty(values.size + spare, np.float32)
-    start = (-buffer.ctypes.data % BLOCK_ALIGNMENT) // values.itemsize
-    block = buffer[start:start + values.size]
-    block[...] = values
+    itemsize = np.dtype(np.float32).itemsize
+    size = sum(a.size for a in arrays)
+    buffer = np.empty(size + BLOCK_ALIGNMENT // itemsize, np.float32)
+    start = (-buffer.ctypes.data % BLOCK_ALIGNMENT) // itemsize
+    block = buffer[start:start + size]
+    np.concatenate([a.reshape(-1) for a in arrays], out=block)
     return block
 
 
@@ -82,8 +84,7 @@ class LayerProgram:
         for arrays in ([p.value for p in params], [p.grad for p in params], opt_velocities):
             host = [np.zeros(p.value.shape, np.float32) if a is None else backend.to_numpy(a)
                     for a, p in zip(arrays, params)]
-            flat = _aligned(np.concatenate([h.reshape(-1) for h in host]))
-            blocks.append(backend.asarray(flat))
+            blocks.append(backend.asarray(_aligned_concatenate(host)))
         self.params, self.grads, self.velocities = blocks
         offset, views = 0, []
         for p in params:

@@ -26,12 +26,9 @@ import threading
 import time
 
 from .epochs import CHECK_STEPS, EpochSpec, initial_weights, load_data, pool_stalls, trainer
-from .stats import Stats
+from .stats import SETTLE_S, Stats, notes
 
 _READY, _TIME = "@epoch-ready ", "@epoch-time "
-#: Seconds between two runners' turns: a pool that spins after its work (OpenMP's
-#: default) has stopped by then.
-PAUSE_S = 0.1
 
 
 def serve(spec: EpochSpec, commands=sys.stdin, out=sys.stdout) -> int:
@@ -143,7 +140,7 @@ def _rounds(procs: dict, names: list, rounds: int, failed: dict, clock_start: fl
             taken[name]["seconds"].append(answer["seconds"])
             taken[name]["started"].append(started)
             taken[name]["stalls"] += answer["pool_stalls"] or 0
-            time.sleep(PAUSE_S)
+            time.sleep(SETTLE_S)   # the last runner's pool goes to sleep
     return taken
 
 
@@ -154,9 +151,10 @@ def run_interleaved(specs: list[EpochSpec], timeout: float = 600) -> dict:
     ``valid_loss``, ``step_losses``), ``first_epoch_s``, ``compile_s``, the ``Stats``
     fields of its timed epochs, ``flags``, ``remeasured``, ``pool_stalls`` for ``c`` and
     ``epoch_started_s`` (when each timed epoch started, seconds after the rounds began);
-    or the exception that ended that runner.  A runner whose
-    epochs were noisy is timed once more, in turn with the other noisy ones.
+    or the exception that ended that runner.  A runner whose epochs were noisy is timed
+    once more, in turn with the other noisy ones (as ``stats.measure`` does alone).
     """
+    by_name = {spec.runner: spec for spec in specs}
     procs, failed = {}, {}
     try:
         for spec in specs:   # one at a time: warm-ups and compilations do not overlap
@@ -164,40 +162,25 @@ def run_interleaved(specs: list[EpochSpec], timeout: float = 600) -> dict:
                 procs[spec.runner] = EpochProcess(spec, timeout)
             except RuntimeError as exc:
                 failed[spec.runner] = exc
-        names = list(procs)
-        start = time.monotonic()
-        epochs = {spec.runner: spec.epochs for spec in specs}
-        rounds = max([epochs[name] for name in names], default=0)
+        names, start = list(procs), time.monotonic()
+        rounds = max((by_name[name].epochs for name in names), default=0)
         taken = _rounds(procs, names, rounds, failed, start)
-        results, noisy = {}, []
-        for name in names:
-            if name not in failed:
-                stats = Stats(tuple(taken[name]["seconds"]))
-                results[name] = (stats, {"remeasured": False})
-                if stats.noisy and any(s.retry for s in specs if s.runner == name):
-                    noisy.append(name)
-        if noisy:
-            again = _rounds(procs, noisy, rounds, failed, start)
-            for name in noisy:
-                if name not in failed:
-                    first, _ = results[name]
-                    results[name] = (Stats(tuple(again[name]["seconds"])),
-                                     {"remeasured": True, "first_spread": first.spread,
-                                      "first_flags": first.flags()})
-                    taken[name] = again[name]
-        out = {name: exc for name, exc in failed.items()}
-        for name, (stats, notes) in results.items():
-            if name in failed:
-                continue
-            ready, spec = procs[name].ready, next(s for s in specs if s.runner == name)
-            notes["flags"] = stats.flags()
-            if spec.runner == "c":
-                notes["pool_stalls"] = taken[name]["stalls"]
-            out[name] = {"runner": name, "bs": spec.bs, **ready,
+        first = {name: Stats(tuple(taken[name]["seconds"])) for name in names
+                 if name not in failed}
+        noisy = [name for name, stats in first.items() if stats.noisy and by_name[name].retry]
+        again = _rounds(procs, noisy, rounds, failed, start) if noisy else {}
+        out = dict(failed)
+        for name in [name for name in first if name not in failed]:
+            kept = again.get(name, taken[name])
+            stats = Stats(tuple(kept["seconds"]))
+            said = notes(stats, first[name] if name in again else None)
+            if name == "c":
+                said["pool_stalls"] = kept["stalls"]
+            ready = procs[name].ready
+            out[name] = {"runner": name, "bs": by_name[name].bs, **ready,
                          "compile_s": max(0.0, ready["first_epoch_s"] - stats.median),
                          "epoch_samples_s": list(stats.samples),
-                         "epoch_started_s": taken[name]["started"],
-                         **stats.as_dict(), **notes}
+                         "epoch_started_s": kept["started"], **stats.as_dict(), **said}
         return out
     finally:
         for proc in procs.values():

@@ -9,9 +9,9 @@ its own (``bench.epochs``).  Every result is validated before its timing counts.
 from __future__ import annotations
 
 import contextlib
-import time
 import functools
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from .cases import (EPOCH_SAMPLES, LR, Case, ValidationError, check, items, kern
 from .epochs import EPOCH_SIZES, EpochSpec, compare as compare_epochs
 from .lockstep import run_interleaved
 from .machine import load_average, machine_info, remeasure_peak
-from .stats import measure, quiet_pools, time_call
+from .stats import SETTLE_S, measure, quiet_pools, time_call
 
 
 def runners(include_unavailable: bool = False) -> dict[str, bool | str]:
@@ -124,13 +124,6 @@ def _synchronized(call):
     return fn
 
 
-#: Seconds of rest before each kernel row is timed.  OpenBLAS's workers spin for about
-#: 2^28 cycles (~0.1 s) after each call, and a row timed during that runs beside them:
-#: c's matmul after NumPy's ran at one core's speed.  (Running beside NumPy is what
-#: ``benchmarks/calm.py alternate`` measures.)
-SETTLE_S = 0.15
-
-
 @contextlib.contextmanager
 def timing(runner: str):
     """The conditions a runner is timed under: quiet thread pools, no NaN/Inf scans."""
@@ -175,7 +168,9 @@ def kernel_row(case: Case, runner: str, machine: dict, budget: float = 0.05,
         row["device"] = "gpu" if on_device(runner) else "cpu"
         job = prepare(case, runner)
         row["max_error"] = job.max_error
-        time.sleep(SETTLE_S)   # the reference's (or the last row's) pool goes to sleep
+        # the reference's (or the last row's) pool goes to sleep; running beside NumPy
+        # is what benchmarks/calm.py alternate measures
+        time.sleep(SETTLE_S)
         with timing(runner):
             stats, notes = measure(lambda: time_call(job.fn, budget=budget), retry)
     except ValidationError as exc:

@@ -119,19 +119,31 @@ def time_call(fn: Callable, budget: float = 0.05, min_rounds: int = 5, max_round
 
 
 def measure(take: Callable[[], Stats], retry: bool = True) -> tuple[Stats, dict]:
-    """``take()`` once, and again when it was noisy; returns (stats, notes).
-
-    ``notes``: ``remeasured`` (bool), ``first_spread`` when remeasured, and
-    ``flags``: what is still wrong with the kept measurement (``"wide"``,
-    ``"stalled"``; empty when it is clean).
-    """
+    """``take()`` once, and again when it was noisy; returns (stats, ``notes(...)``)."""
     stats = take()
-    notes = {"remeasured": False}
     if stats.noisy and retry:
-        notes.update(remeasured=True, first_spread=stats.spread, first_flags=stats.flags())
-        stats = take()
-    notes["flags"] = stats.flags()
-    return stats, notes
+        again = take()
+        return again, notes(again, first=stats)
+    return stats, notes(stats)
+
+
+def notes(kept: Stats, first: Stats | None = None) -> dict:
+    """What a row says of its measurement: ``remeasured`` (bool; ``first`` is the noisy
+    set that was replaced), ``first_spread`` and ``first_flags`` when remeasured, and
+    ``flags``: what is still wrong with the kept set (``"wide"``, ``"stalled"``; empty
+    when it is clean)."""
+    said = {"remeasured": first is not None}
+    if first is not None:
+        said.update(first_spread=first.spread, first_flags=first.flags())
+    said["flags"] = kept.flags()
+    return said
+
+
+#: Seconds of rest before a timing that must not run beside another thread pool:
+#: OpenBLAS's workers spin for about 2^28 cycles (~0.1 s) after each call, OpenMP's
+#: for a while too, and a kernel timed meanwhile (c's matmul after NumPy's) runs on
+#: one core.
+SETTLE_S = 0.15
 
 
 @contextlib.contextmanager
