@@ -138,6 +138,14 @@ double binary_accuracy(const float *restrict preds, const float *restrict target
 double multiclass_accuracy(const float *restrict logits, const int64_t *restrict labels,
                            int64_t B, int64_t C);
 
+/* ------------------------------------------------------ input checks (pointwise.c) */
+
+/* 1 when no element is NaN or +-Inf, else 0; stops at the first block that has one.
+ * The validation of every kernel's float inputs (fastsgd/backends/arrays.py).
+ *   x (n,). */
+int all_finite_f32(const float *x, int64_t n);
+int all_finite_f64(const double *x, int64_t n);
+
 /* ------------------------------------------------------- the machine (peak.c) */
 
 /* fp32 GFLOP/s of independent vector FMA chains on up to `threads` threads (< 1: the

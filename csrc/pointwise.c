@@ -299,3 +299,33 @@ FS_CLONES double multiclass_accuracy(const float *restrict logits,
     }
     return B > 0 ? (double)hits / (double)B : 0.0;
 }
+
+/* ------------------------------------------------------------ input checks */
+
+/* Elements are checked in blocks of FINITE_BLOCK: branch-free inside (the loop
+ * vectorizes), a test between blocks, so the first bad block ends the scan. */
+#define FINITE_BLOCK 4096
+
+/* FS_ALL_FINITE(name, float_t, uint_t, exponent): 1 when no element of x (n,) has all
+ * its exponent bits set (Inf or NaN).  An element's bits are read as an integer:
+ * (bits & exponent) is the largest value, exponent itself, only there. */
+#define FS_ALL_FINITE(name, float_t, uint_t, exponent)                                    \
+    FS_CLONES int name(const float_t *x, int64_t n)                                        \
+    {                                                                                      \
+        for (int64_t start = 0; start < n; start += FINITE_BLOCK) {                       \
+            const int64_t end = n - start < FINITE_BLOCK ? n : start + FINITE_BLOCK;      \
+            uint_t largest = 0;                                                            \
+            for (int64_t i = start; i < end; i++) {                                        \
+                uint_t bits;                                                               \
+                memcpy(&bits, x + i, sizeof bits);                                         \
+                bits &= exponent;                                                          \
+                largest = bits > largest ? bits : largest;                                 \
+            }                                                                              \
+            if (largest == exponent)                                                       \
+                return 0;                                                                  \
+        }                                                                                  \
+        return 1;                                                                          \
+    }
+
+FS_ALL_FINITE(all_finite_f32, float, uint32_t, UINT32_C(0x7f800000))
+FS_ALL_FINITE(all_finite_f64, double, uint64_t, UINT64_C(0x7ff0000000000000))

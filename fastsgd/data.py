@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backends.arrays import host_all_finite
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
 from .files import NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
@@ -169,7 +170,7 @@ def load_images(path) -> np.ndarray:
         raise DataError(f"{path}: expected one .npy array, got {type(array).__name__}")
     if array.dtype.kind == "f":
         images = np.array(array, dtype=np.float32)
-        if not np.isfinite(images).all():
+        if not host_all_finite(images):
             raise DataError(f"{path}: contains NaN or Inf; expected pixels in [0, 1]")
         if images.size and (images.min() < 0 or images.max() > 1):
             raise DataError(f"{path}: float pixels must lie in [0, 1], found values from "

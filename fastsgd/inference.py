@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backends.arrays import host_all_finite
+
 __all__ = ["as_inputs", "raw_outputs", "probabilities", "class_indices", "decode",
            "default_classes", "check_classes", "sample_losses", "confusion_matrix"]
 
@@ -45,7 +47,7 @@ def as_inputs(x, n_in: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name}: expected shape (N, {n_in}), ({n_in},) or images (N, H, W) or "
                          f"(H, W) with H * W = {n_in}, with N >= 1, got {np.shape(x)}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
+    if not host_all_finite(x):
         raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
     return x
 

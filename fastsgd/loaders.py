@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from . import backends
+from .backends.arrays import host_all_finite
 from .random import global_rng
 
 __all__ = ["DataLoader", "DataLoaders", "generator_from_state"]
@@ -43,7 +44,7 @@ class DataLoader:
         if not np.issubdtype(x.dtype, np.number):
             raise TypeError(f"x: expected numbers, got dtype {x.dtype}")
         self.x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(self.x).all():
+        if not host_all_finite(self.x):
             raise ValueError("x: contains NaN or Inf; expected finite values")
         self.y = y
         self.backend = backends.get("numpy")

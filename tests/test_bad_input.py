@@ -22,3 +22,19 @@ def test_a_mnist_loss_gradient_partly_overlapping_its_input_is_refused(backend):
     targets = backend.asarray((backend.to_numpy(x) > 0).astype(np.float32))
     with pytest.raises(ValueError, match="partly overlaps an input"):
         backend.mnist_loss_backward(x, targets, dpreds=out)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x,                                        # the C extension's pass, if built
+    lambda x: x.astype(np.float64),
+    lambda x: x[:, ::2],                                # not contiguous: NumPy's
+    lambda x: x.astype(np.float16),                     # a dtype C does not read
+])
+def test_host_value_check_finds_nan_and_inf_in_any_layout(make):
+    from fastsgd.backends.arrays import host_all_finite
+    x = np.linspace(-3, 3, 64 * 130).reshape(64, 130).astype(np.float32)
+    assert host_all_finite(make(x))
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[40, 128] = bad
+        assert not host_all_finite(make(y))

@@ -352,6 +352,20 @@ def pool_stalls() -> int:
     return int(lib.pool_stalls())
 
 
+_FINITE_CHECKS = {_F32: ("float[]", lib.all_finite_f32), _F64: ("double[]", lib.all_finite_f64)}
+
+
+def all_finite(x) -> bool:
+    """Whether the C-contiguous float32 or float64 ndarray ``x`` has no NaN or Inf.
+
+    One vector pass, with no temporary array (``np.isfinite(x).all()`` writes a bool
+    array first); it stops at the first block holding a bad value.  The contract's
+    value checks use it for host arrays (``arrays.host_all_finite``).
+    """
+    ctype, check = _FINITE_CHECKS[x.dtype]
+    return bool(check(_from_buffer(ctype, x), x.size))
+
+
 def peak_gflops(seconds: float = 0.2, threads: int = 0) -> tuple[float, str, int]:
     """The machine's fp32 multiply-add peak, measured: ``(GFLOP/s, isa, threads used)``.
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import program
-from .arrays import HOST
+from .arrays import HOST, host_all_finite
 from .spec import (
     _VALUE_CHECKS,
     KERNELS,
@@ -390,7 +390,7 @@ class Backend:
         if writable and not arrays.writable(x):
             raise ValueError(f"{name}: expected a writable array (it is updated in place)")
         if check_values and _VALUE_CHECKS.get():
-            if not (bool(np.isfinite(x).all()) if host else arrays.all_finite(x)):
+            if not (host_all_finite(x) if host else arrays.all_finite(x)):
                 raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
         return x if arrays.is_array(x) else arrays.to_backend(x)
 

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import numba_math
 from . import program as prog
 
 if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
@@ -42,6 +43,8 @@ _PARALLEL = threading.Lock()
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _MATMUL = dict(cache=True, parallel=True, fastmath=True, error_model="numpy")
 _ELEMENTWISE = dict(cache=True, fastmath=_FASTMATH, error_model="numpy")
+#: Loops over ``numba_math``'s sigmoid and tanh: their exp must not be reassociated.
+_TRANSCENDENTAL = dict(cache=True, fastmath=numba_math.FASTMATH, error_model="numpy")
 _PLAIN = dict(cache=True, error_model="numpy")
 
 #: Register blocking of the matmuls: ROWS rows of ``out`` are updated together from
@@ -213,13 +216,11 @@ def linear_backward(x, w, dy, dx, dw, db):
 
 
 # ------------------------------------------------------------- activations
-@njit(**_ELEMENTWISE)
+@njit(**_TRANSCENDENTAL)
 def _sigmoid_flat(x, out):
     """out = 1 / (1 + exp(-x)) on flat arrays (n,), via exp(-|x|) so nothing overflows."""
     for n in range(x.size):
-        e = math.exp(-abs(x[n]))
-        r = 1.0 / (1.0 + e)
-        out[n] = r if x[n] >= 0 else e * r
+        out[n] = numba_math.sigmoid(x[n])
 
 
 @njit(**_ELEMENTWISE)
@@ -243,11 +244,11 @@ def _relu_backward_flat(x, dy, dx):
         dx[n] = dy[n] if x[n] > 0 else np.float32(0.0)
 
 
-@njit(**_ELEMENTWISE)
+@njit(**_TRANSCENDENTAL)
 def _tanh_flat(x, out):
     """out = tanh(x) on flat arrays (n,)."""
     for n in range(x.size):
-        out[n] = math.tanh(x[n])
+        out[n] = numba_math.tanh(x[n])
 
 
 @njit(**_ELEMENTWISE)
