@@ -448,6 +448,41 @@ static int lines_up(view B)
     return (uintptr_t)B.p % 64 == 0 && (B.rs * (int64_t)sizeof(float)) % 64 == 0;
 }
 
+static void gemm(float *restrict c, view A, view B, const float *restrict bias,
+                 int64_t M, int64_t K, int64_t N);
+
+/* Whether c = A @ B is better computed as c.T = B.T @ A.T (gemm_swapped): B is
+ * row-major and narrow (a layer with few outputs: its forward x @ w and its weight
+ * gradient x.T @ dy), A reads its array without an index, and c is taller than wide.
+ * The tiles of c would be mostly padding (10 of 32 columns); those of c.T are whole.
+ * With a bias, only when K fits one depth block (see gemm_swapped). */
+static int swap_pays(view A, view B, const float *bias, int64_t M, int64_t K, int64_t N)
+{
+    return !A.rows && B.cs == 1 && N <= kernels_in_use()->nr / 2 && M >= 2 * N
+           && (!bias || K <= KC);
+}
+
+/* c (M, N) = A @ B (+ bias) as c.T = B.T @ A.T, into a scratch array transposed into
+ * c.  The same products are summed in the same order, so the values are the same; the
+ * bias is added last, as the plain product adds it after its one depth block.  Returns
+ * 0, or -1 (nothing done) without memory for the scratch. */
+static int gemm_swapped(float *restrict c, view A, view B, const float *restrict bias,
+                        int64_t M, int64_t K, int64_t N)
+{
+    float *ct = malloc((size_t)(M * N) * sizeof(float));
+    if (!ct)
+        return -1;
+    /* B.T[j][k] = B.p[k * B.rs + j]: a transposed view of B's array.  A.T[k][i] =
+     * A.p[k * A.cs + i * A.rs]: x itself for A = x.T, read in place; x.T for A = x,
+     * packed by pack_b_panel like w.T. */
+    gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++)
+            c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
+    free(ct);
+    return 0;
+}
+
 /* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL. */
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
                  int64_t M, int64_t K, int64_t N)
@@ -458,6 +493,8 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
         gemm_unblocked(c, A, B, bias, M, 0, N);
         return;
     }
+    if (swap_pays(A, B, bias, M, K, N) && gemm_swapped(c, A, B, bias, M, K, N) == 0)
+        return;
     gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
                    .M = M, .K = K, .N = N};
     const int64_t mr = g.ks->mr, nr = g.ks->nr;

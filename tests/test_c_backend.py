@@ -420,6 +420,37 @@ def test_linear_backward_direct(c_ext):
     np.testing.assert_array_equal(dw2, dw)
 
 
+NARROW = [(256, 128, 10), (64, 128, 10), (300, 97, 1), (600, 40, 16), (33, 500, 3), (5, 40, 17)]
+
+
+def padded(a, columns=64):
+    """``a`` with zero columns added up to ``columns``: a product too wide to be swapped."""
+    return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, columns - a.shape[-1])])
+
+
+@needs_c
+@pytest.mark.parametrize("batch, features, outputs", NARROW)
+def test_narrow_products_equal_the_wide_product_bit_for_bit(c_ext, threads, isa, batch,
+                                                            features, outputs):
+    """x @ w + b and x.T @ dy with few outputs are computed transposed (gemm_swapped):
+    the same values, bit for bit, as the columns of a product too wide for that."""
+    rng = np.random.default_rng(batch + outputs)
+    x = rng.standard_normal((batch, features), dtype=np.float32)
+    w = rng.standard_normal((features, outputs), dtype=np.float32)
+    b = rng.standard_normal(outputs, dtype=np.float32)
+    dy = rng.standard_normal((batch, outputs), dtype=np.float32)
+    out, wide_out = np.empty((batch, outputs), np.float32), np.empty((batch, 64), np.float32)
+    c_ext.linear_forward(x, w, b, out)
+    c_ext.linear_forward(x, padded(w), padded(b), wide_out)
+    np.testing.assert_array_equal(out, wide_out[:, :outputs])
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w + b, rtol=0, atol=2e-6 * features)
+    dw, wide_dw = np.empty((features, outputs), np.float32), np.empty((features, 64), np.float32)
+    c_ext.matmul_backward_weight(x, dy, dw)
+    c_ext.matmul_backward_weight(x, padded(dy), wide_dw)
+    np.testing.assert_array_equal(dw, wide_dw[:, :outputs])
+    np.testing.assert_allclose(dw, x.astype(np.float64).T @ dy, rtol=0, atol=2e-6 * batch)
+
+
 # --------------------------------------------------------- elementwise kernels
 @needs_c
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 64, 65, 1000, 100_003])
