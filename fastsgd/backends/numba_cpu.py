@@ -346,16 +346,23 @@ def mnist_loss_backward(preds, targets, dpreds):
         dpreds[b] = -slope if targets[b] == 1 else slope
 
 
-@njit(**_PLAIN)
-def _logsumexp_row(z):
-    """(max, log(sum(exp(z - max)))) of one row z (C,)."""
+@njit(inline="always")
+def _row_max(z):
+    """max_c z[c] of one row z (C,)."""
     m = z[0]
     for c in range(1, z.size):
         if z[c] > m:
             m = z[c]
+    return m
+
+
+@njit(**_TRANSCENDENTAL)
+def _logsumexp_row(z):
+    """(max, log(sum(exp(z - max)))) of one row z (C,)."""
+    m = _row_max(z)
     total = 0.0
     for c in range(z.size):
-        total += math.exp(z[c] - m)
+        total += numba_math.exp_nonpos(z[c] - m)
     return m, math.log(total)
 
 
@@ -381,16 +388,23 @@ def cross_entropy_forward(logits, labels):
     return total / B
 
 
-@njit(**_PLAIN)
+@njit(**_TRANSCENDENTAL)
 def cross_entropy_backward(logits, labels, dlogits):
     """dlogits = (softmax(z) - onehot(labels)) / B.   (B, C) -> (B, C)."""
     B, C = logits.shape
     _check_labels(labels, B, C)
+    inv_b = np.float32(1.0 / B)
     for b in range(B):
-        m, lse = _logsumexp_row(logits[b])
+        m = _row_max(logits[b])
+        total = np.float32(0.0)
         for c in range(C):
-            dlogits[b, c] = math.exp(logits[b, c] - m - lse) / B
-        dlogits[b, labels[b]] -= 1.0 / B
+            e = numba_math.exp_nonpos(logits[b, c] - m)
+            dlogits[b, c] = e
+            total += e
+        scale = inv_b / total
+        for c in range(C):
+            dlogits[b, c] *= scale
+        dlogits[b, labels[b]] -= inv_b
 
 
 @njit(**_PLAIN)
