@@ -211,9 +211,44 @@ def _gemm_call(a, b, out, transposed):
             _gemm(a, b, out, transposed)
 
 
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _narrow_backward_input(dy, w, dx):
+    """dx = dy @ w.T for a narrow dy (B, O), O <= NARROW_MAX_N: each row of dx as O
+    multiples of the rows of w.T (copied first), so its vectors run along I, not O.
+    dy (B, O), w (I, O) -> dx (B, I)."""
+    B, O = dy.shape
+    I = w.shape[0]
+    w_t = np.empty((O, I), np.float32)
+    for i in range(I):
+        for o in range(O):
+            w_t[o, i] = w[i, o]
+    for b in range(B):
+        for i in range(I):
+            dx[b, i] = np.float32(0.0)
+        for o in range(O):
+            g = dy[b, o]
+            for i in range(I):
+                dx[b, i] += g * w_t[o, i]
+
+
+@njit(inline="always")
+def _backward_input_product(dy, w, dx):
+    """dx = dy @ w.T on the threads, on this one for a small product, or narrow
+    (compiled callers)."""
+    if dy.shape[1] <= NARROW_MAX_N:
+        _narrow_backward_input(dy, w, dx)
+    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+        _backward_input_one_thread(dy, w, dx)
+    else:
+        _backward_input(dy, w, dx)
+
+
 def _backward_input_call(dy, w, dx):
-    """``_backward_input`` on the threads only when they pay."""
-    if dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+    """``_backward_input_product`` for Python callers: the threads, under the lock,
+    only when they pay."""
+    if dy.shape[1] <= NARROW_MAX_N:
+        _narrow_backward_input(dy, w, dx)
+    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
         _backward_input_one_thread(dy, w, dx)
     else:
         with _PARALLEL:
@@ -585,11 +620,8 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
                 _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
-                    w = params[at:w_end].reshape((n_in, n_out))
-                    if B * n_in * n_out < PARALLEL_MIN_MACS:
-                        _backward_input_one_thread(d_out, w, d_in)
-                    else:
-                        _backward_input(d_out, w, d_in)
+                    _backward_input_product(d_out, params[at:w_end].reshape((n_in, n_out)),
+                                            d_in)
             elif kind == _RELU:
                 _relu_backward_flat(a_in.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
             elif kind == _SIGMOID:
