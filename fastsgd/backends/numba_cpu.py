@@ -160,7 +160,8 @@ def _narrow_gemm(a, b, out, transposed):
     """out = A @ b for a narrow b (K, N), N <= NARROW_MAX_N, with loops whose vectors run
     along K or M instead of N.   A = a (M, K), or a.T for a (K, M) when ``transposed``.
 
-    A = a: dot products of a's rows with the columns of b (copied to rows first).
+    A = a: dot products of a's rows with the columns of b (copied to rows first), as
+    ``_backward_input`` computes them.
     A = a.T: out.T += b[k, j] * a[k] for each depth k, along a's rows, then out = out.T.
     """
     K, N = b.shape
@@ -176,16 +177,7 @@ def _narrow_gemm(a, b, out, transposed):
             for j in range(N):
                 out[i, j] = out_t[j, i]
     else:
-        b_t = np.empty((N, K), np.float32)
-        for k in range(K):
-            for j in range(N):
-                b_t[j, k] = b[k, j]
-        for i in range(M):
-            for j in range(N):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += a[i, k] * b_t[j, k]
-                out[i, j] = acc
+        _backward_input_one_thread(a, np.ascontiguousarray(b.T), out)
 
 
 @njit(inline="always")
@@ -217,17 +209,12 @@ def _narrow_backward_input(dy, w, dx):
     multiples of the rows of w.T (copied first), so its vectors run along I, not O.
     dy (B, O), w (I, O) -> dx (B, I)."""
     B, O = dy.shape
-    I = w.shape[0]
-    w_t = np.empty((O, I), np.float32)
-    for i in range(I):
-        for o in range(O):
-            w_t[o, i] = w[i, o]
+    w_t = np.ascontiguousarray(w.T)
     for b in range(B):
-        for i in range(I):
-            dx[b, i] = np.float32(0.0)
+        dx[b, :] = np.float32(0.0)
         for o in range(O):
             g = dy[b, o]
-            for i in range(I):
+            for i in range(w_t.shape[1]):
                 dx[b, i] += g * w_t[o, i]
 
 
