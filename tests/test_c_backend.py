@@ -491,6 +491,14 @@ def test_all_finite_finds_every_nan_and_inf(c_ext, dtype, n):
 
 
 @needs_c
+@pytest.mark.parametrize("bad, error", [(np.zeros(3, np.int32), TypeError), ([1.0, 2.0], TypeError),
+                                        (np.zeros((4, 4), np.float32)[:, ::2], ValueError)])
+def test_all_finite_refuses_what_it_cannot_read(c_ext, bad, error):
+    with pytest.raises(error, match="x: expected"):
+        c_ext.all_finite(bad)
+
+
+@needs_c
 def test_elementwise_kernels_work_in_place(c_ext):
     x = np.linspace(-3, 3, 1001, dtype=np.float32)
     want = 1 / (1 + np.exp(-x.astype(np.float64)))
