@@ -9,7 +9,9 @@ bit cast (``_float32_from_bits``).
 
 Every constant is a float32, so that no step is promoted to float64.  Callers compile
 without ``reassoc`` fastmath (``FASTMATH``): it would let LLVM fold the rounding
-``(t + ROUND) - ROUND`` to ``t`` and merge the two-part ``ln 2`` reduction.
+``(t + ROUND) - ROUND`` to ``t`` and merge the two-part ``ln 2`` reduction.  Numba's
+on-disk cache knows a function by its own file only: after an edit here, the callers'
+cached code (``numba_cpu``'s) is stale until their cache files are removed.
 """
 import numpy as np
 from llvmlite import ir
