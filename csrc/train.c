@@ -93,8 +93,8 @@ static void sgd_update_parallel(float *param, float *velocity, const float *grad
  * output), d[l] the loss gradient w.r.t. a[l] (only past the first LINEAR: NULL
  * elsewhere), and the batch's targets (bs, T) or labels (bs,).  One allocation;
  * every array starts on a 64-byte line.  When the program starts with a LINEAR, a[0]
- * is not used: that layer's two products read the batch x[rows] through the index
- * while they pack it (gemm.c), so the step makes no gathered copy of its inputs. */
+ * is NULL, not allocated: that layer's two products read the batch x[rows] through the
+ * index while they pack it (gemm.c), so the step makes no gathered copy of its inputs. */
 typedef struct {
     float **a, **d;
     float *targets;
@@ -126,8 +126,10 @@ static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t 
         return -1;
     s->d = s->a + (L + 1);
 
+    /* a[0] only for a program that does not start with a LINEAR (see above). */
+    const int64_t first_kept = layers[0].kind == FS_LINEAR ? 1 : 0;
     size_t floats = lines_of(rows * T) + lines_of(2 * rows); /* targets, int64 labels */
-    for (int64_t l = 0; l <= L; l++) {
+    for (int64_t l = first_kept; l <= L; l++) {
         const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
         floats += lines_of(rows * width) * (l > s->first_linear ? 2 : 1);
     }
@@ -141,7 +143,7 @@ static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t 
     p += lines_of(rows * T);
     s->labels = (int64_t *)p;
     p += lines_of(2 * rows);
-    for (int64_t l = 0; l <= L; l++) {
+    for (int64_t l = first_kept; l <= L; l++) {
         const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
         s->a[l] = p;
         p += lines_of(rows * width);
@@ -260,7 +262,7 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
     for (step = 0; step < steps; step++) {
         const int64_t start = step * bs, B = N - start < bs ? N - start : bs;
         const int64_t *batch = order + start;
-        if (layers[0].kind == FS_LINEAR)
+        if (!s.a[0])
             s.rows = batch; /* read in place by the first layer's products */
         else
             gather_rows(s.a[0], x, batch, B, (size_t)I * sizeof(float));
