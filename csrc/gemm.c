@@ -50,6 +50,7 @@ enum {
      * in 4 of the L1 cache's 64 sets: the micro-kernel ran at ~90 GFLOP/s on one Ice
      * Lake core instead of ~145 with this stride (c_ext tile timed alone, in cache). */
     A_LD = KC + 16,
+    MAX_CHUNKS = 1024, /* pieces of C taken by the threads of one product, at most */
 };
 
 /* Products below this many flops run on one thread: waking the team costs more. */
@@ -121,6 +122,7 @@ typedef void (*pack_a_fn)(float *restrict ap, view A, int64_t i0, int64_t mc, in
                           int64_t kc);
 typedef void (*block_fn)(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                          int64_t kc, const float *restrict ap, int a_rowmajor,
+                         const int64_t *restrict a_lines, int64_t a_ld,
                          const float *restrict b, int64_t ldb, int64_t panel_depth,
                          int accumulate, const float *restrict bias);
 
@@ -331,12 +333,25 @@ static void gemm_unblocked(float *restrict c, view A, view B, const float *restr
     }
 }
 
+/* With step, rows [i0, i1) x columns [j0, j1) of c (M, N), once they hold their final
+ * values, are the gradient of step->param (M, N): the SGD step of those elements is
+ * taken at once, while they are in this core's cache, element by element as
+ * sgd_update takes it. */
+static void step_region(const sgd_step *step, const float *c, int64_t N, int64_t i0,
+                        int64_t i1, int64_t j0, int64_t j1)
+{
+    for (int64_t i = i0; step && j0 < j1 && i < i1; i++)
+        sgd_update(step->param + i * N + j0, step->velocity ? step->velocity + i * N + j0 : NULL,
+                   c + i * N + j0, j1 - j0, step->lr, step->momentum, step->weight_decay);
+}
+
 /* One product as gemm() lays it out; shared by the threads. */
 typedef struct {
     const kernel_set *ks;
     float *c;
     view A, B;
     const float *bias;
+    const sgd_step *step; /* or NULL: see step_region */
     int64_t M, K, N;
     int64_t kc_step;     /* depth of the blocks, all equal but the last, <= KC */
     int64_t chunk_depth; /* depths of B packed at once: whole blocks */
@@ -348,10 +363,11 @@ typedef struct {
                             laid out kc_step deep, so a panel's place never changes */
     float *ap;           /* packed A blocks, a_floats per thread */
     int64_t a_floats;
-    /* With B read in place the threads take pieces of C in turn: chunk_panels row
-     * panels (or column panels with split_cols) at a time, n_chunks in all. */
+    /* With B read in place the threads take pieces of C: chunk_panels row panels (or
+     * column panels with split_cols) at a time, n_chunks in all, each chunk claimed
+     * once through its flag in taken (see gemm_part). */
     int64_t chunk_panels, n_chunks;
-    atomic_llong next_chunk;
+    atomic_uchar *taken;
 } gemm_plan;
 
 /* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
@@ -366,13 +382,19 @@ static void gemm_part(void *plan, int t, int T)
     int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* the part of C being computed */
 
     if (g->direct_b) {
-        /* No shared packing, so no barrier.  The threads take chunks of whole panels in
-         * turn (not fixed halves): one kept off its core by another process holds up
-         * only the chunk it has, and the others do the rest.  Each tile of C is computed
-         * the same way whoever takes it, so the result does not depend on the split. */
-        for (int64_t chunk; (chunk = atomic_fetch_add_explicit(&g->next_chunk, 1,
-                                                               memory_order_relaxed))
-                            < g->n_chunks;) {
+        /* No shared packing, so no barrier.  Thread t starts at chunk t * n / T and walks
+         * on through the chunks, wrapping, taking each one nobody has claimed.  On a
+         * quiet machine every thread takes the same range at every call, so the lines
+         * of C it writes (a weight gradient) stay in its core's cache for the update
+         * that reads them; one kept off its core by another process holds up only the
+         * chunk it has, and the others take the rest of its range from the back.  Each
+         * tile of C is computed the same way whoever takes it, so the result does not
+         * depend on the split. */
+        const int64_t n = g->n_chunks, start = t * n / T;
+        for (int64_t s = 0; s < n; s++) {
+            const int64_t chunk = (start + s) % n;
+            if (atomic_exchange_explicit(&g->taken[chunk], 1, memory_order_relaxed))
+                continue;
             const int64_t first = chunk * g->chunk_panels, last = first + g->chunk_panels;
             if (g->split_cols) {
                 i0 = 0, i1 = M, j0 = nr * first, j1 = min64(N, nr * last);
@@ -383,12 +405,23 @@ static void gemm_part(void *plan, int t, int T)
                 const int64_t mc = min64(g->mc_step, i1 - ic);
                 for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
                     const int64_t kc = min64(kc_step, K - p0);
-                    g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
-                    g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                         !g->A.transposed, g->B.p + p0 * g->B.rs + j0, g->B.rs,
-                                         0, p0 > 0,
-                                         p0 == 0 && g->bias ? g->bias + j0 : NULL);
+                    const float *b = g->B.p + p0 * g->B.rs + j0;
+                    float *c = g->c + ic * N + j0;
+                    const float *bias = p0 == 0 && g->bias ? g->bias + j0 : NULL;
+                    /* x[rows].T: the whole panels read in place, not packed */
+                    const int64_t in_place = g->A.rows && g->A.transposed ? mc - mc % mr : 0;
+                    if (in_place > 0)
+                        g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
+                                             g->A.rows + p0, g->A.cs, b, g->B.rs, 0, p0 > 0,
+                                             bias);
+                    if (in_place == mc)
+                        continue;
+                    g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
+                    g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
+                                         !g->A.transposed, NULL, 0, b, g->B.rs, 0, p0 > 0,
+                                         bias);
                 }
+                step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
             }
         }
         return;
@@ -431,13 +464,14 @@ static void gemm_part(void *plan, int t, int T)
                 const float *panels = g->bp + blk * block_floats + j0 * kc_step;
                 g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
                 g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                     !g->A.transposed, panels, 0, kc_step, p0 > 0,
+                                     !g->A.transposed, NULL, 0, panels, 0, kc_step, p0 > 0,
                                      p0 == 0 && g->bias ? g->bias + j0 : NULL);
             }
         }
         if (!g->split_cols && chunk + g->chunk_depth < K)
             fs_barrier(T); /* before the next chunk overwrites the packed B */
     }
+    step_region(g->step, g->c, N, i0, i1, j0, j1);
 }
 
 /* Whether every row of row-major B starts on a 64-byte line.  A B read in place must:
@@ -449,7 +483,7 @@ static int lines_up(view B)
 }
 
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N);
+                 int64_t M, int64_t K, int64_t N, const sgd_step *step);
 
 /* Whether c = A @ B is better computed as c.T = B.T @ A.T (gemm_swapped): B is
  * row-major and narrow (a layer with few outputs: its forward x @ w and its weight
@@ -475,7 +509,8 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
     /* B.T[j][k] = B.p[k * B.rs + j]: a transposed view of B's array.  A.T[k][i] =
      * A.p[k * A.cs + i * A.rs]: x itself for A = x.T, read in place; x.T for A = x,
      * packed by pack_b_panel like w.T. */
-    gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M);
+    gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M,
+         NULL);
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
             c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
@@ -483,20 +518,24 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
     return 0;
 }
 
-/* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL. */
+/* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL; with step
+ * (else NULL), then the SGD step of step->param (M, N) with the gradient c. */
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N)
+                 int64_t M, int64_t K, int64_t N, const sgd_step *step)
 {
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
         gemm_unblocked(c, A, B, bias, M, 0, N);
+        step_region(step, c, N, 0, M, 0, N);
         return;
     }
-    if (swap_pays(A, B, bias, M, K, N) && gemm_swapped(c, A, B, bias, M, K, N) == 0)
+    if (swap_pays(A, B, bias, M, K, N) && gemm_swapped(c, A, B, bias, M, K, N) == 0) {
+        step_region(step, c, N, 0, M, 0, N);
         return;
+    }
     gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
-                   .M = M, .K = K, .N = N};
+                   .step = step, .M = M, .K = K, .N = N};
     const int64_t mr = g.ks->mr, nr = g.ks->nr;
     g.kc_step = ceil_div(K, ceil_div(K, KC));
     g.m_panels = ceil_div(M, mr);
@@ -514,6 +553,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     g.a_floats = min64(g.mc_step, g.m_panels * mr) * A_LD;
 
     int threads = matmul_threads();
+    atomic_uchar taken[MAX_CHUNKS];
     if ((double)M * N * K * 2.0 < PARALLEL_MIN_FLOPS)
         threads = 1;
 
@@ -528,14 +568,19 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
         const int64_t panels = g.split_cols ? g.n_panels : g.m_panels;
         const int64_t most = g.split_cols ? panels : g.mc_step / mr;
         g.chunk_panels = min64(most, ceil_div(panels, 4 * (int64_t)threads));
+        if (ceil_div(panels, g.chunk_panels) > MAX_CHUNKS)
+            g.chunk_panels = ceil_div(panels, MAX_CHUNKS);
         g.n_chunks = ceil_div(panels, g.chunk_panels);
-        atomic_init(&g.next_chunk, 0);
+        for (int64_t i = 0; i < g.n_chunks; i++)
+            atomic_init(&taken[i], 0);
+        g.taken = taken;
     } else
         g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
 
     float *buffer = packing_buffer((size_t)(b_floats + threads * g.a_floats));
     if (!buffer) {
         gemm_unblocked(c, A, B, bias, M, K, N);
+        step_region(step, c, N, 0, M, 0, N);
         return;
     }
     g.bp = buffer;
@@ -550,21 +595,21 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
 void matmul(float *restrict out, const float *restrict a, const float *restrict b,
             int64_t M, int64_t K, int64_t N)
 {
-    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N);
+    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL);
 }
 
 void matmul_backward_input(float *restrict dx, const float *restrict dy,
                            const float *restrict w, int64_t B, int64_t I, int64_t O)
 {
     /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
-    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I);
+    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL);
 }
 
 void matmul_backward_weight(float *restrict dw, const float *restrict x,
                             const float *restrict dy, int64_t B, int64_t I, int64_t O)
 {
     /* dw (I, O) = x.T (I, B) @ dy (B, O), where x.T[i][b] = x[b * I + i]. */
-    gemm(dw, (view){x, 1, I, .transposed = 1}, (view){dy, O, 1}, NULL, I, B, O);
+    gemm(dw, (view){x, 1, I, .transposed = 1}, (view){dy, O, 1}, NULL, I, B, O, NULL);
 }
 
 FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64_t B,
@@ -582,22 +627,23 @@ FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64
 void linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
                     const float *restrict b, int64_t B, int64_t I, int64_t O)
 {
-    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O);
+    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL);
 }
 
 void linear_forward_rows(float *restrict out, const float *restrict x,
                          const int64_t *restrict rows, const float *restrict w,
                          const float *restrict b, int64_t B, int64_t I, int64_t O)
 {
-    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O);
+    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL);
 }
 
-void matmul_backward_weight_rows(float *restrict dw, const float *restrict x,
-                                 const int64_t *restrict rows, const float *restrict dy,
-                                 int64_t B, int64_t I, int64_t O)
+void weight_gradient_step(float *restrict dw, const float *restrict x,
+                          const int64_t *restrict rows, const float *restrict dy, int64_t B,
+                          int64_t I, int64_t O, const sgd_step *step)
 {
-    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), where x[rows].T[i][b] = x[rows[b] * I + i]. */
-    gemm(dw, (view){x, 1, I, rows, 1}, (view){dy, O, 1}, NULL, I, B, O);
+    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows. */
+    const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
+    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step);
 }
 
 void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,

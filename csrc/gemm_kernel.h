@@ -68,13 +68,15 @@ GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t 
 
 /* One tile:  c (m, n) (+)= a (GK_MR, kc) @ b (kc, GK_NR), the valid m <= GK_MR rows and
  * n <= GK_NR columns written with row stride ldc.  a is read as a[i * a_rs + k * a_cs],
+ * or, with a_lines, as a[a_lines[k] * a_cs + i * a_rs] (the unpacked x[rows].T, a_rs 1),
  * b as b[k * ldb + j] (a packed panel, ldb = GK_NR, or B itself); the strides are
  * constants after inlining, except B's.  With accumulate the tile is added to c;
  * otherwise it replaces c, plus bias (GK_NR floats, or NULL) along the columns. */
 GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int64_t n,
                                  int64_t kc, const float *restrict a, int64_t a_rs,
-                                 int64_t a_cs, const float *restrict b, int64_t ldb,
-                                 int accumulate, const float *restrict bias)
+                                 int64_t a_cs, const int64_t *restrict a_lines,
+                                 const float *restrict b, int64_t ldb, int accumulate,
+                                 const float *restrict bias)
 {
     GK_VEC acc[GK_MR][GK_NV];
     GK_EACH_VECTOR(i, v)
@@ -85,9 +87,11 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
 #pragma GCC unroll 4
         for (int v = 0; v < GK_NV; v++)
             memcpy(&bk[v], b + k * ldb + v * GK_LANES, sizeof bk[v]);
+        /* with a_lines, depth k of the panel is GK_MR floats of line a_lines[k] */
+        const float *a_k = a_lines ? a + a_lines[k] * a_cs : a + k * a_cs;
 #pragma GCC unroll 8
         for (int i = 0; i < GK_MR; i++) {
-            const float a_ik = a[i * a_rs + k * a_cs];
+            const float a_ik = a_k[i * a_rs];
 #pragma GCC unroll 4
             for (int v = 0; v < GK_NV; v++)
                 acc[i][v] += a_ik * bk[v];
@@ -126,34 +130,41 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
 }
 
 /* c (mc, nc) (+)= A-block @ B-block, kc deep; ldc the row stride of c.  ap is the
- * packed A block (row-major panels when a_rowmajor).  B is either packed panels, each
+ * packed A block (row-major panels when a_rowmajor), or, with a_lines, x[rows].T read in
+ * place: ap = x + the block's first column, A[i][k] = ap[a_lines[k] * a_ld + i] (then
+ * B must be read in place, and every panel of the block be whole: mc % GK_MR == 0, so
+ * no read passes the block's columns).  B is either packed panels, each
  * laid out panel_depth >= kc deep, b[jr * panel_depth + k * GK_NR + j] (ldb == 0), or
  * read in place, b[k * ldb + jr + j], when it is row-major and nc a multiple of GK_NR.
  * accumulate and bias as in the tile. */
 GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                               int64_t kc, const float *restrict ap, int a_rowmajor,
+                              const int64_t *restrict a_lines, int64_t a_ld,
                               const float *restrict b, int64_t ldb, int64_t panel_depth,
                               int accumulate, const float *restrict bias)
 {
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
-        const float *a_panel = ap + ir * (a_rowmajor ? A_LD : kc);
+        const float *a_panel = a_lines ? ap + ir : ap + ir * (a_rowmajor ? A_LD : kc);
         for (int64_t jr = 0; jr < nc; jr += GK_NR) {
             const int64_t n = nc - jr < GK_NR ? nc - jr : GK_NR;
             float *tile = c + ir * ldc + jr;
             const float *tile_bias = bias ? bias + jr : NULL;
-            if (ldb == 0 && a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr * panel_depth, GK_NR,
+            if (a_lines) /* x[rows].T read in place, B too (the weight gradient) */
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, a_ld, a_lines, b + jr, ldb,
                         accumulate, tile_bias);
+            else if (ldb == 0 && a_rowmajor)
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr * panel_depth,
+                        GK_NR, accumulate, tile_bias);
             else if (ldb == 0)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr * panel_depth,
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr * panel_depth,
                         GK_NR, accumulate, tile_bias);
             else if (a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, b + jr, ldb, accumulate,
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr, ldb, accumulate,
                         tile_bias);
             else
-                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, b + jr, ldb, accumulate,
-                        tile_bias);
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr, ldb,
+                        accumulate, tile_bias);
         }
     }
 }

@@ -34,15 +34,25 @@ typedef float v16sf __attribute__((vector_size(64)));
 void gemm_keep_buffers(void);
 void gemm_free_buffers(void);
 
-/* gemm.c: linear_forward and matmul_backward_weight of the batch x[rows[0..B)], read
- * through the index while packing, with no gathered copy (train.c).
- *   x (N, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O) -> out (B, O), dw (I, O). */
+/* One SGD step of a parameter array, as sgd_update takes it (velocity NULL without
+ * momentum). */
+typedef struct {
+    float *param, *velocity;
+    float lr, momentum, weight_decay;
+} sgd_step;
+
+/* gemm.c, for train.c: linear_forward of the batch x[rows[0..B)], read through the
+ * index while packing, with no gathered copy; and the weight gradient of x[rows] (or of
+ * x itself, rows NULL) followed by the SGD step of the weights it belongs to (step, or
+ * NULL for none), each tile of dw stepped as soon as it is final.
+ *   x (N, I) or (B, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O)
+ *   -> out (B, O), dw (I, O), step->param and step->velocity (I, O). */
 void linear_forward_rows(float *restrict out, const float *restrict x,
                          const int64_t *restrict rows, const float *restrict w,
                          const float *restrict b, int64_t B, int64_t I, int64_t O);
-void matmul_backward_weight_rows(float *restrict dw, const float *restrict x,
-                                 const int64_t *restrict rows, const float *restrict dy,
-                                 int64_t B, int64_t I, int64_t O);
+void weight_gradient_step(float *restrict dw, const float *restrict x,
+                          const int64_t *restrict rows, const float *restrict dy, int64_t B,
+                          int64_t I, int64_t O, const sgd_step *step);
 
 /* pool.c: fs_parallel(task, ctx, threads) runs task(ctx, t, T) for t < T <= threads,
  * t = 0 on the calling thread, and returns when all are done (T may come out below

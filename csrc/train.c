@@ -7,7 +7,9 @@
  * The program is a table of fs_layer rows (kernels.h, fastsgd/backends/program.py).
  * Each step runs the same kernels, in the same order, as the layer-by-layer path (and
  * as the reference epoch): gather, forward through the rows, loss, backward through
- * them in reverse, then one SGD update of the whole parameter block.  (The batch of a
+ * them in reverse, then one SGD update of the whole parameter block (taken layer by
+ * layer inside the backward pass when the layers' parameters tile the block: see
+ * backward).  (The batch of a
  * program that starts with a LINEAR is gathered by that layer's products as they pack
  * it, which gives the same values; see scratch.)  The activations
  * a[0..L] and their gradients d[0..L] live in one scratch allocation made once per call,
@@ -23,13 +25,12 @@
 #include "internal.h"
 #include "kernels.h"
 
-/* Gathers and updates below this many floats run on one thread: waking the team
- * costs more. */
+/* Gathers below this many floats run on one thread: waking the team costs more. */
 #define PARALLEL_MIN_FLOATS (1 << 15)
 
 /* ------------------------------------------------------------- the batch */
 
-/* A job split over the pool's threads: rows (gather) or 64-byte lines (update). */
+/* A gather split over the pool's threads by rows. */
 typedef struct {
     void *dst;
     const void *src;
@@ -54,37 +55,6 @@ static void gather_rows(void *restrict dst, const void *restrict src,
                             ? matmul_threads() : 1;
     gather_job job = {dst, src, rows, B, size};
     fs_parallel(gather_part, &job, threads);
-}
-
-/* ------------------------------------------------------------ the update */
-
-typedef struct {
-    float *param, *velocity;
-    const float *grad;
-    int64_t n;
-    float lr, momentum, weight_decay;
-} update_job;
-
-static void update_part(void *job, int t, int T)
-{
-    const update_job *u = job;
-    const int64_t lines = (u->n + 15) / 16;
-    const int64_t lo = 16 * (t * lines / T);
-    int64_t hi = 16 * ((t + 1) * lines / T);
-    hi = hi < u->n ? hi : u->n;
-    if (lo < hi)
-        sgd_update(u->param + lo, u->velocity ? u->velocity + lo : NULL, u->grad + lo,
-                   hi - lo, u->lr, u->momentum, u->weight_decay);
-}
-
-/* sgd_update of the whole block, its elements split among the threads in ranges of
- * whole 64-byte lines; element by element the same update, so the same result. */
-static void sgd_update_parallel(float *param, float *velocity, const float *grad, int64_t n,
-                                float lr, float momentum, float weight_decay)
-{
-    const int threads = n >= PARALLEL_MIN_FLOATS ? matmul_threads() : 1;
-    update_job job = {param, velocity, grad, n, lr, momentum, weight_decay};
-    fs_parallel(update_part, &job, threads);
 }
 
 /* --------------------------------------------------------------- scratch */
@@ -209,9 +179,14 @@ static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int6
 }
 
 /* From d[L], the gradients of every LINEAR into grads (P,) and d[l] for l past the
- * first LINEAR, in reverse layer order. */
+ * first LINEAR, in reverse layer order.  With sgd (over the whole block; else NULL)
+ * each LINEAR also takes its SGD step, once its input gradient, which needs the
+ * weights before the step, is computed: the weights tile by tile as their gradient is
+ * computed, while it is in cache, then the bias.  Every gradient is still that of the
+ * parameters before the step, so when the LINEARs' parameters tile the block this is
+ * the layer path's step of the whole block after the backward pass. */
 static void backward(const scratch *s, const fs_layer *layers, int64_t L, const float *params,
-                     float *grads, int64_t B)
+                     float *grads, int64_t B, const sgd_step *sgd)
 {
     for (int64_t l = L - 1; l >= s->first_linear; l--) {
         const fs_layer *layer = &layers[l];
@@ -222,13 +197,22 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
         case FS_LINEAR: {
             const int64_t I = layer->n_in, O = layer->n_out;
             float *gw = grads + layer->param, *gb = gw + I * O;
-            if (l == 0 && s->rows)
-                matmul_backward_weight_rows(gw, s->x, s->rows, d_out, B, I, O);
-            else
-                matmul_backward_weight(gw, s->a[l], d_out, B, I, O);
-            bias_backward(gb, d_out, B, O);
             if (l > s->first_linear)
                 matmul_backward_input(d_in, d_out, params + layer->param, B, I, O);
+            bias_backward(gb, d_out, B, O);
+            sgd_step step = {0};
+            if (sgd) {
+                float *v = sgd->velocity ? sgd->velocity + layer->param : NULL;
+                step = (sgd_step){sgd->param + layer->param, v, sgd->lr, sgd->momentum,
+                                  sgd->weight_decay};
+            }
+            const int through_rows = l == 0 && s->rows;
+            weight_gradient_step(gw, through_rows ? s->x : s->a[l],
+                                 through_rows ? s->rows : NULL, d_out, B, I, O,
+                                 sgd ? &step : NULL);
+            if (sgd)
+                sgd_update(step.param + I * O, step.velocity ? step.velocity + I * O : NULL,
+                           gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             break;
         }
         case FS_RELU: relu_backward(d_in, s->a[l], d_out, n); break;
@@ -236,6 +220,22 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
         case FS_TANH: tanh_backward(d_in, s->a[l + 1], d_out, n); break;
         }
     }
+}
+
+/* Whether the LINEARs' parameters, in layer order, tile the block [0, P) exactly, as
+ * fastsgd's programs lay them out: then each layer can take its own SGD step in the
+ * backward pass (see backward), and nothing in the block is left out or stepped twice. */
+static int linears_tile(const fs_layer *layers, int64_t L, int64_t P)
+{
+    int64_t end = 0;
+    for (int64_t l = 0; l < L; l++) {
+        if (layers[l].kind != FS_LINEAR)
+            continue;
+        if (layers[l].param != end)
+            return 0;
+        end += layers[l].n_in * layers[l].n_out + layers[l].n_out;
+    }
+    return end == P;
 }
 
 /* ---------------------------------------------------------------- the epoch */
@@ -257,6 +257,7 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
         return -1;
     s.x = x;
 
+    const int stepwise = linears_tile(layers, L, P);
     gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
     int64_t step;
     for (step = 0; step < steps; step++) {
@@ -276,8 +277,10 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
         losses[step] = loss;
         if (!isfinite(loss))
             break;
-        backward(&s, layers, L, params, grads, B);
-        sgd_update_parallel(params, velocities, grads, P, lrs[step], momentum, weight_decay);
+        const sgd_step sgd = {params, velocities, lrs[step], momentum, weight_decay};
+        backward(&s, layers, L, params, grads, B, stepwise ? &sgd : NULL);
+        if (!stepwise)
+            sgd_update(params, velocities, grads, P, sgd.lr, momentum, weight_decay);
     }
     gemm_free_buffers();
     scratch_free(&s);
