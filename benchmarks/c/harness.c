@@ -14,7 +14,8 @@
  *     build/harness peak              the FMA probe, GFLOP/s
  * Prints the median, min and max of the timed repetitions (ms) and the median's GFLOP/s.
  * FASTSGD_THREADS sets the threads, as for the library; HARNESS_CPU=1 times CPU seconds
- * instead of wall seconds (see now()).
+ * instead of wall seconds (see now()); HARNESS_ISA=avx2 (or baseline) runs that
+ * micro-kernel instead of the fastest one (set_matmul_isa).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -111,6 +112,10 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *what = argv[1];
+    if (getenv("HARNESS_ISA") && set_matmul_isa(getenv("HARNESS_ISA")) != 0) {
+        fprintf(stderr, "HARNESS_ISA: this CPU cannot run %s\n", getenv("HARNESS_ISA"));
+        return 2;
+    }
     if (!strcmp(what, "peak")) {
         int used = 0;
         const double g = peak_gflops(1.0, 0, &used);
