@@ -38,3 +38,28 @@ def test_host_value_check_finds_nan_and_inf_in_any_layout(make):
         y = x.copy()
         y[40, 128] = bad
         assert not host_all_finite(make(y))
+
+
+def test_an_output_sharing_memory_with_an_input_of_another_dtype_is_refused(backend):
+    raw = np.zeros(256, np.uint8)
+    labels = raw[:32].view(np.int64)
+    labels[:] = [0, 2, 1, 0]
+    dlogits = raw[16:64].view(np.float32).reshape(4, 3)   # over labels[2:]
+    logits = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="^dlogits: must not overlap labels, an input"):
+        backend.cross_entropy_backward(logits, labels, dlogits=dlogits)
+    np.testing.assert_array_equal(labels, [0, 2, 1, 0])
+    idx = raw[:16].view(np.int64)
+    idx[:] = [1, 0]
+    src = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="^out: must not overlap idx, an input"):
+        backend.take_rows(src, idx, out=raw[8:40].view(np.float32).reshape(2, 4))
+    np.testing.assert_array_equal(idx, [1, 0])
+
+
+
+def test_sgd_update_refuses_a_velocity_that_is_the_parameter(backend):
+    param = backend.asarray(np.ones(50, np.float32))
+    with pytest.raises(ValueError, match="^velocity: must not overlap param, another output"):
+        backend.sgd_update(param, backend.zeros(50), 0.1, momentum=0.9, velocity=param)
+    np.testing.assert_array_equal(backend.to_numpy(param), 1)

@@ -255,3 +255,49 @@ def test_train_epoch_matches_the_reference_program(backend):
         np.testing.assert_allclose(got, want, rtol=1e-5)
         for key in ("params", "grads", "velocities"):
             np.testing.assert_allclose(mine[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def sharing(args, out, inp, offset=0):
+    """``args`` with ``args[out]`` and ``args[inp]`` views of one byte buffer, ``inp``
+    starting ``offset`` bytes in; ``inp`` keeps its values (written last), ``out`` is
+    whatever they leave."""
+    src, dst = args[inp], args[out]
+    raw = np.zeros(max(dst.nbytes, offset + src.nbytes), np.uint8)
+    shared_out = raw[:dst.nbytes].view(dst.dtype)
+    shared_out[...] = dst
+    shared_in = raw[offset:offset + src.nbytes].view(src.dtype).reshape(src.shape)
+    shared_in[...] = src
+    return dict(args, **{out: shared_out, inp: shared_in})
+
+
+OVERLAPS = [(out, inp) for out in ("params", "grads", "velocities", "losses")
+            for inp in ("layers", "x", "targets", "order", "lrs")]
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("out, inp", OVERLAPS, ids=[f"{o}-over-{i}" for o, i in OVERLAPS])
+def test_train_epoch_refuses_a_block_sharing_memory_with_an_input_of_any_dtype(backend, out, inp):
+    args = sharing(dict(epoch_inputs(), losses=np.zeros(3)), out, inp, offset=8)
+    kept = {key: args[key].copy() for key in ("layers", "x", "targets", "order", "lrs")}
+    with pytest.raises(ValueError, match=f"^{out}: must not overlap {inp}, an input"):
+        backends.get(backend).train_epoch(**args)
+    for key, value in kept.items():
+        np.testing.assert_array_equal(args[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_train_epoch_refuses_blocks_sharing_memory_with_each_other(backend):
+    args = sharing(dict(epoch_inputs(), losses=np.zeros(3)), "losses", "grads")
+    with pytest.raises(ValueError, match="^losses: must not overlap grads, another output"):
+        backends.get(backend).train_epoch(**args)
+
+
+@pytest.mark.parametrize("module", ["c", "numba"])
+def test_compiled_epochs_called_directly_refuse_overlap_too(module):
+    if backends.available()[module] is not True:
+        pytest.skip(f"{module} is unavailable")
+    impl = backends.get(module).module
+    args = sharing(dict(epoch_inputs(), losses=np.zeros(3)), "params", "order", offset=8)
+    args["labels"], args["targets"] = args["targets"], np.empty((0, 1), np.float32)
+    with pytest.raises(ValueError, match="^params: must not overlap order"):
+        impl.train_epoch(**dict(args, momentum=np.float32(0.9), weight_decay=np.float32(0)))

@@ -19,9 +19,10 @@ the kernel will read or write.  A violation raises ``TypeError`` or ``ValueError
 naming the argument.  Values (NaN, labels in range for the accuracy) are the
 contract's business, except what C indexes with: out-of-range labels of the
 cross-entropy raise ``ValueError`` here too, and so do ``train_epoch``'s row order and
-its layer table (checked by ``program.check_layer_table``).  So is overlap: an output
-that overlaps an input of a matmul-family kernel gives wrong numbers, not a crash
-(``contract.Backend`` rejects it); elementwise kernels may run in place.
+its layer table (checked by ``program.check_layer_table``), and so is overlap in
+``train_epoch`` (``program.check_epoch_apart``: C indexes memory with the order and
+labels it reads).  Elsewhere an output that overlaps an input gives wrong numbers, not a
+crash (``contract.Backend`` refuses it); elementwise kernels may run in place.
 
 Set ``FASTSGD_DISABLE_C=1`` to make this backend report itself unavailable.
 Dimension letters as in ``contract.py``.
@@ -316,6 +317,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     plrs = _ptr("lrs", lrs, _FLOAT)
     _expect("losses", losses, (steps,), "(ceil(N / bs),)")
     plosses = _ptr("losses", losses, _DOUBLE, True)
+    program.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads,
+                              velocities, losses)
     done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
                            int(loss_kind), px, ptargets, cols, plabels, porder, plrs, N, bs, P,
                            momentum, weight_decay)

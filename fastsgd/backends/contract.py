@@ -41,6 +41,7 @@ from .spec import (
     host_array,
     kernel_function,
     missing_kernels,
+    overlap_error,
     same,
     skip_value_checks,
     value_checks_enabled,
@@ -111,7 +112,8 @@ class Backend:
         if idx.dtype != np.int64 or idx.ndim != 1:
             raise TypeError(f"idx: expected a 1-D int64 array, got {idx.dtype} "
                             f"of shape {tuple(idx.shape)}")
-        out = self._out("out", out, (idx.shape[0], *src.shape[1:]), src.dtype, src, idx)
+        out = self._out("out", out, (idx.shape[0], *src.shape[1:]), src.dtype)
+        self._apart([("out", out)], [("src", src), ("idx", idx)])
         if (_VALUE_CHECKS.get() and idx.shape[0]
                 and self.arrays.count_outside(idx, 0, src.shape[0])):
             raise IndexError(f"idx: expected indices in [0, {src.shape[0]})")
@@ -136,7 +138,7 @@ class Backend:
 
         Its inputs are floats of one dtype with the declared shapes; each output is
         allocated when None (or left None when named in ``skip``), else checked, and
-        never overlaps an input or an earlier output.  Returns the output, or the
+        never overlaps an input or another output.  Returns the output, or the
         tuple of them when there are several.
         """
         params = SIGNATURES[kernel]
@@ -147,17 +149,17 @@ class Backend:
                 dtype = x.dtype
                 arrays.append((p, x))
         dims = bind_dims([(p, x.shape) for p, x in arrays])
-        done = [x for _, x in arrays]
         outs = []
         for p, out in zip(params, args):
             if p.written:
                 if p.name in skip:
-                    outs.append(None)
+                    outs.append((p.name, None))
                     continue
-                out = self._out(p.name, out, [dims[d] for d in p.dims], dtype, *done)
-                outs.append(out)
-                done.append(out)
-        getattr(self._impl, kernel)(*done[:len(arrays)], *outs)
+                outs.append((p.name, self._out(p.name, out, [dims[d] for d in p.dims], dtype)))
+        inputs = [(p.name, x) for p, x in arrays]
+        self._apart(outs, inputs)
+        outs = [out for _, out in outs]
+        getattr(self._impl, kernel)(*(x for _, x in inputs), *outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # ------------------------------------------------------ activations
@@ -179,7 +181,8 @@ class Backend:
             inputs.append(x)
         name = params[-1].name
         out = self._out(name, out, inputs[0].shape, inputs[0].dtype)
-        self._in_place_or_apart(name, out, *inputs)
+        self._apart([(name, out)], [(p.name, x) for p, x in zip(params, inputs)],
+                    in_place=True)
         getattr(self._impl, kernel)(*inputs, out)
         return out
 
@@ -198,7 +201,8 @@ class Backend:
         shape = self._array("preds", preds).shape
         preds, targets = self._binary("preds", preds, "targets", targets)
         dpreds = self._out("dpreds", dpreds, shape, preds.dtype)
-        self._in_place_or_apart("dpreds", dpreds, preds, targets)
+        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
+                    in_place=True)
         self._impl.mnist_loss_backward(preds, targets, dpreds.reshape(-1))
         return dpreds
 
@@ -213,7 +217,8 @@ class Backend:
     def cross_entropy_backward(self, logits, labels, dlogits=None):
         """``dlogits = (softmax(logits) - onehot(labels)) / B``;  (B, C)."""
         logits, labels = self._classes("logits", logits, "labels", labels)
-        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype, logits)
+        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype)
+        self._apart([("dlogits", dlogits)], [("logits", logits), ("labels", labels)])
         self._impl.cross_entropy_backward(logits, labels, dlogits)
         return dlogits
 
@@ -230,7 +235,8 @@ class Backend:
         """``dpreds = 2 * (preds - targets) / preds.size``, shaped like preds."""
         preds, targets = self._regression("preds", preds, "targets", targets)
         dpreds = self._out("dpreds", dpreds, preds.shape, preds.dtype)
-        self._in_place_or_apart("dpreds", dpreds, preds, targets)
+        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
+                    in_place=True)
         self._impl.mse_backward(preds.reshape(-1), targets.reshape(-1), dpreds.reshape(-1))
         return dpreds
 
@@ -253,10 +259,9 @@ class Backend:
             velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
                                    check_values=False)
             same("velocity.shape", velocity.shape, "param.shape", param.shape)
-            self._in_place_or_apart("velocity", velocity, param, grad)
         else:
             velocity = None
-        self._in_place_or_apart("param", param, grad)
+        self._apart([("param", param), ("velocity", velocity)], [("grad", grad)], in_place=True)
         self._impl.sgd_update(param, grad, velocity, lr, momentum, weight_decay)
         return param
 
@@ -282,12 +287,11 @@ class Backend:
             raise NotImplementedError(f"backend {self.name!r} has no fused train_epoch kernel")
         params = self._float("params", params, ndim=1, writable=True, check_values=False)
         n_in, n_out = program.check_layer_table(layers, params.shape[0])
-        grads = self._out("grads", grads, params.shape, params.dtype, params)
+        grads = self._out("grads", grads, params.shape, params.dtype)
         momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocities,
                                               "train_epoch: velocities are")
         if momentum != 0.0:
-            velocities = self._out("velocities", velocities, params.shape, params.dtype,
-                                   params, grads)
+            velocities = self._out("velocities", velocities, params.shape, params.dtype)
         else:
             velocities = None
         x = self._float("x", x, ndim=2, dtype=params.dtype)
@@ -306,6 +310,10 @@ class Backend:
             losses = np.zeros(steps, np.float64)
         losses = _host_array("losses", losses, np.float64, (steps,), "(ceil(N / bs),)",
                              writable=True)
+        self._apart([("params", params), ("grads", grads), ("velocities", velocities),
+                     ("losses", losses)],
+                    [("layers", layers), ("x", x), ("targets", targets), ("targets", labels),
+                     ("order", order), ("lrs", lrs)])
         done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, labels, order,
                                           int(bs), lrs, np.float32(momentum),
                                           np.float32(weight_decay), params, grads,
@@ -394,8 +402,8 @@ class Backend:
                 raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
         return x if arrays.is_array(x) else arrays.to_backend(x)
 
-    def _out(self, name, out, shape, dtype, *inputs):
-        """Allocate ``out`` or check the given one; it must not overlap ``inputs``."""
+    def _out(self, name, out, shape, dtype):
+        """Allocate ``out`` or check the given one (``_apart`` checks its overlaps)."""
         arrays = self.arrays
         shape = tuple(shape)
         if out is None:
@@ -414,22 +422,29 @@ class Backend:
             raise ValueError(f"{name}: expected a C-contiguous array")
         if not arrays.writable(out):
             raise ValueError(f"{name}: expected a writable array")
-        for x in inputs:
-            if arrays.may_overlap(out, x):
-                raise ValueError(f"{name}: must not overlap an input of this kernel")
         return out
 
-    def _in_place_or_apart(self, name, out, *inputs):
-        """``out`` is exactly an input (elementwise kernels run in place) or shares no memory with it.
-
-        Any other overlap — a shifted view of the same buffer, say — would make a
-        compiled loop read what it already overwrote, so it is refused.
+    def _apart(self, written, read, in_place=False):
+        """The overlap rule (``spec.overlap_error``) on ``(name, array)`` pairs: no array
+        written shares memory with an array read, of whatever dtype, or with another array
+        written; with ``in_place`` (elementwise kernels) one may be exactly an input of its
+        dtype.  Host arrays beside a device backend's arrays are compared among themselves.
         """
         arrays = self.arrays
-        for x in inputs:
-            if arrays.may_overlap(out, x) and not arrays.same_memory(out, x):
-                raise ValueError(f"{name}: partly overlaps an input; pass the input itself "
-                                 f"(in place) or a separate array")
+
+        def may_overlap(a, b):
+            if arrays.is_array(a) and arrays.is_array(b):
+                return arrays.may_overlap(a, b)
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+                return bool(np.may_share_memory(a, b))
+            return False   # one in host memory, the other on the device
+
+        def exactly(out, x):
+            return out.dtype == x.dtype and arrays.same_memory(out, x)
+
+        error = overlap_error(written, read, may_overlap, exactly if in_place else None)
+        if error is not None:
+            raise error
 
     def _binary(self, pname, preds, tname, targets):
         """preds (B,) or (B, 1) floats and matching 0/1 targets, both as (B,) views."""

@@ -645,6 +645,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     if not (rows_ok and sizes_ok and targets_ok) or (n and not 0 <= order.min() <= order.max() < n):
         raise ValueError("train_epoch: arguments do not fit the program; call it through "
                          "fastsgd.backends.get('numba').train_epoch, which says what is wrong")
+    prog.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, velocities,
+                           losses)
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)

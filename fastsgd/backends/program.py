@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .spec import check_host_apart
+
 __all__ = ["KIND", "N_IN", "N_OUT", "PARAM", "LINEAR", "RELU", "SIGMOID", "TANH",
            "LAYER_KINDS", "MNIST_LOSS", "CROSS_ENTROPY", "MSE", "LOSS_KINDS",
            "check_layer_table", "layer_table", "widths", "scratch_floats"]
@@ -112,3 +114,14 @@ def widths(layers) -> list[int]:
 def scratch_floats(layers, bs: int) -> int:
     """Floats a fused epoch needs for a[0..L] and d[0..L] at batch size ``bs``."""
     return 2 * bs * sum(widths(layers))
+
+
+def check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, velocities, losses):
+    """Refuse a ``train_epoch`` whose written blocks (params, grads, velocities, losses)
+    share memory with what it reads (the table, x, targets or labels, order, lrs) or
+    with each other, of whatever dtype: the epoch would index memory with what it wrote.
+    Host arrays; ``ValueError`` naming both."""
+    check_host_apart([("params", params), ("grads", grads), ("velocities", velocities),
+                      ("losses", losses)],
+                     [("layers", layers), ("x", x), ("targets", targets), ("labels", labels),
+                      ("order", order), ("lrs", lrs)])

@@ -132,6 +132,47 @@ def kernel_function(name, params, call, namespace, head="", optional_outputs=Fal
     return namespace[name]
 
 
+def overlap_error(written, read, may_overlap, in_place=None) -> ValueError | None:
+    """The overlap rule of every kernel: the error for the first array of ``written`` that
+    shares memory with an array of ``read`` or with an earlier one of ``written``; None
+    when every one is apart.
+
+    ``written`` and ``read`` are ``(name, array)`` pairs (an array may be None: absent),
+    of any dtypes; ``may_overlap(a, b)`` says whether two arrays may share memory.  With
+    ``in_place(out, x)``, a written array that is exactly a read one (an elementwise
+    kernel run in place) is allowed; any other overlap never is, since a compiled loop
+    would read what it already overwrote, or index memory with what it wrote.
+    """
+    for i, (name, out) in enumerate(written):
+        if out is None:
+            continue
+        for other, x in read:
+            if x is None or not may_overlap(out, x):
+                continue
+            if in_place is None:
+                return ValueError(f"{name}: must not overlap {other}, an input of this "
+                                  f"kernel; pass a separate array")
+            if not in_place(out, x):
+                return ValueError(f"{name}: partly overlaps an input, {other}; pass the "
+                                  f"input itself (in place) or a separate array")
+        for other, x in written[:i]:
+            if x is not None and may_overlap(out, x):
+                return ValueError(f"{name}: must not overlap {other}, another output of "
+                                  f"this kernel; pass a separate array")
+    return None
+
+
+def check_host_apart(written, read):
+    """Raise ``overlap_error``'s error for host (NumPy) arrays, if there is one."""
+    error = overlap_error(written, read, _host_may_overlap)
+    if error is not None:
+        raise error
+
+
+def _host_may_overlap(a, b) -> bool:
+    return bool(np.may_share_memory(a, b))
+
+
 def host_array(name, x, dtype):
     """Check that ``x`` is a ``numpy.ndarray`` of exactly ``dtype`` (``TypeError`` if not)."""
     if not isinstance(x, np.ndarray):
