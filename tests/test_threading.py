@@ -65,6 +65,56 @@ def test_a_forked_pool_runs_threaded_kernels_after_the_parent_did(modules):
     assert float(done.stdout.split()[-1]) < 1e-2
 
 
+FORK_WHILE_BUSY = """
+import multiprocessing as mp
+import os, threading, time
+import numpy as np
+from fastsgd.backends import numba_cpu
+
+a = np.full((512, 512), 0.5, np.float32)   # 2**27 multiply-adds: the threaded path
+assert a.size * a.shape[0] >= numba_cpu.PARALLEL_MIN_MACS
+
+def product(_=None):
+    out = np.empty_like(a)
+    numba_cpu.matmul(a, a, out)
+    return float(out[0, 0])
+
+product()
+stop = threading.Event()
+def busy():
+    while not stop.is_set():
+        product()
+threading.Thread(target=busy, daemon=True).start()
+
+codes = []
+for _ in range(4):
+    while not numba_cpu._PARALLEL.locked():   # fork while a kernel holds the lock
+        time.sleep(0.0005)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if product() == 128.0 else 3)
+    deadline = time.monotonic() + 30
+    while not (ended := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            raise SystemExit("a forked child hung")
+        time.sleep(0.01)
+    codes.append(os.waitstatus_to_exitcode(ended[1]))
+with mp.get_context("fork").Pool(2) as pool:
+    got = pool.map_async(product, range(4)).get(timeout=30)
+stop.set()
+print(codes, got)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+@needs_numba
+def test_a_fork_while_another_thread_runs_a_numba_kernel_leaves_the_child_free():
+    done = run_python(FORK_WHILE_BUSY, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    assert done.stdout.split("\n")[-2] == "[0, 0, 0, 0] [128.0, 128.0, 128.0, 128.0]"
+
+
 @needs_c
 def test_fastsgd_threads_sets_the_initial_limit():
     code = "from fastsgd.backends import c_ext; print(c_ext.threads())"

@@ -16,7 +16,8 @@ and other busy processes, and a process that forks after an OpenMP region cannot
 parallel code in the child.  Workqueue workers sleep between kernels and the child of
 a fork starts its own.  Workqueue must not be entered by two threads at once, so the
 parallel kernels here take a lock (kernels from several Python threads run one at a
-time).  ``numba.set_num_threads`` sets their thread count.
+time); a forked child makes a new one, since a thread of the parent may have held it
+inside a kernel at the fork.  ``numba.set_num_threads`` sets their thread count.
 """
 import functools
 import math
@@ -35,6 +36,16 @@ if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER 
 
 #: Held around every parallel kernel (see the module docstring).
 _PARALLEL = threading.Lock()
+
+
+def _new_lock_after_fork():
+    """A forked child gets a free lock: the parent's may have been held by a thread
+    inside a kernel at the fork, and that thread does not exist in the child."""
+    global _PARALLEL
+    _PARALLEL = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 #: Elementwise kernels use fastmath without the no-NaN / no-Inf assumptions, so NaN in
 #: gives NaN out (as in NumPy); the matmuls, which only multiply and add, keep full
