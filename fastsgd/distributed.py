@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -156,6 +157,28 @@ def _abort_on_uncaught(comm):
     sys.excepthook, _hook_installed = hook, True
 
 
+def _by_rank(values) -> str:
+    """Each distinct value and the ranks that have it, e.g. "None on rank 0, 4 on ranks 1, 2"."""
+    groups: list[tuple[object, list[int]]] = []
+    for rank, value in enumerate(values):
+        for seen, ranks in groups:
+            if seen == value:
+                ranks.append(rank)
+                break
+        else:
+            groups.append((value, [rank]))
+    return ", ".join(f"{value} on rank{'s' * (len(ranks) > 1)} "
+                     f"{', '.join(map(str, ranks))}" for value, ranks in groups)
+
+
+def _rates(lrs) -> str:
+    """Step rates as a short text that differs when any rate does."""
+    if not len(lrs):
+        return "no steps"
+    return (f"{len(lrs)} steps at {lrs[0]:.4g}..{lrs[-1]:.4g} "
+            f"(crc32 {zlib.crc32(np.ascontiguousarray(lrs).tobytes()):08x})")
+
+
 def _message(exc) -> str:
     """``exc`` as one line."""
     if isinstance(exc, KeyboardInterrupt):
@@ -257,6 +280,18 @@ class MPI:
         """A block run on every rank: when it raises on any, ``DistributedError`` on all."""
         return self._reduced(np.zeros(1))
 
+    def check_same(self, settings: dict):
+        """Raise ``DistributedError`` on every rank unless every rank passed equal
+        ``settings`` ({name: value}, values comparable with ``==``): one collective,
+        so a setting that differs ends the job before any step that depends on it.  The
+        message names the first setting that differs and each rank's value."""
+        everyone = self._allgather(settings)
+        for name in settings:
+            values = [theirs.get(name) for theirs in everyone]
+            if any(value != values[0] for value in values):
+                raise DistributedError(f"ranks disagree on {name}: {_by_rank(values)}; "
+                                       f"every rank needs the same")
+
     # ------------------------------------------------------------------ data
     def dataloaders(self, train_x, train_y, valid_x, valid_y, bs: int = 64,
                     seed: int | None = None, valid_bs: int | None = None) -> DataLoaders:
@@ -309,15 +344,13 @@ class MPI:
             if dl.bs < self.size:
                 raise ValueError(f"bs: the global batch size {dl.bs} is smaller than the "
                                  f"{self.size} ranks")
-        mine = {"parameter shapes": [tuple(p.value.shape) for p in params], "bs": dl.bs,
-                "training rows": dl.n, "validation rows": learn.dls.valid.n, "lr": learn.opt.lr,
-                "momentum": learn.opt.momentum, "weight_decay": learn.opt.weight_decay,
-                "loss": repr(learn.loss_func)}
-        for rank, theirs in enumerate(self._allgather(mine)):
-            for name in mine:
-                if theirs[name] != mine[name]:
-                    raise DistributedError(f"rank {rank}: {name} is {theirs[name]}, on rank "
-                                           f"{self.rank} {mine[name]}; every rank needs the same")
+        self.check_same({
+            "sync_every": self.sync_every, "model": " ".join(repr(learn.model).split()),
+            "parameter shapes": [tuple(p.value.shape) for p in params],
+            "backend": learn.backend.name, "dtype": str(params[0].value.dtype) if params else None,
+            "bs": dl.bs, "training rows": dl.n, "validation rows": learn.dls.valid.n,
+            "lr": learn.opt.lr, "momentum": learn.opt.momentum,
+            "weight_decay": learn.opt.weight_decay, "loss": repr(learn.loss_func)})
         for p in params:
             self._bcast(p.value)
         if not self.is_root:
@@ -337,9 +370,11 @@ class MPI:
         if not program._still_pointed():
             program._point_parameters()
         dl = learn.dls.train
+        lrs = np.asarray(lrs, np.float64)
+        self.check_same({"epochs": learn.n_epochs, "epoch": learn.epoch,
+                         "the epoch's learning rates (the schedule)": _rates(lrs)})
         order = np.ascontiguousarray(dl.next_order(), dtype=np.int64)
         self._bcast(order)                        # rank 0's order, whatever the seeds
-        lrs = np.asarray(lrs, np.float64)
         if len(lrs) != math.ceil(len(order) / dl.bs):
             raise ValueError(f"lrs: expected {math.ceil(len(order) / dl.bs)} rates, got {len(lrs)}")
         with backends.skip_value_checks():       # the data was checked once, losses are

@@ -253,7 +253,45 @@ def test_different_settings_on_the_ranks_are_refused():
 
     results = run_ranks(2, work)
     assert all(isinstance(r, distributed.DistributedError) for r in results), results
-    assert "rank 1: bs is 32, on rank 0 16" in str(results[0])
+    assert str(results[0]) == str(results[1]) == (
+        "ranks disagree on bs: 16 on rank 0, 32 on rank 1; every rank needs the same")
+
+
+def _fit_on_ranks(sync_every=(None, None), activation=(fs.ReLU, fs.ReLU), epochs=(1, 1),
+                  schedule=("constant", "constant")):
+    """Fit on two thread ranks given per-rank settings; returns each rank's result."""
+    x, y = _digits(64)
+
+    def work(dist):
+        rank = dist.rank
+        dist.sync_every = sync_every[rank]
+        fs.set_seed(0)
+        model = fs.Sequential(fs.Linear(784, 8), activation[rank](), fs.Linear(8, 10))
+        learn = _learner(fs.DataLoaders.from_arrays(x, y, x, y, bs=16, seed=0), model, dist)
+        return learn.fit(epochs[rank], schedule=schedule[rank])
+
+    return run_ranks(2, work)
+
+
+@pytest.mark.parametrize("change, text", [
+    (dict(sync_every=(None, 4)), "ranks disagree on sync_every: None on rank 0, 4 on rank 1"),
+    (dict(activation=(fs.ReLU, fs.Tanh)), "ranks disagree on model: Sequential( Linear(784, 8), "
+                                          "ReLU(), Linear(8, 10) ) on rank 0, Sequential( "
+                                          "Linear(784, 8), Tanh(), Linear(8, 10) ) on rank 1"),
+    (dict(epochs=(1, 3)), "ranks disagree on epochs: 1 on rank 0, 3 on rank 1"),
+    (dict(schedule=("constant", "cosine")),
+     "ranks disagree on the epoch's learning rates (the schedule): 4 steps at 0.1..0.1"),
+], ids=["sync_every", "activation", "epochs", "schedule"])
+def test_ranks_that_differ_in_a_setting_stop_before_the_first_step(change, text):
+    results = _fit_on_ranks(**change)
+    assert all(isinstance(r, distributed.DistributedError) for r in results), results
+    assert str(results[0]) == str(results[1])
+    assert str(results[0]).startswith(text), results[0]
+
+
+def test_ranks_that_agree_on_every_setting_train():
+    results = _fit_on_ranks(epochs=(2, 2), schedule=("cosine", "cosine"))
+    assert [len(r) for r in results] == [2, 2], results
 
 
 def test_layer_by_layer_fits_are_refused():
@@ -467,3 +505,37 @@ def test_a_signal_to_one_rank_ends_the_job(folder, tmp_path, sig):
     assert code != 0 and seconds < 30
     if sig == signal.SIGINT:
         assert len(_our_lines(err)) == 1, err
+
+
+def _job_each(first, second):
+    """``fastsgd train --distributed`` on two ranks, rank 0 with the options ``first`` and
+    rank 1 with ``second`` (an MPMD job)."""
+    command = [*MPIEXEC]
+    for args in (first, second):
+        command += ["-n", "1", sys.executable, "-m", "fastsgd", "train", "--distributed", *args,
+                    ":"]
+    return subprocess.Popen(command[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", start_new_session=True)
+
+
+@needs_mpi
+@pytest.mark.parametrize("option, mine, theirs, text", [
+    ("--sync-every", [], ["4"], "--sync-every: None on rank 0, 4 on rank 1"),
+    ("--epochs", ["2"], ["3"], "--epochs: 2 on rank 0, 3 on rank 1"),
+    ("--digits", ["7,3"], ["3,7"], "--digits: [7, 3] on rank 0, [3, 7] on rank 1"),
+    ("--schedule", ["constant"], ["cosine"], "--schedule: constant on rank 0, cosine on rank 1"),
+    ("--activation", ["relu"], ["tanh"], "--activation: relu on rank 0, tanh on rank 1"),
+], ids=["sync-every", "epochs", "digits", "schedule", "activation"])
+def test_ranks_started_with_one_option_different_end_the_job(folder, option, mine, theirs, text):
+    common = ["--data", str(folder), "--hidden", "16", "--bs", "32", "--no-progress",
+              "--backend", BACKEND]
+    options = [[option, *mine] if mine else [], [option, *theirs]]
+    if option != "--epochs":
+        common += ["--epochs", "2"]
+    if option != "--digits":
+        common += ["--digits", "all"]
+    code, out, err, seconds = _finish(_job_each(common + options[0], common + options[1]), 30)
+    assert code != 0 and seconds < 10, (code, seconds, err)
+    lines = _our_lines(out + err)
+    assert lines == [f"fastsgd: error: ranks disagree on {text}; every rank needs the same"], \
+        out + err

@@ -36,6 +36,9 @@ def run_train(args, dist=None) -> int:
         return run_cli(args, run_train)
     outputs = _check_outputs(args)
     given = _resolve_train_options(args)
+    if dist is not None:
+        dist.check_same({f"--{key.replace('_', '-')}": getattr(args, key)
+                         for key in SAME_ON_EVERY_RANK})
     with contextlib.redirect_stdout(sys.stderr if files.STDOUT in outputs.values() else sys.stdout):
         learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist)
     if args.save:
@@ -46,6 +49,12 @@ def run_train(args, dist=None) -> int:
         from ..plots import plot_history
         plot_history(learn.recorder.history, args.plot)
     return 0
+
+
+#: The options every rank of ``--distributed`` must be given alike (as resolved): they
+#: set the collectives each rank runs, the model, the classes and the rows.
+SAME_ON_EVERY_RANK = ("sync_every", "epochs", "schedule", "model", "hidden", "activation",
+                      "digits", "bs", "wd", "seed")
 
 
 # ------------------------------------------------------------------- resume
