@@ -50,8 +50,8 @@ void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
                      const float *restrict dy, int64_t B, int64_t I, int64_t O);
 
 /* Threads the kernels may use (the matmul family, the fused epoch, peak_gflops):
- * initially $FASTSGD_THREADS when set to a positive number, else the CPUs this process
- * may run on.  They are the library's own pool (pool.c), not OpenMP. */
+ * initially the CPUs this process may run on, or $FASTSGD_THREADS when that is a positive
+ * number below them.  They are the library's own pool (pool.c), not OpenMP. */
 int matmul_threads(void);
 
 /* Sets that number (clamped to at least 1); returns the previous one. */

@@ -7,6 +7,7 @@
  * branch-free exp_nonpos() below instead of a libm call, and sums that may be
  * reordered say so with `#pragma omp simd reduction`.  Means are accumulated in double.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -249,10 +250,12 @@ FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *r
     return bad;
 }
 
+/* (p - t)^2 in double, but inf where it lies beyond the float32 range, as the other
+ * backends' float32 arithmetic gives it (NaN stays NaN). */
 FS_INLINE double squared_error(float p, float t)
 {
-    const double diff = (double)p - (double)t;
-    return diff * diff;
+    const double diff = (double)p - (double)t, square = diff * diff;
+    return square > (double)FLT_MAX ? (double)INFINITY : square;
 }
 FS_MEAN(mse_forward, double, squared_error(p, t))
 

@@ -49,6 +49,8 @@ MNIST_SIZES: dict[str, int] = {
     "t10k-labels-idx1-ubyte.gz": 4542,
 }
 
+#: The longest ``timeout`` taken, in seconds: the socket layer cannot hold much more.
+MAX_TIMEOUT = 86400.0
 _STALL_BYTES = 1024                # a download must bring this much per `timeout` seconds
 _MAX_DOWNLOAD_BYTES = 64 << 20     # for files of unknown size
 
@@ -279,8 +281,9 @@ def download_mnist(dest=None, base_url=MNIST_URL, timeout=30.0, files=None) -> p
     raises ``DownloadError`` and leaves no partial file.  Returns the folder.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+            or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout: expected a positive number of seconds up to "
+                         f"{MAX_TIMEOUT:g} (a day), got {timeout!r}")
     expected = _expected_files(files)
     folder = pathlib.Path(dest) if dest is not None else cache_dir() / "mnist"
     try:

@@ -187,13 +187,21 @@ class Sequential(Module):
 
     @property
     def n_in(self) -> int:
-        """Input features of the first Linear layer."""
-        return next(layer.n_in for layer in self.layers if isinstance(layer, Linear))
+        """Input features of the first Linear layer (``ValueError`` without one)."""
+        return self._linears()[0].n_in
 
     @property
     def n_out(self) -> int:
-        """Output features of the last Linear layer."""
-        return next(layer.n_out for layer in reversed(self.layers) if isinstance(layer, Linear))
+        """Output features of the last Linear layer (``ValueError`` without one)."""
+        return self._linears()[-1].n_out
+
+    def _linears(self) -> list:
+        linears = [layer for layer in self.layers if isinstance(layer, Linear)]
+        if not linears:
+            layers = ", ".join(repr(layer) for layer in self.layers)
+            raise ValueError(f"model: Sequential({layers}) has no Linear layer; its inputs "
+                             f"and outputs are those of its Linear layers, so it needs one")
+        return linears
 
     def forward(self, x):
         for layer in self.layers:

@@ -36,6 +36,21 @@ __all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged
            "DIVERGED_LOSS_FACTOR", "CHECKPOINT_FORMAT", "generator_from_state"]
 
 
+def divergence_advice(opt) -> str:
+    """What to change after a divergence under SGD ``opt``: the weight decay when it alone
+    makes the steps grow the weights, else the learning rate.
+
+    The decay's part of a step scales the weights by ``1 - lr * wd`` (with momentum m,
+    the velocity's recurrence is stable only for ``lr * wd < 2 * (1 + m)``); beyond that
+    the weights grow whatever the data.
+    """
+    lr, wd, momentum = opt.lr, opt.weight_decay, opt.momentum
+    if wd and lr * wd >= 2 * (1 + momentum):
+        return (f"lower the weight decay (wd={wd:g}: with lr={lr:g} and momentum={momentum:g} "
+                f"it alone grows the weights; lr * wd must stay below 2 * (1 + momentum))")
+    return f"lower the learning rate (lr={lr})"
+
+
 class TrainingDiverged(FloatingPointError):
     """Training diverged: a non-finite loss, parameter or validation output, or a loss that
     grew past ``DIVERGED_LOSS_FACTOR`` times the first one (plus 1)."""
@@ -258,7 +273,7 @@ class Learner:
 
     def _diverged(self, what):
         raise TrainingDiverged(f"training diverged at epoch {self.epoch}: {what}; "
-                               f"lower the learning rate (lr={self.opt.lr})")
+                               f"{divergence_advice(self.opt)}")
 
     def _dpreds(self, preds):
         buf = self._dpreds_buf

@@ -39,6 +39,29 @@ def test_a_schedule_giving_a_bad_rate_is_refused_before_any_step(backend, fused,
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("fused", PATHS)
+def test_a_huge_weight_decay_is_named_as_the_cause(backend, fused):
+    learn = learner(backend, fused)
+    learn.opt.weight_decay = 1e30
+    with pytest.raises(fs.TrainingDiverged, match=r"lower the weight decay \(wd=1e\+30: with "
+                                                  r"lr=0.1 and momentum=0 it alone grows"):
+        learn.fit(2)
+
+
+@pytest.mark.parametrize("wd, momentum, advice", [
+    (0.0, 0.0, "lower the learning rate (lr=1.0)"),
+    (1.9, 0.0, "lower the learning rate (lr=1.0)"),       # the decay alone shrinks the weights
+    (2.0, 0.0, "lower the weight decay (wd=2: with lr=1"),
+    (3.0, 0.9, "lower the learning rate (lr=1.0)"),       # stable under momentum 0.9
+    (3.8, 0.9, "lower the weight decay (wd=3.8: with lr=1 and momentum=0.9"),
+])
+def test_divergence_advice_names_the_weight_decay_only_when_it_alone_diverges(wd, momentum,
+                                                                              advice):
+    from fastsgd.learner import divergence_advice
+    assert divergence_advice(fs.SGD(1.0, momentum, wd)).startswith(advice)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("loss", [fs.cross_entropy, fs.mnist_loss], ids=["cross_entropy", "mnist_loss"])
 def test_a_huge_learning_rate_raises_training_diverged(backend, fused, loss):
     learn = learner(backend, fused, loss, lr=1e30)

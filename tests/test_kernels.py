@@ -74,3 +74,14 @@ def test_elementwise_kernels_match_reference_on_any_values(backend_name, x):
     t = backend.to_numpy(backend.tanh_forward(xd))
     assert np.isfinite(t).all() and (np.abs(t) <= 1).all()
     np.testing.assert_array_equal(np.sign(t), np.sign(x))
+
+
+@pytest.mark.parametrize("backend_name", backend_params())
+def test_mse_beyond_the_float32_range_is_inf_on_every_backend(backend_name):
+    backend = backends.get(backend_name)
+    apart = np.array([3e38, 0], np.float32), np.array([-3e38, 0], np.float32)
+    one_big = np.array([2e19] + [0] * 9, np.float32), np.zeros(10, np.float32)
+    for preds, targets in (apart, one_big):      # a squared error beyond 3.4e38
+        assert backend.mse_forward(preds, targets) == np.inf
+    near = np.array([1.5e19, 1], np.float32), np.array([0, 1], np.float32)
+    assert backend.mse_forward(*near) == pytest.approx(1.125e38, rel=1e-6)

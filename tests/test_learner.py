@@ -213,3 +213,11 @@ def test_learner_rejects_bad_input():
         fs.Linear(0, 3)
     with pytest.raises(ValueError, match="unknown name"):
         make_learner("fortran", x, y)
+
+
+@pytest.mark.parametrize("layers", [[fs.ReLU()], [fs.ReLU(), fs.Sigmoid()]],
+                         ids=["relu", "two-activations"])
+def test_a_model_without_a_linear_layer_is_refused_clearly(layers):
+    x, y = separable(n=200, features=4)
+    with pytest.raises(ValueError, match=r"model: Sequential\(.*\) has no Linear layer"):
+        make_learner("numpy", x, y, fs.Sequential(*layers))

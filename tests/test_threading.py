@@ -124,6 +124,23 @@ def test_fastsgd_threads_sets_the_initial_limit():
 
 
 @needs_c
+@pytest.mark.parametrize("asked", ["1000", "cpus+1"])
+def test_fastsgd_threads_beyond_the_cores_gives_one_per_core(asked):
+    cpus = len(os.sched_getaffinity(0))
+    asked = str(cpus + 1) if asked == "cpus+1" else asked
+    code = ("import os, numpy as np\n"
+            "from fastsgd.backends import c_ext\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "a = np.ones((512, 512), np.float32)\n"
+            "c_ext.matmul(a, a, np.empty_like(a))\n"
+            "print(c_ext.threads(), len(os.listdir('/proc/self/task')) - before)")
+    done = run_python(code, env={"FASTSGD_THREADS": asked})
+    assert done.returncode == 0, done.stderr[-2000:]
+    limit, started = map(int, done.stdout.split()[-2:])
+    assert limit == cpus and started <= cpus - 1
+
+
+@needs_c
 def test_the_c_library_needs_no_openmp_runtime():
     from fastsgd import _ckernels
     with open(_ckernels.__file__, "rb") as f:

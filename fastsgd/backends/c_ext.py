@@ -339,9 +339,9 @@ def set_threads(n: int) -> int:
     The matmuls, the fused epoch and ``peak_gflops`` run on a small pool of threads of
     this library's own (no OpenMP runtime): the calling thread works too, and between
     jobs the others spin for at most about 50 us, then sleep, so NumPy's BLAS or
-    another busy process gets the cores back at once.  The limit starts at
-    ``FASTSGD_THREADS`` (read when the library first needs it) when that is a positive
-    number, else at the CPUs this process may run on; ``OMP_NUM_THREADS`` does not
+    another busy process gets the cores back at once.  The limit starts at the CPUs
+    this process may run on, or at ``FASTSGD_THREADS`` (read when the library first
+    needs it) when that is a positive number below them; ``OMP_NUM_THREADS`` does not
     apply.  A kernel called while another Python thread's kernel holds the pool runs on
     its caller's thread alone.  After ``os.fork()`` the child starts its own threads.
     """
