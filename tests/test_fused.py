@@ -301,3 +301,15 @@ def test_compiled_epochs_called_directly_refuse_overlap_too(module):
     args["labels"], args["targets"] = args["targets"], np.empty((0, 1), np.float32)
     with pytest.raises(ValueError, match="^params: must not overlap order"):
         impl.train_epoch(**dict(args, momentum=np.float32(0.9), weight_decay=np.float32(0)))
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_a_batch_size_beyond_the_rows_takes_no_more_memory_than_the_rows(backend):
+    args = dict(epoch_inputs(), bs=2 ** 31)       # one step of all 20 rows
+    args["lrs"] = args["lrs"][:1].copy()
+    ref = dict(epoch_inputs(), bs=20)
+    ref["lrs"] = ref["lrs"][:1].copy()
+    got = backends.get(backend).train_epoch(**args)
+    want = backends.get(backend).train_epoch(**ref)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(args["params"], ref["params"])

@@ -661,7 +661,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)
+    rows = min(bs, max(n, 1))   # the scratch holds one batch: never more rows than there are
     with _PARALLEL:
-        return _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs,
+        return _train_epoch(layers, loss_kind, x, targets, labels, order, rows, lrs,
                             np.float32(momentum), np.float32(weight_decay), params, grads,
                             velocities, use_momentum, losses)
