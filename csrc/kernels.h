@@ -172,12 +172,13 @@ enum fs_loss_kind { FS_MNIST_LOSS = 0, FS_CROSS_ENTROPY = 1, FS_MSE = 2 };
 /* One epoch of SGD over the layer program layers (L,); returns the steps done:
  * steps = ceil(N / bs), or s when the loss of step s is not finite (losses[s] is
  * written, that step's update skipped), or -1 when scratch memory cannot be allocated.
- *   x (N, I) with I = layers[0].n_in, O = layers[L-1].n_out;  order (N,) row indices
- *   in [0, N);  lrs, losses (steps,);  params, grads, velocities (P,) the flat blocks,
+ *   order (N,) indices of rows of x (I = layers[0].n_in wide) and of the targets or
+ *   labels, each in range (x may hold more rows than N: a part of an epoch); O =
+ *   layers[L-1].n_out;  lrs, losses (steps,);  params, grads, velocities (P,) the flat blocks,
  *   velocities NULL for plain SGD (momentum unused).
- *   loss_kind FS_MNIST_LOSS: targets (N, 1) 0/1, O == 1;  FS_MSE: targets (N, O);
+ *   loss_kind FS_MNIST_LOSS: targets (rows, 1) 0/1, O == 1;  FS_MSE: targets (rows, O);
  *   both with n_targets_cols = 1 or O, labels unused (may be NULL).  FS_CROSS_ENTROPY:
- *   labels (N,) in [0, O), targets unused (may be NULL).
+ *   labels (rows,) in [0, O), targets unused (may be NULL).
  * Per step s, with batch rows order[s*bs : s*bs + B]: gather, forward through the
  * layers, loss and its gradient, backward in reverse down to the first LINEAR (no
  * input gradient for it), then one SGD update of the whole block with lr = lrs[s]:

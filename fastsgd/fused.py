@@ -17,6 +17,9 @@ When a combination cannot run fused, ``plan`` raises ``NotFusable`` saying why
 """
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from .backends import program as prog
@@ -107,17 +110,41 @@ class LayerProgram:
     def run(self, lrs) -> np.ndarray:
         """One epoch with learning rate ``lrs[step]``; returns the loss of each step run.
 
-        Stops after the first step whose loss is not finite (its loss is the last).
+        Stops after the first step whose loss is not finite (its loss is the last).  The
+        epoch runs as a few compiled calls of about ``PART_SECONDS`` each (the first ones
+        shorter, to measure), so that Ctrl-C, which Python raises between them, lands
+        within a part, not at the epoch's end.
         """
         if not self._still_pointed():
             self._point_parameters()
         dl, opt = self.dl, self.opt
         order = self.backend.asarray(dl.next_order(), dtype=np.int64)
+        lrs = np.asarray(lrs, np.float32)
+        bs, steps = dl.bs, len(lrs)
+        if steps != math.ceil(order.shape[0] / bs):
+            raise ValueError(f"lrs: expected {math.ceil(order.shape[0] / bs)} rates, one a "
+                             f"step, got {steps}")
+        losses = np.zeros(steps)
+        done, part = 0, 1
         with skip_value_checks():  # the data was checked once by the DataLoader
-            return self.backend.train_epoch(
-                self.layers, self.loss_kind, dl.x, dl.y, order, dl.bs,
-                np.asarray(lrs, np.float32), self.params, self.grads, self.velocities,
-                opt.momentum, opt.weight_decay)
+            while done < steps:
+                end = min(steps, done + part)
+                started = time.perf_counter()
+                ran = self.backend.train_epoch(
+                    self.layers, self.loss_kind, dl.x, dl.y, order[done * bs:end * bs], bs,
+                    lrs[done:end], self.params, self.grads, self.velocities, opt.momentum,
+                    opt.weight_decay, losses=losses[done:end])
+                if len(ran) < end - done:             # a loss that is not finite: stop
+                    return losses[:done + len(ran)]
+                seconds = time.perf_counter() - started
+                part = max(1, min(8 * part, int(part * PART_SECONDS / max(seconds, 1e-9))))
+                done = end
+        return losses
+
+
+#: About how long each compiled call of a fused epoch runs (``LayerProgram.run``): the
+#: longest a Ctrl-C waits.  Each call costs a few checks (tens of microseconds).
+PART_SECONDS = 0.1
 
 
 def _input_widths(model) -> list[int]:

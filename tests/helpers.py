@@ -285,7 +285,9 @@ def changed(**changes):
 BAD_EPOCHS = [
     (dict(order=lambda a: np.where(a["order"] == 0, 20, a["order"])), ValueError, "order: indices must lie in [0, 20)"),
     (dict(order=lambda a: a["order"] - 1), ValueError, "order: indices must lie in [0, 20)"),
-    (dict(order=lambda a: a["order"][:-1]), ValueError, "order: expected int64 of shape (20,)"),
+    (dict(order=lambda a: a["order"].reshape(4, 5)), ValueError,
+     "order: expected int64 row indices of shape (R,), got int64 of shape (4, 5)"),
+    (dict(order=lambda a: a["order"][:12]), ValueError, "lrs: expected shape (2,) = (ceil(R / bs),)"),
     (dict(order=lambda a: a["order"].astype(np.int32)), ValueError, "order: expected int64"),
     (dict(targets=lambda a: np.where(a["targets"] == 2, 3, a["targets"])), ValueError,
      "targets: labels must lie in [0, 3)"),

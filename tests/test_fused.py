@@ -313,3 +313,68 @@ def test_a_batch_size_beyond_the_rows_takes_no_more_memory_than_the_rows(backend
     want = backends.get(backend).train_epoch(**ref)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(args["params"], ref["params"])
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_a_part_of_an_epoch_trains_the_rows_its_order_names(backend):
+    whole, first, rest = epoch_inputs(), epoch_inputs(), epoch_inputs()
+    got = backends.get(backend).train_epoch(**whole)
+    parts = [backends.get(backend).train_epoch(**dict(first, order=first["order"][:8],
+                                                      lrs=first["lrs"][:1]))]
+    for key in ("params", "grads", "velocities"):
+        rest[key] = first[key]
+    parts.append(backends.get(backend).train_epoch(**dict(rest, order=rest["order"][8:],
+                                                          lrs=rest["lrs"][1:])))
+    np.testing.assert_allclose(np.concatenate(parts), got, rtol=1e-6)
+    for key in ("params", "velocities"):
+        np.testing.assert_allclose(rest[key], whole[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def _interrupted_after_the_first_call(monkeypatch, learn):
+    """Make ``learn``'s fused epoch raise KeyboardInterrupt (as Ctrl-C does) when its
+    first compiled call returns; returns the list of the steps each call ran."""
+    import signal
+    calls, real = [], learn.backend.train_epoch
+
+    def train_epoch(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        calls.append(len(losses))
+        signal.raise_signal(signal.SIGINT)        # pressed during this call
+        return losses
+    monkeypatch.setattr(learn.backend, "train_epoch", train_epoch)
+    return calls
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_ctrl_c_in_a_fused_epoch_lands_after_the_call_running_not_at_the_epochs_end(
+        backend, monkeypatch):
+    x, y = task(fs.cross_entropy, 640, 12, 3, seed=1)
+    learn = fs.Learner(fs.DataLoaders.from_arrays(x, y, x[:64], y[:64], bs=16, seed=0),
+                       fs.simple_net(12, 8, 3), fs.cross_entropy, fs.SGD(0.1),
+                       backend=backend, show=False, progress=False)
+    assert learn.fused is True
+    calls = _interrupted_after_the_first_call(monkeypatch, learn)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1)
+    assert calls == [1]                 # one step of the epoch's 40 ran, then it stopped
+    assert learn.epoch == 0 and learn.recorder.history == []
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_a_fused_epoch_in_parts_trains_like_one_call(backend, monkeypatch):
+    import fastsgd.fused as fused_module
+    x, y = task(fs.cross_entropy, 640, 12, 3, seed=1)
+
+    def fit(part_seconds):
+        monkeypatch.setattr(fused_module, "PART_SECONDS", part_seconds)
+        fs.set_seed(0)
+        learn = fs.Learner(fs.DataLoaders.from_arrays(x, y, x[:64], y[:64], bs=16, seed=0),
+                           fs.simple_net(12, 8, 3), fs.cross_entropy, fs.SGD(0.1, 0.9),
+                           backend=backend, show=False, progress=False)
+        history = learn.fit(2)
+        return [r["train_loss"] for r in history], [p.value for p in learn.model.parameters()]
+
+    (parts, params), (whole, whole_params) = fit(0.0), fit(1e9)   # 40 calls / 4 an epoch
+    np.testing.assert_allclose(parts, whole, rtol=1e-6)
+    for a, b in zip(params, whole_params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

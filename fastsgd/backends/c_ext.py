@@ -280,8 +280,9 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     into and velocities (P,) or None (plain SGD, needs momentum == 0), updated in place;
     x (N, I) float32; loss_kind MNIST_LOSS: targets (N, 1) float32, one output;
     MSE: targets (N, O) float32; CROSS_ENTROPY: labels (N,) int64 in [0, O) (the unused
-    one of targets / labels may be any array of its dtype); order (N,) int64 in [0, N);
-    bs >= 1; lrs (steps,) float32, losses (steps,) float64 filled, steps = ceil(N / bs).
+    one of targets / labels may be any array of its dtype); order (R,) int64 in [0, N),
+    the rows the steps take; bs >= 1; lrs (steps,) float32, losses (steps,) float64
+    filled, steps = ceil(R / bs).
     Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
     step's update skipped).
     """
@@ -306,21 +307,21 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
         raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
     px = _ptr("x", x, _FLOAT)
     ptargets, cols, plabels = _program_targets(loss_kind, targets, labels, N, n_out)
-    _expect("order", order, (N,), "(x.shape[0],)")
+    (R,) = _shape("order", order, 1)
     porder = _ptr("order", order, _INT64)
     _index_range("order", order, N, "row indices")
     bs = _as_count("bs", bs)
     if bs < 1:
         raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
-    steps = -(-N // bs)
-    _expect("lrs", lrs, (steps,), "(ceil(N / bs),)")
+    steps = -(-R // bs)
+    _expect("lrs", lrs, (steps,), "(ceil(order.size / bs),)")
     plrs = _ptr("lrs", lrs, _FLOAT)
-    _expect("losses", losses, (steps,), "(ceil(N / bs),)")
+    _expect("losses", losses, (steps,), "(ceil(order.size / bs),)")
     plosses = _ptr("losses", losses, _DOUBLE, True)
     program.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads,
                               velocities, losses)
     done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
-                           int(loss_kind), px, ptargets, cols, plabels, porder, plrs, N, bs, P,
+                           int(loss_kind), px, ptargets, cols, plabels, porder, plrs, R, bs, P,
                            momentum, weight_decay)
     if done < 0:
         raise MemoryError("train_epoch: cannot allocate the scratch arrays")

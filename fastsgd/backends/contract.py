@@ -276,8 +276,10 @@ class Backend:
         buffers, required when ``momentum != 0`` and unused otherwise.  x (N, I);
         targets: (N,) 0/1 float32 for MNIST_LOSS (one output), (N,) int64 labels in
         [0, O) for CROSS_ENTROPY, (N, O) float32 (or (N,) when O == 1) for MSE; order
-        (N,) int64 row indices in [0, N); bs >= 1; lrs (steps,) float32 host array of
-        finite rates >= 0, steps = ceil(N / bs); losses (steps,) float64 host array.
+        (R,) int64 row indices in [0, N), step s training on rows order[s*bs:(s+1)*bs]
+        (R = N for a whole epoch, fewer for a part of one); bs >= 1; lrs (steps,)
+        float32 host array of finite rates >= 0, steps = ceil(R / bs); losses (steps,)
+        float64 host array.
 
         Returns the losses of the steps run (a view of ``losses``): all of them, or up
         to and including the first that is not finite, where the epoch stopped before
@@ -298,17 +300,21 @@ class Backend:
         same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
         n = x.shape[0]
         targets, labels = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
-        order = self._indices("order", order, n, n, "indices", "expected int64")
+        order = self._array("order", order)
+        if order.dtype != np.int64 or order.ndim != 1:
+            raise ValueError(f"order: expected int64 row indices of shape (R,), got "
+                             f"{order.dtype} of shape {tuple(order.shape)}")
+        self._index_range("order", order, n, "indices")
         if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
             raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
-        steps = -(-n // int(bs))
-        lrs = _host_array("lrs", lrs, np.float32, (steps,), "(ceil(N / bs),)")
+        steps = -(-order.shape[0] // int(bs))
+        lrs = _host_array("lrs", lrs, np.float32, (steps,), "(ceil(R / bs),)")
         if not (np.isfinite(lrs) & (lrs >= 0)).all():
             bad = lrs[~(np.isfinite(lrs) & (lrs >= 0))][0]
             raise ValueError(f"lrs: expected finite learning rates >= 0, got {bad}")
         if losses is None:
             losses = np.zeros(steps, np.float64)
-        losses = _host_array("losses", losses, np.float64, (steps,), "(ceil(N / bs),)",
+        losses = _host_array("losses", losses, np.float64, (steps,), "(ceil(R / bs),)",
                              writable=True)
         self._apart([("params", params), ("grads", grads), ("velocities", velocities),
                      ("losses", losses)],

@@ -552,11 +552,11 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     """One pass of SGD over a layer program in one call (see ``program.py``).
 
     layers (L, 4); x (N, I); targets (N, T) float32 (mnist_loss, mse) or labels (N,)
-    int64 (cross-entropy); order (N,); params, grads, velocities (P,) flat blocks;
-    lrs, losses (steps,).  The activations a[l] (B, width_l) and their gradients
+    int64 (cross-entropy); order (R,) the rows of x the steps take; params, grads,
+    velocities (P,) flat blocks; lrs, losses (steps,).  The activations a[l] (B, width_l) and their gradients
     d[l] live in two scratch arrays laid out once.  Returns the steps done.
     """
-    N = x.shape[0]
+    N = order.shape[0]  # the rows the steps take
     L = layers.shape[0]
     offsets = np.zeros(L + 2, np.int64)  # a[l] starts at offsets[l] * bs
     offsets[1] = layers[0, 1]
@@ -644,16 +644,16 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     the sizes, and the order and label ranges.
     """
     n_in, n_out = prog.check_layer_table(layers, params.size)
-    n = x.shape[0]
-    steps = -(-n // bs) if bs >= 1 else -1
-    rows_ok = x.ndim == 2 and x.shape[1] == n_in and order.shape == (n,) and bs >= 1
+    n, r = x.shape[0], order.shape[0]
+    steps = -(-r // bs) if bs >= 1 else -1
+    rows_ok = x.ndim == 2 and x.shape[1] == n_in and order.ndim == 1 and bs >= 1
     sizes_ok = grads.shape == params.shape and lrs.shape == losses.shape == (steps,) and (
         velocities is None or velocities.shape == params.shape)
     if loss_kind == prog.CROSS_ENTROPY:
         targets_ok = labels.shape == (n,) and (n == 0 or 0 <= labels.min() <= labels.max() < n_out)
     else:
         targets_ok = targets.shape == (n, n_out) and (loss_kind != prog.MNIST_LOSS or n_out == 1)
-    if not (rows_ok and sizes_ok and targets_ok) or (n and not 0 <= order.min() <= order.max() < n):
+    if not (rows_ok and sizes_ok and targets_ok) or (r and not 0 <= order.min() <= order.max() < n):
         raise ValueError("train_epoch: arguments do not fit the program; call it through "
                          "fastsgd.backends.get('numba').train_epoch, which says what is wrong")
     prog.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, velocities,
@@ -661,7 +661,7 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)
-    rows = min(bs, max(n, 1))   # the scratch holds one batch: never more rows than there are
+    rows = min(bs, max(r, 1))   # the scratch holds one batch: never more rows than there are
     with _PARALLEL:
         return _train_epoch(layers, loss_kind, x, targets, labels, order, rows, lrs,
                             np.float32(momentum), np.float32(weight_decay), params, grads,

@@ -195,11 +195,11 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
 
     layers (L, 4) the program (``program.py``), params / grads / velocities (P,)
     the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, T)
-    for mnist_loss and mse, labels (N,) for cross-entropy; order (N,); lrs, losses
-    (steps,).  Per step: gather, forward, loss, backward, one update of the block.
+    for mnist_loss and mse, labels (N,) for cross-entropy; order (R,) rows of x, R
+    of them in the steps; lrs, losses (steps,), steps = ceil(R / bs).  Per step: gather, forward, loss, backward, one update of the block.
     Returns the steps done: all, or s when the loss of step s is not finite.
     """
-    n, dtype = x.shape[0], params.dtype
+    n, dtype = order.shape[0], params.dtype
     views = _layer_views(layers, params, grads)
     first_linear = int(np.flatnonzero(layers[:, prog.KIND] == prog.LINEAR)[0])
     steps = -(-n // bs)

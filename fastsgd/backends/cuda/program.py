@@ -214,7 +214,7 @@ def _train_program_kernel(layers, loss_kind, x, targets, labels, order, bs, lrs,
 
     layers (L, 4) int64, the table of program.py; x (N, I); targets (N, O) float
     (mnist_loss, mse) or (0, 1), labels (N,) int64 (cross_entropy) or (0,);
-    order (N,) the row order; lrs (steps,); params, grads (P,); velocities (P,),
+    order (R,) the rows the steps take; lrs (steps,); params, grads (P,); velocities (P,),
     or (0,) without momentum; acts, deltas (bs * sum of widths,) scratch at
     offsets (L + 2,); losses (steps,) float64, zeroed, filled here.  Stops, every
     thread together, after the first step whose loss is not finite, before its
@@ -222,7 +222,7 @@ def _train_program_kernel(layers, loss_kind, x, targets, labels, order, bs, lrs,
     """
     tid = cuda.grid(1)
     stride = cuda.gridsize(1)
-    N = x.shape[0]
+    N = order.shape[0]  # the rows the steps take
     L = layers.shape[0]
     first = 0  # the first LINEAR: nothing before it needs a gradient
     while layers[first, 0] != LINEAR:
@@ -271,7 +271,7 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     host float64 array, filled from the device at the end (one transfer per
     epoch).  Returns ``steps``, or s when the loss of step s is not finite.
     """
-    offsets = _scratch_offsets(layers, bs)
+    offsets = _scratch_offsets(layers, min(bs, max(order.shape[0], 1)))  # one batch
     acts = cuda.device_array(int(offsets[-1]), np.float32)
     deltas = cuda.device_array(int(offsets[-1]), np.float32)
     device_losses = cuda.to_device(np.zeros(losses.shape[0], np.float64))
