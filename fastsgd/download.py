@@ -277,7 +277,8 @@ def download_mnist(dest=None, base_url=MNIST_URL, timeout=30.0, files=None) -> p
     ``files`` maps file name -> SHA-256, or -> (SHA-256, size in bytes) (default
     ``MNIST_FILES`` with ``MNIST_SIZES``); files already present with the right
     checksum are kept.  A server that sends less than 1 KiB in some ``timeout``-
-    second window, or more bytes than the file has, is given up on.  Any failure
+    second window (``timeout`` up to ``MAX_TIMEOUT``, a day), or more bytes than the
+    file has, is given up on.  Any failure
     raises ``DownloadError`` and leaves no partial file.  Returns the folder.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
