@@ -158,7 +158,7 @@ def _abort_on_uncaught(comm):
 
 
 def _by_rank(values) -> str:
-    """Each distinct value and the ranks that have it, e.g. "None on rank 0, 4 on ranks 1, 2"."""
+    """Each distinct value and the ranks that have it, e.g. "None on rank 0; 4 on ranks 1, 2"."""
     groups: list[tuple[object, list[int]]] = []
     for rank, value in enumerate(values):
         for seen, ranks in groups:
@@ -167,7 +167,7 @@ def _by_rank(values) -> str:
                 break
         else:
             groups.append((value, [rank]))
-    return ", ".join(f"{value} on rank{'s' * (len(ranks) > 1)} "
+    return "; ".join(f"{value} on rank{'s' * (len(ranks) > 1)} "
                      f"{', '.join(map(str, ranks))}" for value, ranks in groups)
 
 

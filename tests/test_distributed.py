@@ -254,7 +254,15 @@ def test_different_settings_on_the_ranks_are_refused():
     results = run_ranks(2, work)
     assert all(isinstance(r, distributed.DistributedError) for r in results), results
     assert str(results[0]) == str(results[1]) == (
-        "ranks disagree on bs: 16 on rank 0, 32 on rank 1; every rank needs the same")
+        "ranks disagree on bs: 16 on rank 0; 32 on rank 1; every rank needs the same")
+
+
+def test_a_setting_that_differs_names_each_value_and_its_ranks():
+    settings = [{"bs": 16, "seed": 0}, {"bs": 16, "seed": 1}, {"bs": 16, "seed": 0}]
+    results = run_ranks(3, lambda dist: dist.check_same(settings[dist.rank]))
+    assert [str(r) for r in results] == ["ranks disagree on seed: 0 on ranks 0, 2; 1 on rank 1; "
+                                         "every rank needs the same"] * 3
+    assert run_ranks(2, lambda dist: dist.check_same({"bs": 16, "seed": 0})) == [None, None]
 
 
 def _fit_on_ranks(sync_every=(None, None), activation=(fs.ReLU, fs.ReLU), epochs=(1, 1),
@@ -274,11 +282,11 @@ def _fit_on_ranks(sync_every=(None, None), activation=(fs.ReLU, fs.ReLU), epochs
 
 
 @pytest.mark.parametrize("change, text", [
-    (dict(sync_every=(None, 4)), "ranks disagree on sync_every: None on rank 0, 4 on rank 1"),
+    (dict(sync_every=(None, 4)), "ranks disagree on sync_every: None on rank 0; 4 on rank 1"),
     (dict(activation=(fs.ReLU, fs.Tanh)), "ranks disagree on model: Sequential( Linear(784, 8), "
-                                          "ReLU(), Linear(8, 10) ) on rank 0, Sequential( "
+                                          "ReLU(), Linear(8, 10) ) on rank 0; Sequential( "
                                           "Linear(784, 8), Tanh(), Linear(8, 10) ) on rank 1"),
-    (dict(epochs=(1, 3)), "ranks disagree on epochs: 1 on rank 0, 3 on rank 1"),
+    (dict(epochs=(1, 3)), "ranks disagree on epochs: 1 on rank 0; 3 on rank 1"),
     (dict(schedule=("constant", "cosine")),
      "ranks disagree on the epoch's learning rates (the schedule): 4 steps at 0.1..0.1"),
 ], ids=["sync_every", "activation", "epochs", "schedule"])
@@ -520,11 +528,11 @@ def _job_each(first, second):
 
 @needs_mpi
 @pytest.mark.parametrize("option, mine, theirs, text", [
-    ("--sync-every", [], ["4"], "--sync-every: None on rank 0, 4 on rank 1"),
-    ("--epochs", ["2"], ["3"], "--epochs: 2 on rank 0, 3 on rank 1"),
-    ("--digits", ["7,3"], ["3,7"], "--digits: [7, 3] on rank 0, [3, 7] on rank 1"),
-    ("--schedule", ["constant"], ["cosine"], "--schedule: constant on rank 0, cosine on rank 1"),
-    ("--activation", ["relu"], ["tanh"], "--activation: relu on rank 0, tanh on rank 1"),
+    ("--sync-every", [], ["4"], "--sync-every: None on rank 0; 4 on rank 1"),
+    ("--epochs", ["2"], ["3"], "--epochs: 2 on rank 0; 3 on rank 1"),
+    ("--digits", ["7,3"], ["3,7"], "--digits: [7, 3] on rank 0; [3, 7] on rank 1"),
+    ("--schedule", ["constant"], ["cosine"], "--schedule: constant on rank 0; cosine on rank 1"),
+    ("--activation", ["relu"], ["tanh"], "--activation: relu on rank 0; tanh on rank 1"),
 ], ids=["sync-every", "epochs", "digits", "schedule", "activation"])
 def test_ranks_started_with_one_option_different_end_the_job(folder, option, mine, theirs, text):
     common = ["--data", str(folder), "--hidden", "16", "--bs", "32", "--no-progress",
