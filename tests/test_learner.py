@@ -91,7 +91,7 @@ def test_sequential_backward_matches_finite_differences():
     dx = model.backward(fs.cross_entropy.backward(model.forward(x), labels)).copy()
     for p in [*model.parameters(), None]:
         target = x if p is None else p.value
-        analytic = dx if p is None else p.grad.copy()
+        analytic = dx if p is None else p.grad_value.copy()
         numeric = np.zeros_like(target)
         for i in range(target.size):
             old = target.flat[i]
