@@ -194,7 +194,11 @@ def test_learner_rejects_bad_input():
     with pytest.raises(ValueError, match="x: empty dataset"):
         fs.DataLoader(x[:0], y[:0])
     with pytest.raises(TypeError, match="loss_func"):
-        fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1), lambda p, t: 0)
+        fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1), "mse")
+    no_tensor = fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1),
+                           lambda p, t: 0, show=False)     # a function on tensors is a loss ...
+    with pytest.raises(TypeError, match="loss_func: expected one value as a Tensor"):
+        no_tensor.fit(1)                                  # ... that must give one
     learn = make_learner("numpy", x, y)
     for bad_epochs in (0, -1, 1.5):
         with pytest.raises(ValueError, match="n_epochs"):
