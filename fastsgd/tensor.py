@@ -141,6 +141,17 @@ def _array(x, dtype=None) -> np.ndarray:
     return a
 
 
+def _host(array, what):
+    """``array`` itself when it is a NumPy array, else TypeError: a parameter moved to a
+    device backend (cuda) by a Learner keeps its arrays there, and tensors compute on the
+    host."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{what}: this parameter's array lives on a device backend "
+                        f"({type(array).__name__}); tensors compute on NumPy arrays (use "
+                        f"grad_value / value with the backend's kernels)")
+    return array
+
+
 def _operand(x):
     """A Python number stays a (weak) scalar; anything else becomes a Tensor."""
     if isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, np.ndarray):
@@ -296,7 +307,18 @@ class Tensor:
         return int(self.item())
 
     def __bool__(self):
+        if self.value.size != 1:
+            raise ValueError(f"the truth of a tensor of shape {self.shape} is ambiguous; use "
+                             f".any() or .all()")
         return bool(self.item())
+
+    def any(self) -> "Tensor":
+        """Whether any element is true (non-zero)."""
+        return Tensor(np.any(self.value))
+
+    def all(self) -> "Tensor":
+        """Whether every element is true (non-zero)."""
+        return Tensor(np.all(self.value))
 
     def __format__(self, spec):
         return format(self.item(), spec) if self.value.size == 1 and spec else repr(self)
@@ -328,7 +350,9 @@ class Tensor:
         Assign None to clear it (``p.grad = None``) or zero it in place with
         ``p.grad.zero_()``.
         """
-        return None if self.grad_value is None else Tensor(self.grad_value)
+        if self.grad_value is None:
+            return None
+        return Tensor(_host(self.grad_value, "grad"))
 
     @grad.setter
     def grad(self, value):
@@ -344,7 +368,7 @@ class Tensor:
     def data(self) -> "Tensor":
         """The same values as a tensor that records nothing: ``p.data -= lr * p.grad``
         updates ``p`` in place, outside the graph."""
-        return Tensor(self.value)
+        return Tensor(_host(self.value, "data"))
 
     @data.setter
     def data(self, new):

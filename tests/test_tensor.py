@@ -337,3 +337,10 @@ def test_comparisons_item_and_repr():
     assert repr(fs.tensor([1.0, 2.0]).requires_grad_()).endswith("requires_grad=True)")
     assert round(fs.stack([fs.tensor(0.5), fs.tensor(1.0)]).mean().item(), 4) == 0.75
     assert f"{fs.tensor(0.123456):.3f}" == "0.123"
+
+
+def test_truth_of_many_values_is_refused():
+    t = fs.tensor([1.0, 0.0])
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(t)
+    assert bool(t.any()) and not bool(t.all()) and bool(fs.tensor(2.0) > 1)
