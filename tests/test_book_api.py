@@ -218,3 +218,17 @@ def test_book_sample_reads_the_images_as_the_book_does(tmp_path):
     assert (t3[0].numpy() == valid_3[0].numpy()).all()
     with pytest.raises(ValueError, match="two digits"):
         book_sample(folder, digits=(1, 2, 3))
+
+
+def test_functional_losses_of_the_pixel_similarity_baseline():
+    F = fs.nn.functional
+    rng = np.random.default_rng(2)
+    a, b = rng.random((28, 28)).astype(np.float32), rng.random((28, 28)).astype(np.float32)
+    assert F.l1_loss(tensor(a), tensor(b)).item() == pytest.approx(np.abs(a - b).mean(), rel=1e-5)
+    assert F.mse_loss(tensor(a), tensor(b)).sqrt().item() == pytest.approx(
+        np.sqrt(((a - b) ** 2).mean()), rel=1e-5)
+    t = tensor(a).requires_grad_()
+    F.mse_loss(t, tensor(b)).backward()
+    np.testing.assert_allclose(t.grad.numpy(), 2 * (a - b) / a.size, rtol=1e-5)
+    stacked = tensor(np.stack([a, b]))
+    assert stacked.mean(0).shape == (28, 28) and (stacked - tensor(a)).abs().mean((-1, -2)).shape == (2,)
