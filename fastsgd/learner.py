@@ -570,7 +570,7 @@ def _autograd_reason(model, loss_func, opt) -> str | None:
                 f"Tanh, or layers with forward and backward on arrays)")
     if not isinstance(loss_func, Loss):
         return (f"the loss {getattr(loss_func, '__name__', loss_func)!r} is a function on tensors, "
-                f"not a fastsgd.Loss (mnist_loss, cross_entropy, mse)")
+                f"not a fastsgd.Loss (fs.mnist_loss, fs.cross_entropy or fs.mse train fused)")
     if not isinstance(opt, SGD):
         return f"the optimiser is a {type(opt).__name__}, not fastsgd.SGD"
     return None
