@@ -147,6 +147,12 @@ class Recorder(Callback):
             self.compile_seconds += self._watch.seconds
             self._watch = None
 
+    @property
+    def values(self) -> list[list[float]]:
+        """fastai's view of ``history``: per epoch ``[train_loss, valid_loss, *metrics]``."""
+        return [[value for key, value in row.items() if key not in ("epoch", "seconds")]
+                for row in self.history]
+
     def plot_loss(self, path):
         """Train/valid loss and the metrics per epoch, as a PNG at ``path`` (needs matplotlib)."""
         from .plots import plot_history

@@ -113,7 +113,7 @@ def snapshot(learn) -> dict:
     to_host = learn.backend.to_numpy
     params = learn.model.parameters()
     return {"values": [to_host(p.value).copy() for p in params],
-            "grads": [None if p.grad is None else to_host(p.grad).copy() for p in params],
+            "grads": [None if p.grad_value is None else to_host(p.grad_value).copy() for p in params],
             "velocities": [None if v is None else to_host(v).copy()
                            for v in learn.opt.velocities()],
             "lr": learn.opt.lr, "rng": learn.dls.train.rng_state, "epoch": learn.epoch,
@@ -127,7 +127,7 @@ def restore_snapshot(learn, saved) -> None:
     for p, value, grad in zip(params, saved["values"], saved["grads"]):
         p.value = learn.backend.asarray(value)
         if grad is not None:
-            p.grad = learn.backend.asarray(grad)
+            p.grad_value = learn.backend.asarray(grad)
     velocities = saved["velocities"]
     if any(v is not None for v in [*velocities, *learn.opt.velocities()]):
         # a velocity not made yet is zero

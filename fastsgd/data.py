@@ -41,7 +41,7 @@ from .files import NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
-           "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
+           "book_sample", "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
            "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
            "EMBEDDED_SHA256", "FASHION_MNIST_CLASSES"]
 
@@ -135,6 +135,46 @@ def load_mnist(path) -> Dataset:
         raise DataError(f"{folder}: train images have {train_x.shape[1]} pixels but "
                         f"t10k images have {valid_x.shape[1]}")
     return Dataset(train_x, train_y, valid_x, valid_y, name=f"mnist ({folder})")
+
+
+def book_sample(path=None, digits=(3, 7)) -> tuple[list, list, list, list]:
+    """The book's MNIST_SAMPLE as its code reads it: the images of two digits as lists of
+    (28, 28) uint8 tensors, ``(train_a, train_b, valid_a, valid_b)`` — what
+    ``[tensor(Image.open(o)) for o in threes]`` gives in chapter 4.
+
+    ``path`` is an MNIST folder (its train and t10k splits), a folder holding only the
+    t10k files (the first 5/6 of each digit's images train, the rest validate), or
+    None for the embedded set.
+    """
+    from .tensor import Tensor
+    if len(_check_digits(digits)) != 2:
+        raise ValueError(f"digits: expected two digits, got {digits!r}")
+    a, b = _check_digits(digits)
+    if path is None:
+        ds = load_embedded()
+        splits = [(ds.train_x, ds.train_y), (ds.valid_x, ds.valid_y)]
+        splits = [(np.rint(x * 255).astype(np.uint8).reshape(-1, 28, 28), y) for x, y in splits]
+    else:
+        folder = pathlib.Path(path)
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in _MNIST_NAMES):
+            names = [(_TRAIN_IMAGES, _TRAIN_LABELS), (_VALID_IMAGES, _VALID_LABELS)]
+            splits = [(read_idx(_find_idx_file(folder, i)), read_idx(_find_idx_file(folder, lb)))
+                      for i, lb in names]
+        else:
+            images = read_idx(_find_idx_file(folder, _VALID_IMAGES))
+            labels = read_idx(_find_idx_file(folder, _VALID_LABELS))
+            splits = [(images, labels), None]
+    out = {}
+    for digit in (a, b):
+        if splits[1] is None:
+            images, labels = splits[0]
+            mine = images[labels == digit]
+            cut = len(mine) * 5 // 6
+            out[digit] = (mine[:cut], mine[cut:])
+        else:
+            out[digit] = tuple(x[y == digit] for x, y in splits)
+    lists = [[Tensor(np.array(img)) for img in out[d][part]] for part in (0, 1) for d in (a, b)]
+    return lists[0], lists[1], lists[2], lists[3]
 
 
 def looks_like_fashion_mnist(path) -> bool:

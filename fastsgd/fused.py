@@ -84,7 +84,7 @@ class LayerProgram:
         backend, params = self.backend, self.model.parameters()
         opt_velocities = self.opt.velocities()
         blocks = []
-        for arrays in ([p.value for p in params], [p.grad for p in params], opt_velocities):
+        for arrays in ([p.value for p in params], [p.grad_value for p in params], opt_velocities):
             host = [np.zeros(p.value.shape, np.float32) if a is None else backend.to_numpy(a)
                     for a, p in zip(arrays, params)]
             blocks.append(backend.asarray(_aligned_concatenate(host)))
@@ -96,7 +96,7 @@ class LayerProgram:
                                for block in blocks))
             offset += size
         for p, (value, grad, _) in zip(params, views):
-            p.value, p.grad = value, grad
+            p.value, p.grad_value = value, grad
         self.opt.set_velocities([velocity for _, _, velocity in views])
         self._views = views
 
@@ -104,7 +104,7 @@ class LayerProgram:
         """Whether the model and optimiser still use this program's blocks (no reload since)."""
         params, velocities = self.model.parameters(), self.opt.velocities()
         return len(params) == len(self._views) and all(
-            p.value is value and p.grad is grad and v is velocity
+            p.value is value and p.grad_value is grad and v is velocity
             for p, v, (value, grad, velocity) in zip(params, velocities, self._views))
 
     def run(self, lrs) -> np.ndarray:

@@ -19,17 +19,24 @@ import numpy as np
 from . import backends
 from .files import BadArchive, NpzArchive, file_errors, open_output
 from .random import global_rng
+from .tensor import Tensor, linear
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
            "save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile"]
 
 
-class Parameter:
-    """A trainable array and its gradient, both of the same shape."""
+class Parameter(Tensor):
+    """A trainable tensor: ``value`` its array, ``grad`` its gradient (``grad_value`` the
+    gradient's array, which the kernels write), ``name`` what it is in its layer.
 
-    def __init__(self, value: np.ndarray, name: str):
-        self.value = value
-        self.grad = np.zeros_like(value)
+    It always requires gradients; its gradient starts as zeros of its shape.
+    """
+
+    def __init__(self, value, name: str = "param"):
+        value = value.value if isinstance(value, Tensor) else np.asarray(value)
+        super().__init__(value)
+        self.requires_grad_()
+        self.grad_value = np.zeros_like(value)
         self.name = name
 
     def __repr__(self):
@@ -37,7 +44,14 @@ class Parameter:
 
 
 class Module:
-    """Base layer: ``forward``, ``backward``, ``parameters`` and ``to(backend)``."""
+    """Base layer: ``forward``, ``backward``, ``parameters`` and ``to(backend)``.
+
+    Called on a ``Tensor``, a layer computes with recorded operations, so that
+    ``loss.backward()`` reaches its parameters; called on an array, it runs
+    ``forward`` on its buffers (the layer path of the Learner).  A subclass of your
+    own defines ``forward`` on tensors; its ``parameters()`` are the Parameters and
+    the parameters of the Modules among its attributes, in the order they were set.
+    """
 
     def __init__(self):
         self.backend = backends.get("numpy")
@@ -45,14 +59,22 @@ class Module:
 
     def parameters(self) -> list[Parameter]:
         """Trainable parameters, in a fixed order."""
-        return []
+        found = []
+        for value in vars(self).values():
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            for item in items:
+                if isinstance(item, Parameter):
+                    found.append(item)
+                elif isinstance(item, Module):
+                    found.extend(item.parameters())
+        return found
 
     def to(self, backend) -> "Module":
         """Compute on ``backend`` (a name or a Backend) from now on; returns self."""
         self.backend = backends.get(backend)
         for p in self.parameters():
             p.value = self.backend.asarray(p.value)
-            p.grad = self.backend.zeros(p.value.shape)
+            p.grad_value = self.backend.zeros(p.value.shape)
         self._buffers.clear()
         return self
 
@@ -69,6 +91,13 @@ class Module:
         return buf
 
     def __call__(self, x):
+        if isinstance(x, Tensor):
+            return self.tensor_forward(x)
+        return self.forward(x)
+
+    def tensor_forward(self, x: Tensor) -> Tensor:
+        """The output for tensor ``x``, recorded for ``backward`` (a layer of your own:
+        its ``forward``)."""
         return self.forward(x)
 
 
@@ -96,8 +125,21 @@ class Linear(Module):
     def parameters(self):
         return [self.w, self.b]
 
+    @property
+    def weight(self) -> Parameter:
+        """PyTorch's name for ``w``; note that fastsgd stores it (in, out)."""
+        return self.w
+
+    @property
+    def bias(self) -> Parameter:
+        """PyTorch's name for ``b``."""
+        return self.b
+
     def config(self):
         return {"type": "Linear", "n_in": self.n_in, "n_out": self.n_out}
+
+    def tensor_forward(self, x):
+        return linear(x, self.w, self.b)
 
     def forward(self, x):
         self._x = x
@@ -106,8 +148,11 @@ class Linear(Module):
 
     def backward(self, dy):
         dx = self._buffer("dx", self._x.shape, dy.dtype) if self.need_input_grad else None
+        for p in (self.w, self.b):
+            if p.grad_value is None:           # cleared with p.grad = None
+                p.grad_value = self.backend.zeros(p.value.shape)
         dx, _, _ = self.backend.linear_backward(self._x, self.w.value, dy, dx=dx,
-                                                dw=self.w.grad, db=self.b.grad,
+                                                dw=self.w.grad_value, db=self.b.grad_value,
                                                 need_dx=self.need_input_grad)
         return dx
 
@@ -132,6 +177,9 @@ class _Elementwise(Module):
     def backward(self, dy):
         return getattr(self.backend, f"{self.kernel}_backward")(
             self._saved, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
+
+    def tensor_forward(self, x):
+        return getattr(x, self.kernel)()
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -212,6 +260,11 @@ class Sequential(Module):
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
+
+    def tensor_forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

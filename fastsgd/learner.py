@@ -4,6 +4,11 @@
     learn = Learner(dls, simple_net(784, 30, 1), mnist_loss, SGD(0.1), [batch_accuracy])
     learn.fit(10)            # prints one row per epoch; history in learn.recorder
 
+    # fastai's call shapes, the book's functions on tensors:
+    learn = Learner(dls, nn.Sequential(nn.Linear(784, 30), nn.ReLU(), nn.Linear(30, 1)),
+                    opt_func=SGD, loss_func=mnist_loss, metrics=batch_accuracy)
+    learn.fit(40, 0.1)       # learn.recorder.values: [train_loss, valid_loss, *metrics]
+
 One step is the book's loop: predict, loss, backward, step.  Around the steps,
 callbacks (``fastsgd.callbacks``) record the history, set the step rates, print
 the table, draw progress bars and may stop the fit.  The Learner never names a
@@ -15,10 +20,12 @@ from here too.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import sys
+import weakref
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -27,10 +34,11 @@ from . import fused as fused_path
 from .callbacks import (MAX_LR, Callback, CancelEpochException, CancelFitException, EpochTable,
                         LRFinder, LRSchedule, ProgressCallback, Recorder, metric_name)
 from .checkpoint import CHECKPOINT_FORMAT
-from .layers import Module
+from .layers import Linear, Module, Sequential
 from .loaders import DataLoader, DataLoaders, generator_from_state
 from .losses import Loss
 from .optim import SGD
+from .tensor import Tensor, no_grad, use_backend
 
 __all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged",
            "DIVERGED_LOSS_FACTOR", "CHECKPOINT_FORMAT", "generator_from_state"]
@@ -75,27 +83,53 @@ class Learner:
     run layer by layer.  ``distributed`` (a ``fastsgd.MPI``) trains data-parallel
     over MPI ranks (see ``fastsgd.distributed``).
 
+    fastai's call shapes: ``opt_func(params, lr)`` makes the optimiser (``SGD``, or
+    one of your own with ``step()`` and ``zero_grad()``) at rate ``lr``; ``metrics``
+    is one function or several, each ``metric(preds, targets)`` on tensors (the
+    targets as the DataLoader holds them) or ``metric(preds, targets, backend)`` on
+    arrays (fastsgd's own).  A model of fastsgd's layers, one of its losses and
+    ``SGD`` train on the kernels (fused when they can); anything else — the book's
+    own ``mnist_loss``, a ``Module`` of your own, ``BasicOptim`` — trains through
+    autograd on tensors, and ``learn.fused`` says why.  The Learner works on its own
+    copies of what it must convert: the caller's DataLoaders and arrays are never
+    changed.
+
     Threads: different Learners (and any kernels) may run in different threads at
     once — each keeps its own buffers and the NaN-check switch is per thread.  One
     Learner is not to be used from two threads at once: it owns its model's
     buffers, its DataLoaders' shuffling state and its history.
     """
 
-    def __init__(self, dls: DataLoaders, model: Module, loss_func: Loss, opt: SGD | None = None,
-                 metrics: Sequence[Callable] = (), backend=None, show: bool = True,
+    def __init__(self, dls: DataLoaders, model, loss_func=None, opt=None,
+                 metrics=(), backend=None, show: bool = True,
                  progress: bool | None = None, fused: bool = True, cbs: Sequence[Callback] = (),
-                 distributed=None):
-        if not isinstance(model, Module):
-            raise TypeError(f"model: expected a fastsgd layer or Sequential, got {type(model).__name__}")
-        if not isinstance(loss_func, Loss):
-            raise TypeError("loss_func: expected a fastsgd.Loss (fastsgd.mnist_loss, cross_entropy, "
-                            f"mse or one built from two kernels), got {loss_func!r}")
-        if opt is not None and not isinstance(opt, SGD):
-            raise TypeError(f"opt: expected a fastsgd.SGD, got {type(opt).__name__}")
-        self.dls, self.model, self.loss_func = dls, model, loss_func
-        self.opt = opt or SGD()
-        self.metrics = list(metrics)
+                 distributed=None, *, opt_func=None, lr: float = 1e-3):
+        if opt is SGD or (opt_func is not None and opt is not None):
+            if opt is not SGD:
+                raise TypeError("opt, opt_func: give an optimiser or a function making one, "
+                                "not both")
+            opt, opt_func = None, SGD
+        if loss_func is None or not callable(loss_func):
+            raise TypeError(f"loss_func: expected a fastsgd.Loss (mnist_loss, cross_entropy, mse) "
+                            f"or a function loss(preds, targets) on tensors, got {loss_func!r}")
+        self.metrics = _checked_metrics(metrics)
+        if opt_func is not None:
+            if not callable(opt_func):
+                raise TypeError(f"opt_func: expected a function opt_func(params, lr), such as "
+                                f"fastsgd.SGD, got {opt_func!r}")
+            if not callable(getattr(model, "parameters", None)):
+                raise TypeError(f"model: opt_func needs a model with .parameters(), got "
+                                f"{type(model).__name__}")
+            opt = opt_func(list(model.parameters()), lr)
+        elif opt is None:
+            opt = SGD()
         self.backend = backends.get(backend)
+        self._autograd = _autograd_reason(model, loss_func, opt)
+        if self._autograd is None and isinstance(model, Linear):
+            model = Sequential(model)         # a lone layer, nn.Linear(28*28, 1)
+        elif self._autograd is not None:
+            _check_for_autograd(model, loss_func, opt)
+        self.dls, self.model, self.loss_func, self.opt = dls, model, loss_func, opt
         self.show = show
         self.fused = fused
         self.progress = sys.stdout.isatty() if progress is None else progress
@@ -104,24 +138,57 @@ class Learner:
         self.epoch, self.n_epochs, self.last_row = 0, 0, None
         self._running: list[Callback] | None = None   # the callbacks of the fit in progress
         self._dpreds_buf = None
-        self.model.to(self.backend)
-        self.opt.bind(self.model.parameters(), self.backend)
+        if self._autograd is None:
+            self.model.to(self.backend)
+            self.opt.bind(self.model.parameters(), self.backend)
         self._check_data()
         self.distributed = distributed
         if distributed is not None:
+            if self._autograd is not None:
+                raise ValueError(f"distributed: runs on the kernel path, and this Learner trains "
+                                 f"through autograd: {self._autograd}")
             distributed.bind(self)
 
     def _check_data(self):
-        n_in, n_out = self.model.n_in, self.model.n_out
+        """Give the Learner its own DataLoaders over the data as the steps need them; the
+        caller's DataLoaders and arrays are left as they were."""
+        if not isinstance(self.dls, DataLoaders):
+            raise TypeError(f"dls: expected fastsgd.DataLoaders(train_dl, valid_dl), got "
+                            f"{type(self.dls).__name__}")
+        own = []
         for part, dl in (("train", self.dls.train), ("valid", self.dls.valid)):
-            if dl.x.shape[1] != n_in:
-                raise ValueError(f"dls.{part}: x has {dl.x.shape[1]} features but the model "
-                                 f"expects {n_in}")
-            if self.loss_func.targets == "binary" and n_out != 1:
-                raise ValueError(f"loss_func: {self.loss_func!r} needs a model with one output, "
-                                 f"this one has {n_out}")
-            dl.y = self.loss_func.prepare_targets(self.backend.to_numpy(dl.y), n_out)
-            dl.to(self.backend)
+            if getattr(dl, "y", None) is None:
+                raise ValueError(f"dls.{part}: expected a DataLoader of (x, y) pairs")
+            y_raw = self.backend.to_numpy(dl.y) if self._autograd is None else np.asarray(dl.y)
+            if self._autograd is not None:
+                x = np.asarray(self.backend.to_numpy(dl.x))
+                clone = dl.with_arrays(x, y_raw)
+            else:
+                clone = dl.with_arrays(*self._kernel_arrays(part, dl, y_raw))
+                clone.to(self.backend)
+            clone.y_raw = y_raw
+            own.append(clone)
+        self.dls = DataLoaders(*own)
+
+    def _kernel_arrays(self, part, dl, y_raw):
+        """x (N, F) float32 and the loss's targets for the kernel path, checked."""
+        n_in, n_out = self.model.n_in, self.model.n_out
+        x = dl.x
+        if dl.tensors or x.dtype != np.float32 or x.ndim != 2:
+            x = np.asarray(x)
+            if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+                raise ValueError(f"dls.{part}: x must be numbers of shape (N, {n_in}), "
+                                 f"got {x.dtype} of shape {x.shape}")
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if not np.isfinite(x).all():
+                raise ValueError(f"dls.{part}: x contains NaN or Inf; expected finite values")
+        if x.shape[1] != n_in:
+            raise ValueError(f"dls.{part}: x has {x.shape[1]} features but the model "
+                             f"expects {n_in}")
+        if self.loss_func.targets == "binary" and n_out != 1:
+            raise ValueError(f"loss_func: {self.loss_func!r} needs a model with one output, "
+                             f"this one has {n_out}")
+        return x, self.loss_func.prepare_targets(y_raw, n_out)
 
     # ------------------------------------------------------------ training
     @property
@@ -130,6 +197,8 @@ class Learner:
 
         During a fit, the callbacks of that fit count too.
         """
+        if self._autograd is not None:
+            return f"{self._autograd}: it trains through autograd"
         if not self._fused_wanted:
             return "turned off"
         for cb in (self._running if self._running is not None else self.cbs):
@@ -199,6 +268,8 @@ class Learner:
             self.callback("before_epoch")
             if program is not None:
                 train_loss = self._train_epoch_fused(program)
+            elif self._autograd is not None:
+                train_loss = self._train_epoch_autograd()
             else:
                 train_loss = self._train_epoch()
             self.last_row = {"epoch": self.epoch, "train_loss": train_loss, **self.validate()}
@@ -236,6 +307,33 @@ class Learner:
             self.callback("after_batch")
         return total / count
 
+    def _train_epoch_autograd(self) -> float:
+        """One epoch through autograd: the book's ``calc_grad``, ``opt.step()`` and
+        ``opt.zero_grad()`` on tensors; after_batch after each step."""
+        total, count = 0.0, 0
+        sgd = isinstance(self.opt, SGD)
+        with use_backend(self.backend):
+            for self.iter, ((xb, yb), lr) in enumerate(zip(self.dl, self._rates())):
+                self.xb, self.yb = Tensor(xb), Tensor(yb)
+                self.preds = self.model(self.xb)
+                loss = self.loss_func(self.preds, self.yb)
+                if not isinstance(loss, Tensor) or loss.value.size != 1:
+                    raise TypeError(f"loss_func: expected one value as a Tensor, got {loss!r:.80}")
+                self.loss = float(loss.item())
+                self._check_loss(self.loss)
+                loss.backward()
+                if sgd:
+                    self.opt.step(float(lr))
+                else:
+                    self.opt.lr = float(lr)
+                    self.opt.step()
+                self.opt.zero_grad()
+                total += self.loss * len(xb)
+                count += len(xb)
+                self.step_losses.append(self.loss)
+                self.callback("after_batch")
+        return total / count
+
     def _train_epoch_fused(self, program) -> float:
         """One epoch in one compiled call; the steps' losses are checked afterwards."""
         dl = self.dls.train
@@ -249,6 +347,8 @@ class Learner:
 
     def _rates(self) -> np.ndarray:
         """This epoch's step rates: ``lrs`` as a callback set it, else ``opt.lr`` throughout."""
+        if self.lrs is None and not isinstance(getattr(self.opt, "lr", None), (int, float)):
+            raise TypeError(f"opt: {type(self.opt).__name__} has no number lr; give fit an lr")
         if self.lrs is None:
             self.lrs = np.full(len(self.dls.train), self.opt.lr)
         return self.lrs
@@ -259,9 +359,11 @@ class Learner:
 
     def _check_diverged(self, row):
         """After an epoch: parameters and validation results finite, the loss not exploding."""
-        for p in self.model.parameters():
-            if not self.backend.arrays.all_finite(p.value):
-                self._diverged(f"parameter {p.name} holds NaN or Inf")
+        for i, p in enumerate(self.model.parameters()):
+            finite = np.isfinite(p.value).all() if self._autograd is not None else \
+                self.backend.arrays.all_finite(p.value)
+            if not finite:
+                self._diverged(f"parameter {getattr(p, 'name', i)} holds NaN or Inf")
         for key, value in row.items():
             if key != "epoch" and not math.isfinite(value):
                 self._diverged(f"{key} is {value}")
@@ -305,6 +407,7 @@ class Learner:
             raise ValueError(f"end_lr: expected a rate above start_lr={start_lr}, got {end_lr}")
         if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)) or num_it < 2:
             raise ValueError(f"num_it: expected an integer >= 2, got {num_it!r}")
+        self._needs_kernel_path("lr_find")
         finder = LRFinder(start_lr, end_lr, int(num_it), stop_div)
         saved = checkpoint.snapshot(self)
         try:
@@ -324,19 +427,50 @@ class Learner:
         """
         if dl is None and self.distributed is not None:
             return self.distributed.validate(self)
-        dl = dl or self.dls.valid
+        if dl is None:
+            dl = self.dls.valid
+        elif isinstance(dl, DataLoader) and not hasattr(dl, "y_raw"):
+            dl = self._own_valid(dl)
+        y_raw = getattr(dl, "y_raw", None)
+        if y_raw is None:              # rows this Learner prepared (a rank's share of them)
+            y_raw = self.backend.to_numpy(dl.y)
         sums = {"valid_loss": 0.0, **{metric_name(m): 0.0 for m in self.metrics}}
+        on_arrays = [self._autograd is None and _takes_backend(m) for m in self.metrics]
         finite = True
-        with backends.skip_value_checks():
-            for xb, yb in dl:
-                preds = self.model.forward(xb)
-                finite = finite and self.backend.arrays.all_finite(preds)
-                sums["valid_loss"] += self.loss_func(preds, yb, self.backend) * len(xb)
-                for m in self.metrics:
-                    sums[metric_name(m)] += m(preds, yb, self.backend) * len(xb)
+        with backends.skip_value_checks(), no_grad(), use_backend(self.backend):
+            for start in range(0, dl.n, dl.bs):
+                rows = slice(start, start + dl.bs)
+                xb, yb, n = dl.x[rows], dl.y[rows], len(dl.x[rows])
+                if self._autograd is not None:
+                    preds = self.model(Tensor(xb))
+                    yb = Tensor(yb)
+                    finite = finite and bool(np.isfinite(preds.value).all())
+                    sums["valid_loss"] += float(self.loss_func(preds, yb)) * n
+                else:
+                    preds = self.model.forward(xb)
+                    finite = finite and self.backend.arrays.all_finite(preds)
+                    sums["valid_loss"] += self.loss_func(preds, yb, self.backend) * n
+                for m, arrays in zip(self.metrics, on_arrays):
+                    if arrays:
+                        value = m(preds, yb, self.backend)
+                    else:
+                        if not isinstance(preds, Tensor):
+                            preds = Tensor(self.backend.to_numpy(preds))
+                        value = m(preds, Tensor(y_raw[rows]))
+                    sums[metric_name(m)] += float(value) * n
         if not finite:  # a bounded loss (mnist_loss) can hide outputs gone to +-inf or NaN
             sums["valid_loss"] = math.nan
         return {k: v / dl.n for k, v in sums.items()}
+
+    def _own_valid(self, dl):
+        """The Learner's own copy of a DataLoader given to ``validate``."""
+        y_raw = np.asarray(self.backend.to_numpy(dl.y))
+        if self._autograd is not None:
+            clone = dl.with_arrays(np.asarray(dl.x), y_raw)
+        else:
+            clone = dl.with_arrays(*self._kernel_arrays("valid", dl, y_raw)).to(self.backend)
+        clone.y_raw = y_raw
+        return clone
 
     # ---------------------------------------------------------- predictions
     @property
@@ -350,6 +484,7 @@ class Learner:
         targets) for a binary model, ``0 .. outputs-1`` for class scores, None for
         regression.  Saved and restored by ``save``/``load``.
         """
+        self._needs_kernel_path("classes")
         classes = self.__dict__.get("_classes")
         if classes is None:
             return inference.default_classes(self.loss_func.targets, self.model.n_out)
@@ -368,6 +503,7 @@ class Learner:
         (MNIST pixels in [0, 1]); integer arrays such as uint8 pixels are refused
         with the advice to divide by 255.  One sample or image gives N = 1.
         """
+        self._needs_kernel_path("predict")
         return inference.raw_outputs(self.model, inference.as_inputs(x, self.model.n_in), bs)
 
     def predict_proba(self, x, bs: int = 1024) -> np.ndarray:
@@ -399,6 +535,7 @@ class Learner:
         caller's, such as the command line's options and schedule name).
         ``fastsgd.load_model`` reads either kind as a model.
         """
+        self._needs_kernel_path("save")
         return checkpoint.save(self, path, with_opt, settings)
 
     def load(self, path) -> "Learner":
@@ -410,8 +547,16 @@ class Learner:
         momentum restarts from zero.  The whole file is checked first: on any
         error nothing changes — weights, optimiser, history, shuffling or classes.
         """
+        self._needs_kernel_path("load")
         checkpoint.load(self, path)
         return self
+
+    def _needs_kernel_path(self, what):
+        """``what`` is done by the kernel path's model, loss and SGD: refused otherwise."""
+        if self._autograd is not None:
+            raise ValueError(f"{what}: needs a Learner of fastsgd's layers, one of its losses "
+                             f"and fastsgd.SGD; this one trains through autograd because "
+                             f"{self._autograd}")
 
 
 def _checked_callbacks(cbs, where) -> list[Callback]:
@@ -421,3 +566,97 @@ def _checked_callbacks(cbs, where) -> list[Callback]:
         if not isinstance(cb, Callback):
             raise TypeError(f"{where}: expected fastsgd.Callback objects, got {cb!r}")
     return cbs
+
+
+def _runs_on_arrays(model) -> bool:
+    """Whether ``model`` runs on the kernel path's arrays: fastsgd's layers, or layers of
+    one's own with ``forward`` and ``backward`` on arrays, alone or in a Sequential."""
+    if isinstance(model, Sequential):
+        return all(_runs_on_arrays(layer) for layer in model.layers) and any(
+            isinstance(layer, Linear) for layer in model.layers)
+    return isinstance(model, Module) and callable(getattr(model, "backward", None))
+
+
+def _autograd_reason(model, loss_func, opt) -> str | None:
+    """Why these train through autograd rather than on the kernel path, or None."""
+    if not _runs_on_arrays(model):
+        what = getattr(model, "__name__", type(model).__name__)
+        return (f"the model {what} is not made of fastsgd's layers (Linear, ReLU, Sigmoid, "
+                f"Tanh, or layers with forward and backward on arrays)")
+    if not isinstance(loss_func, Loss):
+        return (f"the loss {getattr(loss_func, '__name__', loss_func)!r} is a function on tensors, "
+                f"not a fastsgd.Loss (fs.mnist_loss, fs.cross_entropy or fs.mse train fused)")
+    if not isinstance(opt, SGD):
+        return f"the optimiser is a {type(opt).__name__}, not fastsgd.SGD"
+    return None
+
+
+def _check_for_autograd(model, loss_func, opt):
+    """What training through autograd needs: a callable model with tensor parameters, a
+    loss of two arguments, an optimiser with step() and zero_grad()."""
+    if not callable(model) or not callable(getattr(model, "parameters", None)):
+        raise TypeError(f"model: expected a fastsgd.Module (nn.Linear, nn.Sequential or a "
+                        f"Module of your own) with .parameters(), got {type(model).__name__}")
+    for p in model.parameters():
+        if not isinstance(p, Tensor):
+            raise TypeError(f"model: parameters() must give tensors, got a {type(p).__name__}")
+    if not isinstance(loss_func, Loss):
+        _check_arity(loss_func, "loss_func", "loss_func(preds, targets)")
+    for name in ("step", "zero_grad"):
+        if not callable(getattr(opt, name, None)):
+            raise TypeError(f"opt: expected an optimiser with step() and zero_grad(), "
+                            f"{type(opt).__name__} has no {name}()")
+
+
+def _checked_metrics(metrics) -> list:
+    """``metrics`` (one function or several) as a list, each callable as ``m(preds, targets)``
+    or, fastsgd's own protocol, ``m(preds, targets, backend)``."""
+    if metrics is None:
+        return []
+    metrics = [metrics] if callable(metrics) else list(metrics)
+    for m in metrics:
+        if not callable(m):
+            raise TypeError(f"metrics: expected functions metric(preds, targets), got {m!r}")
+        if not _takes_backend(m):
+            _check_arity(m, "metrics", "metric(preds, targets)")
+    return metrics
+
+
+def _takes_backend(metric) -> bool:
+    """Whether ``metric`` takes a third argument, the backend: fastsgd's metrics
+    (``batch_accuracy``) are called on arrays with the Learner's kernels, the others on
+    tensors as ``metric(preds, targets)``.  Remembered per function: validation asks
+    every epoch."""
+    try:
+        return _TAKES_BACKEND[metric]
+    except (KeyError, TypeError):
+        pass
+    try:
+        inspect.signature(metric).bind(None, None, None)
+        takes = True
+    except TypeError:
+        takes = False
+    except ValueError:          # no signature to read: the earlier protocol
+        takes = True
+    try:
+        _TAKES_BACKEND[metric] = takes
+    except TypeError:           # neither hashable nor weakly referable: asked again next time
+        pass
+    return takes
+
+
+_TAKES_BACKEND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_arity(fn, where, call):
+    """``fn`` can be called with two positional arguments, or TypeError before any training."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return                                   # a builtin: its call will tell
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(fn, "__name__", repr(fn))
+        raise TypeError(f"{where}: {name}{signature} cannot be called as {call}; it must take "
+                        f"two arguments") from None

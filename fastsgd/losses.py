@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
+from .tensor import Tensor, kernels_for, recorded
 
 __all__ = ["Loss", "mnist_loss", "cross_entropy", "mse", "batch_accuracy"]
 
@@ -67,12 +68,34 @@ class Loss:
     def __repr__(self):
         return self.__name__
 
-    def __call__(self, preds, targets, backend=None) -> float:
-        """The mean loss over the batch."""
+    def __call__(self, preds, targets, backend=None):
+        """The mean loss over the batch: a float for arrays, a one-value Tensor (whose
+        ``backward`` runs this loss's backward kernel) when preds is a Tensor."""
+        if isinstance(preds, Tensor):
+            return self._on_tensors(preds, targets)
         kernels = backends.get(backend or "numpy")
         if callable(self._forward):
             return float(self._forward(kernels, preds, targets))
         return getattr(kernels, self._forward)(preds, targets)
+
+    def _on_tensors(self, preds, targets):
+        """The loss of tensor ``preds`` as a recorded operation, on the tensors' backend."""
+        values = np.ascontiguousarray(preds.value)
+        if values.dtype.kind != "f":
+            raise TypeError(f"preds: expected floats, got {values.dtype}")
+        n_out = values.shape[1] if values.ndim == 2 else None
+        t = self.prepare_targets(np.asarray(targets), n_out)
+        if self.targets != "labels":
+            t = t.astype(values.dtype, copy=False)
+        kernels = kernels_for(values)
+        with backends.skip_value_checks():
+            loss = self(values, t, kernels)
+
+        def backward(g):
+            with backends.skip_value_checks():
+                return (self.backward(values, t, kernels) * g,)
+        return recorded(np.asarray(loss, values.dtype), (preds,), backward,
+                                   self.__name__)
 
     def backward(self, preds, targets, backend=None, out=None):
         """dL/dpreds, shaped like preds (written into ``out`` when given)."""
@@ -121,9 +144,16 @@ cross_entropy = Loss("cross_entropy", np.int64, "cross_entropy_forward", "cross_
 mse = Loss("mse", np.float32, "mse_forward", "mse_backward")
 
 
-def batch_accuracy(preds, targets, backend=None) -> float:
+def batch_accuracy(preds, targets, backend=None):
     """Accuracy of a batch: ``sigmoid(p) > 0.5`` vs 0/1 targets for one output,
-    ``argmax`` vs integer labels for several."""
+    ``argmax`` vs integer labels for several.  A float for arrays; a one-value
+    Tensor for tensors (targets then (B,) or (B, 1), of any number type)."""
+    if isinstance(preds, Tensor):
+        values = np.ascontiguousarray(preds.value)
+        one = values.ndim == 1 or values.shape[1] == 1
+        t = np.ascontiguousarray(np.asarray(targets).reshape(-1),
+                                 dtype=values.dtype if one else np.int64)
+        return Tensor(np.float32(batch_accuracy(values, t, kernels_for(values))))
     kernels = backends.get(backend or "numpy")
     if preds.ndim == 1 or preds.shape[1] == 1:
         return kernels.binary_accuracy(preds, targets)

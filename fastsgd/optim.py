@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import backends
 
@@ -11,22 +12,46 @@ __all__ = ["SGD", "constant_lr", "cosine_lr", "SCHEDULES"]
 class SGD:
     """Stochastic gradient descent, PyTorch semantics.
 
+    ``SGD(params, lr)`` (the book's and PyTorch's call) optimises the tensors
+    ``params`` — ``model.parameters()`` or tensors of your own that require
+    gradients — at rate ``lr``; ``SGD(lr=0.1, momentum=0.9)``, with no parameters,
+    is bound to a model by the Learner.  A number in first place is the rate:
+    ``SGD(0.1, momentum=0.9)``.
+
     Each ``step()``: ``g = grad + weight_decay * w``; with momentum,
     ``v = momentum * v + g`` and ``g = v``; then ``w -= lr * g`` — one
-    ``sgd_update`` kernel call per parameter, in place.
+    ``sgd_update`` kernel call per parameter, in place; a parameter whose grad is
+    None is left alone.  ``zero_grad()`` sets every gradient to zero in place.
     """
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, *args, lr=None, momentum=None, weight_decay=None):
+        params = None
+        if args and not _is_number(args[0]):
+            params, *args = args
+        if len(args) > 3:
+            raise TypeError(f"SGD: expected at most params, lr, momentum and weight_decay, "
+                            f"got {len(args) + (params is not None)} positional arguments")
+        given = dict(zip(("lr", "momentum", "weight_decay"), args))
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if value is not None:
+                if name in given:
+                    raise TypeError(f"SGD: got two values for {name}")
+                given[name] = value
+        lr, momentum = given.get("lr", 0.1), given.get("momentum", 0.0)
+        weight_decay = given.get("weight_decay", 0.0)
         for name, value, high in (("lr", lr, None), ("momentum", momentum, 1.0),
                                   ("weight_decay", weight_decay, None)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            if not _is_number(value) or not math.isfinite(value) \
                     or value < 0 or (high is not None and value > high):
                 bound = f"[0, {high}]" if high is not None else ">= 0"
                 raise ValueError(f"SGD: {name} must be a finite number {bound}, got {value!r}")
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.params = []
-        self.backend = backends.get("numpy")
+        self.backend = None        # None: the backend tensor operations use at each step
         self._velocity = []
+        if params is not None:
+            self.params = _checked_params(params)
+            self._velocity = [None] * len(self.params)
 
     def bind(self, params, backend) -> "SGD":
         """Optimise ``params`` (a list of Parameter) with ``backend``'s kernels; velocities restart at 0."""
@@ -59,12 +84,48 @@ class SGD:
         """Update every parameter in place from its ``grad``."""
         lr = self.lr if lr is None else lr
         for i, (p, v) in enumerate(zip(self.params, self._velocity)):
-            if v is None and self.momentum:  # momentum switched on after bind
-                v = self._velocity[i] = self.backend.zeros(p.value.shape)
-            self.backend.sgd_update(p.value, p.grad, lr, self.momentum, self.weight_decay, v)
+            if p.grad_value is None:
+                continue
+            kernels = self.backend or _tensor_kernels(p.value)
+            if v is None and self.momentum:  # momentum switched on after bind, or first step
+                v = self._velocity[i] = kernels.zeros(p.value.shape, p.value.dtype)
+            kernels.sgd_update(p.value, p.grad_value, lr, self.momentum, self.weight_decay, v)
+
+    def zero_grad(self):
+        """Set every parameter's gradient to zero, in place."""
+        for p in self.params:
+            if p.grad_value is not None:
+                p.grad_value[...] = 0
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay})"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _checked_params(params) -> list:
+    """``params`` as a list of tensors, or TypeError saying what was given."""
+    from .tensor import Tensor
+    if isinstance(params, Tensor):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params: expected tensors (model.parameters()), got {params!r}") from None
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params: item {i} is a {type(p).__name__}, expected a tensor")
+    return params
+
+
+def _tensor_kernels(array):
+    """The backend tensor operations use, when it computes in ``array``'s dtype, else the
+    NumPy reference."""
+    from .tensor import current_backend
+    chosen = current_backend()
+    return chosen if array.dtype in chosen.dtypes else backends.get("numpy")
 
 
 def constant_lr(progress: float) -> float:

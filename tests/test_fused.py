@@ -189,7 +189,7 @@ def test_the_fused_blocks_start_on_a_cache_line(backend):
     learn, _ = train(backend, lambda: fs.simple_net(20, 16, 3), fs.cross_entropy, x, y,
                      fused=True, epochs=1, momentum=0.9)
     weight, bias = learn.model.parameters()[:2]
-    for array in (weight.value, weight.grad):  # the first layer's views open each block
+    for array in (weight.value, weight.grad_value):  # the first layer's views open each block
         assert array.ctypes.data % 64 == 0
     # the views are the blocks the compiled epoch updated: a fit moves the weights
     before = weight.value.copy()

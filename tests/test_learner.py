@@ -91,7 +91,7 @@ def test_sequential_backward_matches_finite_differences():
     dx = model.backward(fs.cross_entropy.backward(model.forward(x), labels)).copy()
     for p in [*model.parameters(), None]:
         target = x if p is None else p.value
-        analytic = dx if p is None else p.grad.copy()
+        analytic = dx if p is None else p.grad_value.copy()
         numeric = np.zeros_like(target)
         for i in range(target.size):
             old = target.flat[i]
@@ -194,7 +194,11 @@ def test_learner_rejects_bad_input():
     with pytest.raises(ValueError, match="x: empty dataset"):
         fs.DataLoader(x[:0], y[:0])
     with pytest.raises(TypeError, match="loss_func"):
-        fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1), lambda p, t: 0)
+        fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1), "mse")
+    no_tensor = fs.Learner(fs.DataLoaders.from_arrays(x, y, x, y), fs.simple_net(20, 4, 1),
+                           lambda p, t: 0, show=False)     # a function on tensors is a loss ...
+    with pytest.raises(TypeError, match="loss_func: expected one value as a Tensor"):
+        no_tensor.fit(1)                                  # ... that must give one
     learn = make_learner("numpy", x, y)
     for bad_epochs in (0, -1, 1.5):
         with pytest.raises(ValueError, match="n_epochs"):

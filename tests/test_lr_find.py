@@ -32,7 +32,7 @@ def state(learn):
     """Everything lr_find must leave as it found it, as host copies."""
     host = learn.backend.to_numpy
     return {"values": [host(p.value).copy() for p in learn.model.parameters()],
-            "grads": [None if p.grad is None else host(p.grad).copy()
+            "grads": [None if p.grad_value is None else host(p.grad_value).copy()
                       for p in learn.model.parameters()],
             "velocities": [None if v is None else host(v).copy() for v in learn.opt.velocities()],
             "lr": learn.opt.lr, "rng": learn.dls.train.rng_state, "epoch": learn.epoch,

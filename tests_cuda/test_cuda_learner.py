@@ -55,7 +55,7 @@ def test_fit_matches_the_numpy_backend(cu, loss):
     on_cpu, cpu_history = fit("numpy", loss_func, n, features, hidden, outputs, bs, epochs, targets)
 
     for p in on_gpu.model.parameters():
-        assert cuda_backend.is_device_array(p.value) and cuda_backend.is_device_array(p.grad)
+        assert cuda_backend.is_device_array(p.value) and cuda_backend.is_device_array(p.grad_value)
     for p_gpu, p_cpu in zip(on_gpu.model.parameters(), on_cpu.model.parameters()):
         np.testing.assert_allclose(on_gpu.backend.to_numpy(p_gpu.value), p_cpu.value,
                                    rtol=1e-3, atol=1e-4, err_msg=p_gpu.name)
@@ -125,7 +125,7 @@ def test_a_deeper_model_trains_fused_and_matches_the_numpy_backend(cu, loss):
     on_cpu, w_cpu, h_cpu = fit_program("numpy", "deep", loss, fused=True, seed=2)
     assert on_gpu.fused is True and on_cpu.fused is True
     for p in on_gpu.model.parameters():  # views into the program's device blocks
-        assert cuda_backend.is_device_array(p.value) and cuda_backend.is_device_array(p.grad)
+        assert cuda_backend.is_device_array(p.value) and cuda_backend.is_device_array(p.grad_value)
     for a, b in zip(w_gpu, w_cpu):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(on_gpu.recorder.losses, on_cpu.recorder.losses, rtol=1e-4, atol=1e-5)
