@@ -572,8 +572,7 @@ def _runs_on_arrays(model) -> bool:
     """Whether ``model`` runs on the kernel path's arrays: fastsgd's layers, or layers of
     one's own with ``forward`` and ``backward`` on arrays, alone or in a Sequential."""
     if isinstance(model, Sequential):
-        return all(_runs_on_arrays(layer) for layer in model.layers) and any(
-            isinstance(layer, Linear) for layer in model.layers)
+        return all(_runs_on_arrays(layer) for layer in model.layers)
     return isinstance(model, Module) and callable(getattr(model, "backward", None))
 
 
