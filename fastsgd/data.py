@@ -37,7 +37,7 @@ import numpy as np
 
 from .backends.arrays import host_all_finite
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
-from .files import NpzArchive, open_output
+from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
@@ -164,7 +164,7 @@ def load_images(path) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (OSError, *NPY_HEADER_ERRORS) as e:
         raise DataError(f"{path}: not a .npy array ({_first_line(e)})") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: expected one .npy array, got {type(array).__name__}")
@@ -293,7 +293,7 @@ def _read_cache(file: pathlib.Path):
             if not ok:
                 return None
             x, y = npz.read("x"), npz.read("y")
-    except (OSError, ValueError):
+    except Exception:          # any unreadable cache is rebuilt, whatever the reason
         return None
     return (x, y) if y.max() <= 9 else None
 

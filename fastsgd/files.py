@@ -28,6 +28,7 @@ import stat
 import struct
 import sys
 import threading
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -285,10 +286,12 @@ class ArrayHeader:
         return self.size * self.dtype.itemsize
 
 
-# What zipfile and numpy raise on malformed archives, members and headers.
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error,
-                   zlib.error, NotImplementedError, RuntimeError, OverflowError, KeyError,
-                   IndexError, TypeError)
+# What zipfile and numpy raise on malformed archives, members and headers (numpy parses
+# an .npy header as a Python literal: a flipped bit there is a SyntaxError or TokenError).
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, EOFError, KeyError,
+                     IndexError, TypeError, OverflowError, RecursionError)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, zlib.error,
+                   NotImplementedError, RuntimeError, *NPY_HEADER_ERRORS)
 
 
 class NpzArchive:

@@ -266,7 +266,7 @@ def test_ctrl_c_right_after_saving_is_an_interrupt(tmp_path, digits_folder, caps
     monkeypatch.setattr(files.os, "replace", interrupted)
     assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(out)]) == 130
     monkeypatch.setattr(files.os, "replace", real_replace)
-    assert capsys.readouterr().err.strip() == "fastsgd: interrupted"
+    assert capsys.readouterr().err.strip() == "fastsgd train: interrupted"
     assert fs.load_model(out).config()["layers"][0]["n_in"] == 784 and leftovers(tmp_path) == []
 
 
@@ -279,7 +279,7 @@ def test_memory_error_is_one_line(tmp_path, digits_folder, capsys, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", no_memory)
     assert main(["train", "--data", str(digits_folder), *FAST]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastsgd: error: out of memory") and "1.49 GiB" in err
+    assert err.startswith("fastsgd train: error: out of memory") and "1.49 GiB" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 

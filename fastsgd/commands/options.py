@@ -24,7 +24,12 @@ CLASS_NAMES = ("auto", "labels", "fashion")
 
 
 class UsageError(Exception):
-    """A bad argument or file, reported in one line with exit code 2."""
+    """A bad argument or file, reported in one line with exit code 2; ``prog`` is the
+    command it is reported for (None: the one being run)."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
 
 
 def is_int(value) -> bool:
