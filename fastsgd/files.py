@@ -13,7 +13,13 @@ Regular files are replaced atomically: readers see the old content or the new,
 never half of it, and an exception or Ctrl-C at any point leaves no temp file
 behind.  A new file gets mode ``0o666 & ~umask``; a replaced one keeps its mode.
 Symlinks are followed (the link stays, its target gets the content).  Device
-nodes, FIFOs and ``-`` (standard output) are written directly, never renamed over.
+nodes, FIFOs and ``-`` (standard output) are written directly, never renamed over;
+so are the files this process holds open as a descriptor: ``/dev/stdout``,
+``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, and any path naming the same
+file as standard output or error (``--json out.txt > out.txt``), which are written
+through that descriptor, at its position, so nothing the shell opened is replaced.
+Missing folders are created (``missing_folders`` says which, beforehand).  An empty
+path is refused.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import stat
@@ -38,7 +45,8 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "check_writable",
-           "ArrayHeader", "BadArchive", "NpzArchive", "file_errors"]
+           "is_stdout", "missing_folders", "ArrayHeader", "BadArchive", "NpzArchive",
+           "file_errors"]
 
 #: The path that means standard output.
 STDOUT = "-"
@@ -52,6 +60,46 @@ _MAX_NPZ_MEMBERS = 4096
 
 def _is_stdout(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.fspath(path) == STDOUT
+
+
+_FD_PATH = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/(\d+))|/proc/(?:self|(\d+))/fd/(\d+)")
+
+
+def _open_descriptor(path) -> int | None:
+    """The descriptor of this process that ``path`` names, or None: ``/dev/stdout`` (1),
+    ``/dev/stderr`` (2), ``/dev/fd/N`` or ``/proc/self/fd/N`` (N) when N is open, or 1 or 2
+    when ``path`` is the very regular file that standard output or error is."""
+    text = os.fspath(path)
+    match = _FD_PATH.fullmatch(text)
+    if match:
+        stdout, stderr, dev_fd, pid, proc_fd = match.groups()
+        if pid is None or int(pid) == os.getpid():
+            fd = 1 if stdout else 2 if stderr else int(dev_fd or proc_fd)
+            try:
+                os.fstat(fd)
+                return fd
+            except OSError:
+                return None
+    try:
+        st = os.stat(text)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            std = os.fstat(fd)
+            if (std.st_dev, std.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+    return None
+
+
+def is_stdout(path) -> bool:
+    """Whether output to ``path`` goes to standard output: ``-``, ``/dev/stdout``, or the
+    file standard output is redirected to (commands then print their text to stderr)."""
+    if path is None:
+        return False
+    return _is_stdout(path) or _open_descriptor(path) == 1
 
 
 def _target(path) -> Path:
@@ -68,12 +116,19 @@ def _is_special(target: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _destination(path) -> tuple[str, Path | None]:
-    """Where output to ``path`` goes: ``("stdout", None)``, ``("special", target)`` for a
+def _destination(path) -> tuple[str, Path | int | None]:
+    """Where output to ``path`` goes: ``("stdout", None)``, ``("descriptor", fd)`` for a
+    file this process holds open (written through ``fd``), ``("special", target)`` for a
     device node, FIFO or socket (written in place), else ``("file", target)``, a regular
-    file, new or replaced.  A folder raises ``IsADirectoryError``."""
+    file, new or replaced.  A folder raises ``IsADirectoryError``, an empty path
+    ``FileNotFoundError``."""
     if _is_stdout(path):
         return "stdout", None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise FileNotFoundError(f"cannot write {path!r}: expected a file name, got an empty path")
+    fd = _open_descriptor(path)
+    if fd is not None:
+        return "descriptor", fd
     target = _target(path)
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder; expected a file name")
@@ -148,6 +203,16 @@ def _direct(target: Path, binary: bool):
 
 
 @contextlib.contextmanager
+def _through_descriptor(fd: int, binary: bool):
+    """Write at the current position of this process's open descriptor ``fd``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with _stream(os.fdopen(os.dup(fd), "wb", buffering=0), binary, owned=True) as out:
+        yield out
+
+
+@contextlib.contextmanager
 def _stdout(binary: bool):
     sys.stdout.flush()
     if not binary:
@@ -164,11 +229,17 @@ def open_output(path, binary: bool = True):
 
     Regular files (new or replaced) are written to a temp file in the same folder,
     then renamed over ``path``; if the block raises, ``path`` is left as it was.
-    Missing folders are created.  ``-`` is standard output.
+    Missing folders are created.  ``-`` is standard output; device nodes, FIFOs and
+    files this process holds open (``/dev/stdout``, the file stdout is redirected
+    to) are written in place, never renamed over.
     """
     kind, target = _destination(path)
     if kind == "stdout":
         with _stdout(binary) as out:
+            yield out
+        return
+    if kind == "descriptor":
+        with _through_descriptor(target, binary) as out:
             yield out
         return
     if kind == "special":
@@ -209,6 +280,12 @@ def write_json(path, obj) -> Path:
     return Path(path)
 
 
+def missing_folders(path) -> list[Path]:
+    """The folders that writing ``path`` with ``open_output`` would create, outermost first."""
+    kind, target = _destination(path)
+    return _missing_folders(target.parent) if kind == "file" else []
+
+
 def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and its ancestors that do not exist yet, outermost first."""
     missing = []
@@ -234,6 +311,13 @@ def check_writable(path) -> None:
     """
     kind, target = _destination(path)
     if kind == "stdout":
+        return
+    if kind == "descriptor":
+        import fcntl
+        with _cannot_write(path, f"descriptor {target}"):
+            flags = fcntl.fcntl(target, fcntl.F_GETFL)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(f"cannot write {path}: it is open for reading only")
         return
     if kind == "special":
         if not os.access(target, os.W_OK):

@@ -198,7 +198,7 @@ def test_unwritable_outputs_fail_before_training(tmp_path, digits_folder, capsys
 def test_two_outputs_on_stdout_or_one_file_are_refused(tmp_path, digits_folder, capsys):
     args = ["train", "--data", str(digits_folder), *FAST]
     assert main([*args, "--save", "-", "--json", "-"]) == 2
-    assert "only one of --save, --json and --plot can be -" in capsys.readouterr().err
+    assert "only one of --save, --json and --plot can be standard output" in capsys.readouterr().err
     same = str(tmp_path / "same")
     assert main([*args, "--save", same, "--json", same]) == 2
     assert "name the same file" in capsys.readouterr().err

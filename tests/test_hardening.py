@@ -1,11 +1,29 @@
 """Corrupt, hostile or surprising inputs to the readers, the writers and the command line:
 each refused in one line (or handled), none crashing, none losing a file."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import fastsgd as fs
-from fastsgd import data, layers
+from fastsgd import data, files, layers
 from fastsgd.cli import main
+
+from .mnist_fixtures import make_mnist_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_mnist_folder(tmp_path_factory.mktemp("mnist"), n_train=200, n_valid=100, seed=0)
+
+
+def _fastsgd(*args, stdout=subprocess.PIPE, timeout=120):
+    """Run the ``fastsgd`` command in a new process."""
+    return subprocess.run([sys.executable, "-m", "fastsgd", *map(str, args)], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
 def _flip(path, offset, bit):
@@ -90,3 +108,100 @@ def test_an_unknown_command_is_reported_by_fastsgd(capsys):
     assert main(["nonsense"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fastsgd: error: "), err
+
+
+# ------------------------------------------------------------ item 11: empty paths
+@pytest.mark.parametrize("argv", [
+    ["train", "--save", ""], ["train", "--json", ""], ["train", "--plot", ""],
+    ["train", "--data", ""], ["train", "--resume", ""], ["lr-find", "--plot", ""],
+    ["lr-find", "--data", ""], ["predict", "", "x.npy"], ["predict", "m.npz", ""],
+    ["predict", "m.npz", "x.npy", "--json", ""], ["interpret", "m.npz", "--plot", ""],
+    ["interpret", "m.npz", "--data", ""], ["bench", "--json", ""], ["bench", "--data", ""],
+])
+def test_empty_paths_are_refused(argv, capsys):
+    assert main(argv) == 2
+    assert "empty" in _one_line_error(capsys, argv[0])
+
+
+def test_the_writers_refuse_an_empty_path():
+    with pytest.raises(FileNotFoundError, match="empty path"):
+        files.write_json("", {})
+    with pytest.raises(FileNotFoundError, match="empty path"):
+        files.check_writable("")
+
+
+# ------------------------------------------------------------ options that do not apply
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+@pytest.mark.parametrize("option", [["--hidden", "64"], ["--activation", "tanh"]])
+def test_mlp_options_with_a_linear_model_are_refused(command, option, capsys):
+    assert main([command, "--model", "linear", *option]) == 2
+    assert "does not apply to --model linear" in _one_line_error(capsys, command)
+
+
+# ------------------------------------------------------------ item 4: outputs the shell opened
+@pytest.mark.parametrize("option", ["--json", "--save"])
+@pytest.mark.parametrize("path", ["/dev/stdout", "{out}"])
+def test_an_output_that_is_the_redirected_stdout_is_written_in_place(tmp_path, folder, option,
+                                                                     path):
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"kept\n")
+    inode = out.stat().st_ino
+    with open(out, "ab") as f:
+        run = _fastsgd("train", "--no-progress", "--data", folder, "--epochs", "1",
+                       option, path.format(out=out), stdout=f)
+    assert run.returncode == 0, run.stderr
+    assert out.stat().st_ino == inode
+    content = out.read_bytes()
+    assert content.startswith(b"kept\n")
+    if option == "--json":
+        assert json.loads(content[5:])["settings"]["epochs"] == 1
+    else:
+        assert content[5:7] == b"PK"               # the checkpoint, a zip archive
+    assert "accuracy" in run.stderr                # the table went to stderr, not lost
+
+
+def test_a_descriptor_path_is_written_through_the_descriptor(tmp_path):
+    out = tmp_path / "fd.txt"
+    with open(out, "w") as f:
+        f.write("first ")
+        f.flush()
+        inode = out.stat().st_ino
+        assert files.missing_folders(f"/dev/fd/{f.fileno()}") == []
+        files.check_writable(f"/dev/fd/{f.fileno()}")
+        files.write_json(f"/dev/fd/{f.fileno()}", {"a": 1})
+        files.write_json(f"/proc/self/fd/{f.fileno()}", {"b": 2})
+    assert out.stat().st_ino == inode
+    assert out.read_text() == 'first {\n  "a": 1\n}\n{\n  "b": 2\n}\n'
+
+
+def test_missing_folders_are_said(tmp_path):
+    assert files.missing_folders(tmp_path / "a" / "b" / "c.json") == [tmp_path / "a",
+                                                                       tmp_path / "a" / "b"]
+    assert files.missing_folders(tmp_path / "c.json") == []
+    assert files.missing_folders("/dev/null") == files.missing_folders("-") == []
+
+
+# ------------------------------------------------------------ item 10: interpret --plot
+def test_interpret_plots_into_a_device_in_place(tmp_path, folder, capsys):
+    model = tmp_path / "m.npz"
+    assert main(["train", "--quiet", "--no-progress", "--data", str(folder), "--epochs", "1",
+                 "--save", str(model)]) == 0
+    before = set(os.listdir("/dev"))
+    assert main(["interpret", str(model), "--plot", "/dev/null"]) == 0
+    assert set(os.listdir("/dev")) == before
+    assert "null-top-losses" not in capsys.readouterr().out
+    assert main(["interpret", str(model), "--plot", str(tmp_path / "new" / "cm.png")]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "new" / "cm-top-losses.png").stat().st_size > 0
+    assert f"wrote {tmp_path / 'new' / 'cm.png'} (created the folder {tmp_path / 'new'})" \
+        in printed
+
+
+def test_train_says_what_it_wrote(tmp_path, folder, capsys):
+    plot = tmp_path / "plots" / "h.png"
+    assert main(["train", "--no-progress", "--data", str(folder), "--epochs", "1",
+                 "--plot", str(plot), "--json", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"wrote {plot} (created the folder {plot.parent})" in printed
+    assert f"wrote {tmp_path / 'r.json'}" in printed
+    assert plot.stat().st_size > 0

@@ -53,6 +53,25 @@ def one_line(exc) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def refuse_options_that_do_not_apply(args, given: set[str]) -> None:
+    """--hidden and --activation describe an mlp: given with --model linear, a UsageError."""
+    if args.model == "linear":
+        for key in ("hidden", "activation"):
+            if key in given:
+                raise UsageError(f"--{key}: does not apply to --model linear (one Linear "
+                                 f"layer, no hidden layers); drop it or use --model mlp")
+
+
+def write_output(path, write, out, quiet: bool = False) -> None:
+    """``write(path)``, then (unless ``quiet`` or ``path`` is standard output) one line on
+    ``out``: ``wrote PATH``, with the folders it created (missing ones are created)."""
+    created = files.missing_folders(path)
+    write(path)
+    if not quiet and not files.is_stdout(path):
+        made = f" (created the folder {created[-1]})" if created else ""
+        print(f"wrote {path}{made}", file=out, flush=True)
+
+
 def check_output(option: str, path) -> None:
     """``UsageError("OPTION: why")`` unless ``path`` can be written (see ``files.check_writable``)."""
     try:

@@ -41,6 +41,13 @@ def _parsed(text, convert, expected: str):
         raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
 
 
+def non_empty(text):
+    """A file or folder name, or another text value: anything but the empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a name, got an empty string")
+    return text
+
+
 def _int_list(text) -> list[int]:
     return [int(n) for n in text.split(",")]
 
@@ -90,7 +97,7 @@ def _add_strings(parser, *rows: tuple[str, str, str]) -> None:
     """Arguments taken as the text given (file and folder names, comma lists): each row is
     (flag, or a positional's name; metavar; help)."""
     for name, metavar, text in rows:
-        parser.add_argument(name, metavar=metavar, help=text)
+        parser.add_argument(name, type=non_empty, metavar=metavar, help=text)
 
 
 def _add_switches(parser, helps: dict[str, str]) -> None:
@@ -114,7 +121,7 @@ def _add_model_options(parser, defaults: dict) -> None:
     ``defaults``: each option's default by name (train passes ``None`` for all, so
     that ``--resume`` can tell which were given).
     """
-    parser.add_argument("--data", metavar="DIR", default=defaults["data"],
+    parser.add_argument("--data", type=non_empty, metavar="DIR", default=defaults["data"],
                         help="folder of MNIST-format IDX files (train-*/t10k-*); "
                         "default: the embedded 5,000-image MNIST subset")
     parser.add_argument("--digits", type=digit_list, default=defaults["digits"],
@@ -232,7 +239,7 @@ def _add_train(sub) -> None:
 
 def _add_lr_find(sub) -> None:
     lr_find = _command(sub, "lr-find", run_lr_find)
-    _add_model_options(lr_find, TRAIN_DEFAULTS)
+    _add_model_options(lr_find, dict.fromkeys(TRAIN_DEFAULTS))   # filled in by run_lr_find
     _add_counts(lr_find, {"--num-it": (100, "training steps to try (default: 100; at least 2)")})
     lr_find.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_strings(lr_find, ("--plot", "PATH", "draw the loss against the learning rate as a PNG "
@@ -283,7 +290,7 @@ def _add_info_and_bench(sub) -> None:
         "--epochs": (5, "timed epochs per epoch row, after a warm-up epoch (default: 5)"),
         "--samples": (60_000, "training samples of an epoch (default: 60000)"),
     })
-    bench.add_argument("--data", default="random", metavar="DIR",
+    bench.add_argument("--data", type=non_empty, default="random", metavar="DIR",
                        help="the epoch's samples: 'random' (default) or a folder of MNIST-format "
                        "IDX files, e.g. /usr/share/datasets/fashion-mnist")
     bench.add_argument("--budget", type=non_negative_float, default=0.05, metavar="S",

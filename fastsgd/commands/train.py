@@ -19,6 +19,8 @@ from .options import (
     is_digit_list,
     is_int,
     one_line,
+    refuse_options_that_do_not_apply,
+    write_output,
 )
 
 
@@ -36,15 +38,19 @@ def run_train(args, dist=None) -> int:
         return run_cli(args, run_train)
     outputs = _check_outputs(args)
     given = _resolve_train_options(args)
-    with contextlib.redirect_stdout(sys.stderr if files.STDOUT in outputs.values() else sys.stdout):
+    refuse_options_that_do_not_apply(args, given)
+    text = sys.stderr if any(map(files.is_stdout, outputs.values())) else sys.stdout
+    with contextlib.redirect_stdout(text):
         learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist)
     if args.save:
-        learn.save(args.save, settings=_checkpoint_settings(args, learn))
+        write_output(args.save, lambda path: learn.save(
+            path, settings=_checkpoint_settings(args, learn)), text, args.quiet)
     if args.json:
-        files.write_json(args.json, report)
+        write_output(args.json, lambda path: files.write_json(path, report), text, args.quiet)
     if args.plot:
         from ..plots import plot_history
-        plot_history(learn.recorder.history, args.plot)
+        write_output(args.plot, lambda path: plot_history(learn.recorder.history, path), text,
+                     args.quiet)
     return 0
 
 
@@ -124,12 +130,12 @@ def _check_outputs(args) -> dict[str, str]:
     """{option: path} of --save/--json/--plot, each checked to be writable (UsageError if not)."""
     outputs = {option: path for option, path in
                (("--save", args.save), ("--json", args.json), ("--plot", args.plot)) if path}
-    if list(outputs.values()).count(files.STDOUT) > 1:
-        raise UsageError("only one of --save, --json and --plot can be - (stdout)")
+    if sum(map(files.is_stdout, outputs.values())) > 1:
+        raise UsageError("only one of --save, --json and --plot can be standard output")
     targets = {}                          # real path -> option; devices may be shared
     for option, path in outputs.items():
         target = os.path.realpath(path)
-        if path == files.STDOUT:
+        if files.is_stdout(path):
             continue
         if target in targets and (os.path.isfile(target) or not os.path.exists(target)):
             raise UsageError(f"{targets[target]} and {option} name the same file {path}")
