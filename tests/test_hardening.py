@@ -205,3 +205,27 @@ def test_train_says_what_it_wrote(tmp_path, folder, capsys):
     assert f"wrote {plot} (created the folder {plot.parent})" in printed
     assert f"wrote {tmp_path / 'r.json'}" in printed
     assert plot.stat().st_size > 0
+
+
+# ------------------------------------------------------------ item 8: history rows
+def _rewrite_state(path, change):
+    """Rewrite the checkpoint ``path`` with ``change(state)`` applied to its JSON state."""
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files if name != "checksum"}
+    state = json.loads(arrays["state"].tobytes())
+    change(state)
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("drop", ["train_loss", "batch_accuracy", "seconds"])
+def test_a_history_row_without_a_column_is_refused_on_resume(tmp_path, folder, capsys, drop):
+    model = tmp_path / "m.npz"
+    assert main(["train", "--quiet", "--no-progress", "--data", str(folder), "--epochs", "2",
+                 "--save", str(model)]) == 0
+    _rewrite_state(model, lambda state: state["history"][1].pop(drop))
+    capsys.readouterr()
+    for output in ("--json", "--plot"):
+        assert main(["train", "--no-progress", "--resume", str(model), "--epochs", "1",
+                     output, str(tmp_path / "out")]) == 2
+        assert drop in _one_line_error(capsys, "train")

@@ -109,6 +109,12 @@ def _resume_settings(path) -> dict:
         raise UsageError(f"--resume: {path} is not a checkpoint of fastsgd train (it holds "
                          f"{'no training state' if settings is None else 'other settings'}); "
                          f"write one with train --save")
+    history = state.get("history")
+    if isinstance(history, list) and any(not isinstance(row, dict) or
+                                         not isinstance(row.get("batch_accuracy"), (int, float))
+                                         for row in history):
+        raise UsageError(f"--resume: {path}: its history lacks the accuracy train records "
+                         f"each epoch (batch_accuracy); write one with train --save")
     for key, (check, expected) in _SETTING_CHECKS.items():
         if not check(settings[key]):
             raise UsageError(f"--resume: {path}: saved setting {key} is {settings[key]!r:.60}, "
