@@ -4,8 +4,9 @@
         np.savez(f, ...)                      # over model.npz only when the block ends
     write_json("run.json", {...})             # the same for JSON ("-" writes to stdout)
     check_writable("out/run.json")            # before a long job: fail now, not after
+    write_npz("model.npz", {"p0": array})    # an .npz carrying a checksum of its parts
     with NpzArchive("model.npz") as npz:      # every member's shape and dtype, no data yet
-        npz.headers["p0"].shape, npz.read("p0")
+        npz.headers["p0"].shape, npz.verify(), npz.read("p0")
     with file_errors(missing, unreadable):    # a reader's OSErrors in its own words
         f = open(path, "rb")
 
@@ -24,6 +25,7 @@ path is refused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -44,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "check_writable",
+__all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "write_npz", "check_writable",
            "is_stdout", "missing_folders", "ArrayHeader", "BadArchive", "NpzArchive",
            "file_errors"]
 
@@ -54,6 +56,9 @@ STDOUT = "-"
 _CHUNK = 1 << 20                 # bytes read or copied at a time
 _MAX_DEFLATE_RATIO = 1032        # deflate cannot expand data by more than this
 _MAX_NPZ_MEMBERS = 4096
+_CHECKSUM = "checksum"                    # the member holding an .npz's checksum ...
+_CHECKSUM_COMMENT = b"fastsgd-checksum "  # ... and the start of the archive comment, its copy
+_MAX_CHECKSUM_BYTES = 1 << 16
 
 
 # --------------------------------------------------------------------------- writing
@@ -286,6 +291,52 @@ def missing_folders(path) -> list[Path]:
     return _missing_folders(target.parent) if kind == "file" else []
 
 
+class _Hashed:
+    """Write-only: what is written goes to ``out`` and into the hash ``digest``."""
+
+    def __init__(self, out, digest):
+        self._out, self._digest, self.n = out, digest, 0
+
+    def write(self, b) -> int:
+        self._digest.update(b)
+        self.n += len(b)
+        return self._out.write(b)
+
+
+def _digest_member(digest, name: str, chunks) -> None:
+    """Hash one member: its name, its bytes, then their count."""
+    digest.update(name.encode() + b"\0")
+    n = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        n += len(chunk)
+    digest.update(n.to_bytes(8, "little"))
+
+
+def write_npz(path, arrays: dict) -> Path:
+    """``arrays`` (name -> array) as an uncompressed .npz at ``path`` (see ``open_output``)
+    carrying a checksum of its parts, which ``NpzArchive.verify`` checks.
+
+    The checksum is a SHA-256 over every member's name and bytes, with the list of
+    members; it is stored twice, as the member ``checksum`` and as the archive's comment,
+    so that no damaged byte can remove it, or a member, unnoticed.
+    """
+    digest = hashlib.sha256()
+    with open_output(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
+                                                 allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                hashed = _Hashed(member, digest)
+                digest.update(name.encode() + b"\0")
+                np.lib.format.write_array(hashed, np.asanyarray(array), allow_pickle=False)
+                digest.update(hashed.n.to_bytes(8, "little"))
+        manifest = json.dumps({"sha256": digest.hexdigest(), "members": list(arrays)}).encode()
+        with archive.open(f"{_CHECKSUM}.npy", "w") as member:
+            np.lib.format.write_array(member, np.frombuffer(manifest, np.uint8))
+        archive.comment = _CHECKSUM_COMMENT + manifest
+    return Path(path)
+
+
 def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and its ancestors that do not exist yet, outermost first."""
     missing = []
@@ -400,6 +451,7 @@ class NpzArchive:
             raise BadArchive(path, f"not an .npz archive ({e})") from None
         try:
             self.headers = self._read_headers()
+            self._checksum = self.headers.pop(_CHECKSUM, None) and self._infos.pop(_CHECKSUM)
         except BaseException:
             self._zip.close()
             raise
@@ -465,6 +517,45 @@ class NpzArchive:
                              f"{header.shape} of {header.dtype} ({header.nbytes} bytes) but it "
                              f"holds {info.file_size - header_bytes} bytes of data")
         return header
+
+    def verify(self) -> bool:
+        """Check the checksum ``write_npz`` stores: True when it matches, False for an
+        archive without one (written otherwise, or by an earlier fastsgd); a damaged
+        archive (a member changed, added or lost, or either copy of the checksum lost)
+        raises ``BadArchive``.  Reads every member once."""
+        comment = self._zip.comment
+        in_comment = comment.startswith(_CHECKSUM_COMMENT)
+        if self._checksum is None and not in_comment:
+            return False
+        if self._checksum is None or not in_comment:
+            lost = "member" if self._checksum is None else "archive comment"
+            raise BadArchive(self.path, f"damaged: the copy of its checksum in the {lost} is lost")
+        if self._checksum.file_size > _MAX_CHECKSUM_BYTES:
+            raise BadArchive(self.path, "damaged: its checksum member is too large")
+        with self._member(self._checksum, "bad checksum member") as member:
+            stored = member.read()
+        manifest = comment[len(_CHECKSUM_COMMENT):]
+        if not stored.endswith(manifest):
+            raise BadArchive(self.path, "damaged: the two copies of its checksum differ")
+        try:
+            manifest = json.loads(manifest)
+            expected, members = manifest["sha256"], list(manifest["members"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadArchive(self.path, f"damaged: unreadable checksum ({e})") from None
+        if sorted(members) != sorted(self.headers):
+            lost = sorted(set(members) - set(self.headers))
+            extra = sorted(set(self.headers) - set(members))
+            raise BadArchive(self.path, "damaged: its checksum lists other members ("
+                             + "; ".join(f"{what} {', '.join(names)}" for what, names in
+                                         (("lost", lost), ("unexpected", extra)) if names) + ")")
+        digest = hashlib.sha256()
+        for name in members:
+            info = self._infos[name]
+            with self._member(info, "corrupt data") as member:
+                _digest_member(digest, name, iter(lambda: member.read(_CHUNK), b""))
+        if digest.hexdigest() != expected:
+            raise BadArchive(self.path, "damaged: its content does not match its checksum")
+        return True
 
     def read(self, name: str) -> np.ndarray:
         """The array stored as ``name`` (a key of ``headers``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .files import BadArchive, NpzArchive, file_errors, open_output
+from .files import BadArchive, NpzArchive, file_errors, write_npz
 from .random import global_rng
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
@@ -235,7 +235,8 @@ def save_model(model: Sequential, path, state: dict | None = None, velocities=No
     ``losses`` (1-D floats) make the file a training checkpoint (see
     ``Learner.save``); without them it holds the model alone.  The file is
     written to a temporary name in the same folder and renamed, so a crash or
-    Ctrl-C never leaves a half-written model behind.
+    Ctrl-C never leaves a half-written model behind.  The file carries a checksum
+    of its parts (``fastsgd.files.write_npz``): a damaged one is refused on loading.
     """
     params = model.parameters()
     arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(params)}
@@ -257,9 +258,7 @@ def save_model(model: Sequential, path, state: dict | None = None, velocities=No
             arrays[f"v{i}"] = np.asarray(v, np.float32)
     if losses is not None:
         arrays[_LOSSES] = np.asarray(losses, np.float64).reshape(-1)
-    with open_output(path) as f:
-        np.savez(f, **arrays)
-    return Path(path)
+    return write_npz(path, arrays)
 
 
 def _json_bytes(obj) -> np.ndarray:
@@ -443,6 +442,7 @@ def _read_arrays(path: Path) -> ModelFile:
     with NpzArchive(path) as npz:
         config = _read_config(npz)
         shapes = _parameter_shapes(config)
+        npz.verify()                       # files of earlier versions have no checksum
         _check_arrays(npz, shapes)
         state = _read_json(npz, _STATE, _MAX_STATE_BYTES) if _STATE in npz.headers else None
         if state is not None and not isinstance(state, dict):

@@ -229,3 +229,82 @@ def test_a_history_row_without_a_column_is_refused_on_resume(tmp_path, folder, c
         assert main(["train", "--no-progress", "--resume", str(model), "--epochs", "1",
                      output, str(tmp_path / "out")]) == 2
         assert drop in _one_line_error(capsys, "train")
+
+
+# ------------------------------------------------------------ item 9: checkpoint checksum
+def _central_directory_fields(raw: bytes, offset: int):
+    """Byte offsets of the 2-byte field at ``offset`` in every central directory entry."""
+    at = raw.find(b"PK\x01\x02")
+    while at != -1:
+        yield at + offset
+        at = raw.find(b"PK\x01\x02", at + 4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(folder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "c.npz"
+    assert main(["train", "--quiet", "--no-progress", "--data", str(folder), "--epochs", "2",
+                 "--save", str(path)]) == 0
+    return path
+
+
+def _same_checkpoint(a, b):
+    assert a.config == b.config and a.state == b.state
+    for x, y in zip([*a.weights, *a.velocities, a.losses], [*b.weights, *b.velocities, b.losses]):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("field", [30, 32], ids=["extra length", "comment length"])
+def test_a_flipped_bit_in_the_central_directory_is_refused_never_half_read(tmp_path, checkpoint,
+                                                                           field):
+    whole = layers.read_checkpoint(checkpoint)
+    assert whole.velocities is not None and whole.state["history"]
+    raw = checkpoint.read_bytes()
+    damaged = tmp_path / "d.npz"
+    tried = refused = 0
+    for at in _central_directory_fields(raw, field):
+        for byte in (at, at + 1):
+            for bit in range(8):
+                flipped = bytearray(raw)
+                flipped[byte] ^= 1 << bit
+                damaged.write_bytes(bytes(flipped))
+                tried += 1
+                try:
+                    stored = layers.read_checkpoint(damaged)
+                except ValueError as e:
+                    assert "\n" not in str(e)
+                    refused += 1
+                    continue
+                _same_checkpoint(stored, whole)
+    assert tried >= 16 * 8 and refused > 0
+
+
+def test_a_lost_member_or_a_lost_checksum_is_refused(tmp_path, checkpoint):
+    import zipfile
+    for drop in ("v0.npy", "state.npy", "checksum.npy"):
+        out = tmp_path / f"without-{drop}"
+        with zipfile.ZipFile(checkpoint) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                if info.filename != drop:
+                    dst.writestr(info, src.read(info))
+            dst.comment = src.comment
+        with pytest.raises(ValueError, match="damaged"):
+            layers.read_checkpoint(out)
+    out = tmp_path / "no-comment.npz"
+    with zipfile.ZipFile(checkpoint) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+    with pytest.raises(ValueError, match="checksum in the archive comment is lost"):
+        layers.read_checkpoint(out)
+
+
+def test_files_without_a_checksum_still_load(tmp_path, checkpoint):
+    """What earlier versions wrote: np.savez of the same arrays, no checksum."""
+    with np.load(checkpoint) as npz:
+        arrays = {name: npz[name] for name in npz.files if name != "checksum"}
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    _same_checkpoint(layers.read_checkpoint(old), layers.read_checkpoint(checkpoint))
+    weights = {name: a for name, a in arrays.items() if name == "config" or name[0] == "p"}
+    np.savez(old, **weights)
+    assert layers.read_checkpoint(old).state is None
