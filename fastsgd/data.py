@@ -66,7 +66,7 @@ _EMBEDDED_PIXELS = 784
 _EMBEDDED_VALID_FRACTION = 0.2
 _EMBEDDED_SEED = 0
 _CACHE_FORMAT = 1                                  # bump when the .npz layout changes
-_MAX_CACHE_ROWS = 100_000
+_MAX_CACHE_ROWS = 10_000                           # the embedded set has 5,000
 
 _DATA_HINT = ("reinstall fastsgd (the file ships inside the package), "
               "or pass a folder of MNIST IDX files with --data DIR")

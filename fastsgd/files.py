@@ -56,6 +56,10 @@ STDOUT = "-"
 _CHUNK = 1 << 20                 # bytes read or copied at a time
 _MAX_DEFLATE_RATIO = 1032        # deflate cannot expand data by more than this
 _MAX_NPZ_MEMBERS = 4096
+#: The most bytes of arrays an .npz may declare per byte of file (fastsgd writes them
+#: uncompressed, 1:1; float weights deflate far less than this), beyond a free 1 MiB.
+MAX_NPZ_EXPANSION = 16
+_FREE_NPZ_BYTES = 1 << 20
 _CHECKSUM = "checksum"                    # the member holding an .npz's checksum ...
 _CHECKSUM_COMMENT = b"fastsgd-checksum "  # ... and the start of the archive comment, its copy
 _MAX_CHECKSUM_BYTES = 1 << 16
@@ -434,7 +438,8 @@ class NpzArchive:
 
     Opening reads only the zip directory and each member's .npy header, and checks
     that header against the member's size, so callers can refuse shapes before
-    any array is allocated.  ``headers`` maps array name -> ``ArrayHeader``;
+    any array is allocated; ``read`` and ``verify`` first check all the arrays' bytes
+    against the file's size (at most ``MAX_NPZ_EXPANSION`` to 1, beyond a free 1 MiB).  ``headers`` maps array name -> ``ArrayHeader``;
     ``read(name)`` returns the array.  Malformed files raise ``BadArchive``
     (a ValueError); a missing file raises FileNotFoundError.
     """
@@ -471,6 +476,16 @@ class NpzArchive:
             headers[name] = self._read_header(info)
             self._infos[name] = info
         return headers
+
+    def check_expansion(self) -> None:
+        """Raise ``BadArchive`` unless the arrays' bytes are at most ``MAX_NPZ_EXPANSION``
+        times the file's size (beyond a free 1 MiB): a small file cannot ask for gigabytes."""
+        declared = sum(header.nbytes for header in self.headers.values())
+        size = os.fstat(self._zip.fp.fileno()).st_size if hasattr(self._zip.fp, "fileno") else 0
+        if declared > MAX_NPZ_EXPANSION * size + _FREE_NPZ_BYTES:
+            raise BadArchive(self.path, f"its arrays declare {declared} bytes from a {size}-byte "
+                             f"file, over {MAX_NPZ_EXPANSION}:1; refusing it as a likely "
+                             f"decompression bomb")
 
     def _check_sizes(self, info: zipfile.ZipInfo) -> None:
         if info.flag_bits & 0x1:
@@ -523,6 +538,7 @@ class NpzArchive:
         archive without one (written otherwise, or by an earlier fastsgd); a damaged
         archive (a member changed, added or lost, or either copy of the checksum lost)
         raises ``BadArchive``.  Reads every member once."""
+        self.check_expansion()
         comment = self._zip.comment
         in_comment = comment.startswith(_CHECKSUM_COMMENT)
         if self._checksum is None and not in_comment:
@@ -559,6 +575,7 @@ class NpzArchive:
 
     def read(self, name: str) -> np.ndarray:
         """The array stored as ``name`` (a key of ``headers``)."""
+        self.check_expansion()
         header, info = self.headers[name], self._infos[name]
         out = np.empty(header.size, dtype=header.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))

@@ -308,3 +308,123 @@ def test_files_without_a_checksum_still_load(tmp_path, checkpoint):
     weights = {name: a for name, a in arrays.items() if name == "config" or name[0] == "p"}
     np.savez(old, **weights)
     assert layers.read_checkpoint(old).state is None
+
+
+# ------------------------------------------------------------ item 6: small inputs stay small
+def _peak(fn, *args):
+    """(what ``fn(*args)`` returned or raised, the peak of memory it allocated in bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            out = fn(*args)
+        except Exception as e:            # noqa: BLE001 - returned for the caller to check
+            out = e
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _zeros_model_file(path, n_in, n_out):
+    """A model file of Linear(n_in, n_out) whose weights are zeros, deflated: a tiny file."""
+    import io
+    import zipfile
+    config = {"type": "Sequential", "layers": [{"type": "Linear", "n_in": n_in, "n_out": n_out}]}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("config.npy", "w") as member:
+            np.lib.format.write_array(member, np.frombuffer(json.dumps(config).encode(), np.uint8))
+        for name, shape in (("p0", (n_in, n_out)), ("p1", (n_out,))):
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                member.write(head.getvalue())
+                left = 4 * int(np.prod(shape))
+                while left:
+                    member.write(bytes(min(left, 1 << 22)))
+                    left -= min(left, 1 << 22)
+    return path
+
+
+def test_a_small_model_file_of_zeros_is_refused_before_allocating(tmp_path, capsys):
+    path = _zeros_model_file(tmp_path / "zeros.npz", 4096, 4095)      # 64 MB from ~70 KB
+    assert path.stat().st_size < 200_000
+    error, peak = _peak(fs.load_model, path)
+    assert isinstance(error, ValueError) and "decompression bomb" in str(error)
+    assert peak < 8 << 20
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((1, 4096), np.float32))
+    code, peak = _peak(main, ["predict", str(path), str(images)])
+    assert code == 2 and peak < 8 << 20
+    assert "decompression bomb" in _one_line_error(capsys, "predict")
+
+
+def test_model_files_are_capped_by_max_parameters(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    layers.save_model(layers.Sequential(layers.Linear(100, 10)), path)
+    monkeypatch.setenv("FASTSGD_MAX_PARAMETERS", "1000")
+    with pytest.raises(ValueError, match="1010 parameters, more than the 1000.*"
+                                         "FASTSGD_MAX_PARAMETERS"):
+        fs.load_model(path)
+    monkeypatch.setenv("FASTSGD_MAX_PARAMETERS", "1010")
+    assert fs.load_model(path).n_in == 100
+    monkeypatch.setenv("FASTSGD_MAX_PARAMETERS", "lots")
+    with pytest.raises(ValueError, match="FASTSGD_MAX_PARAMETERS: expected a positive integer"):
+        fs.load_model(path)
+
+
+def _idx_gz(path, dims, data=None):
+    """A gzipped IDX file of ``dims`` (zeros unless ``data``), written in pieces."""
+    import gzip
+    import struct
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims))
+        if data is not None:
+            f.write(np.ascontiguousarray(data, np.uint8).tobytes())
+        else:
+            left = int(np.prod(dims))
+            while left:
+                f.write(bytes(min(left, 1 << 22)))
+                left -= min(left, 1 << 22)
+    return path
+
+
+def test_a_small_gzip_data_folder_is_refused_before_allocating(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in (("train", 20_000), ("t10k", 20_000)):      # 15.7 MB of pixels each
+        _idx_gz(folder / f"{split}-images-idx3-ubyte.gz", (n, 28, 28))
+        _idx_gz(folder / f"{split}-labels-idx1-ubyte.gz", (n,))
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 200_000
+    code, peak = _peak(main, ["train", "--data", str(folder)])
+    assert code == 2 and peak < 16 << 20
+    assert "decompression bomb" in _one_line_error(capsys, "train")
+
+
+def test_huge_images_are_refused_before_the_model_is_built(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    labels = np.array([3, 7], np.uint8)
+    for split in ("train", "t10k"):                       # two 2048x2048 images: 8 MiB
+        _idx_gz(folder / f"{split}-images-idx3-ubyte.gz", (2, 2048, 2048))
+        _idx_gz(folder / f"{split}-labels-idx1-ubyte.gz", (2,), labels)
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 100_000
+    code, peak = _peak(main, ["train", "--data", str(folder), "--no-progress"])
+    assert code == 2 and peak < 200 << 20
+    err = _one_line_error(capsys, "train")
+    assert "4194304-30-1" in err and "FASTSGD_MAX_PARAMETERS" in err
+
+
+def test_a_checkpoint_whose_settings_describe_a_huge_model_is_refused_before_building(
+        tmp_path, checkpoint, capsys):
+    path = tmp_path / "c.npz"
+    with np.load(checkpoint) as npz:
+        arrays = {name: npz[name] for name in npz.files if name != "checksum"}
+    state = json.loads(arrays["state"].tobytes())
+    state["settings"]["hidden"] = [300000]
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    files.write_npz(path, arrays)
+    code, peak = _peak(main, ["train", "--resume", str(path), "--epochs", "1", "--no-progress"])
+    assert code == 2 and peak < 32 << 20
+    err = _one_line_error(capsys, "train")
+    assert "784-30-1" in err and "784-300000-1" in err

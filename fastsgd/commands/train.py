@@ -37,11 +37,12 @@ def run_train(args, dist=None) -> int:
         from ..distributed import run_cli
         return run_cli(args, run_train)
     outputs = _check_outputs(args)
-    given = _resolve_train_options(args)
+    given, resumed = _resolve_train_options(args)
     refuse_options_that_do_not_apply(args, given)
     text = sys.stderr if any(map(files.is_stdout, outputs.values())) else sys.stdout
     with contextlib.redirect_stdout(text):
-        learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist)
+        learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist,
+                             resumed=resumed)
     if args.save:
         write_output(args.save, lambda path: learn.save(
             path, settings=_checkpoint_settings(args, learn)), text, args.quiet)
@@ -55,11 +56,12 @@ def run_train(args, dist=None) -> int:
 
 
 # ------------------------------------------------------------------- resume
-def _resolve_train_options(args) -> set[str]:
+def _resolve_train_options(args) -> tuple[set[str], dict | None]:
     """Fill in the options of ``TRAIN_DEFAULTS`` not given: from the --resume checkpoint's
-    settings, else the defaults.  Returns the names of those given."""
+    settings, else the defaults.  Returns the names of those given and the checkpoint's
+    architecture (None without --resume)."""
     given = {key for key in TRAIN_DEFAULTS if getattr(args, key) is not None}
-    saved = _resume_settings(args.resume) if args.resume else {}
+    saved, resumed = _resume_settings(args.resume) if args.resume else ({}, None)
     for key in FIXED_BY_CHECKPOINT:
         if key in given and saved and getattr(args, key) != saved[key]:
             raise UsageError(f"--{key}: {args.resume} was trained with {key} {saved[key]}, not "
@@ -71,7 +73,7 @@ def _resolve_train_options(args) -> set[str]:
     for key, default in TRAIN_DEFAULTS.items():
         if key not in given:
             setattr(args, key, saved.get(key, default))
-    return given
+    return given, resumed
 
 
 def _is_number(value) -> bool:
@@ -97,11 +99,13 @@ _SETTING_CHECKS = {
 }
 
 
-def _resume_settings(path) -> dict:
-    """The ``fastsgd train`` settings saved in the checkpoint ``path``, checked."""
+def _resume_settings(path) -> tuple[dict, dict]:
+    """The ``fastsgd train`` settings saved in the checkpoint ``path``, checked, and its
+    architecture."""
     from ..layers import read_checkpoint
     try:
-        state = read_checkpoint(path).state or {}
+        stored = read_checkpoint(path)
+        state = stored.state or {}
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--resume: {one_line(exc)}") from None
     settings = state.get("settings") if "opt" in state else None
@@ -119,7 +123,7 @@ def _resume_settings(path) -> dict:
         if not check(settings[key]):
             raise UsageError(f"--resume: {path}: saved setting {key} is {settings[key]!r:.60}, "
                              f"expected {expected}")
-    return {key: settings[key] for key in TRAIN_DEFAULTS}
+    return {key: settings[key] for key in TRAIN_DEFAULTS}, stored.config
 
 
 def _checkpoint_settings(args, learn) -> dict:
@@ -154,13 +158,13 @@ def _check_outputs(args) -> dict[str, str]:
     return outputs
 
 
-def _fit(args, reseed: bool = False, dist=None):
+def _fit(args, reseed: bool = False, dist=None, resumed=None):
     """Load the data, build the model (or restore the --resume checkpoint) and train it;
     returns (learner, --json report or None).  ``reseed``: shuffle from --seed rather
     than continue the checkpoint's shuffling."""
     from .. import SGD, Learner, batch_accuracy
 
-    run = prepare(args, args.lr, dist)
+    run = prepare(args, args.lr, dist, resumed)
     lr, momentum, backend, dls = run.lr, run.momentum, run.backend, run.dls
     learn = Learner(dls, run.model, run.loss, SGD(lr, momentum, args.wd), [batch_accuracy],
                     backend=backend, show=not args.quiet,
