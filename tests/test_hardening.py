@@ -12,7 +12,10 @@ import fastsgd as fs
 from fastsgd import data, files, layers
 from fastsgd.cli import main
 
+from . import test_data
 from .mnist_fixtures import make_mnist_folder
+
+scripted = test_data.scripted        # the local HTTP server fixture
 
 
 @pytest.fixture(scope="module")
@@ -428,3 +431,40 @@ def test_a_checkpoint_whose_settings_describe_a_huge_model_is_refused_before_bui
     assert code == 2 and peak < 32 << 20
     err = _one_line_error(capsys, "train")
     assert "784-30-1" in err and "784-300000-1" in err
+
+
+# ------------------------------------------------------------ item 7: download deadline
+def test_a_download_that_drips_just_fast_enough_ends_by_its_deadline(scripted, tmp_path,
+                                                                     monkeypatch):
+    """1,100 bytes every 0.4 s never stalls a 0.5 s window; the deadline ends it."""
+    import time
+
+    from fastsgd import download
+    url, stop, set_script = scripted
+    size = 16_384
+
+    def script(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(size))
+        h.end_headers()
+        for start in range(0, size, 1100):
+            h.wfile.write(bytes(min(1100, size - start)))
+            h.wfile.flush()
+            if stop.wait(0.4):
+                return
+    set_script(script)
+    monkeypatch.setattr(download, "MIN_RATE", 8192)
+    limit = download.download_deadline(size, 0.5)
+    assert limit == 0.5 + 2
+    dest = tmp_path / "dest"
+    t0 = time.perf_counter()
+    with pytest.raises(data.DownloadError, match="too slow: not done within its deadline of 2 s"):
+        data.download_mnist(dest, base_url=url, timeout=0.5, files={"a.gz": ("0" * 64, size)})
+    assert limit <= time.perf_counter() - t0 < 2 * limit     # the drip alone takes 6 s
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e308, 86401, True, "5"])
+def test_download_timeouts_are_checked(timeout, tmp_path):
+    with pytest.raises(ValueError, match="timeout: expected a positive number of seconds"):
+        data.download_mnist(tmp_path, timeout=timeout)
