@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends.arrays import host_all_finite
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
 from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
@@ -168,25 +167,16 @@ def load_images(path) -> np.ndarray:
         raise DataError(f"{path}: not a .npy array ({_first_line(e)})") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: expected one .npy array, got {type(array).__name__}")
-    if array.dtype.kind == "f":
-        images = np.array(array, dtype=np.float32)
-        if not host_all_finite(images):
-            raise DataError(f"{path}: contains NaN or Inf; expected pixels in [0, 1]")
-        if images.size and (images.min() < 0 or images.max() > 1):
-            raise DataError(f"{path}: float pixels must lie in [0, 1], found values from "
-                            f"{images.min():g} to {images.max():g}; divide 0..255 pixels by 255")
-        return images
-    return _images_to_unit(np.array(array), path)
+    return _images_to_unit(np.asarray(array), path)
 
 
 def _images_to_unit(images: np.ndarray, path) -> np.ndarray:
-    """uint8 pixels 0..255 as float32 in [0, 1], keeping the shape."""
-    if images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 pixels 0..255 or floats in [0, 1], got "
-                        f"{images.dtype}")
-    out = images.astype(np.float32)
-    out *= np.float32(1.0 / 255.0)
-    return out
+    """uint8 pixels 0..255 as float32 in [0, 1], floats checked to lie there; shape kept."""
+    from .inference import scale_pixels
+    try:
+        return scale_pixels(images, str(path))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _first_line(exc) -> str:

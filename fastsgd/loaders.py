@@ -46,6 +46,8 @@ class DataLoader:
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         if not host_all_finite(self.x):
             raise ValueError("x: contains NaN or Inf; expected finite values")
+        #: Whether every input lies in [0, 1], as pixels scaled from 0..255 do.
+        self.unit_range = bool(self.x.min() >= 0 and self.x.max() <= 1)
         self.y = y
         self.backend = backends.get("numpy")
         self.bs = int(min(bs, len(x)))
