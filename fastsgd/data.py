@@ -3,6 +3,7 @@
     >>> from fastsgd import data
     >>> ds = data.load_embedded()                  # 5,000 MNIST images, no network
     >>> ds = data.load_mnist("path/to/mnist")      # the four IDX files, .gz or not
+    >>> ds = data.load_mnist("t10k-only", valid_pct=0.2)   # its last 20% validate
     >>> x, y = data.select_digits(ds.train_x, ds.train_y, (3, 7))   # 3 -> 1.0, 7 -> 0.0
     >>> folder = data.download_mnist()             # full MNIST into cache_dir()/"mnist"
 
@@ -40,6 +41,7 @@ from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
+           "split_idx",
            "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
            "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
            "EMBEDDED_SHA256", "FASHION_MNIST_CLASSES"]
@@ -122,12 +124,53 @@ def _read_split(folder: pathlib.Path, images_name: str, labels_name: str):
     return _images_to_features(images), labels.astype(np.int64)
 
 
-def load_mnist(path) -> Dataset:
-    """Load an MNIST-style folder of IDX files; the t10k files become the validation set."""
+def split_idx(n: int, valid_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, valid rows) of ``n`` rows in their order: the last ``valid_pct`` of them
+    (rounded, at least one) validate, the rest train.  ``valid_pct`` lies in (0, 1) and
+    both parts must hold a row; else ValueError."""
+    if isinstance(valid_pct, bool) or not isinstance(valid_pct, (int, float)) \
+            or not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct: expected a fraction in (0, 1), got {valid_pct!r}")
+    n_valid = max(1, int(round(n * valid_pct)))
+    if n_valid >= n:
+        raise ValueError(f"valid_pct: {valid_pct} of {n} rows leaves none to train on")
+    return np.arange(n - n_valid), np.arange(n - n_valid, n)
+
+
+def _has_split(folder: pathlib.Path, images_name: str, labels_name: str) -> bool:
+    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file()
+               for n in (images_name, labels_name))
+
+
+def load_mnist(path, valid_pct: float | None = None) -> Dataset:
+    """Load an MNIST-style folder of IDX files; the t10k files become the validation set.
+
+    With ``valid_pct``, the folder's training files (or, in a folder that holds only the
+    t10k files, those) are split in their order by ``split_idx``: the last
+    ``valid_pct`` validate and the rest train (the real MNIST test set with 0.2: 8,000
+    train / 2,000 valid).
+    """
     folder = pathlib.Path(path)
     if not folder.is_dir():
         expected = ", ".join(f"{n}[.gz]" for n in _MNIST_NAMES)
         raise DataError(f"{folder}: not a folder; expected one holding {expected}")
+    if valid_pct is not None:
+        split_idx(2, valid_pct)                              # the fraction, checked first
+        names = (_TRAIN_IMAGES, _TRAIN_LABELS)
+        if not _has_split(folder, *names) and _has_split(folder, _VALID_IMAGES, _VALID_LABELS):
+            names = (_VALID_IMAGES, _VALID_LABELS)
+        x, y = _read_split(folder, *names)
+        try:
+            train, valid = split_idx(len(x), valid_pct)
+        except ValueError as e:
+            raise DataError(f"{folder}: {e}") from None
+        which, n = "train" if names[0] == _TRAIN_IMAGES else "t10k", len(train)
+        return Dataset(x[:n], y[:n], x[n:], y[n:],
+                       name=f"mnist ({folder}, {which} files split {n}/{len(valid)})")
+    if not _has_split(folder, _TRAIN_IMAGES, _TRAIN_LABELS) \
+            and _has_split(folder, _VALID_IMAGES, _VALID_LABELS):
+        raise DataError(f"{folder}: holds only the t10k files; pass valid_pct (--valid-pct "
+                        f"0.2) to train on the first 80% of them and validate on the rest")
     train_x, train_y = _read_split(folder, _TRAIN_IMAGES, _TRAIN_LABELS)
     valid_x, valid_y = _read_split(folder, _VALID_IMAGES, _VALID_LABELS)
     if train_x.shape[1] != valid_x.shape[1]:

@@ -273,7 +273,7 @@ def test_ctrl_c_right_after_saving_is_an_interrupt(tmp_path, digits_folder, caps
 def test_memory_error_is_one_line(tmp_path, digits_folder, capsys, monkeypatch):
     from fastsgd import data
 
-    def no_memory(path):
+    def no_memory(path, valid_pct=None):
         raise MemoryError("Unable to allocate 1.49 GiB for an array with shape (20000, 20000)")
 
     monkeypatch.setattr(data, "load_mnist", no_memory)

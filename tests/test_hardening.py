@@ -468,3 +468,54 @@ def test_a_download_that_drips_just_fast_enough_ends_by_its_deadline(scripted, t
 def test_download_timeouts_are_checked(timeout, tmp_path):
     with pytest.raises(ValueError, match="timeout: expected a positive number of seconds"):
         data.download_mnist(tmp_path, timeout=timeout)
+
+
+# ------------------------------------------------------------ a folder of t10k files only
+@pytest.fixture(scope="module")
+def t10k_only(tmp_path_factory):
+    """The generated folder's 500 images as t10k files alone, as MNIST's test set comes."""
+    from .mnist_fixtures import synthetic_digits, write_idx
+    folder = tmp_path_factory.mktemp("t10k")
+    images, labels = synthetic_digits(500, seed=3)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels)
+    return folder, images, labels
+
+
+def test_split_idx_keeps_the_order_and_validates_the_last_rows():
+    train, valid = data.split_idx(10_000, 0.2)
+    np.testing.assert_array_equal(train, np.arange(8000))
+    np.testing.assert_array_equal(valid, np.arange(8000, 10_000))
+    for bad in (0, 1, -0.1, 1.5, True, "0.2"):
+        with pytest.raises(ValueError, match="valid_pct: expected a fraction in"):
+            data.split_idx(10, bad)
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        data.split_idx(1, 0.5)
+
+
+def test_a_folder_of_t10k_files_only_trains_with_valid_pct(t10k_only, tmp_path, capsys):
+    folder, images, labels = t10k_only
+    assert main(["train", "--data", str(folder), "--epochs", "1"]) == 2
+    assert "--valid-pct 0.2" in _one_line_error(capsys, "train")
+    ds = data.load_mnist(folder, valid_pct=0.2)
+    assert (len(ds.train_x), len(ds.valid_x)) == (400, 100)
+    np.testing.assert_array_equal(ds.valid_y, labels[400:])
+    np.testing.assert_array_equal(ds.train_x, images[:400].reshape(400, -1) * np.float32(1 / 255))
+    model, report = tmp_path / "m.npz", tmp_path / "r.json"
+    assert main(["train", "--no-progress", "--quiet", "--data", str(folder), "--valid-pct",
+                 "0.2", "--digits", "all", "--epochs", "2", "--save", str(model),
+                 "--json", str(report)]) == 0
+    settings = json.loads(report.read_text())["settings"]
+    assert (settings["n_train"], settings["n_valid"], settings["valid_pct"]) == (400, 100, 0.2)
+    capsys.readouterr()
+    assert main(["interpret", str(model)]) == 0        # the model's split, from its settings
+    assert "100 validation images" in capsys.readouterr().out
+    assert main(["train", "--no-progress", "--quiet", "--resume", str(model), "--epochs",
+                 "1"]) == 0
+
+
+def test_valid_pct_needs_a_folder(capsys):
+    assert main(["train", "--valid-pct", "0.2"]) == 2
+    assert "needs --data" in _one_line_error(capsys, "train")
+    assert main(["train", "--valid-pct", "1.5"]) == 2
+    assert "fraction in (0, 1)" in _one_line_error(capsys, "train")

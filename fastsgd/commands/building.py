@@ -22,7 +22,9 @@ class Setup(NamedTuple):
 def load_data(args):
     """(dataset name, train_x, train_y, valid_x, valid_y) of --data's --digits."""
     from .. import data
-    dataset = data.load_mnist(args.data) if args.data else data.load_embedded()
+    if args.valid_pct is not None and not args.data:
+        raise UsageError("--valid-pct: needs --data DIR (the embedded set has its own split)")
+    dataset = data.load_mnist(args.data, args.valid_pct) if args.data else data.load_embedded()
     train_x, train_y = data.select_digits(dataset.train_x, dataset.train_y, args.digits)
     valid_x, valid_y = data.select_digits(dataset.valid_x, dataset.valid_y, args.digits)
     for part, x in (("training", train_x), ("validation", valid_x)):

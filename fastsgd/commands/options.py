@@ -16,7 +16,9 @@ EXIT_USAGE = 2
 #: ``--resume`` takes the checkpoint's value of each one not given.
 TRAIN_DEFAULTS = {"data": None, "digits": [3, 7], "model": "mlp", "hidden": [30],
                   "activation": "relu", "bs": 64, "lr": None, "momentum": None, "wd": 0.0,
-                  "schedule": "constant", "backend": None, "seed": 0}
+                  "schedule": "constant", "backend": None, "seed": 0, "valid_pct": None}
+#: Settings that checkpoints of earlier versions lack: a missing one reads as its default.
+ADDED_SETTINGS = ("valid_pct",)
 #: The options that fix the model and its classes: a resumed run cannot change them.
 FIXED_BY_CHECKPOINT = ("digits", "model", "hidden", "activation")
 #: ``--classes`` of predict and interpret: how to name the label values 0..9.

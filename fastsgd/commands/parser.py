@@ -68,6 +68,14 @@ def non_negative_float(text):
     return value
 
 
+def fraction(text):
+    """``--valid-pct 0.2``: a number strictly between 0 and 1."""
+    value = _parsed(text, float, "expected a fraction in (0, 1)")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
 def hidden_sizes(text):
     """``--hidden 256,128``: one positive size per hidden layer."""
     expected = "expected hidden sizes like 30 or 256,128"
@@ -124,6 +132,7 @@ def _add_model_options(parser, defaults: dict) -> None:
     parser.add_argument("--data", type=non_empty, metavar="DIR", default=defaults["data"],
                         help="folder of MNIST-format IDX files (train-*/t10k-*); "
                         "default: the embedded 5,000-image MNIST subset")
+    _add_valid_pct(parser, defaults["valid_pct"])
     parser.add_argument("--digits", type=digit_list, default=defaults["digits"],
                         metavar="D,D|all",
                         help="digits to classify (default: 3,7; 'all' = ten classes)")
@@ -143,6 +152,14 @@ def _add_model_options(parser, defaults: dict) -> None:
     parser.add_argument("--wd", type=non_negative_float, default=defaults["wd"],
                         help="weight decay (default: 0)")
     _add_backend_option(parser)
+
+
+def _add_valid_pct(parser, default) -> None:
+    parser.add_argument("--valid-pct", type=fraction, default=default, metavar="P",
+                        help="with --data: validate on the last P of its training images (in "
+                        "file order) instead of its t10k files, train on the rest; a folder "
+                        "with only the t10k files is split so (0.2: 8,000 train / 2,000 "
+                        "valid of MNIST's test set)")
 
 
 def _add_naming_options(parser) -> None:
@@ -263,6 +280,7 @@ def _add_predict_and_interpret(sub) -> None:
     _add_strings(interpret, _MODEL,
                  ("--data", "DIR", "folder of MNIST-format IDX files (default: the folder the "
                                    "model was trained on, else the embedded MNIST subset)"))
+    _add_valid_pct(interpret, None)
     interpret.add_argument("--digits", type=digit_list, default=None, metavar="D,D|all",
                            help="the digits the model's outputs are, in order (default: the "
                            "model's classes; needed for two-digit files of weights alone)")

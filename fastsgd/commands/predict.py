@@ -1,6 +1,7 @@
 """``fastsgd predict`` and ``fastsgd interpret``: use a model file written by train --save."""
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -115,7 +116,12 @@ def run_interpret(args) -> int:
     model, kind, classes, known, settings = _load_classifier(args.model, args.backend)
     digits = _interpret_digits(args, classes, known, kind, model.n_out)
     folder = args.data or settings.get("data")
-    dataset = data.load_mnist(folder) if folder else data.load_embedded()
+    valid_pct = args.valid_pct if args.valid_pct is not None else \
+        settings.get("valid_pct") if folder and os.path.abspath(folder) == settings.get("data") \
+        else None
+    if valid_pct is not None and not folder:
+        raise UsageError("--valid-pct: needs --data DIR (the embedded set has its own split)")
+    dataset = data.load_mnist(folder, valid_pct) if folder else data.load_embedded()
     rows = np.flatnonzero(np.isin(dataset.valid_y, digits))
     if len(rows) == 0:
         raise UsageError(f"--digits: the validation set of {dataset.name} holds none of "

@@ -12,6 +12,7 @@ from .. import backends, files
 from .building import describe, headline, prepare
 from .options import (
     ACTIVATIONS,
+    ADDED_SETTINGS,
     FIXED_BY_CHECKPOINT,
     TRAIN_DEFAULTS,
     UsageError,
@@ -33,6 +34,9 @@ def run_train(args, dist=None) -> int:
     """
     if args.sync_every and not args.distributed:
         raise UsageError("--sync-every: needs --distributed")
+    if args.valid_pct is not None and args.distributed:
+        raise UsageError("--valid-pct: not with --distributed (each rank reads its rows of "
+                         "the train and t10k files)")
     if args.distributed and dist is None:
         from ..distributed import run_cli
         return run_cli(args, run_train)
@@ -96,6 +100,8 @@ _SETTING_CHECKS = {
     "schedule": (lambda v: v in ("constant", "cosine"), "constant or cosine"),
     "backend": (lambda v: v in backends.names(), f"one of {', '.join(backends.names())}"),
     "seed": (lambda v: is_int(v), "an integer"),
+    "valid_pct": (lambda v: v is None or (_is_number(v) and 0 < v < 1),
+                  "null or a fraction in (0, 1)"),
 }
 
 
@@ -109,6 +115,8 @@ def _resume_settings(path) -> tuple[dict, dict]:
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--resume: {one_line(exc)}") from None
     settings = state.get("settings") if "opt" in state else None
+    if isinstance(settings, dict):
+        settings = {**{key: TRAIN_DEFAULTS[key] for key in ADDED_SETTINGS}, **settings}
     if not isinstance(settings, dict) or not set(TRAIN_DEFAULTS) <= set(settings):
         raise UsageError(f"--resume: {path} is not a checkpoint of fastsgd train (it holds "
                          f"{'no training state' if settings is None else 'other settings'}); "
