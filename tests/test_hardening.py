@@ -519,3 +519,43 @@ def test_valid_pct_needs_a_folder(capsys):
     assert "needs --data" in _one_line_error(capsys, "train")
     assert main(["train", "--valid-pct", "1.5"]) == 2
     assert "fraction in (0, 1)" in _one_line_error(capsys, "train")
+
+
+# ------------------------------------------------------------ fastsgd bench: defaults, lines
+def _bench_options(monkeypatch, argv):
+    """The options ``fastsgd bench ARGV`` passes to run_bench (which is not run)."""
+    from fastsgd import bench
+    seen = {}
+
+    def record(**options):
+        seen.update(options)
+        return []
+    monkeypatch.setattr(bench, "run_bench", record)
+    monkeypatch.setattr(bench, "print_table", lambda rows, machine: None)
+    monkeypatch.setattr(bench, "machine_info", lambda: {})
+    assert main(["bench", *argv]) == 0
+    return seen
+
+
+def test_bench_defaults_are_quick_and_full_keeps_the_whole_coverage(monkeypatch):
+    from fastsgd.bench import runners
+    quick = _bench_options(monkeypatch, [])
+    assert (quick["sizes"], quick["epochs"], quick["samples"]) == ("64", 3, 10_000)
+    assert quick["backends"] == [n for n in runners()
+                                 if n not in ("torch.compile", "jax.jit", "jax.scan")]
+    full = _bench_options(monkeypatch, ["--full"])
+    assert (full["sizes"], full["epochs"], full["samples"], full["backends"]) == \
+        ("small,large", 5, 60_000, None)
+    given = _bench_options(monkeypatch, ["--full", "--epochs", "2", "--sizes", "256"])
+    assert (given["sizes"], given["epochs"], given["samples"]) == ("256", 2, 60_000)
+
+
+def test_bench_progress_is_one_line_per_row_when_not_a_terminal():
+    run = _fastsgd("bench", "--kernels", "relu_forward,epoch", "--sizes", "64", "--backends",
+                   "numpy", "--samples", "256", "--epochs", "1", "--budget", "0.002")
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stdout + run.stderr
+    lines = run.stderr.splitlines()
+    assert lines == [f"bench {i}/{len(lines)}: {label}" for i, label in enumerate(
+        ["measuring the peak", "relu_forward 64x30 numpy", "relu_forward 64x128 numpy",
+         "epoch 784-128-10 bs64 numpy"], start=1)]

@@ -300,14 +300,21 @@ def _add_info_and_bench(sub) -> None:
                  ("--kernels", "K,K", "kernel names or patterns, e.g. matmul*,relu_forward,epoch "
                                       "(default: every kernel and the epoch)"),
                  ("--backends", "B,B", "runners, e.g. numba,c,torch,jax.scan; numpy, the "
-                                       "baseline, always runs (default: every available one)"),
+                                       "baseline, always runs (default: every available one "
+                                       "but the compiled peers torch.compile, jax.jit and "
+                                       "jax.scan, which --full adds)"),
                  ("--sizes", "S,S", "batch sizes of the training shapes (e.g. 64,256) and/or "
                                     "small (= 64,256) and large (1024^3 matmuls, 4M-element "
-                                    "arrays); default: small,large"))
+                                    "arrays); default: 64 (--full: small,large)"))
     _add_counts(bench, {
-        "--epochs": (5, "timed epochs per epoch row, after a warm-up epoch (default: 5)"),
-        "--samples": (60_000, "training samples of an epoch (default: 60000)"),
+        "--epochs": (None, "timed epochs per epoch row, after a warm-up epoch (default: 3; "
+                           "--full: 5)"),
+        "--samples": (None, "training samples of an epoch (default: 10000; --full: 60000)"),
     })
+    _add_switches(bench, {"--full": "the whole coverage, about 4 minutes on 2 cores: both "
+                                    "batch sizes, the large shapes, 5 epochs of 60,000 samples, "
+                                    "the compiled peers (the default, under a minute: batch 64, "
+                                    "3 epochs of 10,000)"})
     bench.add_argument("--data", type=non_empty, default="random", metavar="DIR",
                        help="the epoch's samples: 'random' (default) or a folder of MNIST-format "
                        "IDX files, e.g. /usr/share/datasets/fashion-mnist")
