@@ -559,3 +559,14 @@ def test_bench_progress_is_one_line_per_row_when_not_a_terminal():
     assert lines == [f"bench {i}/{len(lines)}: {label}" for i, label in enumerate(
         ["measuring the peak", "relu_forward 64x30 numpy", "relu_forward 64x128 numpy",
          "epoch 784-128-10 bs64 numpy"], start=1)]
+
+
+def test_bench_checks_its_outputs_first_and_says_what_it_wrote(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file")
+    assert main(["bench", "--json", str(tmp_path / "file" / "b.json")]) == 2
+    assert "--json: cannot write" in _one_line_error(capsys, "bench")
+    out = tmp_path / "new" / "b.json"
+    assert main(["bench", "--kernels", "relu_forward", "--sizes", "64", "--backends", "numpy",
+                 "--budget", "0.002", "--no-progress", "--json", str(out)]) == 0
+    assert f"wrote {out} (created the folder {out.parent})" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 import numpy as np
 
-from .. import backends
-from .options import UsageError, version
+from .. import backends, files
+from .options import UsageError, check_output, check_plot, say_written, version
 
 #: run_bench's options that are flags of the same name.
 _BENCH_OPTIONS = ("kernels", "backends", "sizes", "epochs", "samples", "data", "budget")
@@ -67,7 +68,14 @@ def run_bench_command(args) -> int:
         bench.parse_options(**options)
     except ValueError as exc:
         raise _flag_error(exc) from None
+    if args.json:
+        check_output("--json", args.json)
+    if args.plot:
+        check_plot("--plot", args.plot)
+    created = {path: files.missing_folders(path) for path in (args.json, args.plot) if path}
     rows = bench.run_bench(**options, json_path=args.json, plot_path=args.plot,
                            progress=not args.no_progress)
     bench.print_table(rows, bench.machine_info())
+    for path, folders in created.items():
+        say_written(path, folders, sys.stdout)
     return 0 if all(row["status"] == "ok" for row in rows) else 1

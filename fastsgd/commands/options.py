@@ -69,7 +69,14 @@ def write_output(path, write, out, quiet: bool = False) -> None:
     ``out``: ``wrote PATH``, with the folders it created (missing ones are created)."""
     created = files.missing_folders(path)
     write(path)
-    if not quiet and not files.is_stdout(path):
+    if not quiet:
+        say_written(path, created, out)
+
+
+def say_written(path, created, out) -> None:
+    """``wrote PATH`` on ``out``, with the last of the folders ``created`` for it; nothing
+    for standard output."""
+    if not files.is_stdout(path):
         made = f" (created the folder {created[-1]})" if created else ""
         print(f"wrote {path}{made}", file=out, flush=True)
 
