@@ -570,3 +570,9 @@ def test_bench_checks_its_outputs_first_and_says_what_it_wrote(tmp_path, capsys)
                  "--budget", "0.002", "--no-progress", "--json", str(out)]) == 0
     assert f"wrote {out} (created the folder {out.parent})" in capsys.readouterr().out
     assert json.loads(out.read_text())["rows"]
+
+
+@pytest.mark.parametrize("option", [["--epochs", "2"], ["--samples", "100"], ["--data", "."]])
+def test_bench_epoch_options_without_the_epoch_rows_are_refused(option, capsys):
+    assert main(["bench", "--kernels", "relu_forward", *option]) == 2
+    assert "does not apply without the epoch rows" in _one_line_error(capsys, "bench")

@@ -65,9 +65,14 @@ def run_bench_command(args) -> int:
     if options["backends"] is None and not args.full:
         options["backends"] = [name for name in bench.runners() if name not in COMPILED_PEERS]
     try:
-        bench.parse_options(**options)
+        parsed = bench.parse_options(**options)
     except ValueError as exc:
         raise _flag_error(exc) from None
+    if "epoch" not in parsed["kernels"]:
+        for name in ("epochs", "samples", "data"):
+            if getattr(args, name) not in (None, "random"):
+                raise UsageError(f"--{name}: does not apply without the epoch rows (--kernels "
+                                 f"{args.kernels} has no epoch)")
     if args.json:
         check_output("--json", args.json)
     if args.plot:
