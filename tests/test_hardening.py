@@ -576,3 +576,25 @@ def test_bench_checks_its_outputs_first_and_says_what_it_wrote(tmp_path, capsys)
 def test_bench_epoch_options_without_the_epoch_rows_are_refused(option, capsys):
     assert main(["bench", "--kernels", "relu_forward", *option]) == 2
     assert "does not apply without the epoch rows" in _one_line_error(capsys, "bench")
+
+
+def test_flipped_bits_anywhere_in_a_checkpoint_are_refused_or_harmless(tmp_path, checkpoint):
+    """400 bits spread over the whole file: each flip refused in one line, or (in a field
+    that means nothing to the reader, such as a timestamp) the very same checkpoint."""
+    whole = layers.read_checkpoint(checkpoint)
+    raw = checkpoint.read_bytes()
+    damaged = tmp_path / "d.npz"
+    refused = 0
+    for i in range(400):
+        bit = (i * 7919 * 8 + i % 8) % (8 * len(raw))
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        damaged.write_bytes(bytes(flipped))
+        try:
+            stored = layers.read_checkpoint(damaged)
+        except ValueError as e:
+            assert "\n" not in str(e)
+            refused += 1
+            continue
+        _same_checkpoint(stored, whole)
+    assert refused > 300
