@@ -151,7 +151,8 @@ def run_interpret(args) -> int:
                   f"{proba[i, actual[i]]:.2f}" for i in top]
         write_output(plots[1], lambda path: plot_top_losses(
             _as_images(x[top]), titles, path,
-            title="prediction / actual, loss / probability of actual"), sys.stdout)
+            title="prediction / actual, loss / probability of actual"), sys.stdout,
+            quiet=plots[1] == plots[0])                 # a device: said once
     return 0
 
 
