@@ -152,8 +152,17 @@ def _checked_opt(opt, where) -> tuple[float, float, float]:
     return checked.lr, checked.momentum, checked.weight_decay
 
 
+#: What every row of ``Recorder.history`` holds, besides one number per metric.
+HISTORY_NUMBERS = ("train_loss", "valid_loss", "seconds")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _checked_history(history, where) -> list[dict]:
-    """A saved ``Recorder.history``: a list of objects, each with an integer epoch."""
+    """A saved ``Recorder.history``: a list of objects, each with an integer epoch and
+    numbers for ``HISTORY_NUMBERS``, all with the same keys."""
     if not isinstance(history, list):
         raise ValueError(f"{where}: expected a list of epochs, got {history!r:.40}")
     for i, row in enumerate(history):
@@ -161,4 +170,11 @@ def _checked_history(history, where) -> list[dict]:
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise ValueError(f"{where}[{i}]: expected an object with an integer epoch, "
                              f"got {row!r:.80}")
+        missing = [key for key in HISTORY_NUMBERS if not _is_number(row.get(key))]
+        if missing:
+            raise ValueError(f"{where}[{i}]: expected numbers for {', '.join(missing)}, "
+                             f"got {row!r:.80}")
+        if set(row) != set(history[0]):
+            raise ValueError(f"{where}[{i}]: holds {', '.join(sorted(row))}, the first epoch "
+                             f"{', '.join(sorted(history[0]))}")
     return [dict(row) for row in history]

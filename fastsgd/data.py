@@ -3,6 +3,7 @@
     >>> from fastsgd import data
     >>> ds = data.load_embedded()                  # 5,000 MNIST images, no network
     >>> ds = data.load_mnist("path/to/mnist")      # the four IDX files, .gz or not
+    >>> ds = data.load_mnist("t10k-only", valid_pct=0.2)   # its last 20% validate
     >>> x, y = data.select_digits(ds.train_x, ds.train_y, (3, 7))   # 3 -> 1.0, 7 -> 0.0
     >>> folder = data.download_mnist()             # full MNIST into cache_dir()/"mnist"
 
@@ -35,13 +36,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends.arrays import host_all_finite
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
-from .files import NpzArchive, open_output
+from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
 from .idx import DataError, read_idx, read_idx_rows
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
-           "book_sample", "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
+           "book_sample", "split_idx",
+           "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
            "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
            "EMBEDDED_SHA256", "FASHION_MNIST_CLASSES"]
 
@@ -66,7 +67,7 @@ _EMBEDDED_PIXELS = 784
 _EMBEDDED_VALID_FRACTION = 0.2
 _EMBEDDED_SEED = 0
 _CACHE_FORMAT = 1                                  # bump when the .npz layout changes
-_MAX_CACHE_ROWS = 100_000
+_MAX_CACHE_ROWS = 10_000                           # the embedded set has 5,000
 
 _DATA_HINT = ("reinstall fastsgd (the file ships inside the package), "
               "or pass a folder of MNIST IDX files with --data DIR")
@@ -123,12 +124,53 @@ def _read_split(folder: pathlib.Path, images_name: str, labels_name: str):
     return _images_to_features(images), labels.astype(np.int64)
 
 
-def load_mnist(path) -> Dataset:
-    """Load an MNIST-style folder of IDX files; the t10k files become the validation set."""
+def split_idx(n: int, valid_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, valid rows) of ``n`` rows in their order: the last ``valid_pct`` of them
+    (rounded, at least one) validate, the rest train.  ``valid_pct`` lies in (0, 1) and
+    both parts must hold a row; else ValueError."""
+    if isinstance(valid_pct, bool) or not isinstance(valid_pct, (int, float)) \
+            or not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct: expected a fraction in (0, 1), got {valid_pct!r}")
+    n_valid = max(1, int(round(n * valid_pct)))
+    if n_valid >= n:
+        raise ValueError(f"valid_pct: {valid_pct} of {n} rows leaves none to train on")
+    return np.arange(n - n_valid), np.arange(n - n_valid, n)
+
+
+def _has_split(folder: pathlib.Path, images_name: str, labels_name: str) -> bool:
+    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file()
+               for n in (images_name, labels_name))
+
+
+def load_mnist(path, valid_pct: float | None = None) -> Dataset:
+    """Load an MNIST-style folder of IDX files; the t10k files become the validation set.
+
+    With ``valid_pct``, the folder's training files (or, in a folder that holds only the
+    t10k files, those) are split in their order by ``split_idx``: the last
+    ``valid_pct`` validate and the rest train (the real MNIST test set with 0.2: 8,000
+    train / 2,000 valid).
+    """
     folder = pathlib.Path(path)
     if not folder.is_dir():
         expected = ", ".join(f"{n}[.gz]" for n in _MNIST_NAMES)
         raise DataError(f"{folder}: not a folder; expected one holding {expected}")
+    if valid_pct is not None:
+        split_idx(2, valid_pct)                              # the fraction, checked first
+        names = (_TRAIN_IMAGES, _TRAIN_LABELS)
+        if not _has_split(folder, *names) and _has_split(folder, _VALID_IMAGES, _VALID_LABELS):
+            names = (_VALID_IMAGES, _VALID_LABELS)
+        x, y = _read_split(folder, *names)
+        try:
+            train, valid = split_idx(len(x), valid_pct)
+        except ValueError as e:
+            raise DataError(f"{folder}: {e}") from None
+        which, n = "train" if names[0] == _TRAIN_IMAGES else "t10k", len(train)
+        return Dataset(x[:n], y[:n], x[n:], y[n:],
+                       name=f"mnist ({folder}, {which} files split {n}/{len(valid)})")
+    if not _has_split(folder, _TRAIN_IMAGES, _TRAIN_LABELS) \
+            and _has_split(folder, _VALID_IMAGES, _VALID_LABELS):
+        raise DataError(f"{folder}: holds only the t10k files; pass valid_pct (--valid-pct "
+                        f"0.2) to train on the first 80% of them and validate on the rest")
     train_x, train_y = _read_split(folder, _TRAIN_IMAGES, _TRAIN_LABELS)
     valid_x, valid_y = _read_split(folder, _VALID_IMAGES, _VALID_LABELS)
     if train_x.shape[1] != valid_x.shape[1]:
@@ -204,29 +246,20 @@ def load_images(path) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (OSError, *NPY_HEADER_ERRORS) as e:
         raise DataError(f"{path}: not a .npy array ({_first_line(e)})") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path}: expected one .npy array, got {type(array).__name__}")
-    if array.dtype.kind == "f":
-        images = np.array(array, dtype=np.float32)
-        if not host_all_finite(images):
-            raise DataError(f"{path}: contains NaN or Inf; expected pixels in [0, 1]")
-        if images.size and (images.min() < 0 or images.max() > 1):
-            raise DataError(f"{path}: float pixels must lie in [0, 1], found values from "
-                            f"{images.min():g} to {images.max():g}; divide 0..255 pixels by 255")
-        return images
-    return _images_to_unit(np.array(array), path)
+    return _images_to_unit(np.asarray(array), path)
 
 
 def _images_to_unit(images: np.ndarray, path) -> np.ndarray:
-    """uint8 pixels 0..255 as float32 in [0, 1], keeping the shape."""
-    if images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 pixels 0..255 or floats in [0, 1], got "
-                        f"{images.dtype}")
-    out = images.astype(np.float32)
-    out *= np.float32(1.0 / 255.0)
-    return out
+    """uint8 pixels 0..255 as float32 in [0, 1], floats checked to lie there; shape kept."""
+    from .inference import scale_pixels
+    try:
+        return scale_pixels(images, str(path))
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _first_line(exc) -> str:
@@ -333,7 +366,7 @@ def _read_cache(file: pathlib.Path):
             if not ok:
                 return None
             x, y = npz.read("x"), npz.read("y")
-    except (OSError, ValueError):
+    except Exception:          # any unreadable cache is rebuilt, whatever the reason
         return None
     return (x, y) if y.max() <= 9 else None
 

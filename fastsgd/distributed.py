@@ -485,7 +485,7 @@ class MPI:
                 raise
             raise SystemExit(0) from None         # rank 0 reports it and sets the exit code
         except BaseException as exc:
-            print(f"fastsgd: error: rank {self.rank}: {_message(exc)}", file=sys.stderr,
+            print(f"fastsgd train: error: rank {self.rank}: {_message(exc)}", file=sys.stderr,
                   flush=True)
             self.abort(130 if isinstance(exc, KeyboardInterrupt) else EXIT_ERROR)
 

@@ -5,9 +5,10 @@
 
 A download is streamed into a temporary file next to its target and verified by
 size and SHA-256 before it takes the target's name; a server that stalls (less
-than 1 KiB in some ``timeout``-second window, headers included) or sends more
-bytes than expected is given up on.  Every failure raises ``DownloadError`` and
-leaves no partial file.
+than 1 KiB in some ``timeout``-second window, headers included), that is not done
+by the file's deadline (``timeout`` + 1 s per 8 KiB expected: 1,240 s for MNIST's
+9.9 MB training images), or that sends more bytes than expected is given up on.
+Every failure raises ``DownloadError`` and leaves no partial file.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ import urllib.request
 
 from .files import open_output
 
-__all__ = ["DownloadError", "download_mnist", "cache_dir", "MNIST_URL", "MNIST_FILES",
-           "MNIST_SIZES"]
+__all__ = ["DownloadError", "download_mnist", "download_deadline", "check_timeout", "cache_dir",
+           "MNIST_URL", "MNIST_FILES", "MNIST_SIZES", "MIN_RATE"]
 
 #: Mirror of the original MNIST files (the one torchvision uses).
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -52,6 +53,7 @@ MNIST_SIZES: dict[str, int] = {
 #: The longest ``timeout`` taken, in seconds: the socket layer cannot hold much more.
 MAX_TIMEOUT = 86400.0
 _STALL_BYTES = 1024                # a download must bring this much per `timeout` seconds
+MIN_RATE = 8 << 10                 # ... and be done within `timeout` + its size / this (B/s)
 _MAX_DOWNLOAD_BYTES = 64 << 20     # for files of unknown size
 
 _DOWNLOAD_HINT = "pass a local folder of MNIST IDX files with --data DIR instead"
@@ -81,23 +83,40 @@ def _sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def download_deadline(size: int | None, timeout: float) -> float:
+    """Seconds a download of ``size`` bytes (None: unknown, up to 64 MiB) may take in all:
+    ``timeout`` plus one second per ``MIN_RATE`` bytes."""
+    return timeout + (size if size is not None else _MAX_DOWNLOAD_BYTES) / MIN_RATE
+
+
+def check_timeout(timeout) -> float:
+    """``timeout`` as float seconds, or ValueError unless it is a number in
+    (0, ``MAX_TIMEOUT``]."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout: expected a positive number of seconds up to "
+                         f"{MAX_TIMEOUT:g} (a day), got {timeout!r}")
+    return float(timeout)
+
+
 def _failed(url: str, reason: str) -> DownloadError:
     return DownloadError(f"download of {url} failed ({reason}); {_DOWNLOAD_HINT}")
 
 
 class _Watchdog:
     """Gives up on a connection that delivers less than ``min_bytes`` in some
-    ``timeout``-second window, from the request on (the headers included).
+    ``timeout``-second window, from the request on (the headers included), or that is
+    still going ``deadline`` seconds after the request (``late`` then says so).
 
     The reading thread reports each chunk with ``feed``; a timer thread checks the
     same rule while that thread is blocked (slow headers, a silent server) and then
     shuts the socket down, so the blocked read returns at once.
     """
 
-    def __init__(self, timeout: float, min_bytes: int):
-        self.timeout, self.min_bytes = timeout, min_bytes
+    def __init__(self, timeout: float, min_bytes: int, deadline: float = math.inf):
+        self.timeout, self.min_bytes, self.deadline = timeout, min_bytes, deadline
         self.connection = None              # the HTTP connection, once one is made
-        self.tripped = False
+        self.tripped = self.late = False
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._start = time.monotonic()
@@ -120,6 +139,9 @@ class _Watchdog:
             return self._broken(now)
 
     def _broken(self, now: float) -> bool:
+        if now - self._start > self.deadline:
+            self.late = True
+            return True
         if now - self._start < self.timeout:
             return False
         window_start = now - self.timeout
@@ -190,8 +212,16 @@ def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
     bytes than expected.  Every failure is a ``DownloadError``.
     """
     limit = size if size is not None else _MAX_DOWNLOAD_BYTES
-    watchdog = _Watchdog(timeout, min(_STALL_BYTES, size) if size else _STALL_BYTES)
-    stalled = _failed(url, f"stalled: less than {watchdog.min_bytes} bytes in {timeout:g} s")
+    watchdog = _Watchdog(timeout, min(_STALL_BYTES, size) if size else _STALL_BYTES,
+                         download_deadline(size, timeout))
+    too_slow = (_failed(url, f"stalled: less than {watchdog.min_bytes} bytes in {timeout:g} s"),
+                _failed(url, f"too slow: not done within its deadline of "
+                        f"{watchdog.deadline:.0f} s (the timeout + 1 s per "
+                        f"{MIN_RATE // 1024} KiB)"))
+
+    def stalled() -> DownloadError:
+        return too_slow[watchdog.late]
+
     h, got = hashlib.sha256(), 0
     with watchdog:
         try:
@@ -203,7 +233,7 @@ def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
                     if got > limit:
                         raise _failed(url, f"more than the {limit} bytes expected")
                     if watchdog.feed(len(chunk)) and got != size:
-                        raise stalled
+                        raise stalled()
                     h.update(chunk)
                     try:
                         out.write(chunk)
@@ -218,12 +248,12 @@ def _fetch(url: str, out, timeout: float, size: int | None = None) -> str:
             raise _failed(url, f"HTTP {e.code} {e.reason}") from None
         except urllib.error.URLError as e:  # a read blocked for `timeout` s is a stall too
             gave_up = watchdog.tripped or isinstance(e.reason, TimeoutError)
-            raise (stalled if gave_up else _failed(url, str(e.reason))) from None
+            raise (stalled() if gave_up else _failed(url, str(e.reason))) from None
         except (OSError, http.client.HTTPException, ValueError) as e:
-            raise (stalled if watchdog.tripped or isinstance(e, TimeoutError) else
+            raise (stalled() if watchdog.tripped or isinstance(e, TimeoutError) else
                    _failed(url, f"{type(e).__name__}: {e}")) from None
     if watchdog.tripped and not complete:      # a cut connection reads as the end of the data
-        raise stalled
+        raise stalled()
     if size is not None and got != size:
         raise _failed(url, f"got {got} of {size} bytes")
     return h.hexdigest()
@@ -277,14 +307,12 @@ def download_mnist(dest=None, base_url=MNIST_URL, timeout=30.0, files=None) -> p
     ``files`` maps file name -> SHA-256, or -> (SHA-256, size in bytes) (default
     ``MNIST_FILES`` with ``MNIST_SIZES``); files already present with the right
     checksum are kept.  A server that sends less than 1 KiB in some ``timeout``-
-    second window (``timeout`` up to ``MAX_TIMEOUT``, a day), or more bytes than the
-    file has, is given up on.  Any failure
-    raises ``DownloadError`` and leaves no partial file.  Returns the folder.
+    second window (``timeout`` up to ``MAX_TIMEOUT``, a day), that has not sent the
+    whole file by its deadline (``download_deadline(size, timeout)``: ``timeout`` + 1 s
+    per 8 KiB), or that sends more bytes than the file has, is given up on.  Any
+    failure raises ``DownloadError`` and leaves no partial file.  Returns the folder.
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
-        raise ValueError(f"timeout: expected a positive number of seconds up to "
-                         f"{MAX_TIMEOUT:g} (a day), got {timeout!r}")
+    timeout = check_timeout(timeout)
     expected = _expected_files(files)
     folder = pathlib.Path(dest) if dest is not None else cache_dir() / "mnist"
     try:

@@ -4,8 +4,9 @@
         np.savez(f, ...)                      # over model.npz only when the block ends
     write_json("run.json", {...})             # the same for JSON ("-" writes to stdout)
     check_writable("out/run.json")            # before a long job: fail now, not after
+    write_npz("model.npz", {"p0": array})    # an .npz carrying a checksum of its parts
     with NpzArchive("model.npz") as npz:      # every member's shape and dtype, no data yet
-        npz.headers["p0"].shape, npz.read("p0")
+        npz.headers["p0"].shape, npz.verify(), npz.read("p0")
     with file_errors(missing, unreadable):    # a reader's OSErrors in its own words
         f = open(path, "rb")
 
@@ -13,21 +14,30 @@ Regular files are replaced atomically: readers see the old content or the new,
 never half of it, and an exception or Ctrl-C at any point leaves no temp file
 behind.  A new file gets mode ``0o666 & ~umask``; a replaced one keeps its mode.
 Symlinks are followed (the link stays, its target gets the content).  Device
-nodes, FIFOs and ``-`` (standard output) are written directly, never renamed over.
+nodes, FIFOs and ``-`` (standard output) are written directly, never renamed over;
+so are the files this process holds open as a descriptor: ``/dev/stdout``,
+``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, and any path naming the same
+file as standard output or error (``--json out.txt > out.txt``), which are written
+through that descriptor, at its position, so nothing the shell opened is replaced.
+Missing folders are created (``missing_folders`` says which, beforehand).  An empty
+path is refused.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import stat
 import struct
 import sys
 import threading
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -36,8 +46,9 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "check_writable",
-           "ArrayHeader", "BadArchive", "NpzArchive", "file_errors"]
+__all__ = ["STDOUT", "open_output", "write_bytes", "write_json", "write_npz", "check_writable",
+           "is_stdout", "missing_folders", "ArrayHeader", "BadArchive", "NpzArchive",
+           "file_errors"]
 
 #: The path that means standard output.
 STDOUT = "-"
@@ -45,12 +56,59 @@ STDOUT = "-"
 _CHUNK = 1 << 20                 # bytes read or copied at a time
 _MAX_DEFLATE_RATIO = 1032        # deflate cannot expand data by more than this
 _MAX_NPZ_MEMBERS = 4096
+#: The most bytes of arrays an .npz may declare per byte of file (fastsgd writes them
+#: uncompressed, 1:1; float weights deflate far less than this), beyond a free 1 MiB.
+MAX_NPZ_EXPANSION = 16
+_FREE_NPZ_BYTES = 1 << 20
+_CHECKSUM = "checksum"                    # the member holding an .npz's checksum ...
+_CHECKSUM_COMMENT = b"fastsgd-checksum "  # ... and the start of the archive comment, its copy
+_MAX_CHECKSUM_BYTES = 1 << 16
 
 
 # --------------------------------------------------------------------------- writing
 
 def _is_stdout(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and os.fspath(path) == STDOUT
+
+
+_FD_PATH = re.compile(r"/dev/(?:(stdout)|(stderr)|fd/(\d+))|/proc/(?:self|(\d+))/fd/(\d+)")
+
+
+def _open_descriptor(path) -> int | None:
+    """The descriptor of this process that ``path`` names, or None: ``/dev/stdout`` (1),
+    ``/dev/stderr`` (2), ``/dev/fd/N`` or ``/proc/self/fd/N`` (N) when N is open, or 1 or 2
+    when ``path`` is the very regular file that standard output or error is."""
+    text = os.fspath(path)
+    match = _FD_PATH.fullmatch(text)
+    if match:
+        stdout, stderr, dev_fd, pid, proc_fd = match.groups()
+        if pid is None or int(pid) == os.getpid():
+            fd = 1 if stdout else 2 if stderr else int(dev_fd or proc_fd)
+            try:
+                os.fstat(fd)
+                return fd
+            except OSError:
+                return None
+    try:
+        st = os.stat(text)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            std = os.fstat(fd)
+            if (std.st_dev, std.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+    return None
+
+
+def is_stdout(path) -> bool:
+    """Whether output to ``path`` goes to standard output: ``-``, ``/dev/stdout``, or the
+    file standard output is redirected to (commands then print their text to stderr)."""
+    if path is None:
+        return False
+    return _is_stdout(path) or _open_descriptor(path) == 1
 
 
 def _target(path) -> Path:
@@ -67,12 +125,19 @@ def _is_special(target: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _destination(path) -> tuple[str, Path | None]:
-    """Where output to ``path`` goes: ``("stdout", None)``, ``("special", target)`` for a
+def _destination(path) -> tuple[str, Path | int | None]:
+    """Where output to ``path`` goes: ``("stdout", None)``, ``("descriptor", fd)`` for a
+    file this process holds open (written through ``fd``), ``("special", target)`` for a
     device node, FIFO or socket (written in place), else ``("file", target)``, a regular
-    file, new or replaced.  A folder raises ``IsADirectoryError``."""
+    file, new or replaced.  A folder raises ``IsADirectoryError``, an empty path
+    ``FileNotFoundError``."""
     if _is_stdout(path):
         return "stdout", None
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise FileNotFoundError(f"cannot write {path!r}: expected a file name, got an empty path")
+    fd = _open_descriptor(path)
+    if fd is not None:
+        return "descriptor", fd
     target = _target(path)
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder; expected a file name")
@@ -147,6 +212,16 @@ def _direct(target: Path, binary: bool):
 
 
 @contextlib.contextmanager
+def _through_descriptor(fd: int, binary: bool):
+    """Write at the current position of this process's open descriptor ``fd``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with _stream(os.fdopen(os.dup(fd), "wb", buffering=0), binary, owned=True) as out:
+        yield out
+
+
+@contextlib.contextmanager
 def _stdout(binary: bool):
     sys.stdout.flush()
     if not binary:
@@ -163,11 +238,17 @@ def open_output(path, binary: bool = True):
 
     Regular files (new or replaced) are written to a temp file in the same folder,
     then renamed over ``path``; if the block raises, ``path`` is left as it was.
-    Missing folders are created.  ``-`` is standard output.
+    Missing folders are created.  ``-`` is standard output; device nodes, FIFOs and
+    files this process holds open (``/dev/stdout``, the file stdout is redirected
+    to) are written in place, never renamed over.
     """
     kind, target = _destination(path)
     if kind == "stdout":
         with _stdout(binary) as out:
+            yield out
+        return
+    if kind == "descriptor":
+        with _through_descriptor(target, binary) as out:
             yield out
         return
     if kind == "special":
@@ -208,6 +289,58 @@ def write_json(path, obj) -> Path:
     return Path(path)
 
 
+def missing_folders(path) -> list[Path]:
+    """The folders that writing ``path`` with ``open_output`` would create, outermost first."""
+    kind, target = _destination(path)
+    return _missing_folders(target.parent) if kind == "file" else []
+
+
+class _Hashed:
+    """Write-only: what is written goes to ``out`` and into the hash ``digest``."""
+
+    def __init__(self, out, digest):
+        self._out, self._digest, self.n = out, digest, 0
+
+    def write(self, b) -> int:
+        self._digest.update(b)
+        self.n += len(b)
+        return self._out.write(b)
+
+
+def _digest_member(digest, name: str, chunks) -> None:
+    """Hash one member: its name, its bytes, then their count."""
+    digest.update(name.encode() + b"\0")
+    n = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        n += len(chunk)
+    digest.update(n.to_bytes(8, "little"))
+
+
+def write_npz(path, arrays: dict) -> Path:
+    """``arrays`` (name -> array) as an uncompressed .npz at ``path`` (see ``open_output``)
+    carrying a checksum of its parts, which ``NpzArchive.verify`` checks.
+
+    The checksum is a SHA-256 over every member's name and bytes, with the list of
+    members; it is stored twice, as the member ``checksum`` and as the archive's comment,
+    so that no damaged byte can remove it, or a member, unnoticed.
+    """
+    digest = hashlib.sha256()
+    with open_output(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
+                                                 allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                hashed = _Hashed(member, digest)
+                digest.update(name.encode() + b"\0")
+                np.lib.format.write_array(hashed, np.asanyarray(array), allow_pickle=False)
+                digest.update(hashed.n.to_bytes(8, "little"))
+        manifest = json.dumps({"sha256": digest.hexdigest(), "members": list(arrays)}).encode()
+        with archive.open(f"{_CHECKSUM}.npy", "w") as member:
+            np.lib.format.write_array(member, np.frombuffer(manifest, np.uint8))
+        archive.comment = _CHECKSUM_COMMENT + manifest
+    return Path(path)
+
+
 def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and its ancestors that do not exist yet, outermost first."""
     missing = []
@@ -233,6 +366,13 @@ def check_writable(path) -> None:
     """
     kind, target = _destination(path)
     if kind == "stdout":
+        return
+    if kind == "descriptor":
+        import fcntl
+        with _cannot_write(path, f"descriptor {target}"):
+            flags = fcntl.fcntl(target, fcntl.F_GETFL)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(f"cannot write {path}: it is open for reading only")
         return
     if kind == "special":
         if not os.access(target, os.W_OK):
@@ -285,10 +425,12 @@ class ArrayHeader:
         return self.size * self.dtype.itemsize
 
 
-# What zipfile and numpy raise on malformed archives, members and headers.
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error,
-                   zlib.error, NotImplementedError, RuntimeError, OverflowError, KeyError,
-                   IndexError, TypeError)
+# What zipfile and numpy raise on malformed archives, members and headers (numpy parses
+# an .npy header as a Python literal: a flipped bit there is a SyntaxError or TokenError).
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, EOFError, KeyError,
+                     IndexError, TypeError, OverflowError, RecursionError)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, zlib.error,
+                   NotImplementedError, RuntimeError, *NPY_HEADER_ERRORS)
 
 
 class NpzArchive:
@@ -296,7 +438,8 @@ class NpzArchive:
 
     Opening reads only the zip directory and each member's .npy header, and checks
     that header against the member's size, so callers can refuse shapes before
-    any array is allocated.  ``headers`` maps array name -> ``ArrayHeader``;
+    any array is allocated; ``read`` and ``verify`` first check all the arrays' bytes
+    against the file's size (at most ``MAX_NPZ_EXPANSION`` to 1, beyond a free 1 MiB).  ``headers`` maps array name -> ``ArrayHeader``;
     ``read(name)`` returns the array.  Malformed files raise ``BadArchive``
     (a ValueError); a missing file raises FileNotFoundError.
     """
@@ -313,6 +456,7 @@ class NpzArchive:
             raise BadArchive(path, f"not an .npz archive ({e})") from None
         try:
             self.headers = self._read_headers()
+            self._checksum = self.headers.pop(_CHECKSUM, None) and self._infos.pop(_CHECKSUM)
         except BaseException:
             self._zip.close()
             raise
@@ -332,6 +476,16 @@ class NpzArchive:
             headers[name] = self._read_header(info)
             self._infos[name] = info
         return headers
+
+    def check_expansion(self) -> None:
+        """Raise ``BadArchive`` unless the arrays' bytes are at most ``MAX_NPZ_EXPANSION``
+        times the file's size (beyond a free 1 MiB): a small file cannot ask for gigabytes."""
+        declared = sum(header.nbytes for header in self.headers.values())
+        size = os.fstat(self._zip.fp.fileno()).st_size if hasattr(self._zip.fp, "fileno") else 0
+        if declared > MAX_NPZ_EXPANSION * size + _FREE_NPZ_BYTES:
+            raise BadArchive(self.path, f"its arrays declare {declared} bytes from a {size}-byte "
+                             f"file, over {MAX_NPZ_EXPANSION}:1; refusing it as a likely "
+                             f"decompression bomb")
 
     def _check_sizes(self, info: zipfile.ZipInfo) -> None:
         if info.flag_bits & 0x1:
@@ -379,8 +533,49 @@ class NpzArchive:
                              f"holds {info.file_size - header_bytes} bytes of data")
         return header
 
+    def verify(self) -> bool:
+        """Check the checksum ``write_npz`` stores: True when it matches, False for an
+        archive without one (written otherwise, or by an earlier fastsgd); a damaged
+        archive (a member changed, added or lost, or either copy of the checksum lost)
+        raises ``BadArchive``.  Reads every member once."""
+        self.check_expansion()
+        comment = self._zip.comment
+        in_comment = comment.startswith(_CHECKSUM_COMMENT)
+        if self._checksum is None and not in_comment:
+            return False
+        if self._checksum is None or not in_comment:
+            lost = "member" if self._checksum is None else "archive comment"
+            raise BadArchive(self.path, f"damaged: the copy of its checksum in the {lost} is lost")
+        if self._checksum.file_size > _MAX_CHECKSUM_BYTES:
+            raise BadArchive(self.path, "damaged: its checksum member is too large")
+        with self._member(self._checksum, "bad checksum member") as member:
+            stored = member.read()
+        manifest = comment[len(_CHECKSUM_COMMENT):]
+        if not stored.endswith(manifest):
+            raise BadArchive(self.path, "damaged: the two copies of its checksum differ")
+        try:
+            manifest = json.loads(manifest)
+            expected, members = manifest["sha256"], list(manifest["members"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadArchive(self.path, f"damaged: unreadable checksum ({e})") from None
+        if sorted(members) != sorted(self.headers):
+            lost = sorted(set(members) - set(self.headers))
+            extra = sorted(set(self.headers) - set(members))
+            raise BadArchive(self.path, "damaged: its checksum lists other members ("
+                             + "; ".join(f"{what} {', '.join(names)}" for what, names in
+                                         (("lost", lost), ("unexpected", extra)) if names) + ")")
+        digest = hashlib.sha256()
+        for name in members:
+            info = self._infos[name]
+            with self._member(info, "corrupt data") as member:
+                _digest_member(digest, name, iter(lambda: member.read(_CHUNK), b""))
+        if digest.hexdigest() != expected:
+            raise BadArchive(self.path, "damaged: its content does not match its checksum")
+        return True
+
     def read(self, name: str) -> np.ndarray:
         """The array stored as ``name`` (a key of ``headers``)."""
+        self.check_expansion()
         header, info = self.headers[name], self._infos[name]
         out = np.empty(header.size, dtype=header.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))

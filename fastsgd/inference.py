@@ -1,6 +1,7 @@
 """From a trained model's raw outputs to what people use: labels, probabilities, losses.
 
     x = as_inputs(images, model.n_in)            # (N, 784), (N, 28, 28) or (28, 28) -> (N, 784)
+    x = as_inputs(images, 784, pixels=True)      # uint8 0..255 or floats in [0, 1] -> [0, 1]
     raw = raw_outputs(model, x)                   # (N, outputs)
     probabilities(raw, "labels")                  # softmax; sigmoid for one output
     decode(raw, "binary", [3, 7])                 # class names
@@ -17,21 +18,43 @@ import numpy as np
 
 from .backends.arrays import host_all_finite
 
-__all__ = ["as_inputs", "raw_outputs", "probabilities", "class_indices", "decode",
+__all__ = ["as_inputs", "scale_pixels", "raw_outputs", "probabilities", "class_indices", "decode",
            "default_classes", "check_classes", "sample_losses", "confusion_matrix"]
 
 _TARGET_KINDS = ("binary", "labels", "real")
 
 
-def as_inputs(x, n_in: int, name: str = "x") -> np.ndarray:
+def scale_pixels(x, name: str = "x") -> np.ndarray:
+    """Pixels as float32 in [0, 1], the shape kept: uint8 0..255 divided by 255, floats
+    checked to lie in [0, 1]; anything else a ValueError naming ``name``.  The one rule
+    of ``fastsgd predict`` and of ``Learner.predict`` for a model trained on [0, 1]."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        out = x.astype(np.float32)
+        out *= np.float32(1.0 / 255.0)
+        return out
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name}: expected uint8 pixels 0..255 or floats in [0, 1], got {x.dtype}")
+    out = np.asarray(x, dtype=np.float32)
+    if not host_all_finite(np.ascontiguousarray(out)):
+        raise ValueError(f"{name}: contains NaN or Inf; expected pixels in [0, 1]")
+    if out.size and (out.min() < 0 or out.max() > 1):
+        raise ValueError(f"{name}: float pixels must lie in [0, 1], found values from "
+                         f"{out.min():g} to {out.max():g}; divide 0..255 pixels by 255")
+    return out
+
+
+def as_inputs(x, n_in: int, name: str = "x", pixels: bool = False) -> np.ndarray:
     """``x`` as C-contiguous float32 (N, n_in): rows of features or images.
 
     Takes (N, n_in), one sample (n_in,), images (N, H, W) or one image (H, W)
-    with H * W = n_in.  Values must be floats on the scale the model was trained
-    on (MNIST pixels: [0, 1]); integer arrays, such as uint8 pixels 0..255, are
-    refused: divide them by 255 first.  Errors name the array as ``name``.
+    with H * W = n_in.  With ``pixels`` (a model trained on inputs in [0, 1], such
+    as MNIST's pixels) values are scaled as ``scale_pixels`` scales them: uint8
+    0..255 divided by 255, floats in [0, 1].  Without, values must be floats on the
+    scale the model was trained on; integer arrays are refused.  Errors name the
+    array as ``name``.
     """
-    x = np.asarray(x)
+    x = scale_pixels(x, name) if pixels else np.asarray(x)
     if x.dtype.kind in "biu":
         raise ValueError(f"{name}: expected floats (pixels scaled to [0, 1] as in training), got "
                          f"{x.dtype}; divide 0..255 pixels by 255, e.g. x / 255")

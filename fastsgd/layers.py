@@ -11,18 +11,21 @@ each size.  A layer computes on the backend it was bound to with ``to(backend)``
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import backends
-from .files import BadArchive, NpzArchive, file_errors, open_output
+from .files import BadArchive, NpzArchive, file_errors, write_npz
 from .random import global_rng
 from .tensor import Tensor, linear
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
-           "save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile"]
+           "save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile",
+           "max_parameters", "count_parameters", "check_parameter_count", "model_from_config",
+           "MAX_PARAMETERS_VARIABLE"]
 
 
 class Parameter(Tensor):
@@ -280,7 +283,9 @@ def simple_net(n_in: int = 784, n_hidden: int = 30, n_out: int = 1,
 
 # ---------------------------------------------------------------- save / load
 _LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
-_MAX_PARAMETERS = 1 << 28        # floats a model file may declare (1 GiB of float32)
+#: The environment variable that sets ``max_parameters()``.
+MAX_PARAMETERS_VARIABLE = "FASTSGD_MAX_PARAMETERS"
+_DEFAULT_MAX_PARAMETERS = 1 << 24   # 16.8M floats: 64 MiB of weights, ~4x that to train
 _MAX_CONFIG_BYTES = 1 << 20
 _MAX_NESTING = 8                 # Sequentials inside Sequentials
 _MAX_STATE_BYTES = 16 << 20      # a checkpoint's JSON state
@@ -296,7 +301,8 @@ def save_model(model: Sequential, path, state: dict | None = None, velocities=No
     ``losses`` (1-D floats) make the file a training checkpoint (see
     ``Learner.save``); without them it holds the model alone.  The file is
     written to a temporary name in the same folder and renamed, so a crash or
-    Ctrl-C never leaves a half-written model behind.
+    Ctrl-C never leaves a half-written model behind.  The file carries a checksum
+    of its parts (``fastsgd.files.write_npz``): a damaged one is refused on loading.
     """
     params = model.parameters()
     arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(params)}
@@ -318,9 +324,7 @@ def save_model(model: Sequential, path, state: dict | None = None, velocities=No
             arrays[f"v{i}"] = np.asarray(v, np.float32)
     if losses is not None:
         arrays[_LOSSES] = np.asarray(losses, np.float64).reshape(-1)
-    with open_output(path) as f:
-        np.savez(f, **arrays)
-    return Path(path)
+    return write_npz(path, arrays)
 
 
 def _json_bytes(obj) -> np.ndarray:
@@ -355,14 +359,52 @@ class _Zeros:
         return np.zeros(size, dtype=np.float32)
 
 
-def _build(config: dict) -> Module:
-    """The model a checked config describes, with zero weights (no random numbers drawn)."""
+def _build(config: dict, rng=None) -> Module:
+    """The model a checked config describes, with zero weights (no random numbers drawn)
+    or, given ``rng``, initialised as ``Linear`` does."""
     kind = config["type"]
     if kind == "Sequential":
-        return Sequential(*(_build(c) for c in config["layers"]))
+        return Sequential(*(_build(c, rng) for c in config["layers"]))
     if kind == "Linear":
-        return Linear(config["n_in"], config["n_out"], _Zeros())
+        return Linear(config["n_in"], config["n_out"], rng or _Zeros())
     return _LAYER_TYPES[kind]()
+
+
+def model_from_config(config: dict) -> Sequential:
+    """A new model of the architecture ``config`` (as ``Sequential.config()`` returns it),
+    initialised as its layers are, after the config is checked (``max_parameters()``)."""
+    _parameter_shapes(config)
+    return _build(config, global_rng())
+
+
+def max_parameters() -> int:
+    """The most parameters a model may have, read from a file or built by the command line:
+    ``$FASTSGD_MAX_PARAMETERS``, else 2**24 (64 MiB of float32 weights).  A cap sized from
+    what was checked, so that a small file cannot ask for gigabytes; raise it for large
+    models."""
+    text = os.environ.get(MAX_PARAMETERS_VARIABLE, "").strip()
+    if not text:
+        return _DEFAULT_MAX_PARAMETERS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_PARAMETERS_VARIABLE}: expected a positive integer, got {text!r:.40}")
+    return value
+
+
+def count_parameters(sizes) -> int:
+    """The parameters of a stack of Linear layers ``sizes[0] -> sizes[1] -> ...``."""
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+
+
+def check_parameter_count(total: int, what: str) -> None:
+    """ValueError unless a model of ``total`` parameters is within ``max_parameters()``."""
+    cap = max_parameters()
+    if total > cap:
+        raise ValueError(f"{what} declares {total} parameters, more than the {cap} fastsgd "
+                         f"builds ({MAX_PARAMETERS_VARIABLE} raises the cap for large models)")
 
 
 def _check_layer(config, where: str, depth: int) -> list[tuple[int, int]]:
@@ -379,8 +421,8 @@ def _check_layer(config, where: str, depth: int) -> list[tuple[int, int]]:
     if kind == "Linear":
         for key in ("n_in", "n_out"):
             n = config[key]
-            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_PARAMETERS:
-                raise ValueError(f"{where}: {key} must be an integer in 1..{_MAX_PARAMETERS}, "
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_parameters():
+                raise ValueError(f"{where}: {key} must be an integer in 1..{max_parameters()}, "
                                  f"got {n!r}")
         return [(config["n_in"], config["n_out"])]
     if kind != "Sequential":
@@ -403,10 +445,7 @@ def _parameter_shapes(config) -> list[tuple[int, ...]]:
     for (_, n_out), (n_in, _) in zip(linears, linears[1:]):
         if n_out != n_in:
             raise ValueError(f"config: a Linear with {n_out} outputs feeds one with {n_in} inputs")
-    total = sum(n_in * n_out + n_out for n_in, n_out in linears)
-    if total > _MAX_PARAMETERS:
-        raise ValueError(f"config: declares {total} parameters, more than the {_MAX_PARAMETERS} "
-                         f"a model file may hold")
+    check_parameter_count(sum(n_in * n_out + n_out for n_in, n_out in linears), "config")
     return [shape for n_in, n_out in linears for shape in ((n_in, n_out), (n_out,))]
 
 
@@ -481,7 +520,8 @@ def read_checkpoint(path) -> ModelFile:
     """Everything a file written by ``save_model`` or ``Learner.save`` holds, checked.
 
     Everything is checked before any array is read: the config's layers and sizes
-    (at most 2**28 parameters), and every array's header against them; then every
+    (at most ``max_parameters()``), the arrays' declared size against the file's (at
+    most 16:1), and every array's header against them; then the checksum; then every
     array is checked to be finite and a checkpoint's state to be a JSON object.  A
     malformed file raises one ValueError naming it; a missing one FileNotFoundError.
     The state's meaning is checked by its reader (``Learner.load``).
@@ -502,8 +542,10 @@ def read_checkpoint(path) -> ModelFile:
 def _read_arrays(path: Path) -> ModelFile:
     """``read_checkpoint``'s reading and checking, before its errors are put in its words."""
     with NpzArchive(path) as npz:
+        npz.check_expansion()
         config = _read_config(npz)
         shapes = _parameter_shapes(config)
+        npz.verify()                       # files of earlier versions have no checksum
         _check_arrays(npz, shapes)
         state = _read_json(npz, _STATE, _MAX_STATE_BYTES) if _STATE in npz.headers else None
         if state is not None and not isinstance(state, dict):

@@ -499,12 +499,15 @@ class Learner:
         """The model's raw outputs (N, outputs) for ``x``, as a NumPy float32 array.
 
         ``x`` is (N, features), one sample (features,), or images (N, H, W) / one
-        image (H, W) with H * W = features, as floats on the training data's scale
-        (MNIST pixels in [0, 1]); integer arrays such as uint8 pixels are refused
-        with the advice to divide by 255.  One sample or image gives N = 1.
+        image (H, W) with H * W = features.  A model trained on inputs in [0, 1] (MNIST
+        pixels) takes uint8 pixels 0..255 (divided by 255) or floats in [0, 1], as
+        ``fastsgd predict`` does; others take floats on the training data's scale.
+        One sample or image gives N = 1.
         """
         self._needs_kernel_path("predict")
-        return inference.raw_outputs(self.model, inference.as_inputs(x, self.model.n_in), bs)
+        pixels = getattr(self.dls.train, "unit_range", False)
+        return inference.raw_outputs(self.model, inference.as_inputs(x, self.model.n_in,
+                                                                     pixels=pixels), bs)
 
     def predict_proba(self, x, bs: int = 1024) -> np.ndarray:
         """Probabilities (N, classes) as float64, columns in the order of ``classes``:

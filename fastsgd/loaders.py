@@ -56,6 +56,9 @@ class DataLoader:
             x, y = _checked_arrays(x, y)
         self.x, self.y = x, y
         self.tensors = self.columns is not None
+        #: Whether every input lies in [0, 1], as pixels scaled from 0..255 do.
+        self.unit_range = bool(np.issubdtype(np.asarray(x).dtype, np.number) and len(x)
+                               and np.min(x) >= 0 and np.max(x) <= 1)
         self.backend = backends.get("numpy")
         self.bs = int(min(bs, len(x)))
         self.shuffle = shuffle

@@ -198,7 +198,7 @@ def test_unwritable_outputs_fail_before_training(tmp_path, digits_folder, capsys
 def test_two_outputs_on_stdout_or_one_file_are_refused(tmp_path, digits_folder, capsys):
     args = ["train", "--data", str(digits_folder), *FAST]
     assert main([*args, "--save", "-", "--json", "-"]) == 2
-    assert "only one of --save, --json and --plot can be -" in capsys.readouterr().err
+    assert "only one of --save, --json and --plot can be standard output" in capsys.readouterr().err
     same = str(tmp_path / "same")
     assert main([*args, "--save", same, "--json", same]) == 2
     assert "name the same file" in capsys.readouterr().err
@@ -266,20 +266,20 @@ def test_ctrl_c_right_after_saving_is_an_interrupt(tmp_path, digits_folder, caps
     monkeypatch.setattr(files.os, "replace", interrupted)
     assert main(["train", "--data", str(digits_folder), *FAST, "--save", str(out)]) == 130
     monkeypatch.setattr(files.os, "replace", real_replace)
-    assert capsys.readouterr().err.strip() == "fastsgd: interrupted"
+    assert capsys.readouterr().err.strip() == "fastsgd train: interrupted"
     assert fs.load_model(out).config()["layers"][0]["n_in"] == 784 and leftovers(tmp_path) == []
 
 
 def test_memory_error_is_one_line(tmp_path, digits_folder, capsys, monkeypatch):
     from fastsgd import data
 
-    def no_memory(path):
+    def no_memory(path, valid_pct=None):
         raise MemoryError("Unable to allocate 1.49 GiB for an array with shape (20000, 20000)")
 
     monkeypatch.setattr(data, "load_mnist", no_memory)
     assert main(["train", "--data", str(digits_folder), *FAST]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastsgd: error: out of memory") and "1.49 GiB" in err
+    assert err.startswith("fastsgd train: error: out of memory") and "1.49 GiB" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 

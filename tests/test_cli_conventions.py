@@ -57,4 +57,4 @@ def test_divergence_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["train", "--no-progress", "--data", str(folder), "--digits", "all", "--lr", "1e30",
                  "--epochs", "2", "--backend", "numpy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fastsgd: error: training diverged at epoch 0")
+    assert len(err) == 1 and err[0].startswith("fastsgd train: error: training diverged at epoch 0")

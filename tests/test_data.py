@@ -524,7 +524,8 @@ def test_read_idx_refuses_a_2mb_gzip_bomb_fast_and_small(tmp_path, kind, header,
 def test_read_idx_holds_the_data_once(tmp_path, gz):
     dims = (20, 1000, 1000)
     path = tmp_path / "big.idx"
-    payload = idx_header(*dims) + bytes(20_000_000)
+    pixels = np.random.default_rng(0).integers(0, 256, 20_000_000, np.uint8).tobytes()
+    payload = idx_header(*dims) + pixels           # pixels that gzip cannot shrink
     path.write_bytes(gzip.compress(payload, compresslevel=1) if gz else payload)
     out, _, peak = traced(data.read_idx, path)
     assert out.shape == dims and out.dtype == np.uint8

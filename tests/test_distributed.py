@@ -398,7 +398,7 @@ def _finish(proc, timeout):
 def _our_lines(text):
     """fastsgd's own error lines, from where they start: Open MPI's relay of the ranks'
     output may run its notices, or a stray byte, into the start of a line."""
-    found = (re.search(r"fastsgd:.*|^\s*error:.*", line) for line in text.splitlines())
+    found = (re.search(r"fastsgd( train)?:.*|^\s*error:.*", line) for line in text.splitlines())
     return [match.group(0).strip() for match in found if match]
 
 
@@ -454,7 +454,7 @@ def test_a_missing_folder_ends_the_job_with_one_line(tmp_path):
     assert code != 0 and seconds < 30
     lines = _our_lines(out + err)
     assert len(lines) == 1, out + err
-    assert lines[0].startswith("fastsgd: error: rank 0: ") and "nonexistent" in lines[0]
+    assert lines[0].startswith("fastsgd train: error: rank 0: ") and "nonexistent" in lines[0]
 
 
 @needs_mpi
@@ -469,7 +469,7 @@ def test_a_bad_file_on_one_rank_ends_the_job(folder, tmp_path):
     code, out, err, seconds = _finish(_job(2, "--data", str(bad), *TRAIN), 30)
     assert code != 0 and seconds < 30
     lines = _our_lines(out + err)
-    assert len(lines) == 1 and lines[0].startswith("fastsgd: error: rank 1: "), out + err
+    assert len(lines) == 1 and lines[0].startswith("fastsgd train: error: rank 1: "), out + err
 
 
 @needs_mpi
@@ -545,5 +545,5 @@ def test_ranks_started_with_one_option_different_end_the_job(folder, option, min
     code, out, err, seconds = _finish(_job_each(common + options[0], common + options[1]), 30)
     assert code != 0 and seconds < 10, (code, seconds, err)
     lines = _our_lines(out + err)
-    assert lines == [f"fastsgd: error: ranks disagree on {text}; every rank needs the same"], \
+    assert lines == [f"fastsgd train: error: ranks disagree on {text}; every rank needs the same"], \
         out + err

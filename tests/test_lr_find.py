@@ -164,9 +164,10 @@ def test_the_command_prints_the_suggestion_and_draws_the_plot(tmp_path, capsys):
     assert main(["lr-find", "--data", str(folder), "--backend", "numpy", "--no-progress",
                  "--plot", str(plot)]) == 0
     captured = capsys.readouterr()
-    last = captured.out.strip().splitlines()[-1]
+    *_, last, wrote = captured.out.strip().splitlines()
     assert last.startswith("suggested lr ")
     assert 1e-3 <= float(last.split()[2]) <= 10
+    assert wrote == f"wrote {plot}"
     assert captured.err == ""
     assert plot.read_bytes()[:4] == b"\x89PNG"
 

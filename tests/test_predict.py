@@ -1,10 +1,11 @@
 """Predictions people can use: labels named by the model's classes, probabilities that sum
-to 1, raw outputs; images in the shapes people have; uint8 refused; `fastsgd predict` and
-`fastsgd interpret` on a generated folder."""
+to 1, raw outputs; images in the shapes people have; pixels scaled as the command scales
+them; `fastsgd predict` and `fastsgd interpret` on a generated folder."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,14 +107,24 @@ def test_every_image_shape_gives_the_same_predictions(binary, shape, n):
     assert learn.predict_proba(rows).shape == (n, 2) and learn.predict_raw(rows).shape == (n, 1)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_])
-def test_integer_pixels_are_refused_with_the_fix(binary, dtype):
+def test_uint8_pixels_are_scaled_as_the_command_scales_them(binary):
     learn, x, _ = binary
-    pixels = (x[:3] * 255).astype(dtype)
+    pixels = np.rint(x[:6] * 255).astype(np.uint8)
     for method in (learn.predict, learn.predict_proba, learn.predict_raw):
-        with pytest.raises(ValueError, match="divide 0..255 pixels by 255") as e:
-            method(pixels)
-        assert np.dtype(dtype).name in str(e.value)
+        scaled = pixels.astype(np.float32) * np.float32(1 / 255)     # as load_images scales
+        np.testing.assert_array_equal(method(pixels), method(scaled))
+
+
+@pytest.mark.parametrize("pixels, text", [
+    (lambda x: (x[:3] * 255).astype(np.int64), "expected uint8 pixels 0..255 or floats in [0, 1]"),
+    (lambda x: x[:3] > 0.5, "expected uint8 pixels 0..255 or floats in [0, 1]"),
+    (lambda x: x[:3] * 255, "float pixels must lie in [0, 1]"),
+])
+def test_other_pixel_scales_are_refused_with_the_fix(binary, pixels, text):
+    learn, x, _ = binary
+    for method in (learn.predict, learn.predict_proba, learn.predict_raw):
+        with pytest.raises(ValueError, match=re.escape(text)):
+            method(pixels(x))
 
 
 @pytest.mark.parametrize("bad, text", [

@@ -120,7 +120,7 @@ def test_resume_of_a_missing_weights_only_or_broken_file_is_one_line(tmp_path, f
                        (tmp_path / "junk.npz", "is not a fastsgd model")):
         assert train("--resume", path, "--epochs", 1) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: --resume: ") and text in err, err
+        assert err.startswith("fastsgd train: error: --resume: ") and text in err, err
         assert len(err.strip().splitlines()) == 1
 
 

@@ -285,7 +285,8 @@ def run_bench(kernels=None, backends=None, sizes=None, json_path=None, plot_path
             "sizes": EPOCH_SIZES, "retry": retry}
     for case, names in epoch_jobs:
         bar.set_postfix_str(f"{case.group} (own processes)")
-        rows += epoch_rows(case, names, machine, spec, on_row=lambda row: bar.update())
+        rows += epoch_rows(case, names, machine, spec, on_row=lambda row: (
+            bar.set_postfix_str(f"{row['group']} {row['backend']}"), bar.update()))
     bar.set_postfix_str("measuring the peak again")
     remeasure_peak(machine)   # the best of two: the load may have changed during the run
     for row in rows:
@@ -312,9 +313,37 @@ class _NoBar:
         pass
 
 
+class _Lines:
+    """Progress as one line per finished row on stderr, for output that is not a terminal
+    (a file or a pipe would get a screen of redraws from a bar)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.label = total, 0, ""
+
+    def set_postfix_str(self, text):
+        self.label = text
+
+    def update(self, n=1):
+        self.done += n
+        print(f"bench {self.done}/{self.total}: {self.label}", file=sys.stderr, flush=True)
+
+    def close(self):
+        pass
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _progress_bar(total, enabled):
+    """A bar on a terminal, lines when stdout or stderr is not one, nothing when disabled."""
     if not enabled:
         return _NoBar()
+    if not (_is_terminal(sys.stdout) and _is_terminal(sys.stderr)):
+        return _Lines(total)
     from tqdm.auto import tqdm
     return tqdm(total=total, desc="bench", unit="row", leave=False, dynamic_ncols=True,
                 file=sys.stderr)

@@ -22,7 +22,9 @@ class Setup(NamedTuple):
 def load_data(args):
     """(dataset name, train_x, train_y, valid_x, valid_y) of --data's --digits."""
     from .. import data
-    dataset = data.load_mnist(args.data) if args.data else data.load_embedded()
+    if args.valid_pct is not None and not args.data:
+        raise UsageError("--valid-pct: needs --data DIR (the embedded set has its own split)")
+    dataset = data.load_mnist(args.data, args.valid_pct) if args.data else data.load_embedded()
     train_x, train_y = data.select_digits(dataset.train_x, dataset.train_y, args.digits)
     valid_x, valid_y = data.select_digits(dataset.valid_x, dataset.valid_y, args.digits)
     for part, x in (("training", train_x), ("validation", valid_x)):
@@ -32,9 +34,11 @@ def load_data(args):
     return dataset.name, train_x, train_y, valid_x, valid_y
 
 
-def prepare(args, lr=None, dist=None) -> Setup:
+def prepare(args, lr=None, dist=None, resumed=None) -> Setup:
     """Load the data, seed, build the model and the data loaders (``dist``'s with
-    --distributed); ``lr`` and --momentum default per loss and are checked."""
+    --distributed); ``lr`` and --momentum default per loss and are checked.
+    ``resumed``: the architecture of the --resume checkpoint, which the options' model
+    must match (checked before the model is built)."""
     from .. import DataLoaders, set_seed
     from ..losses import cross_entropy, mnist_loss
 
@@ -49,25 +53,50 @@ def prepare(args, lr=None, dist=None) -> Setup:
     if momentum > 1:
         raise UsageError(f"--momentum: expected a value in [0, 1], got {momentum}")
     set_seed(args.seed)
-    model = build_model(args, train_x.shape[1], 1 if binary else len(args.digits))
+    n_in, n_out = train_x.shape[1], 1 if binary else len(args.digits)
+    if resumed is not None and resumed != model_config(args, n_in, n_out):
+        raise UsageError(f"--resume: {args.resume} holds the model "
+                         f"{_describe_config(resumed)}, but its settings on this data "
+                         f"describe {_describe_config(model_config(args, n_in, n_out))}")
+    model = build_model(args, n_in, n_out)
     make_dls = dist.dataloaders if dist else DataLoaders.from_arrays
     dls = make_dls(train_x, train_y, valid_x, valid_y, bs=args.bs, seed=args.seed)
     return Setup(name, backend, dls, model, loss, lr, momentum)
 
 
-def build_model(args, n_in, n_out):
-    """The Sequential that --model, --hidden and --activation describe."""
-    from .. import layers
-    if args.model == "linear":
-        return layers.Sequential(layers.Linear(n_in, n_out))
-    activation = getattr(layers, ACTIVATIONS[args.activation])
-    sizes = [n_in, *args.hidden, n_out]
+def _sizes(args, n_in, n_out) -> list[int]:
+    return [n_in, n_out] if args.model == "linear" else [n_in, *args.hidden, n_out]
+
+
+def model_config(args, n_in, n_out) -> dict:
+    """The architecture (``Sequential.config()``) that --model, --hidden and --activation
+    describe, without building it."""
+    sizes = _sizes(args, n_in, n_out)
     stack = []
     for i in range(len(sizes) - 1):
-        stack.append(layers.Linear(sizes[i], sizes[i + 1]))
+        stack.append({"type": "Linear", "n_in": sizes[i], "n_out": sizes[i + 1]})
         if i < len(sizes) - 2:
-            stack.append(activation())
-    return layers.Sequential(*stack)
+            stack.append({"type": ACTIVATIONS[args.activation]})
+    return {"type": "Sequential", "layers": stack}
+
+
+def _describe_config(config) -> str:
+    linears = [c for c in config.get("layers", []) if c.get("type") == "Linear"]
+    return "-".join(str(n) for n in [linears[0]["n_in"], *(c["n_out"] for c in linears)]) \
+        if linears else str(config)[:80]
+
+
+def build_model(args, n_in, n_out):
+    """The Sequential that --model, --hidden and --activation describe; its size is
+    checked against ``layers.max_parameters()`` before anything is allocated."""
+    from .. import layers
+    sizes = _sizes(args, n_in, n_out)
+    try:
+        layers.check_parameter_count(layers.count_parameters(sizes), "the model "
+                                     + "-".join(map(str, sizes)))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return layers.model_from_config(model_config(args, n_in, n_out))
 
 
 def describe(model) -> str:

@@ -5,7 +5,13 @@ import sys
 
 from .. import files
 from .building import describe, headline, prepare
-from .options import UsageError, check_plot
+from .options import (
+    TRAIN_DEFAULTS,
+    UsageError,
+    check_plot,
+    refuse_options_that_do_not_apply,
+    write_output,
+)
 
 
 def run_lr_find(args) -> int:
@@ -16,11 +22,15 @@ def run_lr_find(args) -> int:
     """
     from .. import SGD, Learner
 
+    given = {key for key in TRAIN_DEFAULTS if getattr(args, key, None) is not None}
+    for key in (set(TRAIN_DEFAULTS) & set(vars(args))) - given:      # the defaults of the rest
+        setattr(args, key, TRAIN_DEFAULTS[key])
+    refuse_options_that_do_not_apply(args, given)
     if args.num_it < 2:
         raise UsageError(f"--num-it: expected at least 2 steps, got {args.num_it}")
     if args.plot:
         check_plot("--plot", args.plot)
-    out = sys.stderr if args.plot == files.STDOUT else sys.stdout
+    out = sys.stderr if files.is_stdout(args.plot) else sys.stdout
     run = prepare(args)
     learn = Learner(run.dls, run.model, run.loss, SGD(run.lr, run.momentum, args.wd),
                     backend=run.backend, show=False,
@@ -32,5 +42,5 @@ def run_lr_find(args) -> int:
     print(f"suggested lr {suggestion:.3g} (lowest smoothed loss {found.smoothed.min():.4g} at lr "
           f"{10 * suggestion:.3g}, {len(found.lrs)} steps)", file=out, flush=True)
     if args.plot:
-        learn.recorder.plot_lr_find(args.plot)
+        write_output(args.plot, learn.recorder.plot_lr_find, out)
     return 0

@@ -16,7 +16,9 @@ EXIT_USAGE = 2
 #: ``--resume`` takes the checkpoint's value of each one not given.
 TRAIN_DEFAULTS = {"data": None, "digits": [3, 7], "model": "mlp", "hidden": [30],
                   "activation": "relu", "bs": 64, "lr": None, "momentum": None, "wd": 0.0,
-                  "schedule": "constant", "backend": None, "seed": 0}
+                  "schedule": "constant", "backend": None, "seed": 0, "valid_pct": None}
+#: Settings that checkpoints of earlier versions lack: a missing one reads as its default.
+ADDED_SETTINGS = ("valid_pct",)
 #: The options that fix the model and its classes: a resumed run cannot change them.
 FIXED_BY_CHECKPOINT = ("digits", "model", "hidden", "activation")
 #: ``--classes`` of predict and interpret: how to name the label values 0..9.
@@ -24,7 +26,12 @@ CLASS_NAMES = ("auto", "labels", "fashion")
 
 
 class UsageError(Exception):
-    """A bad argument or file, reported in one line with exit code 2."""
+    """A bad argument or file, reported in one line with exit code 2; ``prog`` is the
+    command it is reported for (None: the one being run)."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
 
 
 def is_int(value) -> bool:
@@ -46,6 +53,32 @@ def version() -> str:
 def one_line(exc) -> str:
     """The exception's message on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def refuse_options_that_do_not_apply(args, given: set[str]) -> None:
+    """--hidden and --activation describe an mlp: given with --model linear, a UsageError."""
+    if args.model == "linear":
+        for key in ("hidden", "activation"):
+            if key in given:
+                raise UsageError(f"--{key}: does not apply to --model linear (one Linear "
+                                 f"layer, no hidden layers); drop it or use --model mlp")
+
+
+def write_output(path, write, out, quiet: bool = False) -> None:
+    """``write(path)``, then (unless ``quiet`` or ``path`` is standard output) one line on
+    ``out``: ``wrote PATH``, with the folders it created (missing ones are created)."""
+    created = files.missing_folders(path)
+    write(path)
+    if not quiet:
+        say_written(path, created, out)
+
+
+def say_written(path, created, out) -> None:
+    """``wrote PATH`` on ``out``, with the last of the folders ``created`` for it; nothing
+    for standard output."""
+    if not files.is_stdout(path):
+        made = f" (created the folder {created[-1]})" if created else ""
+        print(f"wrote {path}{made}", file=out, flush=True)
 
 
 def check_output(option: str, path) -> None:

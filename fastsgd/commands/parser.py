@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, prog=self.prog)
 
 
 # ------------------------------------------------------------- value types
@@ -39,6 +39,13 @@ def _parsed(text, convert, expected: str):
         return convert(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+
+
+def non_empty(text):
+    """A file or folder name, or another text value: anything but the empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a name, got an empty string")
+    return text
 
 
 def _int_list(text) -> list[int]:
@@ -58,6 +65,14 @@ def non_negative_float(text):
     value = _parsed(text, float, "expected a number")
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def fraction(text):
+    """``--valid-pct 0.2``: a number strictly between 0 and 1."""
+    value = _parsed(text, float, "expected a fraction in (0, 1)")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
     return value
 
 
@@ -90,7 +105,7 @@ def _add_strings(parser, *rows: tuple[str, str, str]) -> None:
     """Arguments taken as the text given (file and folder names, comma lists): each row is
     (flag, or a positional's name; metavar; help)."""
     for name, metavar, text in rows:
-        parser.add_argument(name, metavar=metavar, help=text)
+        parser.add_argument(name, type=non_empty, metavar=metavar, help=text)
 
 
 def _add_switches(parser, helps: dict[str, str]) -> None:
@@ -114,9 +129,10 @@ def _add_model_options(parser, defaults: dict) -> None:
     ``defaults``: each option's default by name (train passes ``None`` for all, so
     that ``--resume`` can tell which were given).
     """
-    parser.add_argument("--data", metavar="DIR", default=defaults["data"],
+    parser.add_argument("--data", type=non_empty, metavar="DIR", default=defaults["data"],
                         help="folder of MNIST-format IDX files (train-*/t10k-*); "
                         "default: the embedded 5,000-image MNIST subset")
+    _add_valid_pct(parser, defaults["valid_pct"])
     parser.add_argument("--digits", type=digit_list, default=defaults["digits"],
                         metavar="D,D|all",
                         help="digits to classify (default: 3,7; 'all' = ten classes)")
@@ -136,6 +152,14 @@ def _add_model_options(parser, defaults: dict) -> None:
     parser.add_argument("--wd", type=non_negative_float, default=defaults["wd"],
                         help="weight decay (default: 0)")
     _add_backend_option(parser)
+
+
+def _add_valid_pct(parser, default) -> None:
+    parser.add_argument("--valid-pct", type=fraction, default=default, metavar="P",
+                        help="with --data: validate on the last P of its training images (in "
+                        "file order) instead of its t10k files, train on the rest; a folder "
+                        "with only the t10k files is split so (0.2: 8,000 train / 2,000 "
+                        "valid of MNIST's test set)")
 
 
 def _add_naming_options(parser) -> None:
@@ -232,7 +256,7 @@ def _add_train(sub) -> None:
 
 def _add_lr_find(sub) -> None:
     lr_find = _command(sub, "lr-find", run_lr_find)
-    _add_model_options(lr_find, TRAIN_DEFAULTS)
+    _add_model_options(lr_find, dict.fromkeys(TRAIN_DEFAULTS))   # filled in by run_lr_find
     _add_counts(lr_find, {"--num-it": (100, "training steps to try (default: 100; at least 2)")})
     lr_find.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_strings(lr_find, ("--plot", "PATH", "draw the loss against the learning rate as a PNG "
@@ -256,6 +280,7 @@ def _add_predict_and_interpret(sub) -> None:
     _add_strings(interpret, _MODEL,
                  ("--data", "DIR", "folder of MNIST-format IDX files (default: the folder the "
                                    "model was trained on, else the embedded MNIST subset)"))
+    _add_valid_pct(interpret, None)
     interpret.add_argument("--digits", type=digit_list, default=None, metavar="D,D|all",
                            help="the digits the model's outputs are, in order (default: the "
                            "model's classes; needed for two-digit files of weights alone)")
@@ -275,15 +300,22 @@ def _add_info_and_bench(sub) -> None:
                  ("--kernels", "K,K", "kernel names or patterns, e.g. matmul*,relu_forward,epoch "
                                       "(default: every kernel and the epoch)"),
                  ("--backends", "B,B", "runners, e.g. numba,c,torch,jax.scan; numpy, the "
-                                       "baseline, always runs (default: every available one)"),
+                                       "baseline, always runs (default: every available one "
+                                       "but the compiled peers torch.compile, jax.jit and "
+                                       "jax.scan, which --full adds)"),
                  ("--sizes", "S,S", "batch sizes of the training shapes (e.g. 64,256) and/or "
                                     "small (= 64,256) and large (1024^3 matmuls, 4M-element "
-                                    "arrays); default: small,large"))
+                                    "arrays); default: 64 (--full: small,large)"))
     _add_counts(bench, {
-        "--epochs": (5, "timed epochs per epoch row, after a warm-up epoch (default: 5)"),
-        "--samples": (60_000, "training samples of an epoch (default: 60000)"),
+        "--epochs": (None, "timed epochs per epoch row, after a warm-up epoch (default: 3; "
+                           "--full: 5)"),
+        "--samples": (None, "training samples of an epoch (default: 10000; --full: 60000)"),
     })
-    bench.add_argument("--data", default="random", metavar="DIR",
+    _add_switches(bench, {"--full": "the whole coverage, about 4 minutes on 2 cores: both "
+                                    "batch sizes, the large shapes, 5 epochs of 60,000 samples, "
+                                    "the compiled peers (the default, under a minute: batch 64, "
+                                    "3 epochs of 10,000)"})
+    bench.add_argument("--data", type=non_empty, default="random", metavar="DIR",
                        help="the epoch's samples: 'random' (default) or a folder of MNIST-format "
                        "IDX files, e.g. /usr/share/datasets/fashion-mnist")
     bench.add_argument("--budget", type=non_negative_float, default=0.05, metavar="S",

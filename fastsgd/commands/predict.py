@@ -1,6 +1,7 @@
 """``fastsgd predict`` and ``fastsgd interpret``: use a model file written by train --save."""
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -12,6 +13,7 @@ from .options import (
     check_output,
     check_plot,
     is_digit_list,
+    write_output,
 )
 
 
@@ -59,27 +61,33 @@ def run_predict(args) -> int:
     raw = inference.raw_outputs(model, x)
     predicted = [names[i] for i in inference.class_indices(raw, kind)]
     proba = inference.probabilities(raw, kind)
-    out = sys.stderr if args.json == files.STDOUT else sys.stdout
+    out = sys.stderr if files.is_stdout(args.json) else sys.stdout
     if args.proba:
         print("\t".join(["label", *map(str, names)]), file=out)
         for label, row in zip(predicted, proba):
             print("\t".join([str(label), *(f"{p:.4f}" for p in row)]), file=out)
     else:
         print("\n".join(map(str, predicted)), file=out)
-    if args.json:
-        files.write_json(args.json, {"model": str(args.model), "images": str(args.images),
-                                     "classes": names, "labels": predicted,
-                                     "probabilities": proba.tolist()})
+    if args.json:                # its labels are predict's output: the note goes to stderr
+        report = {"model": str(args.model), "images": str(args.images), "classes": names,
+                  "labels": predicted, "probabilities": proba.tolist()}
+        write_output(args.json, lambda path: files.write_json(path, report), sys.stderr)
     return 0
 
 
 def _interpret_plot_paths(path) -> list:
-    """[confusion matrix PNG, top losses PNG] for --plot PATH (none without it)."""
+    """[confusion matrix PNG, top losses PNG] for --plot PATH (none without it).
+
+    The second name is derived (PATH's name + ``-top-losses``) only for a regular file
+    or a new name; a device such as /dev/null gets both drawings in place.
+    """
     if not path:
         return []
-    if path == files.STDOUT:
-        raise UsageError("--plot: expected a file name (interpret draws two PNGs), got -")
+    if files.is_stdout(path):
+        raise UsageError(f"--plot: expected a file name (interpret draws two PNGs), got {path}")
     first = pathlib.Path(path)
+    if first.exists() and not first.is_file():
+        return [first, first]
     return [first, first.with_name(f"{first.stem}-top-losses{first.suffix or '.png'}")]
 
 
@@ -103,12 +111,17 @@ def run_interpret(args) -> int:
     """``fastsgd interpret``: accuracy, confusion matrix and top losses on the validation set."""
     from .. import data, inference
     plots = _interpret_plot_paths(args.plot)
-    for path in plots:
+    for path in dict.fromkeys(plots):
         check_plot("--plot", path)
     model, kind, classes, known, settings = _load_classifier(args.model, args.backend)
     digits = _interpret_digits(args, classes, known, kind, model.n_out)
     folder = args.data or settings.get("data")
-    dataset = data.load_mnist(folder) if folder else data.load_embedded()
+    valid_pct = args.valid_pct if args.valid_pct is not None else \
+        settings.get("valid_pct") if folder and os.path.abspath(folder) == settings.get("data") \
+        else None
+    if valid_pct is not None and not folder:
+        raise UsageError("--valid-pct: needs --data DIR (the embedded set has its own split)")
+    dataset = data.load_mnist(folder, valid_pct) if folder else data.load_embedded()
     rows = np.flatnonzero(np.isin(dataset.valid_y, digits))
     if len(rows) == 0:
         raise UsageError(f"--digits: the validation set of {dataset.name} holds none of "
@@ -132,12 +145,14 @@ def run_interpret(args) -> int:
               f"p {proba[i, actual[i]]:.4f}")
     if plots:
         from ..plots import plot_confusion_matrix, plot_top_losses
-        plot_confusion_matrix(matrix, names, plots[0], title=f"{dataset.name}: confusion matrix")
+        write_output(plots[0], lambda path: plot_confusion_matrix(
+            matrix, names, path, title=f"{dataset.name}: confusion matrix"), sys.stdout)
         titles = [f"{names[predicted[i]]} / {names[actual[i]]}\n{losses[i]:.2f} / "
                   f"{proba[i, actual[i]]:.2f}" for i in top]
-        plot_top_losses(_as_images(x[top]), titles, plots[1],
-                        title="prediction / actual, loss / probability of actual")
-        print(f"wrote {plots[0]} and {plots[1]}")
+        write_output(plots[1], lambda path: plot_top_losses(
+            _as_images(x[top]), titles, path,
+            title="prediction / actual, loss / probability of actual"), sys.stdout,
+            quiet=plots[1] == plots[0])                 # a device: said once
     return 0
 
 

@@ -12,6 +12,7 @@ from .. import backends, files
 from .building import describe, headline, prepare
 from .options import (
     ACTIVATIONS,
+    ADDED_SETTINGS,
     FIXED_BY_CHECKPOINT,
     TRAIN_DEFAULTS,
     UsageError,
@@ -19,6 +20,8 @@ from .options import (
     is_digit_list,
     is_int,
     one_line,
+    refuse_options_that_do_not_apply,
+    write_output,
 )
 
 
@@ -31,23 +34,31 @@ def run_train(args, dist=None) -> int:
     """
     if args.sync_every and not args.distributed:
         raise UsageError("--sync-every: needs --distributed")
+    if args.valid_pct is not None and args.distributed:
+        raise UsageError("--valid-pct: not with --distributed (each rank reads its rows of "
+                         "the train and t10k files)")
     if args.distributed and dist is None:
         from ..distributed import run_cli
         return run_cli(args, run_train)
     outputs = _check_outputs(args)
-    given = _resolve_train_options(args)
+    given, resumed = _resolve_train_options(args)
+    refuse_options_that_do_not_apply(args, given)
     if dist is not None:
         dist.check_same({f"--{key.replace('_', '-')}": getattr(args, key)
                          for key in SAME_ON_EVERY_RANK})
-    with contextlib.redirect_stdout(sys.stderr if files.STDOUT in outputs.values() else sys.stdout):
-        learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist)
+    text = sys.stderr if any(map(files.is_stdout, outputs.values())) else sys.stdout
+    with contextlib.redirect_stdout(text):
+        learn, report = _fit(args, reseed=bool(args.resume) and "seed" in given, dist=dist,
+                             resumed=resumed)
     if args.save:
-        learn.save(args.save, settings=_checkpoint_settings(args, learn))
+        write_output(args.save, lambda path: learn.save(
+            path, settings=_checkpoint_settings(args, learn)), text, args.quiet)
     if args.json:
-        files.write_json(args.json, report)
+        write_output(args.json, lambda path: files.write_json(path, report), text, args.quiet)
     if args.plot:
         from ..plots import plot_history
-        plot_history(learn.recorder.history, args.plot)
+        write_output(args.plot, lambda path: plot_history(learn.recorder.history, path), text,
+                     args.quiet)
     return 0
 
 
@@ -58,11 +69,12 @@ SAME_ON_EVERY_RANK = ("sync_every", "epochs", "schedule", "model", "hidden", "ac
 
 
 # ------------------------------------------------------------------- resume
-def _resolve_train_options(args) -> set[str]:
+def _resolve_train_options(args) -> tuple[set[str], dict | None]:
     """Fill in the options of ``TRAIN_DEFAULTS`` not given: from the --resume checkpoint's
-    settings, else the defaults.  Returns the names of those given."""
+    settings, else the defaults.  Returns the names of those given and the checkpoint's
+    architecture (None without --resume)."""
     given = {key for key in TRAIN_DEFAULTS if getattr(args, key) is not None}
-    saved = _resume_settings(args.resume) if args.resume else {}
+    saved, resumed = _resume_settings(args.resume) if args.resume else ({}, None)
     for key in FIXED_BY_CHECKPOINT:
         if key in given and saved and getattr(args, key) != saved[key]:
             raise UsageError(f"--{key}: {args.resume} was trained with {key} {saved[key]}, not "
@@ -74,7 +86,7 @@ def _resolve_train_options(args) -> set[str]:
     for key, default in TRAIN_DEFAULTS.items():
         if key not in given:
             setattr(args, key, saved.get(key, default))
-    return given
+    return given, resumed
 
 
 def _is_number(value) -> bool:
@@ -97,26 +109,38 @@ _SETTING_CHECKS = {
     "schedule": (lambda v: v in ("constant", "cosine"), "constant or cosine"),
     "backend": (lambda v: v in backends.names(), f"one of {', '.join(backends.names())}"),
     "seed": (lambda v: is_int(v), "an integer"),
+    "valid_pct": (lambda v: v is None or (_is_number(v) and 0 < v < 1),
+                  "null or a fraction in (0, 1)"),
 }
 
 
-def _resume_settings(path) -> dict:
-    """The ``fastsgd train`` settings saved in the checkpoint ``path``, checked."""
+def _resume_settings(path) -> tuple[dict, dict]:
+    """The ``fastsgd train`` settings saved in the checkpoint ``path``, checked, and its
+    architecture."""
     from ..layers import read_checkpoint
     try:
-        state = read_checkpoint(path).state or {}
+        stored = read_checkpoint(path)
+        state = stored.state or {}
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"--resume: {one_line(exc)}") from None
     settings = state.get("settings") if "opt" in state else None
+    if isinstance(settings, dict):
+        settings = {**{key: TRAIN_DEFAULTS[key] for key in ADDED_SETTINGS}, **settings}
     if not isinstance(settings, dict) or not set(TRAIN_DEFAULTS) <= set(settings):
         raise UsageError(f"--resume: {path} is not a checkpoint of fastsgd train (it holds "
                          f"{'no training state' if settings is None else 'other settings'}); "
                          f"write one with train --save")
+    history = state.get("history")
+    if isinstance(history, list) and any(not isinstance(row, dict) or
+                                         not isinstance(row.get("batch_accuracy"), (int, float))
+                                         for row in history):
+        raise UsageError(f"--resume: {path}: its history lacks the accuracy train records "
+                         f"each epoch (batch_accuracy); write one with train --save")
     for key, (check, expected) in _SETTING_CHECKS.items():
         if not check(settings[key]):
             raise UsageError(f"--resume: {path}: saved setting {key} is {settings[key]!r:.60}, "
                              f"expected {expected}")
-    return {key: settings[key] for key in TRAIN_DEFAULTS}
+    return {key: settings[key] for key in TRAIN_DEFAULTS}, stored.config
 
 
 def _checkpoint_settings(args, learn) -> dict:
@@ -133,12 +157,12 @@ def _check_outputs(args) -> dict[str, str]:
     """{option: path} of --save/--json/--plot, each checked to be writable (UsageError if not)."""
     outputs = {option: path for option, path in
                (("--save", args.save), ("--json", args.json), ("--plot", args.plot)) if path}
-    if list(outputs.values()).count(files.STDOUT) > 1:
-        raise UsageError("only one of --save, --json and --plot can be - (stdout)")
+    if sum(map(files.is_stdout, outputs.values())) > 1:
+        raise UsageError("only one of --save, --json and --plot can be standard output")
     targets = {}                          # real path -> option; devices may be shared
     for option, path in outputs.items():
         target = os.path.realpath(path)
-        if path == files.STDOUT:
+        if files.is_stdout(path):
             continue
         if target in targets and (os.path.isfile(target) or not os.path.exists(target)):
             raise UsageError(f"{targets[target]} and {option} name the same file {path}")
@@ -151,13 +175,13 @@ def _check_outputs(args) -> dict[str, str]:
     return outputs
 
 
-def _fit(args, reseed: bool = False, dist=None):
+def _fit(args, reseed: bool = False, dist=None, resumed=None):
     """Load the data, build the model (or restore the --resume checkpoint) and train it;
     returns (learner, --json report or None).  ``reseed``: shuffle from --seed rather
     than continue the checkpoint's shuffling."""
     from .. import SGD, Learner, batch_accuracy
 
-    run = prepare(args, args.lr, dist)
+    run = prepare(args, args.lr, dist, resumed)
     lr, momentum, backend, dls = run.lr, run.momentum, run.backend, run.dls
     learn = Learner(dls, run.model, run.loss, SGD(lr, momentum, args.wd), [batch_accuracy],
                     backend=backend, show=not args.quiet,
