@@ -17,10 +17,18 @@ parallel code in the child.  Workqueue workers sleep between kernels and the chi
 a fork starts its own.  Workqueue must not be entered by two threads at once, so the
 parallel kernels here take a lock (kernels from several Python threads run one at a
 time).  ``numba.set_num_threads`` sets their thread count.
+
+Cache: every compiled function here is kept in Numba's on-disk cache, so only the
+first process compiles (``warm_up`` compiles or loads them all; ``cache_dir`` says
+where they live).  Numba keeps them next to this file (``__pycache__``) when that is
+writable, else in the user's cache folder (``~/.cache/numba``); ``NUMBA_CACHE_DIR``
+overrides both.  When neither is writable (a read-only install and home), this module
+points Numba at a folder in the temporary directory before anything is compiled.
 """
 import functools
 import math
 import os
+import tempfile
 import threading
 
 import numba
@@ -32,6 +40,42 @@ from . import program as prog
 
 if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
+
+
+
+def _writable_dir(path) -> bool:
+    """Whether the folder ``path`` exists or can be made, and a file can be written there."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def fallback_cache_dir(package_dir, user_dir):
+    """The folder Numba must be told to cache in, or None when its own choice works.
+
+    Numba caches next to the source (``package_dir/__pycache__``), else under
+    ``user_dir``; when neither can be written it would refuse to decorate with
+    ``cache=True``: then a per-user folder in the temporary directory.
+    """
+    if numba.config.CACHE_DIR:
+        return None
+    if _writable_dir(os.path.join(package_dir, "__pycache__")) or _writable_dir(user_dir):
+        return None
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return os.path.join(tempfile.gettempdir(), f"fastsgd-numba-cache-{uid}")
+
+
+def _user_cache_dir():
+    from numba.misc.appdirs import AppDirs
+    return AppDirs(appname="numba", appauthor=False).user_cache_dir
+
+
+_FALLBACK = fallback_cache_dir(os.path.dirname(os.path.abspath(__file__)), _user_cache_dir())
+if _FALLBACK:
+    numba.config.CACHE_DIR = _FALLBACK
 
 #: Held around every parallel kernel (see the module docstring).
 _PARALLEL = threading.Lock()
@@ -97,12 +141,12 @@ def _add_rows(a, b, out, i, rows, k0, transposed):
                 out[i + r, j] += ark * b[k, j]
 
 
-@njit(**_MATMUL)
-def _gemm(a, b, out, transposed):
+@njit(inline="always")
+def _gemm_blocks(a, b, out, transposed):
     """out = A @ b where A is ``a`` (M, K), or ``a.T`` for ``a`` (K, M) when ``transposed``.
 
-    b (K, N) -> out (M, N).  Blocks of ROWS rows are spread over the threads;
-    the last M % ROWS rows are done one by one.
+    b (K, N) -> out (M, N).  Blocks of ROWS rows are spread over the threads (in a
+    ``parallel=True`` caller); the last M % ROWS rows are done one by one.
     """
     M = out.shape[0]
     n_blocks = M // ROWS
@@ -110,6 +154,12 @@ def _gemm(a, b, out, transposed):
         _rows_block(a, b, out, blk * ROWS, transposed)
     out[n_blocks * ROWS:, :] = np.float32(0.0)
     _add_rows(a, b, out, n_blocks * ROWS, M - n_blocks * ROWS, 0, transposed)
+
+
+@njit(**_MATMUL)
+def _gemm(a, b, out, transposed):
+    """``_gemm_blocks`` on the threads.   A (M, K), b (K, N) -> out (M, N)."""
+    _gemm_blocks(a, b, out, transposed)
 
 
 def matmul(a, b, out):
@@ -122,9 +172,10 @@ def matmul_backward_input(dy, w, dx):
     _backward_input_call(dy, w, dx)
 
 
-@njit(**_MATMUL)
-def _backward_input(dy, w, dx):
-    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): dot products of rows."""
+@njit(inline="always")
+def _backward_input_rows(dy, w, dx):
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): dot products of rows, the rows
+    of dx spread over the threads (in a ``parallel=True`` caller)."""
     B, O = dy.shape
     I = w.shape[0]
     for b in prange(B):
@@ -135,18 +186,35 @@ def _backward_input(dy, w, dx):
             dx[b, i] = acc
 
 
+@njit(**_MATMUL)
+def _backward_input(dy, w, dx):
+    """``_backward_input_rows`` on the threads.   dy (B, O), w (I, O) -> dx (B, I)."""
+    _backward_input_rows(dy, w, dx)
+
+
 #: One-thread twins of the parallel matmuls: a product below ``PARALLEL_MIN_MACS``
 #: multiply-adds (a gather in the fused epoch below as many elements) runs on the
 #: calling thread: measured on 2 cores, the workqueue layer's threads made the training
 #: shapes 2-3x slower (e.g. 256x784x128: 98 GFLOP/s on one thread, 54 on two) and paid
 #: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Threads split whole rows: either
 #: twin gives the same bits.
-#: The twins are compiled from the same functions, so they are not cached on disk:
-#: Numba's cache knows a function by its name and line, and would mix the two up.
+#: Each twin is its own cached function over the same inlined body: Numba's disk cache
+#: knows a function by its name and line, so a twin compiled from its sibling's
+#: ``py_func`` would share (and mix up) the sibling's cache entry.
 PARALLEL_MIN_MACS = 1 << 26
-_ONE_THREAD = dict(_MATMUL, parallel=False, cache=False)
-_gemm_one_thread = njit(**_ONE_THREAD)(_gemm.py_func)
-_backward_input_one_thread = njit(**_ONE_THREAD)(_backward_input.py_func)
+_ONE_THREAD = dict(_MATMUL, parallel=False)
+
+
+@njit(**_ONE_THREAD)
+def _gemm_one_thread(a, b, out, transposed):
+    """``_gemm_blocks`` on the calling thread.   A (M, K), b (K, N) -> out (M, N)."""
+    _gemm_blocks(a, b, out, transposed)
+
+
+@njit(**_ONE_THREAD)
+def _backward_input_one_thread(dy, w, dx):
+    """``_backward_input_rows`` on the calling thread.   dy (B, O), w (I, O) -> dx (B, I)."""
+    _backward_input_rows(dy, w, dx)
 
 
 #: Products at most this many columns wide (a layer of 10 classes) go through
@@ -511,11 +579,24 @@ _LINEAR, _RELU, _SIGMOID, _TANH = prog.LINEAR, prog.RELU, prog.SIGMOID, prog.TAN
 _MNIST_LOSS, _CROSS_ENTROPY = prog.MNIST_LOSS, prog.CROSS_ENTROPY
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _gather_rows(x, order, start, xb):
-    """xb[r] = x[order[start + r]] for every row r of xb.   x (N, I), xb (B, I)."""
+@njit(inline="always")
+def _gather_rows_body(x, order, start, xb):
+    """xb[r] = x[order[start + r]] for every row r of xb, the rows spread over the threads
+    (in a ``parallel=True`` caller).   x (N, I), xb (B, I)."""
     for r in prange(xb.shape[0]):
         xb[r, :] = x[order[start + r], :]
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _gather_rows(x, order, start, xb):
+    """``_gather_rows_body`` on the threads.   x (N, I), xb (B, I)."""
+    _gather_rows_body(x, order, start, xb)
+
+
+@njit(**_PLAIN)
+def _gather_rows_one_thread(x, order, start, xb):
+    """``_gather_rows_body`` on the calling thread.   x (N, I), xb (B, I)."""
+    _gather_rows_body(x, order, start, xb)
 
 
 @njit(**_PLAIN)
@@ -530,9 +611,6 @@ def _program_loss(loss_kind, z, t, labels, dz):
         return cross_entropy_forward(z, labels)
     mse_backward(z.reshape(-1), t.reshape(-1), dz.reshape(-1))
     return mse_forward(z.reshape(-1), t.reshape(-1))
-
-
-_gather_rows_one_thread = njit(**dict(_PLAIN, cache=False))(_gather_rows.py_func)
 
 
 @njit(**_PLAIN)
