@@ -409,31 +409,57 @@ sigmoid_forward, sigmoid_backward, relu_forward, relu_backward, tanh_forward, ta
 
 
 # ------------------------------------------------------------------ losses
-@njit(**_PLAIN)
-def _sigmoid(p):
-    e = math.exp(-abs(p))
-    r = 1.0 / (1.0 + e)
-    return r if p >= 0 else e * r
+#: A mean's terms are computed a block of MEAN_BLOCK at a time into a float32 buffer (a
+#: loop that vectorizes along the block), then added into LANES float64 partial sums
+#: kept apart until the end: neither loop reassociates a sum (which numba_math's exp
+#: must not have), and each vectorizes.
+MEAN_BLOCK = 256
+LANES = 16
 
 
-@njit(**_PLAIN)
+@njit(inline="always")
+def _mnist_term(p, t):
+    """1 - sigmoid(p) when t == 1, else sigmoid(p) (float32)."""
+    s = numba_math.sigmoid(p)
+    return numba_math.ONE - s if t == numba_math.ONE else s
+
+
+@njit(inline="always")
+def _add_lanes(lanes, terms, n):
+    """lanes[j] += terms[i] for i = j mod LANES, i < n (n a multiple of LANES)."""
+    for i0 in range(0, n, LANES):
+        for j in range(LANES):
+            lanes[j] += np.float64(terms[i0 + j])
+
+
+@njit(**_TRANSCENDENTAL)
 def mnist_loss_forward(preds, targets):
     """mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,)."""
+    n = preds.size
+    terms = np.empty(MEAN_BLOCK, np.float32)
+    lanes = np.zeros(LANES, np.float64)
+    main = n - n % MEAN_BLOCK
+    for i0 in range(0, main, MEAN_BLOCK):
+        for j in range(MEAN_BLOCK):
+            terms[j] = _mnist_term(preds[i0 + j], targets[i0 + j])
+        _add_lanes(lanes, terms, MEAN_BLOCK)
     total = 0.0
-    for b in range(preds.size):
-        s = _sigmoid(preds[b])
-        total += (1.0 - s) if targets[b] == 1 else s
-    return total / preds.size
+    for j in range(LANES):
+        total += lanes[j]
+    for i in range(main, n):
+        total += _mnist_term(preds[i], targets[i])
+    return total / n
 
 
-@njit(**_PLAIN)
+@njit(**_TRANSCENDENTAL)
 def mnist_loss_backward(preds, targets, dpreds):
     """dpreds_b = where(t_b == 1, -1, 1) * s_b * (1 - s_b) / B.   (B,) -> (B,)."""
     B = preds.size
+    inv_b = np.float32(1.0 / B)
     for b in range(B):
-        s = _sigmoid(preds[b])
-        slope = s * (1.0 - s) / B
-        dpreds[b] = -slope if targets[b] == 1 else slope
+        s = numba_math.sigmoid(preds[b])
+        slope = s * (numba_math.ONE - s) * inv_b
+        dpreds[b] = -slope if targets[b] == numba_math.ONE else slope
 
 
 @njit(inline="always")
@@ -446,14 +472,31 @@ def _row_max(z):
     return m
 
 
-@njit(**_TRANSCENDENTAL)
-def _logsumexp_row(z):
-    """(max, log(sum(exp(z - max)))) of one row z (C,)."""
-    m = _row_max(z)
-    total = 0.0
-    for c in range(z.size):
-        total += numba_math.exp_nonpos(z[c] - m)
-    return m, math.log(total)
+#: Rows of logits whose softmax pieces are computed together (``_softmax_block``).
+SOFTMAX_ROWS = 64
+
+
+@njit(inline="always")
+def _softmax_block(z, b0, rows, e, m, s):
+    """Softmax pieces of rows b0 .. b0 + rows of z (B, C), rows <= SOFTMAX_ROWS:
+    m[r] = max_c z[b0 + r, c], e[r * C + c] = exp(z[b0 + r, c] - m[r]), s[r] = sum_c e.
+
+    e (SOFTMAX_ROWS * C,) is contiguous, so the exps run as one flat loop that
+    vectorizes however few the classes are; m, s (SOFTMAX_ROWS,).
+    """
+    C = z.shape[1]
+    for r in range(rows):
+        mr = _row_max(z[b0 + r])
+        m[r] = mr
+        for c in range(C):
+            e[r * C + c] = z[b0 + r, c] - mr
+    for i in range(rows * C):
+        e[i] = numba_math.exp_nonpos(e[i])
+    for r in range(rows):
+        sr = np.float32(0.0)
+        for c in range(C):
+            sr += e[r * C + c]
+        s[r] = sr
 
 
 @njit(**_PLAIN)
@@ -466,15 +509,20 @@ def _check_labels(labels, B, C):
             raise ValueError("labels: labels must lie in [0, C), C the columns of logits")
 
 
-@njit(**_PLAIN)
+@njit(**_TRANSCENDENTAL)
 def cross_entropy_forward(logits, labels):
     """mean_b (logsumexp(z_b) - z_b[label_b]).   logits (B, C), labels (B,) int64."""
-    B = logits.shape[0]
-    _check_labels(labels, B, logits.shape[1])
+    B, C = logits.shape
+    _check_labels(labels, B, C)
+    e = np.empty(SOFTMAX_ROWS * C, np.float32)
+    m, s = np.empty(SOFTMAX_ROWS, np.float32), np.empty(SOFTMAX_ROWS, np.float32)
     total = 0.0
-    for b in range(B):
-        m, lse = _logsumexp_row(logits[b])
-        total += lse - (logits[b, labels[b]] - m)  # exact for equal huge logits
+    for b0 in range(0, B, SOFTMAX_ROWS):
+        rows = min(SOFTMAX_ROWS, B - b0)
+        _softmax_block(logits, b0, rows, e, m, s)
+        for r in range(rows):  # z - m first: exact for equal huge logits
+            total += math.log(np.float64(s[r])) - (
+                np.float64(logits[b0 + r, labels[b0 + r]]) - np.float64(m[r]))
     return total / B
 
 
@@ -484,17 +532,16 @@ def cross_entropy_backward(logits, labels, dlogits):
     B, C = logits.shape
     _check_labels(labels, B, C)
     inv_b = np.float32(1.0 / B)
-    for b in range(B):
-        m = _row_max(logits[b])
-        total = np.float32(0.0)
-        for c in range(C):
-            e = numba_math.exp_nonpos(logits[b, c] - m)
-            dlogits[b, c] = e
-            total += e
-        scale = inv_b / total
-        for c in range(C):
-            dlogits[b, c] *= scale
-        dlogits[b, labels[b]] -= inv_b
+    e = np.empty(SOFTMAX_ROWS * C, np.float32)
+    m, s = np.empty(SOFTMAX_ROWS, np.float32), np.empty(SOFTMAX_ROWS, np.float32)
+    for b0 in range(0, B, SOFTMAX_ROWS):
+        rows = min(SOFTMAX_ROWS, B - b0)
+        _softmax_block(logits, b0, rows, e, m, s)
+        for r in range(rows):
+            scale = inv_b / s[r]
+            for c in range(C):
+                dlogits[b0 + r, c] = e[r * C + c] * scale
+            dlogits[b0 + r, labels[b0 + r]] -= inv_b
 
 
 @njit(**_PLAIN)
