@@ -59,3 +59,19 @@ def test_cache_falls_back_to_a_temporary_folder_when_nothing_is_writable(tmp_pat
     assert numba_cpu.fallback_cache_dir(unwritable, str(tmp_path / "user")) is None  # user's
     monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "chosen"))
     assert numba_cpu.fallback_cache_dir(unwritable, unwritable) is None         # NUMBA_CACHE_DIR
+
+
+class _Features(dict):
+    """A stand-in for llvmlite's host feature map."""
+
+    def flatten(self):
+        return ",".join(("+" if on else "-") + name for name, on in sorted(self.items()))
+
+
+def test_wide_vectors_only_on_avx512_and_only_when_numba_was_not_told():
+    from fastsgd.backends.numba_target import wide_vector_features
+    avx512, avx2 = _Features(avx2=True, avx512f=True), _Features(avx2=True, avx512f=False)
+    assert wide_vector_features(avx512, None, None) == "+avx2,+avx512f,-prefer-256-bit"
+    assert wide_vector_features(avx2, None, None) is None
+    assert wide_vector_features(avx512, "skylake-avx512", None) is None      # NUMBA_CPU_NAME
+    assert wide_vector_features(avx512, None, "+avx2") is None               # NUMBA_CPU_FEATURES

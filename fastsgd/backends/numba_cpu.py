@@ -94,6 +94,11 @@ _PLAIN = dict(cache=True, error_model="numpy")
 #: Register blocking of the matmuls: ROWS rows of ``out`` are updated together from
 #: DEPTH rows of ``b`` at a time, so each loaded vector of b feeds ROWS * DEPTH
 #: multiply-adds and each row of out is loaded and stored once per DEPTH steps of k.
+#: With 512-bit vectors (``numba_target``) the loop over j compiles, per 16 columns, to
+#: 4 loads of b and 4 of out, 16 ``vfmadd231ps`` on zmm registers (the 16 a values
+#: broadcast into zmm16-31 before the loop) and 4 stores of out (inspect_asm of
+#: ``_gemm_one_thread``, Emerald Rapids); with AVX2, the same on ymm, 8 columns a step.
+#: Rows of out stay in L1 while b streams from L2 once per block of ROWS rows.
 ROWS = 4
 DEPTH = 4
 
@@ -172,18 +177,31 @@ def matmul_backward_input(dy, w, dx):
     _backward_input_call(dy, w, dx)
 
 
+#: Side of the square tiles ``_transpose`` copies (a tile of the source and of the copy
+#: both stay in L1).
+TRANSPOSE_TILE = 32
+
+
+@njit(inline="always")
+def _transpose(w):
+    """w.T as a new C-contiguous array, copied tile by tile.   w (I, O) -> (O, I)."""
+    I, O = w.shape
+    w_t = np.empty((O, I), np.float32)
+    for i0 in range(0, I, TRANSPOSE_TILE):
+        for o0 in range(0, O, TRANSPOSE_TILE):
+            for i in range(i0, min(i0 + TRANSPOSE_TILE, I)):
+                for o in range(o0, min(o0 + TRANSPOSE_TILE, O)):
+                    w_t[o, i] = w[i, o]
+    return w_t
+
+
 @njit(inline="always")
 def _backward_input_rows(dy, w, dx):
-    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): dot products of rows, the rows
-    of dx spread over the threads (in a ``parallel=True`` caller)."""
-    B, O = dy.shape
-    I = w.shape[0]
-    for b in prange(B):
-        for i in range(I):
-            acc = np.float32(0.0)
-            for o in range(O):
-                acc += dy[b, o] * w[i, o]
-            dx[b, i] = acc
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): ``_gemm_blocks`` on a copy of
+    w.T (O, I), so that its vectors run along I (dot products along O ran at a third
+    of the speed), the blocks of rows spread over the threads in a ``parallel=True``
+    caller."""
+    _gemm_blocks(dy, _transpose(w), dx, False)
 
 
 @njit(**_MATMUL)
@@ -196,7 +214,10 @@ def _backward_input(dy, w, dx):
 #: multiply-adds (a gather in the fused epoch below as many elements) runs on the
 #: calling thread: measured on 2 cores, the workqueue layer's threads made the training
 #: shapes 2-3x slower (e.g. 256x784x128: 98 GFLOP/s on one thread, 54 on two) and paid
-#: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Threads split whole rows: either
+#: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Measured again with 512-bit
+#: vectors on a shared 2-core Xeon: 256x784x128 one thread 110-125 GFLOP/s, two 96-98
+#: (medians; 165 at best), 64x784x128 108 vs 61-75: a prange splits its rows evenly, so
+#: a busy second core holds the whole product up.  Threads split whole rows: either
 #: twin gives the same bits.
 #: Each twin is its own cached function over the same inlined body: Numba's disk cache
 #: knows a function by its name and line, so a twin compiled from its sibling's
