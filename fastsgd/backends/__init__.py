@@ -9,7 +9,8 @@ A backend is imported on first use; when its import fails (no compiler, no GPU)
 the failure is kept as the reason it is unavailable, and ``import fastsgd`` is
 never affected.  ``default_name()`` is ``$FASTSGD_BACKEND`` when set, else the
 first available backend in ``PREFERENCE`` (fastest first).  ``runtime_info()``
-says how the available CPU backends run (kernel ISA, threads, threading layer).
+says how the available CPU backends run (kernel ISA, threads, threading layer);
+``warm_up()`` fills Numba's disk cache for the numba backend.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from .contract import KERNELS, Backend, skip_value_checks
 
 __all__ = ["KERNELS", "Backend", "available", "get", "default_name", "names",
-           "skip_value_checks", "BackendUnavailable", "PREFERENCE", "runtime_info"]
+           "skip_value_checks", "BackendUnavailable", "PREFERENCE", "runtime_info", "warm_up"]
 
 #: name -> (module, float dtypes it computes in); the order is the default preference,
 #: fastest first for the book's models: the compiled CPU backends train a whole epoch
@@ -119,3 +120,14 @@ def runtime_info() -> dict[str, dict]:
         info["numba"] = {"threading_layer": nb.threading_layer(),
                          "threads": numba.get_num_threads()}
     return info
+
+
+def warm_up() -> dict:
+    """Compile, or load from Numba's disk cache, every function of the numba backend.
+
+    Returns ``{"compiled": [names], "seconds": s, "cache_dir": folder}``
+    (``numba_warmup.warm_up``); raises ``BackendUnavailable`` without numba.
+    """
+    get("numba")
+    from .numba_warmup import warm_up as numba_warm_up
+    return numba_warm_up()

@@ -18,6 +18,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import numba_target  # noqa: F401  (the CPU features, set before anything compiles)
+
 #: fastmath flags for loops that call these functions: contraction into FMAs only.
 FASTMATH = {"contract"}
 

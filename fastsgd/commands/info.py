@@ -1,4 +1,5 @@
-"""``fastsgd info`` (the backends and the machine) and ``fastsgd bench`` (time the kernels)."""
+"""``fastsgd info`` (the backends and the machine), ``fastsgd warmup`` (fill numba's cache)
+and ``fastsgd bench`` (time the kernels)."""
 from __future__ import annotations
 
 import os
@@ -44,6 +45,20 @@ def run_info(args) -> int:
               f"threads: {runtime['numba']['threads']}")
     cpu = cpu_summary()
     print(f"cpu: {cpu['name']}, {cpu['cores']} cores, features: {' '.join(cpu['features']) or 'none'}")
+    return 0
+
+
+def run_warmup(args) -> int:
+    """``fastsgd warmup``: compile (or load) every numba kernel; say where the cache lives."""
+    result = backends.warm_up()
+    compiled = len(result["compiled"])
+    if compiled:
+        print(f"numba: compiled {compiled} functions in {result['seconds']:.1f} s; "
+              "later processes load them from the cache")
+    else:
+        print(f"numba: nothing to compile, every function loaded from the cache in "
+              f"{result['seconds']:.1f} s")
+    print(f"numba cache: {result['cache_dir']}")
     return 0
 
 

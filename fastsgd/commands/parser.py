@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 
 from .. import backends
-from .info import run_bench_command, run_info
+from .info import run_bench_command, run_info, run_warmup
 from .lr_find import run_lr_find
 from .options import (
     ACTIVATIONS,
@@ -200,6 +200,10 @@ _COMMANDS = {
         "list backends, versions and CPU features",
         "Print each backend (available, or why not), the Numba version and threading layer, "
         "and the CPU's features."),
+    "warmup": (
+        "compile the numba kernels once, into numba's disk cache",
+        "Compile every numba kernel and the fused epoch, or load them from numba's disk cache, "
+        "so that later runs start without compiling; print where the cache lives."),
     "bench": (
         "time every kernel and a training epoch against numpy, PyTorch and JAX",
         "Validate each kernel against the numpy reference, then time it on every available "
@@ -294,6 +298,7 @@ def _add_predict_and_interpret(sub) -> None:
 
 def _add_info_and_bench(sub) -> None:
     _command(sub, "info", run_info)
+    _command(sub, "warmup", run_warmup)
 
     bench = _command(sub, "bench", run_bench_command)
     _add_strings(bench,
