@@ -55,8 +55,10 @@ enum {
 
 /* Products below this many flops run on one thread: waking the team costs more. */
 #define PARALLEL_MIN_FLOPS (1 << 20)
-/* Row-major B with at most this many columns is read in place (see gemm()). */
+/* Row-major B with at most this many columns is read in place (see gemm()), when its
+ * rows start on 64-byte lines or A has at most UNALIGNED_B_MAX_M rows (b_in_place_pays). */
 #define DIRECT_B_MAX_N 256
+#define UNALIGNED_B_MAX_M 64
 /* At most this many floats of packed B (16 MiB) are live at once. */
 #define PACKED_B_MAX_FLOATS ((int64_t)1 << 22)
 
@@ -476,12 +478,18 @@ static void gemm_part(void *plan, int t, int T)
     step_region(g->step, g->c, N, i0, i1, j0, j1);
 }
 
-/* Whether every row of row-major B starts on a 64-byte line.  A B read in place must:
- * NumPy's arrays of 128 KiB and more start 16 bytes into a page, and AVX-512 loads
- * that straddle two lines made the training-shape product ~25% slower than packing. */
-static int lines_up(view B)
+/* Whether row-major B is better read in place than packed.  Its rows must all start
+ * at the same place in a 64-byte line (a row stride of whole lines).  When that place
+ * is the line's start, in place always pays.  Otherwise every AVX-512 load of a row
+ * straddles two lines (NumPy's arrays of 128 KiB and more start 16 bytes into a page),
+ * and in place pays only for a few rows of A, where packing B, a copy of all of it,
+ * is the larger cost: one thread, (64|128|256)x784x128, B 16 bytes off, min CPU us:
+ * packed 72 / 133 / 251, in place 66 / 134 / 268, in place on lines 58 / - / 234. */
+static int b_in_place_pays(view B, int64_t M)
 {
-    return (uintptr_t)B.p % 64 == 0 && (B.rs * (int64_t)sizeof(float)) % 64 == 0;
+    if ((B.rs * (int64_t)sizeof(float)) % 64 != 0)
+        return 0;
+    return (uintptr_t)B.p % 64 == 0 || M <= UNALIGNED_B_MAX_M;
 }
 
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
@@ -550,7 +558,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
      * in place: at the training shapes packing it cost more than it saved, and with no
      * shared packed B the threads need no barrier.  Wide B rows are packed (power-of-two
      * strides of several KiB made the in-place reads thrash the L1 cache). */
-    g.direct_b = B.cs == 1 && N % nr == 0 && N <= DIRECT_B_MAX_N && lines_up(B);
+    g.direct_b = B.cs == 1 && N % nr == 0 && N <= DIRECT_B_MAX_N && b_in_place_pays(B, M);
     const int64_t b_floats = g.direct_b ? 0 : ceil_div(g.chunk_depth, g.kc_step) * block_floats;
     g.a_floats = min64(g.mc_step, g.m_panels * mr) * A_LD;
 

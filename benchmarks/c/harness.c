@@ -15,7 +15,8 @@
  * Prints the median, min and max of the timed repetitions (ms) and the median's GFLOP/s.
  * FASTSGD_THREADS sets the threads, as for the library; HARNESS_CPU=1 times CPU seconds
  * instead of wall seconds (see now()); HARNESS_ISA=avx2 (or baseline) runs that
- * micro-kernel instead of the fastest one (set_matmul_isa).
+ * micro-kernel instead of the fastest one (set_matmul_isa); HARNESS_OFFSET=4 starts every
+ * array 16 bytes past a 64-byte line, as NumPy's large arrays start.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -37,9 +38,13 @@ static double now(void)
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+/* n floats on a 64-byte line, or with HARNESS_OFFSET=F in the environment F floats
+ * past one (NumPy's large arrays start 16 bytes into a page: F = 4). */
 static float *random_floats(int64_t n, float scale)
 {
-    float *p = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64);
+    const int64_t offset = getenv("HARNESS_OFFSET") ? atoll(getenv("HARNESS_OFFSET")) : 0;
+    float *p = aligned_alloc(64, ((size_t)(n + offset) * sizeof(float) + 63) / 64 * 64);
+    p += offset;
     for (int64_t i = 0; i < n; i++)
         p[i] = scale * ((float)rand() / RAND_MAX - 0.5f);
     return p;
