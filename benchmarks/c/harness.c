@@ -71,9 +71,10 @@ static void time_it(void (*fn)(void *), void *ctx, double flops, double seconds)
     }
     qsort(t, n, sizeof t[0], by_value);
     const double median = t[n / 2];
-    printf("%d reps  median %.4f ms  min %.4f  max %.4f  %.1f GFLOP/s  (isa %s, %d threads)\n",
+    printf("%d reps  median %.4f ms  min %.4f  max %.4f  %.1f GFLOP/s  (isa %s, %d threads, "
+           "%lld pool stalls)\n",
            n, 1e3 * median, 1e3 * t[0], 1e3 * t[n - 1], flops / median * 1e-9, matmul_isa(),
-           matmul_threads());
+           matmul_threads(), (long long)pool_stalls());
 }
 
 typedef struct {
