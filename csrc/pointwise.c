@@ -110,6 +110,25 @@ FS_BACKWARD(relu_backward, x, s > 0.0f ? g : 0.0f)
 FS_FORWARD(tanh_forward, tanh_stable(v))
 FS_BACKWARD(tanh_backward, y, g * ((1.0f - s) * (1.0f + s))) /* 1 - y^2 without cancellation */
 
+void activation_forward(int64_t kind, float *out, const float *x, int64_t n)
+{
+    switch (kind) {
+    case FS_RELU: relu_forward(out, x, n); break;
+    case FS_SIGMOID: sigmoid_forward(out, x, n); break;
+    case FS_TANH: tanh_forward(out, x, n); break;
+    }
+}
+
+void activation_backward(int64_t kind, float *dx, const float *x, const float *y,
+                         const float *dy, int64_t n)
+{
+    switch (kind) {
+    case FS_RELU: relu_backward(dx, x, dy, n); break;
+    case FS_SIGMOID: sigmoid_backward(dx, y, dy, n); break;
+    case FS_TANH: tanh_backward(dx, y, dy, n); break;
+    }
+}
+
 /* ------------------------------------------------------------------ losses */
 
 /* FS_MEAN(name, acc_t, term): name(preds, targets, n) is the mean over i < n of term, of

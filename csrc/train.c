@@ -145,9 +145,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
                 linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
             break;
         }
-        case FS_RELU: relu_forward(out, in, n); break;
-        case FS_SIGMOID: sigmoid_forward(out, in, n); break;
-        case FS_TANH: tanh_forward(out, in, n); break;
+        default: activation_forward(layer->kind, out, in, n);
         }
     }
 }
@@ -215,9 +213,7 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
                            gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             break;
         }
-        case FS_RELU: relu_backward(d_in, s->a[l], d_out, n); break;
-        case FS_SIGMOID: sigmoid_backward(d_in, s->a[l + 1], d_out, n); break;
-        case FS_TANH: tanh_backward(d_in, s->a[l + 1], d_out, n); break;
+        default: activation_backward(layer->kind, d_in, s->a[l], s->a[l + 1], d_out, n);
         }
     }
 }

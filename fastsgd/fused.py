@@ -24,12 +24,22 @@ import numpy as np
 
 from .backends import program as prog
 from .backends import skip_value_checks
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Module, Sequential
 
 __all__ = ["LayerProgram", "NotFusable", "plan", "reason"]
 
-#: The layer types a program can hold, by their kind in ``program.LAYER_KINDS``.
-_LAYER_KINDS = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+
+
+def _kind_name(layer) -> str | None:
+    """The registry's kind (``program.LAYER_KINDS``) of a fastsgd layer, or None: Linear,
+    or an activation class declaring a registered ``kind``."""
+    if type(layer) is Linear:
+        return "linear"
+    kind = getattr(type(layer), "kind", None)
+    record = prog.LAYERS.get(prog.LAYER_KINDS.get(kind, -1)) if isinstance(kind, str) else None
+    if record is None or record.saves == "params" or not isinstance(layer, Module):
+        return None
+    return kind
 
 
 class NotFusable(ValueError):
@@ -66,7 +76,7 @@ class LayerProgram:
     def __init__(self, model: Sequential, loss_kind: str, opt, dl):
         self.backend = model.backend
         self.model, self.opt, self.dl = model, opt, dl
-        self.kinds = tuple(_LAYER_KINDS[type(layer)] for layer in model.layers)
+        self.kinds = tuple(_kind_name(layer) for layer in model.layers)
         self.layers, self.n_params = prog.layer_table(
             [(kind, *_sizes(layer, width)) for kind, layer, width
              in zip(self.kinds, model.layers, _input_widths(model))])
@@ -171,8 +181,8 @@ def reason(model, loss_func, opt, dl) -> str | None:
     if not isinstance(model, Sequential):
         return f"the model is a {type(model).__name__}, not a Sequential"
     for i, layer in enumerate(model.layers):
-        if type(layer) not in _LAYER_KINDS:
-            names = ", ".join(t.__name__ for t in _LAYER_KINDS)
+        if _kind_name(layer) is None:
+            names = ", ".join(kind.layer for kind in prog.LAYERS.values())
             return f"layer {i} is a {type(layer).__name__}; a program holds {names}"
     if not any(isinstance(layer, Linear) for layer in model.layers):
         return "the model has no Linear layer"

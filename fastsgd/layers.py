@@ -22,7 +22,7 @@ from .files import BadArchive, NpzArchive, file_errors, write_npz
 from .random import global_rng
 from .tensor import Tensor, linear
 
-__all__ = ["Parameter", "Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
+__all__ = ["Parameter", "Module", "Linear", "Activation", "ReLU", "Sigmoid", "Tanh", "Sequential", "simple_net",
            "save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile",
            "max_parameters", "count_parameters", "check_parameter_count", "model_from_config",
            "MAX_PARAMETERS_VARIABLE"]
@@ -163,47 +163,51 @@ class Linear(Module):
         return f"Linear({self.n_in}, {self.n_out})"
 
 
-class _Elementwise(Module):
-    """An activation applied elementwise: forward and backward are one backend kernel each,
-    ``<kernel>_forward(x, out)`` and ``<kernel>_backward(saved, dy, dx)``, where ``saved``
-    is the input when ``keeps`` is "x" and the output when it is "y"."""
+class Activation(Module):
+    """An activation applied elementwise: its ``kind`` names its record in the registry
+    (``backends.program.LAYERS``), which gives its forward kernel ``forward(x, out)``, its
+    backward kernel ``backward(saved, dy, dx)`` and what ``saved`` is ("x" the input,
+    "y" the output).  A subclass whose record is registered trains fused too."""
 
-    kernel: str
-    keeps: str
+    kind: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        record = backends.program.layer_kind(cls.kind)
+        cls._forward, cls._backward, cls._keeps = record.forward, record.backward, record.saves
 
     def forward(self, x):
-        y = getattr(self.backend, f"{self.kernel}_forward")(
-            x, out=self._buffer("y", x.shape, x.dtype))
-        self._saved = x if self.keeps == "x" else y
+        y = getattr(self.backend, self._forward)(x, out=self._buffer("y", x.shape, x.dtype))
+        self._saved = x if self._keeps == "x" else y
         return y
 
     def backward(self, dy):
-        return getattr(self.backend, f"{self.kernel}_backward")(
+        return getattr(self.backend, self._backward)(
             self._saved, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
 
     def tensor_forward(self, x):
-        return getattr(x, self.kernel)()
+        return getattr(x, self.kind)()
 
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
-class ReLU(_Elementwise):
+class ReLU(Activation):
     """``y = max(x, 0)``, elementwise."""
 
-    kernel, keeps = "relu", "x"
+    kind = "relu"
 
 
-class Sigmoid(_Elementwise):
+class Sigmoid(Activation):
     """``y = 1 / (1 + exp(-x))``, elementwise."""
 
-    kernel, keeps = "sigmoid", "y"
+    kind = "sigmoid"
 
 
-class Tanh(_Elementwise):
+class Tanh(Activation):
     """``y = tanh(x)``, elementwise."""
 
-    kernel, keeps = "tanh", "y"
+    kind = "tanh"
 
 
 class Sequential(Module):
@@ -282,7 +286,8 @@ def simple_net(n_in: int = 784, n_hidden: int = 30, n_out: int = 1,
 
 
 # ---------------------------------------------------------------- save / load
-_LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
+#: The layer classes a model file may name: one per kind of the registry.
+_LAYER_TYPES = {kind.layer: globals()[kind.layer] for kind in backends.program.LAYERS.values()}
 #: The environment variable that sets ``max_parameters()``.
 MAX_PARAMETERS_VARIABLE = "FASTSGD_MAX_PARAMETERS"
 _DEFAULT_MAX_PARAMETERS = 1 << 24   # 16.8M floats: 64 MiB of weights, ~4x that to train

@@ -235,12 +235,21 @@ def _number(name, value):
         raise TypeError(f"{name}: expected a number, got {value!r}") from None
 
 
+def _c_code(kind):
+    """The code C compiled for ``kind`` (a registry record): ``FS_<NAME>`` of kernels.h."""
+    return getattr(lib, f"FS_{kind.name.upper()}", None)
+
+
+#: The layer and loss codes the compiled fused epoch runs: the registry's kinds C has.
+_C_LAYERS = frozenset(k.code for k in program.LAYERS.values() if _c_code(k) == k.code)
+_C_LOSSES = frozenset(k.code for k in program.LOSSES.values() if _c_code(k) == k.code)
+
+
 def _check_program_consts():
-    """The layer and loss codes compiled into C are those of ``program.py``."""
-    ours = {"FS_LINEAR": program.LINEAR, "FS_RELU": program.RELU, "FS_SIGMOID": program.SIGMOID,
-            "FS_TANH": program.TANH, "FS_MNIST_LOSS": program.MNIST_LOSS,
-            "FS_CROSS_ENTROPY": program.CROSS_ENTROPY, "FS_MSE": program.MSE}
-    wrong = [name for name, code in ours.items() if getattr(lib, name, None) != code]
+    """The layer and loss codes compiled into C are those of the registry (``program.py``)."""
+    wrong = [kind.name for kind in (*program.LAYERS.values(), *program.LOSSES.values())
+             if kind.code in program.BUILT_IN_LAYERS | program.BUILT_IN_LOSSES
+             and _c_code(kind) != kind.code]
     try:
         row_bytes = ffi.sizeof("fs_layer")
     except ffi.error:
@@ -255,17 +264,15 @@ _check_program_consts()
 
 def _program_targets(loss_kind, targets, labels, N, n_out):
     """(targets pointer, its columns, labels pointer) for the loss; the unused one is NULL."""
-    loss_kind = _as_count("loss_kind", loss_kind)
-    if loss_kind not in program.LOSS_KINDS.values():
-        raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
-    if loss_kind == program.CROSS_ENTROPY:
+    record = program.LOSSES[loss_kind]
+    if record.targets == "labels":
         host_array("targets", targets, _F32)  # unused
         _expect("labels", labels, (N,), "(x.shape[0],)")
         plabels = _ptr("labels", labels, _INT64)
         _index_range("labels", labels, n_out, "labels")
         return _NULL, 1, plabels
-    if loss_kind == program.MNIST_LOSS and n_out != 1:
-        raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
+    if record.targets == "binary" and n_out != 1:
+        raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
                          f"this one has {n_out}")
     host_array("labels", labels, _I64)  # unused
     _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
@@ -289,6 +296,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     (P,) = _shape("params", params, 1)
     pparams = _ptr("params", params, _FLOAT, True)
     n_in, n_out = program.check_layer_table(layers, P)
+    program.check_compiled_kinds(layers, _as_count("loss_kind", loss_kind), "c", _C_LAYERS,
+                                 _C_LOSSES)
     players = _from_buffer("fs_layer[]", layers)
     _expect("grads", grads, (P,), "params.shape")
     pgrads = _ptr("grads", grads, _FLOAT, True)

@@ -330,13 +330,14 @@ class Backend:
         """The (targets (N, T) float32, labels (N,) int64) pair ``train_epoch`` implementations take."""
         if loss_kind not in program.LOSS_KINDS.values() or isinstance(loss_kind, bool):
             raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
+        record = program.LOSSES[loss_kind]
         no_labels = self.empty(0, np.int64)
-        if loss_kind == program.CROSS_ENTROPY:
+        if record.targets == "labels":
             labels = self._indices("targets", targets, n, n_out, "labels",
                                    "cross_entropy expects int64 labels")
             return self.empty((0, 1), dtype), labels
-        if loss_kind == program.MNIST_LOSS and n_out != 1:
-            raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
+        if record.targets == "binary" and n_out != 1:
+            raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
                              f"this one has {n_out}")
         targets = self._float("targets", targets, dtype=dtype)
         if targets.ndim == 1 and n_out == 1:
@@ -344,7 +345,7 @@ class Backend:
         if tuple(targets.shape) != (n, n_out):
             raise ValueError(f"targets: expected shape ({n}, {n_out}) to match x and the "
                              f"program's outputs, got {tuple(targets.shape)}")
-        if loss_kind == program.MNIST_LOSS:
+        if record.targets == "binary":
             self._binary_values("targets", targets)
         return targets, no_labels
 

@@ -654,10 +654,6 @@ def threading_layer() -> str:
 
 
 # ------------------------------------------------------- fused training epoch
-# Layer and loss codes of ``program.py``, as constants the compiled code can read.
-_LINEAR, _RELU, _SIGMOID, _TANH = prog.LINEAR, prog.RELU, prog.SIGMOID, prog.TANH
-_MNIST_LOSS, _CROSS_ENTROPY = prog.MNIST_LOSS, prog.CROSS_ENTROPY
-
 
 @njit(inline="always")
 def _gather_rows_body(x, order, start, xb):
@@ -681,16 +677,41 @@ def _gather_rows_one_thread(x, order, start, xb):
 
 @njit(**_PLAIN)
 def _program_loss(loss_kind, z, t, labels, dz):
-    """Mean loss of the output z (B, O) and dz = dL/dz (B, O); t (B, T) or labels (B,)."""
-    if loss_kind == _MNIST_LOSS:
+    """Mean loss of the output z (B, O) and dz = dL/dz (B, O); t (B, T) or labels (B,).
+    The one per-kind entry of the losses: a new kind is one case here."""
+    if loss_kind == prog.MNIST_LOSS:
         preds, dpreds, t0 = z[:, 0], dz[:, 0], t[:, 0]
         mnist_loss_backward(preds, t0, dpreds)
         return mnist_loss_forward(preds, t0)
-    if loss_kind == _CROSS_ENTROPY:
+    if loss_kind == prog.CROSS_ENTROPY:
         cross_entropy_backward(z, labels, dz)
         return cross_entropy_forward(z, labels)
     mse_backward(z.reshape(-1), t.reshape(-1), dz.reshape(-1))
     return mse_forward(z.reshape(-1), t.reshape(-1))
+
+
+@njit(**_PLAIN)
+def _layer_forward(kind, x, out):
+    """out = the parameter-free layer ``kind`` of x, flat arrays (n,).  The one per-kind
+    entry of the activations' forward: a new kind is one case here."""
+    if kind == prog.RELU:
+        _relu_flat(x, out)
+    elif kind == prog.SIGMOID:
+        _sigmoid_flat(x, out)
+    elif kind == prog.TANH:
+        _tanh_flat(x, out)
+
+
+@njit(**_PLAIN)
+def _layer_backward(kind, x, y, dy, dx):
+    """dx from dy for the parameter-free layer ``kind``, reading its input x or output y
+    as its record says; flat arrays (n,).  One case per kind."""
+    if kind == prog.RELU:
+        _relu_backward_flat(x, dy, dx)
+    elif kind == prog.SIGMOID:
+        _sigmoid_backward_flat(y, dy, dx)
+    elif kind == prog.TANH:
+        _tanh_backward_flat(y, dy, dx)
 
 
 @njit(**_PLAIN)
@@ -715,7 +736,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     tb_all = np.empty((bs, T), np.float32)
     yb_all = np.empty(bs if labels.size else 0, np.int64)
     first_linear = 0
-    while layers[first_linear, 0] != _LINEAR:
+    while layers[first_linear, 0] != prog.LINEAR:
         first_linear += 1
     steps = (N + bs - 1) // bs
     for s in range(steps):
@@ -727,7 +748,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
         else:
             _gather_rows(x, order, start, a0)
         tb, yb = tb_all[:B], yb_all[:B if labels.size else 0]
-        if loss_kind == _CROSS_ENTROPY:
+        if loss_kind == prog.CROSS_ENTROPY:
             for r in range(B):
                 yb[r] = labels[order[start + r]]
         else:
@@ -737,16 +758,12 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
             a_in = acts[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
-            if kind == _LINEAR:
+            if kind == prog.LINEAR:
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
                 _product(a_in, w, a_out, False)
                 _add_bias(a_out, params[at + n_in * n_out:at + n_in * n_out + n_out])
-            elif kind == _RELU:
-                _relu_flat(a_in.reshape(-1), a_out.reshape(-1))
-            elif kind == _SIGMOID:
-                _sigmoid_flat(a_in.reshape(-1), a_out.reshape(-1))
             else:
-                _tanh_flat(a_in.reshape(-1), a_out.reshape(-1))
+                _layer_forward(kind, a_in.reshape(-1), a_out.reshape(-1))
         O = layers[L - 1, 2]
         z = acts[offsets[L] * bs:offsets[L] * bs + B * O].reshape((B, O))
         dz = deltas[offsets[L] * bs:offsets[L] * bs + B * O].reshape((B, O))
@@ -760,19 +777,16 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             d_out = deltas[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             d_in = deltas[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
-            if kind == _LINEAR:
+            if kind == prog.LINEAR:
                 w_end = at + n_in * n_out
                 _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
                     _backward_input_product(d_out, params[at:w_end].reshape((n_in, n_out)),
                                             d_in)
-            elif kind == _RELU:
-                _relu_backward_flat(a_in.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
-            elif kind == _SIGMOID:
-                _sigmoid_backward_flat(a_out.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
             else:
-                _tanh_backward_flat(a_out.reshape(-1), d_out.reshape(-1), d_in.reshape(-1))
+                _layer_backward(kind, a_in.reshape(-1), a_out.reshape(-1), d_out.reshape(-1),
+                                d_in.reshape(-1))
         lr = np.float32(lrs[s])
         if use_momentum:
             _sgd_momentum_flat(params, grads, velocities, lr, momentum, weight_decay)
@@ -791,15 +805,17 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     the sizes, and the order and label ranges.
     """
     n_in, n_out = prog.check_layer_table(layers, params.size)
+    prog.check_compiled_kinds(layers, loss_kind, "numba")
     n, r = x.shape[0], order.shape[0]
     steps = -(-r // bs) if bs >= 1 else -1
     rows_ok = x.ndim == 2 and x.shape[1] == n_in and order.ndim == 1 and bs >= 1
     sizes_ok = grads.shape == params.shape and lrs.shape == losses.shape == (steps,) and (
         velocities is None or velocities.shape == params.shape)
-    if loss_kind == prog.CROSS_ENTROPY:
+    wants = prog.LOSSES[loss_kind].targets
+    if wants == "labels":
         targets_ok = labels.shape == (n,) and (n == 0 or 0 <= labels.min() <= labels.max() < n_out)
     else:
-        targets_ok = targets.shape == (n, n_out) and (loss_kind != prog.MNIST_LOSS or n_out == 1)
+        targets_ok = targets.shape == (n, n_out) and (wants != "binary" or n_out == 1)
     if not (rows_ok and sizes_ok and targets_ok) or (r and not 0 <= order.min() <= order.max() < n):
         raise ValueError("train_epoch: arguments do not fit the program; call it through "
                          "fastsgd.backends.get('numba').train_epoch, which says what is wrong")

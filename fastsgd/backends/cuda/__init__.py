@@ -44,14 +44,7 @@ from numba import cuda
 from ..contract import Backend
 from .arrays import DEVICE, DeviceArrays, is_device_array
 from .checks import all_finite, count_not_binary, count_outside, take_rows
-from .elementwise import (
-    relu_backward,
-    relu_forward,
-    sigmoid_backward,
-    sigmoid_forward,
-    tanh_backward,
-    tanh_forward,
-)
+from .elementwise import ENTRIES as _ACTIVATIONS
 from .launch import BLOCK, KERNEL_SIGNATURES, SIMULATED, TILE
 from .losses import (
     cross_entropy_backward,
@@ -71,6 +64,8 @@ from .matmul import (
 )
 from .optimizer import binary_accuracy, multiclass_accuracy, sgd_update
 from .program import DEVICE_ONLY_KERNELS, EPOCH_BLOCK, train_epoch
+
+globals().update(_ACTIVATIONS)  # the activations' entries under the contract's names
 
 #: The modules that define kernels.
 KERNEL_MODULES = tuple(importlib.import_module(f"{__name__}.{module}") for module in (
@@ -137,9 +132,7 @@ __all__ = [
     "SIMULATED", "TILE", "BLOCK", "EPOCH_BLOCK",
     # the launchers under the contract's names
     "matmul", "matmul_backward_input", "matmul_backward_weight", "bias_backward",
-    "linear_forward", "linear_backward",
-    "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
-    "tanh_forward", "tanh_backward",
+    "linear_forward", "linear_backward", *_ACTIVATIONS,
     "mnist_loss_forward", "mnist_loss_backward", "cross_entropy_forward",
     "cross_entropy_backward", "mse_forward", "mse_backward",
     "sgd_update", "binary_accuracy", "multiclass_accuracy", "train_epoch",
