@@ -165,25 +165,24 @@ class Linear(Module):
 
 class Activation(Module):
     """An activation applied elementwise: its ``kind`` names its record in the registry
-    (``backends.program.LAYERS``), which gives its forward kernel ``forward(x, out)``, its
-    backward kernel ``backward(saved, dy, dx)`` and what ``saved`` is ("x" the input,
-    "y" the output).  A subclass whose record is registered trains fused too."""
+    (``backends.program.LAYERS``), which gives its two kernels, ``forward(x, out)`` and
+    ``backward(saved, dy, dx)``, and what ``saved`` is ("x" the input, "y" the output).
+    A subclass whose kind is registered trains fused too."""
 
     kind: str
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        record = backends.program.layer_kind(cls.kind)
-        cls._forward, cls._backward, cls._keeps = record.forward, record.backward, record.saves
+        cls._keeps = backends.program.layer_kind(cls.kind).saves
 
     def forward(self, x):
-        y = getattr(self.backend, self._forward)(x, out=self._buffer("y", x.shape, x.dtype))
+        y = self.backend.activation_forward(self.kind, x, out=self._buffer("y", x.shape, x.dtype))
         self._saved = x if self._keeps == "x" else y
         return y
 
     def backward(self, dy):
-        return getattr(self.backend, self._backward)(
-            self._saved, dy, dx=self._buffer("dx", dy.shape, dy.dtype))
+        return self.backend.activation_backward(self.kind, self._saved, dy,
+                                                dx=self._buffer("dx", dy.shape, dy.dtype))
 
     def tensor_forward(self, x):
         return getattr(x, self.kind)()

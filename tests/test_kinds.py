@@ -151,3 +151,10 @@ def test_a_registered_activation_is_refused_by_the_compiled_backends(leaky_relu)
                              np.arange(2, dtype=np.int64), 2, np.ones(1, np.float32), 0.0, 0.0,
                              np.zeros(n_params, np.float32), np.zeros(n_params, np.float32),
                              None, np.zeros(1))
+
+
+def test_a_registered_activation_runs_on_the_layer_path_of_numpy(leaky_relu):
+    x = np.array([[-2.0, 0.5], [3.0, -0.25]], np.float32)
+    layer = leaky_relu()
+    np.testing.assert_allclose(layer.forward(x), [[-0.2, 0.5], [3.0, -0.025]], rtol=1e-6)
+    np.testing.assert_allclose(layer.backward(np.ones_like(x)), [[0.1, 1.0], [1.0, 0.1]])

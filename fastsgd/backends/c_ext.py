@@ -11,8 +11,8 @@ picked at run time (``isa()`` says which matmul kernel is in use).
 This is the only module that touches ``ffi`` / ``lib``.  Arguments normally arrive
 validated by ``contract.Backend``, but each function here still checks, cheaply,
 everything memory safety depends on before calling C, reading the shapes from the
-same declaration as the contract (``spec.SIGNATURES``; the kernels are made from it
-and ``_C_CALLS``, their C argument lists): every array must be a
+same declaration as the contract (``spec.SIGNATURES``, through one checker,
+``_checked``): every array must be a
 ``numpy.ndarray`` of dtype float32 (labels int64), C-contiguous (non-contiguous
 input is rejected, never copied), writable where it is an output, and of the size
 the kernel will read or write.  A violation raises ``TypeError`` or ``ValueError``
@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from . import program
-from .spec import SIGNATURES, bind_dims, describe, dim_sources, host_array, kernel_function
+from .spec import SIGNATURES, bind_dims, dim_sources, host_array
 
 if os.environ.get("FASTSGD_DISABLE_C", "") not in ("", "0"):
     raise ImportError("C extension disabled by FASTSGD_DISABLE_C=1")
@@ -121,49 +121,12 @@ def _bad_labels(name, count, n_classes):
 
 
 # ----------------------------------------------------------------- kernels
-#: Each kernel's C call (``csrc/kernels.h``): its arguments in order, as parameter
-#: names of ``spec.SIGNATURES`` (arrays become pointers), dimension letters (``n``:
-#: the common size of an elementwise kernel's arrays) and ``&loss``, a double the call
-#: fills and the kernel returns.  The cross-entropy calls return how many labels lie
-#: outside [0, C); any other call's result is the kernel's.
-_C_CALLS = """
-matmul                  out a b M K N
-matmul_backward_input   dx dy w B I O
-matmul_backward_weight  dw x dy B I O
-bias_backward           db dy B O
-linear_forward          out x w b B I O
-linear_backward         dx dw db x w dy B I O
-sigmoid_forward         out x n
-sigmoid_backward        dx y dy n
-relu_forward            out x n
-relu_backward           dx x dy n
-tanh_forward            out x n
-tanh_backward           dx y dy n
-mnist_loss_forward      preds targets B
-mnist_loss_backward     dpreds preds targets B
-cross_entropy_forward   &loss logits labels B C
-cross_entropy_backward  dlogits logits labels B C
-mse_forward             preds targets n
-mse_backward            dpreds preds targets n
-sgd_update              param velocity grad n lr momentum weight_decay
-binary_accuracy         preds targets B
-multiclass_accuracy     logits labels B C
-"""
-_COUNTS_BAD_LABELS = ("cross_entropy_forward", "cross_entropy_backward")
-
-
-def _c_kernel(kernel, c_args):
-    """The checked Python entry of C function ``kernel`` called with ``c_args``.
-
-    Before C runs it checks every array against ``spec.SIGNATURES[kernel]``: its type,
-    dtype, layout and writability (``_ptr``) and its shape (``spec.bind_dims``), so no
-    call can make C read or write outside the arrays it was given.
-    """
-    params = SIGNATURES[kernel]
+def _plan(params):
+    """What ``_checked`` checks for a kernel of these ``spec.SIGNATURES`` params, in this
+    order: the shapes of the arrays read (they set the dimensions), the exact shapes of
+    the arrays written, then every array's type, dtype and layout as it becomes a
+    pointer, and the sizes of the "n" arrays; then the scalars."""
     sources = dim_sources(params)
-    # What to check, in this order: the shapes of the arrays read (they set the
-    # dimensions), the exact shapes of the arrays written, then every array's type,
-    # dtype and layout as it becomes a pointer, and the sizes of the "n" arrays.
     reads = [(i, p, len(p.dims)) for i, p in enumerate(params)
              if p.dims and p.dims != "n" and not p.written]
     writes = [(i, p.name, p.dims, f"({', '.join(sources[d] for d in p.dims)}"
@@ -173,42 +136,155 @@ def _c_kernel(kernel, c_args):
               for i, p in enumerate(params) if p.dims]
     flat = [p.name for p in params if p.dims == "n"]
     scalars = [(i, p.name) for i, p in enumerate(params) if not p.dims]
-    c_fn = getattr(lib, kernel)
-    counts_labels = kernel in _COUNTS_BAD_LABELS
-    fills_loss = "&loss" in c_args
-
-    def run(args):
-        values = bind_dims([(p, _shape(p.name, args[i], ndim)) for i, p, ndim in reads])
-        for i, name, dims, source in writes:
-            if args[i] is not None:  # None: an optional output, checked below
-                _expect(name, args[i], tuple(map(values.__getitem__, dims)), source)
-        for i, name, kind, writable, optional in arrays:
-            x = args[i]
-            values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
-        if flat:
-            n = values["n"] = len(values[flat[0]])
-            for name in flat[1:]:
-                if values[name] is not _NULL:
-                    _same_size(name, values[name], n, f"{flat[0]}.size")
-        for i, name in scalars:
-            values[name] = float(args[i])
-        if fills_loss:
-            loss = values["&loss"] = ffi.new("double *")
-        result = c_fn(*map(values.__getitem__, c_args))
-        if counts_labels:
-            _bad_labels("labels", result, values["C"])
-            result = None
-        return loss[0] if fills_loss else result
-
-    call = kernel_function(kernel, params, "_run({})", {"__name__": __name__, "_run": run})
-    call.__doc__ = f"``{kernel}`` in C (see ``csrc/kernels.h``):  {describe(params)}."
-    return call
+    return reads, writes, arrays, flat, scalars
 
 
-for _line in _C_CALLS.strip().splitlines():
-    _kernel, *_args = _line.split()
-    globals()[_kernel] = _c_kernel(_kernel, tuple(_args))
-del _line, _kernel, _args
+_PLANS = {kernel: _plan(params) for kernel, params in SIGNATURES.items()}
+
+
+def _checked(kernel, args) -> dict:
+    """The C arguments of ``kernel``'s ``args`` by name (pointers, dimension letters, "n"
+    for an elementwise size, scalars as floats), after checking every array against
+    ``spec.SIGNATURES[kernel]`` (``_plan``), so no call can make C read or write outside
+    the arrays it was given.  An optional array given as None becomes NULL."""
+    reads, writes, arrays, flat, scalars = _PLANS[kernel]
+    values = bind_dims([(p, _shape(p.name, args[i], ndim)) for i, p, ndim in reads])
+    for i, name, dims, source in writes:
+        if args[i] is not None:  # None: an optional output, checked below
+            _expect(name, args[i], tuple(map(values.__getitem__, dims)), source)
+    for i, name, kind, writable, optional in arrays:
+        x = args[i]
+        values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
+    if flat:
+        n = values["n"] = len(values[flat[0]])
+        for name in flat[1:]:
+            if values[name] is not _NULL:
+                _same_size(name, values[name], n, f"{flat[0]}.size")
+    for i, name in scalars:
+        values[name] = float(args[i])
+    return values
+
+
+def matmul(a, b, out):
+    """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
+    v = _checked("matmul", (a, b, out))
+    lib.matmul(v["out"], v["a"], v["b"], v["M"], v["K"], v["N"])
+
+
+def matmul_backward_input(dy, w, dx):
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
+    v = _checked("matmul_backward_input", (dy, w, dx))
+    lib.matmul_backward_input(v["dx"], v["dy"], v["w"], v["B"], v["I"], v["O"])
+
+
+def matmul_backward_weight(x, dy, dw):
+    """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
+    v = _checked("matmul_backward_weight", (x, dy, dw))
+    lib.matmul_backward_weight(v["dw"], v["x"], v["dy"], v["B"], v["I"], v["O"])
+
+
+def bias_backward(dy, db):
+    """db = dy.sum(0).   dy (B, O) -> db (O,)."""
+    v = _checked("bias_backward", (dy, db))
+    lib.bias_backward(v["db"], v["dy"], v["B"], v["O"])
+
+
+def linear_forward(x, w, b, out):
+    """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
+    v = _checked("linear_forward", (x, w, b, out))
+    lib.linear_forward(v["out"], v["x"], v["w"], v["b"], v["B"], v["I"], v["O"])
+
+
+def linear_backward(x, w, dy, dx, dw, db):
+    """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
+    v = _checked("linear_backward", (x, w, dy, dx, dw, db))
+    lib.linear_backward(v["dx"], v["dw"], v["db"], v["x"], v["w"], v["dy"], v["B"], v["I"],
+                        v["O"])
+
+
+def _activations(kind):
+    """The two entries of a parameter-free layer kind (a registry record) compiled into
+    C: ``forward(x, out)`` and ``backward(x or y, dy, dx)``, through the C switch
+    ``activation_forward`` / ``activation_backward``; any shape, n elements."""
+    code = kind.code
+
+    def forward(x, out):
+        v = _checked(kind.forward, (x, out))
+        lib.activation_forward(code, v["out"], v["x"], v["n"])
+
+    def backward_x(x, dy, dx):
+        v = _checked(kind.backward, (x, dy, dx))
+        lib.activation_backward(code, v["dx"], v["x"], v["x"], v["dy"], v["n"])
+
+    def backward_y(y, dy, dx):
+        v = _checked(kind.backward, (y, dy, dx))
+        lib.activation_backward(code, v["dx"], v["y"], v["y"], v["dy"], v["n"])
+
+    backward = backward_x if kind.saves == "x" else backward_y
+    forward.__name__ = forward.__qualname__ = kind.forward
+    backward.__name__ = backward.__qualname__ = kind.backward
+    forward.__doc__ = f"The {kind.name} layer of x in C.   x, out (n,), any shape."
+    backward.__doc__ = f"dx from dy for the {kind.name} layer in C.   (n,), any shape."
+    return forward, backward
+
+
+def mnist_loss_forward(preds, targets):
+    """mean(where(t == 1, 1 - sigmoid(p), sigmoid(p))).   preds, targets (B,)."""
+    v = _checked("mnist_loss_forward", (preds, targets))
+    return lib.mnist_loss_forward(v["preds"], v["targets"], v["B"])
+
+
+def mnist_loss_backward(preds, targets, dpreds):
+    """Gradient of mnist_loss_forward.   preds, targets (B,) -> dpreds (B,)."""
+    v = _checked("mnist_loss_backward", (preds, targets, dpreds))
+    lib.mnist_loss_backward(v["dpreds"], v["preds"], v["targets"], v["B"])
+
+
+def cross_entropy_forward(logits, labels):
+    """Mean softmax cross-entropy.   logits (B, C), labels (B,) int64 in [0, C)."""
+    v = _checked("cross_entropy_forward", (logits, labels))
+    loss = ffi.new("double *")
+    _bad_labels("labels", lib.cross_entropy_forward(loss, v["logits"], v["labels"], v["B"],
+                                                    v["C"]), v["C"])
+    return loss[0]
+
+
+def cross_entropy_backward(logits, labels, dlogits):
+    """dlogits = (softmax(logits) - onehot(labels)) / B.   (B, C) -> (B, C)."""
+    v = _checked("cross_entropy_backward", (logits, labels, dlogits))
+    _bad_labels("labels", lib.cross_entropy_backward(v["dlogits"], v["logits"], v["labels"],
+                                                     v["B"], v["C"]), v["C"])
+
+
+def mse_forward(preds, targets):
+    """mean((preds - targets)^2).   preds, targets (n,)."""
+    v = _checked("mse_forward", (preds, targets))
+    return lib.mse_forward(v["preds"], v["targets"], v["n"])
+
+
+def mse_backward(preds, targets, dpreds):
+    """dpreds = 2 (preds - targets) / n.   (n,) -> (n,)."""
+    v = _checked("mse_backward", (preds, targets, dpreds))
+    lib.mse_backward(v["dpreds"], v["preds"], v["targets"], v["n"])
+
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+    """One SGD step in place (``velocity`` None without momentum).   param, grad (n,)."""
+    v = _checked("sgd_update", (param, grad, velocity, lr, momentum, weight_decay))
+    lib.sgd_update(v["param"], v["velocity"], v["grad"], v["n"], v["lr"], v["momentum"],
+                   v["weight_decay"])
+
+
+def binary_accuracy(preds, targets):
+    """mean((p > 0) == (t == 1)).   preds, targets (B,)."""
+    v = _checked("binary_accuracy", (preds, targets))
+    return lib.binary_accuracy(v["preds"], v["targets"], v["B"])
+
+
+def multiclass_accuracy(logits, labels):
+    """mean(argmax(z_b) == label_b).   logits (B, C), labels (B,) int64."""
+    v = _checked("multiclass_accuracy", (logits, labels))
+    return lib.multiclass_accuracy(v["logits"], v["labels"], v["B"], v["C"])
 
 
 # ------------------------------------------------------- fused training epoch
@@ -260,6 +336,11 @@ def _check_program_consts():
 
 
 _check_program_consts()
+
+for _kind in program.activations():
+    if _kind.code in _C_LAYERS:
+        globals().update({entry.__name__: entry for entry in _activations(_kind)})
+del _kind
 
 
 def _program_targets(loss_kind, targets, labels, N, n_out):

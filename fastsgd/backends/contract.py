@@ -36,10 +36,9 @@ from .spec import (
     KERNELS,
     OPTIONAL_KERNELS,
     SIGNATURES,
+    activation_signatures,
     bind_dims,
-    describe,
     host_array,
-    kernel_function,
     missing_kernels,
     overlap_error,
     same,
@@ -122,8 +121,26 @@ class Backend:
         return out
 
     # ---------------------------------------------------- matmul, linear
-    # matmul, matmul_backward_input, matmul_backward_weight, bias_backward and
-    # linear_forward are made from ``_CHECKED`` (after the class) on ``_product``.
+    def matmul(self, a, b, out=None):
+        """``out = a @ b``;  a (M, K), b (K, N) -> out (M, N)."""
+        return self._product("matmul", (a, b, out))
+
+    def matmul_backward_input(self, dy, w, dx=None):
+        """``dx = dy @ w.T`` without a transposed copy;  dy (B, O), w (I, O) -> dx (B, I)."""
+        return self._product("matmul_backward_input", (dy, w, dx))
+
+    def matmul_backward_weight(self, x, dy, dw=None):
+        """``dw = x.T @ dy`` without a transposed copy;  x (B, I), dy (B, O) -> dw (I, O)."""
+        return self._product("matmul_backward_weight", (x, dy, dw))
+
+    def bias_backward(self, dy, db=None):
+        """``db = dy.sum(axis=0)``;  dy (B, O) -> db (O,)."""
+        return self._product("bias_backward", (dy, db))
+
+    def linear_forward(self, x, w, b, out=None):
+        """``out = x @ w + b``;  x (B, I), w (I, O), b (O,) -> out (B, O)."""
+        return self._product("linear_forward", (x, w, b, out))
+
     def linear_backward(self, x, w, dy, dx=None, dw=None, db=None, need_dx=True):
         """Gradients of ``y = x @ w + b``;  x (B, I), w (I, O), dy (B, O).
 
@@ -163,13 +180,25 @@ class Backend:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # ------------------------------------------------------ activations
-    # sigmoid_, relu_ and tanh_forward / _backward are made from ``_CHECKED`` (after
-    # the class) on ``_elementwise``.
-    def _elementwise(self, kernel, args):
-        """Elementwise ``kernel``: its inputs (``x``, or the forward's saved ``x`` / ``y``
-        and ``dy``) of one shape and dtype; its output allocated or checked, of that
-        shape, and either exactly an input (in place) or apart from them."""
-        params = SIGNATURES[kernel]
+    # Each kind of the registry also has its two kernels' names as methods
+    # (``relu_forward(x, out=None)``, ``relu_backward(x, dy, dx=None)``; after the class).
+    def activation_forward(self, kind, x, out=None):
+        """``out`` = the parameter-free layer ``kind`` (a name of ``program.LAYER_KINDS``)
+        of ``x``, elementwise; out has x's shape and may be x itself."""
+        return self._elementwise(program.layer_kind(kind), "forward", (x, out))
+
+    def activation_backward(self, kind, saved, dy, dx=None):
+        """dL/dx of the layer ``kind`` from ``dy``; ``saved`` is what its record says the
+        backward reads, the forward's input x or its output y.  All of one shape."""
+        return self._elementwise(program.layer_kind(kind), "backward", (saved, dy, dx))
+
+    def _elementwise(self, kind, direction, args):
+        """The ``direction`` kernel of activation ``kind`` (a record): its inputs (``x``,
+        or the forward's saved ``x`` / ``y`` and ``dy``) of one shape and dtype; its output
+        allocated or checked, of that shape, and either exactly an input (in place) or
+        apart from them."""
+        kernel = getattr(kind, direction)
+        params = SIGNATURES.get(kernel) or activation_signatures(kind)[kernel]
         *args, out = args
         inputs = []
         for p, x in zip(params, args):
@@ -516,38 +545,27 @@ class Backend:
         return logits, labels
 
 
-#: ``Backend`` methods that are one checked call: name, the method that checks the
-#: arguments and calls the implementation, what it computes (the docstring adds the
-#: shapes of ``SIGNATURES``; an elementwise kernel's arrays all have one shape).
-_CHECKED = """
-matmul                  _product      ``out = a @ b``
-matmul_backward_input   _product      ``dx = dy @ w.T`` without a transposed copy
-matmul_backward_weight  _product      ``dw = x.T @ dy`` without a transposed copy
-bias_backward           _product      ``db = dy.sum(axis=0)``
-linear_forward          _product      ``out = x @ w + b``
-sigmoid_forward         _elementwise  ``out = 1 / (1 + exp(-x))``, finite for any finite x
-sigmoid_backward        _elementwise  ``dx = dy * y * (1 - y)``, y = sigmoid(x) the forward output
-relu_forward            _elementwise  ``out = max(x, 0)`` (NaN stays NaN)
-relu_backward           _elementwise  ``dx = dy * (x > 0)``, x the forward input
-tanh_forward            _elementwise  ``out = tanh(x)``, finite for any finite x
-tanh_backward           _elementwise  ``dx = dy * (1 - y**2)``, y = tanh(x) the forward output
-"""
+def _activation_methods(kind):
+    """``Backend.<kind.forward>(x, out=None)`` and ``Backend.<kind.backward>(saved, dy,
+    dx=None)``: ``activation_forward`` / ``activation_backward`` of a registry record."""
+    def forward(self, x, out=None):
+        return self.activation_forward(kind.name, x, out)
+
+    def backward(self, saved, dy, dx=None):
+        return self.activation_backward(kind.name, saved, dy, dx)
+
+    saved = "x, the forward input" if kind.saves == "x" else "y, the forward output"
+    for method, name, doc in ((forward, kind.forward, f"The {kind.name} layer of x, elementwise "
+                               f"(``activation_forward``);  x (any shape) -> out (x's shape)."),
+                              (backward, kind.backward, f"dL/dx of the {kind.name} layer from "
+                               f"dy, reading {saved};  all of one shape.")):
+        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
+        setattr(Backend, name, method)
 
 
-def _checked_method(kernel, check, doc):
-    """``Backend.<kernel>(self, inputs..., outputs=None)``: ``self.<check>(kernel, args)``."""
-    params = SIGNATURES[kernel]
-    method = kernel_function(kernel, params, f"self.{check}({kernel!r}, {{}})",
-                             {"__name__": __name__}, head="self, ", optional_outputs=True)
-    method.__doc__ = f"{doc};  {describe(params)}."
-    method.__qualname__ = f"Backend.{kernel}"
-    return method
-
-
-for _line in _CHECKED.strip().splitlines():
-    _kernel, _check, _doc = _line.split(None, 2)
-    setattr(Backend, _kernel, _checked_method(_kernel, _check, _doc))
-del _line, _kernel, _check, _doc
+for _kind in program.activations():
+    _activation_methods(_kind)
+del _kind
 
 
 def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import check_host_apart
-
 __all__ = ["KIND", "N_IN", "N_OUT", "PARAM", "LINEAR", "RELU", "SIGMOID", "TANH",
            "LAYER_KINDS", "MNIST_LOSS", "CROSS_ENTROPY", "MSE", "LOSS_KINDS", "LayerKind",
            "LossKind", "LAYERS", "LOSSES", "register_layer", "register_loss", "unregister",
@@ -255,6 +253,7 @@ def check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, vel
     share memory with what it reads (the table, x, targets or labels, order, lrs) or
     with each other, of whatever dtype: the epoch would index memory with what it wrote.
     Host arrays; ``ValueError`` naming both."""
+    from .spec import check_host_apart  # spec's signatures are derived from this module
     check_host_apart([("params", params), ("grads", grads), ("velocities", velocities),
                       ("losses", losses)],
                      [("layers", layers), ("x", x), ("targets", targets), ("labels", labels),

@@ -15,12 +15,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import program
+
 #: Every kernel's implementation parameters, in order, with the shapes implementations
 #: receive (``contract.Backend`` checks them, ``c_ext`` again before calling C):
 #: ``name:DIMS`` an array read, ``name=DIMS`` an array written, a bare name a scalar.
 #: DIMS are dimension letters (``contract.py``), equal letters equal sizes; ``n`` is any
 #: shape of ``n`` elements (elementwise: equal sizes).  ``?``: the array may be None;
-#: ``/int64``: integer labels (every other array is float).
+#: ``/int64``: integer labels (every other array is float).  The activations' signatures
+#: come from their records in the registry (``activation_signatures``).
 _SIGNATURES = """
 matmul                  a:MK       b:KN            out=MN
 matmul_backward_input   dy:BO      w:IO            dx=BI
@@ -28,12 +31,6 @@ matmul_backward_weight  x:BI       dy:BO           dw=IO
 bias_backward           dy:BO      db=O
 linear_forward          x:BI       w:IO            b:O      out=BO
 linear_backward         x:BI       w:IO            dy:BO    dx=BI?   dw=IO   db=O
-sigmoid_forward         x:n        out=n
-sigmoid_backward        y:n        dy:n            dx=n
-relu_forward            x:n        out=n
-relu_backward           x:n        dy:n            dx=n
-tanh_forward            x:n        out=n
-tanh_backward           y:n        dy:n            dx=n
 mnist_loss_forward      preds:B    targets:B
 mnist_loss_backward     preds:B    targets:B       dpreds=B
 cross_entropy_forward   logits:BC  labels:B/int64
@@ -64,10 +61,24 @@ def _param(token: str) -> Param:
     return Param(name, dims, sep == "=", rest.endswith("?"), dtype or "float")
 
 
-#: kernel name -> its ``Param``s in order.
+def activation_signatures(kind) -> dict[str, tuple[Param, ...]]:
+    """The two kernels of a parameter-free layer kind (a ``program.LayerKind``):
+    ``forward(x, out)`` and ``backward(saved, dy, dx)``, ``saved`` its input x or its
+    output y as the record says; every array of one shape."""
+    return {kind.forward: (Param("x", "n"), Param("out", "n", written=True)),
+            kind.backward: (Param(kind.saves, "n"), Param("dy", "n"),
+                            Param("dx", "n", written=True))}
+
+
+#: kernel name -> its ``Param``s in order: the table above, then the activations of the
+#: registry's built-in kinds.
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     line.split()[0]: tuple(_param(token) for token in line.split()[1:])
     for line in _SIGNATURES.strip().splitlines()}
+for _kind in program.activations():
+    if _kind.code in program.BUILT_IN_LAYERS:
+        SIGNATURES.update(activation_signatures(_kind))
+del _kind
 
 #: Implementation names and parameters every backend module must export.
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -115,21 +126,6 @@ def describe(params) -> str:
     read = ", ".join(one(p) for p in params if not p.written)
     written = ", ".join(one(p) for p in params if p.written)
     return f"{read} -> {written}" if written else read
-
-
-def kernel_function(name, params, call, namespace, head="", optional_outputs=False):
-    """``def name(head, p1, p2, ...): return <call with the tuple (p1, p2, ...)>``.
-
-    Compiled from source so that its signature is the kernel's (``missing_kernels``
-    reads it, keyword calls work) at no cost per call.  ``call`` is an expression with
-    ``{}`` where the tuple goes, naming what ``namespace`` holds; with
-    ``optional_outputs`` the arrays written default to None.
-    """
-    arguments = ", ".join(p.name + "=None" * (optional_outputs and p.written) for p in params)
-    values = "".join(f"{p.name}, " for p in params)
-    exec(f"def {name}({head}{arguments}):\n    return {call.format(f'({values})')}\n",
-         namespace)
-    return namespace[name]
 
 
 def overlap_error(written, read, may_overlap, in_place=None) -> ValueError | None:
