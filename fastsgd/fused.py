@@ -83,6 +83,7 @@ class LayerProgram:
         self.widths = prog.widths(self.layers)
         self.loss = loss_kind
         self.loss_kind = prog.LOSS_KINDS[loss_kind]
+        self._rows = None
         self._point_parameters()
 
     def __repr__(self):
@@ -117,6 +118,33 @@ class LayerProgram:
             p.value is value and p.grad_value is grad and v is velocity
             for p, v, (value, grad, velocity) in zip(params, velocities, self._views))
 
+    def bind(self) -> None:
+        """Point the model's parameters and the optimiser's velocities at this program's
+        blocks again, when they were replaced since (a checkpoint loaded, say)."""
+        if not self._still_pointed():
+            self._point_parameters()
+
+    def step(self, x, targets, lr, grads=None, momentum=0.0, weight_decay=0.0,
+             velocities=None) -> float:
+        """One SGD step on the batch ``x`` (B, I) with the loss's ``targets`` (all B rows
+        of it, one batch); ``grads`` (P,), this program's block by default, receives the
+        batch's mean gradient.  Returns the batch's loss (the step is skipped when it is
+        not finite)."""
+        n = x.shape[0]
+        if self._rows is None or self._rows.shape[0] < n:
+            self._rows = np.arange(max(n, 1), dtype=np.int64)
+        losses = self.backend.train_epoch(
+            self.layers, self.loss_kind, x, targets, self._rows[:n], n,
+            np.array([lr], np.float32), self.params, self.grads if grads is None else grads,
+            velocities, momentum, weight_decay)
+        return float(losses[0])
+
+    def gradient(self, x, targets, grads=None) -> float:
+        """The mean loss of the batch ``x`` / ``targets`` and its gradient w.r.t. every
+        parameter, into ``grads`` (P,) (this program's block by default); the
+        parameters stay as they are."""
+        return self.step(x, targets, 0.0, grads)
+
     def run(self, lrs) -> np.ndarray:
         """One epoch with learning rate ``lrs[step]``; returns the loss of each step run.
 
@@ -125,8 +153,7 @@ class LayerProgram:
         shorter, to measure), so that Ctrl-C, which Python raises between them, lands
         within a part, not at the epoch's end.
         """
-        if not self._still_pointed():
-            self._point_parameters()
+        self.bind()
         dl, opt = self.dl, self.opt
         order = self.backend.asarray(dl.next_order(), dtype=np.int64)
         lrs = np.asarray(lrs, np.float32)

@@ -378,3 +378,28 @@ def test_a_fused_epoch_in_parts_trains_like_one_call(backend, monkeypatch):
     np.testing.assert_allclose(parts, whole, rtol=1e-6)
     for a, b in zip(params, whole_params):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_gradient_is_the_layer_paths_gradient_and_leaves_the_parameters(backend):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((24, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 24).astype(np.int64)
+    model = fs.Sequential(fs.Linear(6, 5, rng), fs.Tanh(), fs.Linear(5, 3, rng)).to(backend)
+    program = plan(model, fs.cross_entropy, fs.SGD(model.parameters(), lr=0.1),
+                   fs.DataLoader(x, y, bs=8))
+    before = program.backend.to_numpy(program.params).copy()
+    be = program.backend
+    loss = program.gradient(be.asarray(x), be.asarray(y, np.int64))
+
+    ref = fs.Sequential(fs.Linear(6, 5), fs.Tanh(), fs.Linear(5, 3))
+    for mine, theirs in zip(model.parameters(), ref.parameters()):
+        theirs.value = be.to_numpy(mine.value).copy()
+    z = ref.forward(x)
+    want_loss = fs.cross_entropy(z, y)
+    ref.backward(fs.cross_entropy.backward(z, y))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_array_equal(be.to_numpy(program.params), before)
+    for mine, theirs in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(be.to_numpy(mine.grad_value), theirs.grad_value,
+                                   rtol=1e-4, atol=1e-6)
