@@ -127,6 +127,14 @@ double mse_forward(const float *restrict preds, const float *restrict targets, i
 void mse_backward(float *restrict dpreds, const float *restrict preds,
                   const float *restrict targets, int64_t n);
 
+/* The fused epoch's one entry per loss kind (fs_loss_kind below): the mean loss of
+ * the output z (B, O) and dz = dL/dz (B, O); targets (B, O) for a float-target loss,
+ * labels (B,) in [0, O) for cross-entropy (the other may be NULL).  NaN for a kind it
+ * lacks. */
+double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
+                               const float *targets, const int64_t *labels, int64_t B,
+                               int64_t O);
+
 /* --------------------------------------------------------- optimizer (pointwise.c) */
 
 /* One SGD step in place:  g = grad + weight_decay * param;  with velocity (not NULL),

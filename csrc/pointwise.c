@@ -286,6 +286,30 @@ FS_CLONES void mse_backward(float *restrict dpreds, const float *restrict preds,
         dpreds[i] = (preds[i] - targets[i]) * scale;
 }
 
+double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
+                               const float *targets, const int64_t *labels, int64_t B,
+                               int64_t O)
+{
+    double loss = 0.0;
+    switch (loss_kind) {
+    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
+        mnist_loss_backward(dz, z, targets, B);
+        loss = mnist_loss_forward(z, targets, B);
+        break;
+    case FS_CROSS_ENTROPY:
+        cross_entropy_backward(dz, z, labels, B, O);
+        cross_entropy_forward(&loss, z, labels, B, O);
+        break;
+    case FS_MSE:
+        mse_backward(dz, z, targets, B * O);
+        loss = mse_forward(z, targets, B * O);
+        break;
+    default:
+        loss = NAN;
+    }
+    return loss;
+}
+
 /* --------------------------------------------------------------- optimizer */
 
 FS_CLONES void sgd_update(float *param, float *velocity, const float *grad, int64_t n,

@@ -154,26 +154,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
 static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int64_t B,
                                 int64_t O)
 {
-    const float *z = s->a[L];
-    float *dz = s->d[L];
-    double loss = 0.0;
-    switch (loss_kind) {
-    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
-        mnist_loss_backward(dz, z, s->targets, B);
-        loss = mnist_loss_forward(z, s->targets, B);
-        break;
-    case FS_CROSS_ENTROPY:
-        cross_entropy_backward(dz, z, s->labels, B, O);
-        cross_entropy_forward(&loss, z, s->labels, B, O);
-        break;
-    case FS_MSE:
-        mse_backward(dz, z, s->targets, B * O);
-        loss = mse_forward(z, s->targets, B * O);
-        break;
-    default:
-        loss = NAN;
-    }
-    return loss;
+    return loss_value_and_gradient(loss_kind, s->d[L], s->a[L], s->targets, s->labels, B, O);
 }
 
 /* From d[L], the gradients of every LINEAR into grads (P,) and d[l] for l past the

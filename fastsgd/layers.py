@@ -285,6 +285,14 @@ def simple_net(n_in: int = 784, n_hidden: int = 30, n_out: int = 1,
 
 
 # ---------------------------------------------------------------- save / load
+for _kind in backends.program.activations():   # a kind added by its record alone
+    if _kind.layer not in globals():
+        globals()[_kind.layer] = type(_kind.layer, (Activation,), {
+            "kind": _kind.name, "__module__": __name__,
+            "__doc__": f"The {_kind.name} activation, elementwise (see its registry record)."})
+        __all__.append(_kind.layer)
+del _kind
+
 #: The layer classes a model file may name: one per kind of the registry.
 _LAYER_TYPES = {kind.layer: globals()[kind.layer] for kind in backends.program.LAYERS.values()}
 #: The environment variable that sets ``max_parameters()``.

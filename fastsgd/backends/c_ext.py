@@ -202,6 +202,43 @@ def linear_backward(x, w, dy, dx, dw, db):
                         v["O"])
 
 
+def _losses(kind):
+    """The two entries of a loss kind (a registry record) compiled into C, by its
+    targets: "binary" ``f(preds (B,), targets (B,))``, "real" the same of n elements
+    (C: ``fwd(preds, targets, n)``, ``bwd(dpreds, preds, targets, n)``), "labels"
+    ``f(logits (B, C), labels (B,))`` (C: the loss through a pointer, and the count of
+    labels outside [0, C), which raises).  ``forward`` returns the mean."""
+    c_forward, c_backward = getattr(lib, kind.forward), getattr(lib, kind.backward)
+    if kind.targets == "labels":
+        def forward(logits, labels):
+            v = _checked(kind.forward, (logits, labels))
+            loss = ffi.new("double *")
+            _bad_labels("labels", c_forward(loss, v["logits"], v["labels"], v["B"], v["C"]),
+                        v["C"])
+            return loss[0]
+
+        def backward(logits, labels, dlogits):
+            v = _checked(kind.backward, (logits, labels, dlogits))
+            _bad_labels("labels", c_backward(v["dlogits"], v["logits"], v["labels"], v["B"],
+                                             v["C"]), v["C"])
+    else:
+        size = "B" if kind.targets == "binary" else "n"
+
+        def forward(preds, targets):
+            v = _checked(kind.forward, (preds, targets))
+            return c_forward(v["preds"], v["targets"], v[size])
+
+        def backward(preds, targets, dpreds):
+            v = _checked(kind.backward, (preds, targets, dpreds))
+            c_backward(v["dpreds"], v["preds"], v["targets"], v[size])
+
+    forward.__name__ = forward.__qualname__ = kind.forward
+    backward.__name__ = backward.__qualname__ = kind.backward
+    forward.__doc__ = f"The mean {kind.name} loss in C ({kind.targets} targets)."
+    backward.__doc__ = f"The gradient of {kind.forward} in C, shaped like its first input."
+    return forward, backward
+
+
 def _activations(kind):
     """The two entries of a parameter-free layer kind (a registry record) compiled into
     C: ``forward(x, out)`` and ``backward(x or y, dy, dx)``, through the C switch
@@ -226,46 +263,6 @@ def _activations(kind):
     forward.__doc__ = f"The {kind.name} layer of x in C.   x, out (n,), any shape."
     backward.__doc__ = f"dx from dy for the {kind.name} layer in C.   (n,), any shape."
     return forward, backward
-
-
-def mnist_loss_forward(preds, targets):
-    """mean(where(t == 1, 1 - sigmoid(p), sigmoid(p))).   preds, targets (B,)."""
-    v = _checked("mnist_loss_forward", (preds, targets))
-    return lib.mnist_loss_forward(v["preds"], v["targets"], v["B"])
-
-
-def mnist_loss_backward(preds, targets, dpreds):
-    """Gradient of mnist_loss_forward.   preds, targets (B,) -> dpreds (B,)."""
-    v = _checked("mnist_loss_backward", (preds, targets, dpreds))
-    lib.mnist_loss_backward(v["dpreds"], v["preds"], v["targets"], v["B"])
-
-
-def cross_entropy_forward(logits, labels):
-    """Mean softmax cross-entropy.   logits (B, C), labels (B,) int64 in [0, C)."""
-    v = _checked("cross_entropy_forward", (logits, labels))
-    loss = ffi.new("double *")
-    _bad_labels("labels", lib.cross_entropy_forward(loss, v["logits"], v["labels"], v["B"],
-                                                    v["C"]), v["C"])
-    return loss[0]
-
-
-def cross_entropy_backward(logits, labels, dlogits):
-    """dlogits = (softmax(logits) - onehot(labels)) / B.   (B, C) -> (B, C)."""
-    v = _checked("cross_entropy_backward", (logits, labels, dlogits))
-    _bad_labels("labels", lib.cross_entropy_backward(v["dlogits"], v["logits"], v["labels"],
-                                                     v["B"], v["C"]), v["C"])
-
-
-def mse_forward(preds, targets):
-    """mean((preds - targets)^2).   preds, targets (n,)."""
-    v = _checked("mse_forward", (preds, targets))
-    return lib.mse_forward(v["preds"], v["targets"], v["n"])
-
-
-def mse_backward(preds, targets, dpreds):
-    """dpreds = 2 (preds - targets) / n.   (n,) -> (n,)."""
-    v = _checked("mse_backward", (preds, targets, dpreds))
-    lib.mse_backward(v["dpreds"], v["preds"], v["targets"], v["n"])
 
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
@@ -340,6 +337,9 @@ _check_program_consts()
 for _kind in program.activations():
     if _kind.code in _C_LAYERS:
         globals().update({entry.__name__: entry for entry in _activations(_kind)})
+for _kind in program.LOSSES.values():
+    if _kind.code in _C_LOSSES:
+        globals().update({entry.__name__: entry for entry in _losses(_kind)})
 del _kind
 
 

@@ -39,6 +39,7 @@ from .spec import (
     activation_signatures,
     bind_dims,
     host_array,
+    loss_signatures,
     missing_kernels,
     overlap_error,
     same,
@@ -216,58 +217,47 @@ class Backend:
         return out
 
     # ----------------------------------------------------------- losses
-    def mnist_loss_forward(self, preds, targets) -> float:
-        """The book's loss: ``mean(where(t == 1, 1 - sigmoid(p), sigmoid(p)))``.
+    # Each loss kind of the registry also has its two kernels' names as methods
+    # (``mse_forward(preds, targets)``, ``mse_backward(preds, targets, dpreds=None)``).
+    def loss_forward(self, kind, preds, targets) -> float:
+        """The mean loss ``kind`` (a name of ``program.LOSS_KINDS``) of a batch, its inputs
+        checked as its record's targets say: "binary" preds (B,) or (B, 1) and targets of
+        the same length, each 0 or 1; "labels" logits (B, C) and int64 labels (B,) in
+        [0, C); "real" preds (B,) or (B, O) and float targets shaped alike ((B,) ~ (B, 1))."""
+        record = program.loss_kind(kind)
+        preds, targets, _ = self._loss_inputs(record, preds, targets)
+        return float(getattr(self._impl, record.forward)(preds, targets))
 
-        preds (B,) or (B, 1) raw scores; targets of the same length, each 0 or 1,
-        in the dtype of preds.
-        """
-        preds, targets = self._binary("preds", preds, "targets", targets)
-        return float(self._impl.mnist_loss_forward(preds, targets))
-
-    def mnist_loss_backward(self, preds, targets, dpreds=None):
-        """Gradient of ``mnist_loss_forward`` w.r.t. preds; dpreds has the shape of preds."""
-        shape = self._array("preds", preds).shape
-        preds, targets = self._binary("preds", preds, "targets", targets)
-        dpreds = self._out("dpreds", dpreds, shape, preds.dtype)
-        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
-                    in_place=True)
-        self._impl.mnist_loss_backward(preds, targets, dpreds.reshape(-1))
+    def loss_backward(self, kind, preds, targets, dpreds=None):
+        """The gradient of ``loss_forward(kind, preds, targets)`` w.r.t. preds, shaped like
+        preds; it may be written over preds itself, except for "labels" losses."""
+        record = program.loss_kind(kind)
+        names = self._loss_names(record)
+        shape = self._array(names[0], preds).shape
+        preds, targets, names = self._loss_inputs(record, preds, targets)
+        dpreds = self._out(names[2], dpreds, shape, preds.dtype)
+        self._apart([(names[2], dpreds)], [(names[0], preds), (names[1], targets)],
+                    in_place=record.targets != "labels")
+        getattr(self._impl, record.backward)(preds, targets, dpreds.reshape(preds.shape))
         return dpreds
 
-    def cross_entropy_forward(self, logits, labels) -> float:
-        """Mean softmax cross-entropy, ``mean(logsumexp(z) - z[label])``.
+    @staticmethod
+    def _loss_names(record) -> list[str]:
+        """The names of a loss's inputs and gradient, e.g. ["logits", "labels", "dlogits"]."""
+        return [p.name for p in (SIGNATURES.get(record.backward)
+                                 or loss_signatures(record)[record.backward])]
 
-        logits (B, C); labels (B,) int64 in [0, C).  Stable for any finite logits.
-        """
-        logits, labels = self._classes("logits", logits, "labels", labels)
-        return float(self._impl.cross_entropy_forward(logits, labels))
-
-    def cross_entropy_backward(self, logits, labels, dlogits=None):
-        """``dlogits = (softmax(logits) - onehot(labels)) / B``;  (B, C)."""
-        logits, labels = self._classes("logits", logits, "labels", labels)
-        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype)
-        self._apart([("dlogits", dlogits)], [("logits", logits), ("labels", labels)])
-        self._impl.cross_entropy_backward(logits, labels, dlogits)
-        return dlogits
-
-    def mse_forward(self, preds, targets) -> float:
-        """Mean squared error over every element, the book's ``((preds - targets)**2).mean()``.
-
-        preds (B,) or (B, O) floats; targets of any real value, shaped like preds
-        ((B,) and (B, 1) are interchangeable), in the dtype of preds.
-        """
-        preds, targets = self._regression("preds", preds, "targets", targets)
-        return float(self._impl.mse_forward(preds.reshape(-1), targets.reshape(-1)))
-
-    def mse_backward(self, preds, targets, dpreds=None):
-        """``dpreds = 2 * (preds - targets) / preds.size``, shaped like preds."""
-        preds, targets = self._regression("preds", preds, "targets", targets)
-        dpreds = self._out("dpreds", dpreds, preds.shape, preds.dtype)
-        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
-                    in_place=True)
-        self._impl.mse_backward(preds.reshape(-1), targets.reshape(-1), dpreds.reshape(-1))
-        return dpreds
+    def _loss_inputs(self, record, preds, targets):
+        """(preds, targets, their names and the gradient's) as the loss's kernels take them:
+        "binary" both (B,), "labels" logits (B, C) and labels (B,), "real" both flat."""
+        names = self._loss_names(record)
+        pname, tname, _ = names
+        if record.targets == "labels":
+            return (*self._classes(pname, preds, tname, targets), names)
+        if record.targets == "binary":
+            return (*self._binary(pname, preds, tname, targets), names)
+        preds, targets = self._regression(pname, preds, tname, targets)
+        return preds.reshape(-1), targets.reshape(-1), names
 
     # -------------------------------------------------------- optimizer
     def sgd_update(self, param, grad, lr, momentum=0.0, weight_decay=0.0, velocity=None):
@@ -563,8 +553,38 @@ def _activation_methods(kind):
         setattr(Backend, name, method)
 
 
+def _loss_methods(kind):
+    """``Backend.<kind.forward>(...)`` and ``Backend.<kind.backward>(..., out=None)``:
+    ``loss_forward`` / ``loss_backward`` of a registry record, under its kernels'
+    parameter names."""
+    if kind.targets == "labels":
+        def forward(self, logits, labels) -> float:
+            return self.loss_forward(kind.name, logits, labels)
+
+        def backward(self, logits, labels, dlogits=None):
+            return self.loss_backward(kind.name, logits, labels, dlogits)
+    else:
+        def forward(self, preds, targets) -> float:
+            return self.loss_forward(kind.name, preds, targets)
+
+        def backward(self, preds, targets, dpreds=None):
+            return self.loss_backward(kind.name, preds, targets, dpreds)
+
+    shapes = {"binary": "preds (B,) or (B, 1) and 0/1 targets of the same length",
+              "labels": "logits (B, C) and int64 labels (B,) in [0, C)",
+              "real": "preds (B,) or (B, O) and float targets alike"}[kind.targets]
+    for method, name, doc in ((forward, kind.forward, f"The mean {kind.name} loss "
+                               f"(``loss_forward``);  {shapes}."),
+                              (backward, kind.backward, f"The gradient of {kind.forward} "
+                               f"(``loss_backward``), shaped like its first input.")):
+        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
+        setattr(Backend, name, method)
+
+
 for _kind in program.activations():
     _activation_methods(_kind)
+for _kind in program.LOSSES.values():
+    _loss_methods(_kind)
 del _kind
 
 

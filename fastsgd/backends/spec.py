@@ -22,8 +22,9 @@ from . import program
 #: ``name:DIMS`` an array read, ``name=DIMS`` an array written, a bare name a scalar.
 #: DIMS are dimension letters (``contract.py``), equal letters equal sizes; ``n`` is any
 #: shape of ``n`` elements (elementwise: equal sizes).  ``?``: the array may be None;
-#: ``/int64``: integer labels (every other array is float).  The activations' signatures
-#: come from their records in the registry (``activation_signatures``).
+#: ``/int64``: integer labels (every other array is float).  The activations' and the
+#: losses' signatures come from their records in the registry (``activation_signatures``,
+#: ``loss_signatures``).
 _SIGNATURES = """
 matmul                  a:MK       b:KN            out=MN
 matmul_backward_input   dy:BO      w:IO            dx=BI
@@ -31,12 +32,6 @@ matmul_backward_weight  x:BI       dy:BO           dw=IO
 bias_backward           dy:BO      db=O
 linear_forward          x:BI       w:IO            b:O      out=BO
 linear_backward         x:BI       w:IO            dy:BO    dx=BI?   dw=IO   db=O
-mnist_loss_forward      preds:B    targets:B
-mnist_loss_backward     preds:B    targets:B       dpreds=B
-cross_entropy_forward   logits:BC  labels:B/int64
-cross_entropy_backward  logits:BC  labels:B/int64  dlogits=BC
-mse_forward             preds:n    targets:n
-mse_backward            preds:n    targets:n       dpreds=n
 sgd_update              param=n    grad:n          velocity=n?  lr  momentum  weight_decay
 binary_accuracy         preds:B    targets:B
 multiclass_accuracy     logits:BC  labels:B/int64
@@ -70,14 +65,32 @@ def activation_signatures(kind) -> dict[str, tuple[Param, ...]]:
                             Param("dx", "n", written=True))}
 
 
-#: kernel name -> its ``Param``s in order: the table above, then the activations of the
-#: registry's built-in kinds.
+def loss_signatures(kind) -> dict[str, tuple[Param, ...]]:
+    """The two kernels of a loss kind (a ``program.LossKind``), by its targets:
+    "binary" ``forward(preds (B,), targets (B,))``, "labels" ``forward(logits (B, C),
+    labels (B,) int64)``, "real" ``forward(preds, targets)`` of any one shape; each
+    ``backward`` takes the same and writes the gradient shaped like the first."""
+    if kind.targets == "labels":
+        inputs = (Param("logits", "BC"), Param("labels", "B", dtype="int64"))
+        out = Param("dlogits", "BC", written=True)
+    else:
+        dims = "B" if kind.targets == "binary" else "n"
+        inputs = (Param("preds", dims), Param("targets", dims))
+        out = Param("dpreds", dims, written=True)
+    return {kind.forward: inputs, kind.backward: (*inputs, out)}
+
+
+#: kernel name -> its ``Param``s in order: the table above, then the activations and
+#: losses of the registry's built-in kinds.
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     line.split()[0]: tuple(_param(token) for token in line.split()[1:])
     for line in _SIGNATURES.strip().splitlines()}
 for _kind in program.activations():
     if _kind.code in program.BUILT_IN_LAYERS:
         SIGNATURES.update(activation_signatures(_kind))
+for _kind in program.LOSSES.values():
+    if _kind.code in program.BUILT_IN_LOSSES:
+        SIGNATURES.update(loss_signatures(_kind))
 del _kind
 
 #: Implementation names and parameters every backend module must export.

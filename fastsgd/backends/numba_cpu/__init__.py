@@ -43,30 +43,20 @@ from .gemm import (
     matmul_backward_input,
     matmul_backward_weight,
 )
-from .pointwise import (
-    binary_accuracy,
-    cross_entropy_backward,
-    cross_entropy_forward,
-    mnist_loss_backward,
-    mnist_loss_forward,
-    mse_backward,
-    mse_forward,
-    multiclass_accuracy,
-    sgd_update,
-    threading_layer,
-)
+from .pointwise import binary_accuracy, multiclass_accuracy, sgd_update, threading_layer
 from .program import _gather_rows, train_epoch
 
-#: The activations' entries, by their registry records' kernel names.
-_ACTIVATIONS = {name: getattr(_pointwise, name) for kind in _registry.activations()
-                if kind.code in _registry.BUILT_IN_LAYERS for name in (kind.forward, kind.backward)}
-globals().update(_ACTIVATIONS)
+#: The activations' and losses' entries, by their registry records' kernel names.
+_BY_RECORD = {name: getattr(_pointwise, name) for kind in (
+    *(k for k in _registry.activations() if k.code in _registry.BUILT_IN_LAYERS),
+    *(k for k in _registry.LOSSES.values() if k.code in _registry.BUILT_IN_LOSSES))
+    for name in (kind.forward, kind.backward)}
+globals().update(_BY_RECORD)
 
 __all__ = [
     "fallback_cache_dir", "NARROW_MAX_N", "PARALLEL_MIN_MACS", "matmul", "matmul_backward_input",
     "matmul_backward_weight", "bias_backward", "linear_forward", "linear_backward",
-    *_ACTIVATIONS, "mnist_loss_forward", "mnist_loss_backward", "cross_entropy_forward",
-    "cross_entropy_backward", "mse_forward", "mse_backward", "sgd_update", "binary_accuracy",
+    *_BY_RECORD, "sgd_update", "binary_accuracy",
     "multiclass_accuracy", "threading_layer", "train_epoch", "_gemm", "_backward_input",
     "_gather_rows"]
 
