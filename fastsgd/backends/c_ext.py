@@ -343,32 +343,31 @@ for _kind in program.LOSSES.values():
 del _kind
 
 
-def _program_targets(loss_kind, targets, labels, N, n_out):
-    """(targets pointer, its columns, labels pointer) for the loss; the unused one is NULL."""
+def _program_targets(loss_kind, targets, N, n_out):
+    """(float targets pointer, its columns, labels pointer) for C from the one targets
+    array: labels (N,) int64 for a "labels" loss, else floats (N, O); the other is NULL."""
     record = program.LOSSES[loss_kind]
     if record.targets == "labels":
-        host_array("targets", targets, _F32)  # unused
-        _expect("labels", labels, (N,), "(x.shape[0],)")
-        plabels = _ptr("labels", labels, _INT64)
-        _index_range("labels", labels, n_out, "labels")
+        _expect("targets", targets, (N,), "(x.shape[0],)")
+        plabels = _ptr("targets", targets, _INT64)
+        _index_range("targets", targets, n_out, "labels")
         return _NULL, 1, plabels
     if record.targets == "binary" and n_out != 1:
         raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
                          f"this one has {n_out}")
-    host_array("labels", labels, _I64)  # unused
     _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
     return _ptr("targets", targets, _FLOAT), n_out, _NULL
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program (``program.py``) in one C call; the steps done.
 
     layers (L, 4) int64 the table; params, grads (P,) float32 the flat blocks it points
     into and velocities (P,) or None (plain SGD, needs momentum == 0), updated in place;
-    x (N, I) float32; loss_kind MNIST_LOSS: targets (N, 1) float32, one output;
-    MSE: targets (N, O) float32; CROSS_ENTROPY: labels (N,) int64 in [0, O) (the unused
-    one of targets / labels may be any array of its dtype); order (R,) int64 in [0, N),
+    x (N, I) float32; targets as the loss's record says: (N, 1) 0/1 float32 ("binary",
+    one output), (N, O) float32 ("real") or labels (N,) int64 in [0, O) ("labels");
+    order (R,) int64 in [0, N),
     the rows the steps take; bs >= 1; lrs (steps,) float32, losses (steps,) float64
     filled, steps = ceil(R / bs).
     Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
@@ -396,7 +395,7 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     if I != n_in:
         raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
     px = _ptr("x", x, _FLOAT)
-    ptargets, cols, plabels = _program_targets(loss_kind, targets, labels, N, n_out)
+    ptargets, cols, plabels = _program_targets(loss_kind, targets, N, n_out)
     (R,) = _shape("order", order, 1)
     porder = _ptr("order", order, _INT64)
     _index_range("order", order, N, "row indices")
@@ -408,8 +407,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     plrs = _ptr("lrs", lrs, _FLOAT)
     _expect("losses", losses, (steps,), "(ceil(order.size / bs),)")
     plosses = _ptr("losses", losses, _DOUBLE, True)
-    program.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads,
-                              velocities, losses)
+    program.check_epoch_apart(layers, x, targets, order, lrs, params, grads, velocities,
+                              losses)
     done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
                            int(loss_kind), px, ptargets, cols, plabels, porder, plrs, R, bs, P,
                            momentum, weight_decay)

@@ -318,7 +318,7 @@ class Backend:
         x = self._float("x", x, ndim=2, dtype=params.dtype)
         same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
         n = x.shape[0]
-        targets, labels = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
+        targets = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
         order = self._array("order", order)
         if order.dtype != np.int64 or order.ndim != 1:
             raise ValueError(f"order: expected int64 row indices of shape (R,), got "
@@ -337,24 +337,23 @@ class Backend:
                              writable=True)
         self._apart([("params", params), ("grads", grads), ("velocities", velocities),
                      ("losses", losses)],
-                    [("layers", layers), ("x", x), ("targets", targets), ("targets", labels),
-                     ("order", order), ("lrs", lrs)])
-        done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, labels, order,
+                    [("layers", layers), ("x", x), ("targets", targets), ("order", order),
+                     ("lrs", lrs)])
+        done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, order,
                                           int(bs), lrs, np.float32(momentum),
                                           np.float32(weight_decay), params, grads,
                                           velocities, losses))
         return losses[:done + 1] if done < steps else losses
 
     def _program_targets(self, loss_kind, targets, n, n_out, dtype):
-        """The (targets (N, T) float32, labels (N,) int64) pair ``train_epoch`` implementations take."""
+        """The one targets array ``train_epoch`` implementations take: labels (N,) int64 for
+        a "labels" loss, else floats (N, O)."""
         if loss_kind not in program.LOSS_KINDS.values() or isinstance(loss_kind, bool):
             raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
         record = program.LOSSES[loss_kind]
-        no_labels = self.empty(0, np.int64)
         if record.targets == "labels":
-            labels = self._indices("targets", targets, n, n_out, "labels",
-                                   "cross_entropy expects int64 labels")
-            return self.empty((0, 1), dtype), labels
+            return self._indices("targets", targets, n, n_out, "labels",
+                                 f"{record.name} expects int64 labels")
         if record.targets == "binary" and n_out != 1:
             raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
                              f"this one has {n_out}")
@@ -366,7 +365,7 @@ class Backend:
                              f"program's outputs, got {tuple(targets.shape)}")
         if record.targets == "binary":
             self._binary_values("targets", targets)
-        return targets, no_labels
+        return targets
 
     # ---------------------------------------------------------- metrics
     def binary_accuracy(self, preds, targets) -> float:

@@ -198,13 +198,13 @@ def layer_backward(kind, x, y, dy, dx):
     globals()[record.backward](x if record.saves == "x" else y, dy, dx)
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program, as a plain loop over the kernels above.
 
     layers (L, 4) the program (``program.py``), params / grads / velocities (P,)
-    the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, T)
-    for mnist_loss and mse, labels (N,) for cross-entropy; order (R,) rows of x, R
+    the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, O)
+    floats, or labels (N,) for a "labels" loss; order (R,) rows of x, R
     of them in the steps; lrs, losses (steps,), steps = ceil(R / bs).  Per step: gather,
     forward, loss, backward, one update of the block; each layer and the loss reach their
     kernels through the registry's record of their kind.
@@ -213,7 +213,6 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     n, dtype = order.shape[0], params.dtype
     views = _layer_views(layers, params, grads)
     first_linear = int(np.flatnonzero(layers[:, prog.KIND] == prog.LINEAR)[0])
-    wanted = labels if prog.LOSSES[loss_kind].targets == "labels" else targets
     steps = -(-n // bs)
     for s in range(steps):
         rows = order[s * bs:(s + 1) * bs]
@@ -226,7 +225,7 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
                 layer_forward(kind, a[l], out)
             a.append(out)
         d = np.empty_like(a[-1])
-        losses[s] = _loss_and_grad(loss_kind, a[-1], wanted[rows], d)
+        losses[s] = _loss_and_grad(loss_kind, a[-1], targets[rows], d)
         if not math.isfinite(losses[s]):
             return s
         for l in range(len(layers) - 1, first_linear - 1, -1):

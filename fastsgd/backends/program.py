@@ -248,13 +248,13 @@ def scratch_floats(layers, bs: int) -> int:
     return 2 * bs * sum(widths(layers))
 
 
-def check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, velocities, losses):
+def check_epoch_apart(layers, x, targets, order, lrs, params, grads, velocities, losses):
     """Refuse a ``train_epoch`` whose written blocks (params, grads, velocities, losses)
-    share memory with what it reads (the table, x, targets or labels, order, lrs) or
+    share memory with what it reads (the table, x, targets, order, lrs) or
     with each other, of whatever dtype: the epoch would index memory with what it wrote.
     Host arrays; ``ValueError`` naming both."""
     from .spec import check_host_apart  # spec's signatures are derived from this module
     check_host_apart([("params", params), ("grads", grads), ("velocities", velocities),
                       ("losses", losses)],
-                     [("layers", layers), ("x", x), ("targets", targets), ("labels", labels),
-                      ("order", order), ("lrs", lrs)])
+                     [("layers", layers), ("x", x), ("targets", targets), ("order", order),
+                      ("lrs", lrs)])

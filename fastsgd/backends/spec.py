@@ -194,7 +194,7 @@ def host_array(name, x, dtype):
 #: when present they must take exactly these parameters.
 OPTIONAL_KERNELS: dict[str, tuple[str, ...]] = {
     # one epoch of SGD over a layer program (see ``program.py``): steps done
-    "train_epoch": ("layers", "loss_kind", "x", "targets", "labels", "order", "bs", "lrs",
+    "train_epoch": ("layers", "loss_kind", "x", "targets", "order", "bs", "lrs",
                     "momentum", "weight_decay", "params", "grads", "velocities", "losses"),
 }
 

@@ -248,17 +248,22 @@ def _scratch_offsets(layers, bs: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(program.widths(layers))]).astype(np.int64) * bs
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program in one launch; returns the steps done.
 
     Arguments as ``contract.Backend.train_epoch`` passes them: layers (L, 4) and
-    lrs (steps,) host arrays, copied over; x, targets, labels, order, params,
+    lrs (steps,) host arrays, copied over; x, targets (labels (N,) int64 for a
+    "labels" loss, else floats (N, O)), order, params,
     grads, velocities (None without momentum) device arrays; losses (steps,) a
     host float64 array, filled from the device at the end (one transfer per
     epoch).  Returns ``steps``, or s when the loss of step s is not finite.
     """
     program.check_compiled_kinds(layers, loss_kind, "cuda")
+    if program.LOSSES[loss_kind].targets == "labels":   # the kernel takes them apart
+        labels, targets = targets, cuda.device_array((0, 1), np.float32)
+    else:
+        labels = cuda.device_array(0, np.int64)
     offsets = _scratch_offsets(layers, min(bs, max(order.shape[0], 1)))  # one batch
     acts = cuda.device_array(int(offsets[-1]), np.float32)
     deltas = cuda.device_array(int(offsets[-1]), np.float32)

@@ -112,8 +112,8 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     return steps
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program (``program.py``); returns the steps done.
 
     Arguments as ``contract.Backend.train_epoch`` passes them, validated there;
@@ -129,15 +129,19 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
     sizes_ok = grads.shape == params.shape and lrs.shape == losses.shape == (steps,) and (
         velocities is None or velocities.shape == params.shape)
     wants = prog.LOSSES[loss_kind].targets
-    if wants == "labels":
-        targets_ok = labels.shape == (n,) and (n == 0 or 0 <= labels.min() <= labels.max() < n_out)
+    if wants == "labels":   # the compiled loop takes labels and float targets apart
+        labels, targets = targets, np.empty((0, 1), np.float32)
+        targets_ok = labels.dtype == np.int64 and labels.shape == (n,) and (
+            n == 0 or 0 <= labels.min() <= labels.max() < n_out)
     else:
-        targets_ok = targets.shape == (n, n_out) and (wants != "binary" or n_out == 1)
+        labels = np.empty(0, np.int64)
+        targets_ok = targets.dtype == np.float32 and targets.shape == (n, n_out) and (
+            wants != "binary" or n_out == 1)
     if not (rows_ok and sizes_ok and targets_ok) or (r and not 0 <= order.min() <= order.max() < n):
         raise ValueError("train_epoch: arguments do not fit the program; call it through "
                          "fastsgd.backends.get('numba').train_epoch, which says what is wrong")
-    prog.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads, velocities,
-                           losses)
+    prog.check_epoch_apart(layers, x, labels if wants == "labels" else targets, order, lrs,
+                           params, grads, velocities, losses)
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)
