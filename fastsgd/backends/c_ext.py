@@ -28,13 +28,20 @@ Set ``FASTSGD_DISABLE_C=1`` to make this backend report itself unavailable.
 Dimension letters as in ``contract.py``.
 """
 import importlib.util
-import operator
 import os
 
 import numpy as np
 
 from . import program
-from .spec import SIGNATURES, bind_dims, dim_sources, host_array
+from .spec import (
+    SIGNATURES,
+    array_shape,
+    bind_dims,
+    check_epoch,
+    dim_sources,
+    expect_shape,
+    host_array,
+)
 
 if os.environ.get("FASTSGD_DISABLE_C", "") not in ("", "0"):
     raise ImportError("C extension disabled by FASTSGD_DISABLE_C=1")
@@ -92,28 +99,6 @@ def _layout_error(name, x, writable, exc):
     return ValueError(f"{name}: cannot pass this array to C ({exc})")
 
 
-def _shape(name, x, ndim):
-    """``x.shape`` after checking it has ``ndim`` dimensions."""
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if len(shape) != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {shape}")
-    return shape
-
-
-def _expect(name, x, shape, source):
-    """Check that array ``x`` has exactly ``shape`` (the size C will touch).
-
-    ``source`` says where the shape comes from, e.g. ``"(a.shape[0], b.shape[1])"``.
-    """
-    got = getattr(x, "shape", None)
-    if got is None:
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if got != shape:
-        raise ValueError(f"{name}: expected shape {shape} = {source}, got {got}")
-
-
 def _bad_labels(name, count, n_classes):
     if count:
         raise ValueError(f"{name}: labels must lie in [0, {n_classes}); "
@@ -148,10 +133,10 @@ def _checked(kernel, args) -> dict:
     ``spec.SIGNATURES[kernel]`` (``_plan``), so no call can make C read or write outside
     the arrays it was given.  An optional array given as None becomes NULL."""
     reads, writes, arrays, flat, scalars = _PLANS[kernel]
-    values = bind_dims([(p, _shape(p.name, args[i], ndim)) for i, p, ndim in reads])
+    values = bind_dims([(p, array_shape(p.name, args[i], ndim)) for i, p, ndim in reads])
     for i, name, dims, source in writes:
         if args[i] is not None:  # None: an optional output, checked below
-            _expect(name, args[i], tuple(map(values.__getitem__, dims)), source)
+            expect_shape(name, args[i], tuple(map(values.__getitem__, dims)), source)
     for i, name, kind, writable, optional in arrays:
         x = args[i]
         values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
@@ -285,29 +270,6 @@ def multiclass_accuracy(logits, labels):
 
 
 # ------------------------------------------------------- fused training epoch
-def _as_count(name, value):
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
-
-
-def _index_range(name, indices, high, what):
-    """Check that every value of int64 ``indices`` lies in [0, high) (C indexes with them)."""
-    if indices.size:
-        low, top = int(indices.min()), int(indices.max())
-        if low < 0 or top >= high:
-            raise ValueError(f"{name}: {what} must lie in [0, {high}), got values from "
-                             f"{low} to {top}")
-
-
-def _number(name, value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
-
-
 def _c_code(kind):
     """The code C compiled for ``kind`` (a registry record): ``FS_<NAME>`` of kernels.h."""
     return getattr(lib, f"FS_{kind.name.upper()}", None)
@@ -343,22 +305,6 @@ for _kind in program.LOSSES.values():
 del _kind
 
 
-def _program_targets(loss_kind, targets, N, n_out):
-    """(float targets pointer, its columns, labels pointer) for C from the one targets
-    array: labels (N,) int64 for a "labels" loss, else floats (N, O); the other is NULL."""
-    record = program.LOSSES[loss_kind]
-    if record.targets == "labels":
-        _expect("targets", targets, (N,), "(x.shape[0],)")
-        plabels = _ptr("targets", targets, _INT64)
-        _index_range("targets", targets, n_out, "labels")
-        return _NULL, 1, plabels
-    if record.targets == "binary" and n_out != 1:
-        raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
-                         f"this one has {n_out}")
-    _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
-    return _ptr("targets", targets, _FLOAT), n_out, _NULL
-
-
 def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
                 grads, velocities, losses):
     """One epoch of SGD over a layer program (``program.py``) in one C call; the steps done.
@@ -367,51 +313,24 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
     into and velocities (P,) or None (plain SGD, needs momentum == 0), updated in place;
     x (N, I) float32; targets as the loss's record says: (N, 1) 0/1 float32 ("binary",
     one output), (N, O) float32 ("real") or labels (N,) int64 in [0, O) ("labels");
-    order (R,) int64 in [0, N),
-    the rows the steps take; bs >= 1; lrs (steps,) float32, losses (steps,) float64
-    filled, steps = ceil(R / bs).
+    order (R,) int64 in [0, N), the rows the steps take; bs >= 1; lrs (steps,) float32,
+    losses (steps,) float64 filled, steps = ceil(R / bs).  Checked by
+    ``spec.check_epoch``, the one memory-safety check of the compiled epochs.
     Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
     step's update skipped).
     """
-    (P,) = _shape("params", params, 1)
-    pparams = _ptr("params", params, _FLOAT, True)
-    n_in, n_out = program.check_layer_table(layers, P)
-    program.check_compiled_kinds(layers, _as_count("loss_kind", loss_kind), "c", _C_LAYERS,
-                                 _C_LOSSES)
-    players = _from_buffer("fs_layer[]", layers)
-    _expect("grads", grads, (P,), "params.shape")
-    pgrads = _ptr("grads", grads, _FLOAT, True)
-    momentum = _number("momentum", momentum)
-    weight_decay = _number("weight_decay", weight_decay)
-    if velocities is None:
-        if momentum != 0.0:
-            raise ValueError(f"velocities: required when momentum != 0 (got {momentum})")
-        pvelocities = _NULL
-    else:
-        _expect("velocities", velocities, (P,), "params.shape")
-        pvelocities = _ptr("velocities", velocities, _FLOAT, True)
-
-    N, I = _shape("x", x, 2)
-    if I != n_in:
-        raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
-    px = _ptr("x", x, _FLOAT)
-    ptargets, cols, plabels = _program_targets(loss_kind, targets, N, n_out)
-    (R,) = _shape("order", order, 1)
-    porder = _ptr("order", order, _INT64)
-    _index_range("order", order, N, "row indices")
-    bs = _as_count("bs", bs)
-    if bs < 1:
-        raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
-    steps = -(-R // bs)
-    _expect("lrs", lrs, (steps,), "(ceil(order.size / bs),)")
-    plrs = _ptr("lrs", lrs, _FLOAT)
-    _expect("losses", losses, (steps,), "(ceil(order.size / bs),)")
-    plosses = _ptr("losses", losses, _DOUBLE, True)
-    program.check_epoch_apart(layers, x, targets, order, lrs, params, grads, velocities,
-                              losses)
-    done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
-                           int(loss_kind), px, ptargets, cols, plabels, porder, plrs, R, bs, P,
-                           momentum, weight_decay)
+    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay,
+                        params, grads, velocities, losses, "c", _C_LAYERS, _C_LOSSES)
+    labels = program.LOSSES[int(loss_kind)].targets == "labels"   # C takes them apart
+    done = lib.train_epoch(
+        _from_buffer("double[]", losses), _from_buffer("float[]", params),
+        _from_buffer("float[]", grads),
+        _NULL if velocities is None else _from_buffer("float[]", velocities),
+        _from_buffer("fs_layer[]", layers), len(layers), int(loss_kind),
+        _from_buffer("float[]", x), _NULL if labels else _from_buffer("float[]", targets),
+        1 if labels else sizes.n_out, _from_buffer("int64_t[]", targets) if labels else _NULL,
+        _from_buffer("int64_t[]", order), _from_buffer("float[]", lrs), sizes.n_order,
+        sizes.bs, sizes.n_params, sizes.momentum, sizes.weight_decay)
     if done < 0:
         raise MemoryError("train_epoch: cannot allocate the scratch arrays")
     return done

@@ -38,11 +38,13 @@ from .spec import (
     SIGNATURES,
     activation_signatures,
     bind_dims,
+    bounded_number,
     host_array,
     loss_signatures,
     missing_kernels,
     overlap_error,
     same,
+    sgd_scalars,
     skip_value_checks,
     value_checks_enabled,
 )
@@ -181,8 +183,7 @@ class Backend:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # ------------------------------------------------------ activations
-    # Each kind of the registry also has its two kernels' names as methods
-    # (``relu_forward(x, out=None)``, ``relu_backward(x, dy, dx=None)``; after the class).
+    # Each kind also has its kernels' names as methods (relu_forward; after the class).
     def activation_forward(self, kind, x, out=None):
         """``out`` = the parameter-free layer ``kind`` (a name of ``program.LAYER_KINDS``)
         of ``x``, elementwise; out has x's shape and may be x itself."""
@@ -217,8 +218,7 @@ class Backend:
         return out
 
     # ----------------------------------------------------------- losses
-    # Each loss kind of the registry also has its two kernels' names as methods
-    # (``mse_forward(preds, targets)``, ``mse_backward(preds, targets, dpreds=None)``).
+    # Each loss kind also has its kernels' names as methods (mse_forward; after the class).
     def loss_forward(self, kind, preds, targets) -> float:
         """The mean loss ``kind`` (a name of ``program.LOSS_KINDS``) of a batch, its inputs
         checked as its record's targets say: "binary" preds (B,) or (B, 1) and targets of
@@ -271,8 +271,8 @@ class Backend:
         param = self._float("param", param, writable=True)
         grad = self._float("grad", grad, dtype=param.dtype)
         same("grad.shape", grad.shape, "param.shape", param.shape)
-        lr = _scalar("lr", lr, low=0.0)
-        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocity,
+        lr = bounded_number("lr", lr, low=0.0)
+        momentum, weight_decay = sgd_scalars(momentum, weight_decay, velocity,
                                               "sgd_update: velocity is")
         if momentum != 0.0:
             velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
@@ -309,7 +309,7 @@ class Backend:
         params = self._float("params", params, ndim=1, writable=True, check_values=False)
         n_in, n_out = program.check_layer_table(layers, params.shape[0])
         grads = self._out("grads", grads, params.shape, params.dtype)
-        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocities,
+        momentum, weight_decay = sgd_scalars(momentum, weight_decay, velocities,
                                               "train_epoch: velocities are")
         if momentum != 0.0:
             velocities = self._out("velocities", velocities, params.shape, params.dtype)
@@ -597,29 +597,3 @@ def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
     if writable and not x.flags.writeable:
         raise ValueError(f"{name}: expected a writable array")
     return x
-
-
-def _sgd_scalars(momentum, weight_decay, velocity, required) -> tuple[float, float]:
-    """``momentum`` in [0, 1] and ``weight_decay`` >= 0 as floats; a momentum != 0 needs
-    ``velocity`` (``required`` names it in the error, e.g. "sgd_update: velocity is")."""
-    momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
-    weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
-    if momentum != 0.0 and velocity is None:
-        raise ValueError(f"{required} required when momentum != 0")
-    return momentum, weight_decay
-
-
-#: The largest float32: a scalar the kernels take in float32 must not overflow to inf.
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _scalar(name, value, low=None, high=None) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
-    high = _F32_MAX if high is None else high
-    if not np.isfinite(value) or (low is not None and value < low) or value > high:
-        bounds = f"[{low}, {'3.4e38 (the float32 limit)' if high == _F32_MAX else high}]"
-        raise ValueError(f"{name}: expected a finite number in {bounds}, got {value}")
-    return value

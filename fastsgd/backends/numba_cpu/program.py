@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import program as prog
+from ..spec import check_epoch
 from . import config
 from .config import _PLAIN
 from .gemm import PARALLEL_MIN_MACS, _add_bias, _backward_input_product, _product, bias_backward
@@ -116,38 +117,21 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
                 grads, velocities, losses):
     """One epoch of SGD over a layer program (``program.py``); returns the steps done.
 
-    Arguments as ``contract.Backend.train_epoch`` passes them, validated there;
-    velocities None when momentum is 0.  Numba has no bounds checks of its own, so
-    what indexes memory is checked here too: the table (``program.check_layer_table``),
-    the sizes, and the order and label ranges.
+    Arguments as ``contract.Backend.train_epoch`` passes them; velocities None when
+    momentum is 0.  Numba has no bounds checks of its own: ``spec.check_epoch``, the one
+    memory-safety check of the compiled epochs, runs first.
     """
-    n_in, n_out = prog.check_layer_table(layers, params.size)
-    prog.check_compiled_kinds(layers, loss_kind, "numba")
-    n, r = x.shape[0], order.shape[0]
-    steps = -(-r // bs) if bs >= 1 else -1
-    rows_ok = x.ndim == 2 and x.shape[1] == n_in and order.ndim == 1 and bs >= 1
-    sizes_ok = grads.shape == params.shape and lrs.shape == losses.shape == (steps,) and (
-        velocities is None or velocities.shape == params.shape)
-    wants = prog.LOSSES[loss_kind].targets
-    if wants == "labels":   # the compiled loop takes labels and float targets apart
+    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay,
+                        params, grads, velocities, losses, "numba")
+    if prog.LOSSES[int(loss_kind)].targets == "labels":   # the loop takes them apart
         labels, targets = targets, np.empty((0, 1), np.float32)
-        targets_ok = labels.dtype == np.int64 and labels.shape == (n,) and (
-            n == 0 or 0 <= labels.min() <= labels.max() < n_out)
     else:
         labels = np.empty(0, np.int64)
-        targets_ok = targets.dtype == np.float32 and targets.shape == (n, n_out) and (
-            wants != "binary" or n_out == 1)
-    if not (rows_ok and sizes_ok and targets_ok) or (r and not 0 <= order.min() <= order.max() < n):
-        raise ValueError("train_epoch: arguments do not fit the program; call it through "
-                         "fastsgd.backends.get('numba').train_epoch, which says what is wrong")
-    prog.check_epoch_apart(layers, x, labels if wants == "labels" else targets, order, lrs,
-                           params, grads, velocities, losses)
     use_momentum = velocities is not None
     if not use_momentum:
         velocities = np.empty(0, np.float32)
-    rows = min(bs, max(r, 1))   # the scratch holds one batch: never more rows than there are
+    rows = min(sizes.bs, max(sizes.n_order, 1))   # the scratch holds one batch, never more rows
     with config._PARALLEL:
-        return _train_epoch(layers, loss_kind, x, targets, labels, order, rows, lrs,
-                            np.float32(momentum), np.float32(weight_decay), params, grads,
-                            velocities, use_momentum, losses)
-
+        return _train_epoch(layers, int(loss_kind), x, targets, labels, order, rows, lrs,
+                            np.float32(sizes.momentum), np.float32(sizes.weight_decay), params,
+                            grads, velocities, use_momentum, losses)
