@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
-from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
+from .files import open_output
 from .idx import DataError, read_idx, read_idx_rows
+from .npz import NPY_HEADER_ERRORS, NpzArchive
 
 __all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "read_mnist_rows",
            "load_mnist",

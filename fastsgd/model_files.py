@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, layers
-from .files import BadArchive, NpzArchive, file_errors, write_npz
+from .files import file_errors
 from .layers import Linear, Module, Sequential
+from .npz import BadArchive, NpzArchive, write_npz
 from .random import global_rng
 
 __all__ = ["save_model", "load_model", "read_checkpoint", "read_model_file", "ModelFile",
@@ -45,7 +46,7 @@ def save_model(model: Sequential, path, state: dict | None = None, velocities=No
     ``Learner.save``); without them it holds the model alone.  The file is
     written to a temporary name in the same folder and renamed, so a crash or
     Ctrl-C never leaves a half-written model behind.  The file carries a checksum
-    of its parts (``fastsgd.files.write_npz``): a damaged one is refused on loading.
+    of its parts (``fastsgd.npz.write_npz``): a damaged one is refused on loading.
     """
     params = model.parameters()
     arrays = {f"p{i}": model.backend.to_numpy(p.value) for i, p in enumerate(params)}

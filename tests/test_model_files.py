@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import fastsgd as fs
-from fastsgd import files, layers, model_files
+from fastsgd import layers, model_files
 from fastsgd.layers import load_model, load_weights, read_checkpoint, read_model_file, save_model
+from fastsgd.npz import write_npz
 
 LINEAR = {"type": "Linear", "n_in": 3, "n_out": 2}
 GOOD = {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"},
@@ -303,7 +304,7 @@ def rewrite(path, out, **changes):
             arrays[name] = np.frombuffer(json.dumps(value).encode(), np.uint8)
         else:
             arrays[name] = value
-    return files.write_npz(out, arrays)
+    return write_npz(out, arrays)
 
 
 def saved_state(path):
