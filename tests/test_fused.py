@@ -402,3 +402,24 @@ def test_gradient_is_the_layer_paths_gradient_and_leaves_the_parameters(backend)
     for mine, theirs in zip(model.parameters(), ref.parameters()):
         np.testing.assert_allclose(be.to_numpy(mine.grad_value), theirs.grad_value,
                                    rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["c", "numba"])
+@pytest.mark.parametrize("change, error, match", [
+    (dict(order=np.array([0, 20], np.int64)), ValueError,
+     r"^order: row indices must lie in \[0, 20\), got values from 0 to 20"),
+    (dict(targets=np.full(20, 3, np.int64)), ValueError, r"^targets: labels must lie in \[0, 3\)"),
+    (dict(targets=np.zeros(20, np.int32)), TypeError, "^targets: expected dtype int64"),
+    (dict(grads=np.zeros(5, np.float32)), ValueError, r"^grads: expected shape \(39,\) = params.shape"),
+])
+def test_compiled_epochs_share_one_memory_check_that_names_the_argument(module, change, error,
+                                                                         match):
+    if backends.available()[module] is not True:
+        pytest.skip(f"{module} is unavailable")
+    args = dict(epoch_inputs(), losses=np.zeros(3), momentum=0.9, weight_decay=0.0)
+    args["order"] = np.asarray(args["order"], np.int64)
+    args.update(change)
+    steps = -(-len(args["order"]) // args["bs"])
+    args["lrs"], args["losses"] = args["lrs"][:steps], args["losses"][:steps]
+    with pytest.raises(error, match=match):
+        backends.get(module).module.train_epoch(**args)
