@@ -91,6 +91,13 @@ void tanh_forward(float *out, const float *x, int64_t n);
 /* dx = dy * (1 - y * y), y = tanh(x) the forward output.   y, dy, dx (n,). */
 void tanh_backward(float *dx, const float *y, const float *dy, int64_t n);
 
+/* The fused epoch's one entry per parameter-free layer kind (fs_layer_kind below):
+ * out = layer kind of x;  dx from dy, reading the layer's input x or its output y as
+ * its kind needs.   x, y, out, dy, dx (n,).  A kind it lacks leaves out / dx alone. */
+void activation_forward(int64_t kind, float *out, const float *x, int64_t n);
+void activation_backward(int64_t kind, float *dx, const float *x, const float *y,
+                         const float *dy, int64_t n);
+
 /* ----------------------------------------------------------- losses (pointwise.c) */
 
 /* mean_b where(t_b == 1, 1 - s_b, s_b), s = sigmoid(preds).   preds, targets (B,). */
@@ -119,6 +126,14 @@ double mse_forward(const float *restrict preds, const float *restrict targets, i
 /* dpreds_n = 2 (preds_n - targets_n) / n.   preds, targets (n,) -> dpreds (n,). */
 void mse_backward(float *restrict dpreds, const float *restrict preds,
                   const float *restrict targets, int64_t n);
+
+/* The fused epoch's one entry per loss kind (fs_loss_kind below): the mean loss of
+ * the output z (B, O) and dz = dL/dz (B, O); targets (B, O) for a float-target loss,
+ * labels (B,) in [0, O) for cross-entropy (the other may be NULL).  NaN for a kind it
+ * lacks. */
+double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
+                               const float *targets, const int64_t *labels, int64_t B,
+                               int64_t O);
 
 /* --------------------------------------------------------- optimizer (pointwise.c) */
 

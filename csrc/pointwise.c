@@ -110,6 +110,25 @@ FS_BACKWARD(relu_backward, x, s > 0.0f ? g : 0.0f)
 FS_FORWARD(tanh_forward, tanh_stable(v))
 FS_BACKWARD(tanh_backward, y, g * ((1.0f - s) * (1.0f + s))) /* 1 - y^2 without cancellation */
 
+void activation_forward(int64_t kind, float *out, const float *x, int64_t n)
+{
+    switch (kind) {
+    case FS_RELU: relu_forward(out, x, n); break;
+    case FS_SIGMOID: sigmoid_forward(out, x, n); break;
+    case FS_TANH: tanh_forward(out, x, n); break;
+    }
+}
+
+void activation_backward(int64_t kind, float *dx, const float *x, const float *y,
+                         const float *dy, int64_t n)
+{
+    switch (kind) {
+    case FS_RELU: relu_backward(dx, x, dy, n); break;
+    case FS_SIGMOID: sigmoid_backward(dx, y, dy, n); break;
+    case FS_TANH: tanh_backward(dx, y, dy, n); break;
+    }
+}
+
 /* ------------------------------------------------------------------ losses */
 
 /* FS_MEAN(name, acc_t, term): name(preds, targets, n) is the mean over i < n of term, of
@@ -265,6 +284,30 @@ FS_CLONES void mse_backward(float *restrict dpreds, const float *restrict preds,
     const float scale = n > 0 ? (float)(2.0 / (double)n) : 0.0f;
     for (int64_t i = 0; i < n; i++)
         dpreds[i] = (preds[i] - targets[i]) * scale;
+}
+
+double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
+                               const float *targets, const int64_t *labels, int64_t B,
+                               int64_t O)
+{
+    double loss = 0.0;
+    switch (loss_kind) {
+    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
+        mnist_loss_backward(dz, z, targets, B);
+        loss = mnist_loss_forward(z, targets, B);
+        break;
+    case FS_CROSS_ENTROPY:
+        cross_entropy_backward(dz, z, labels, B, O);
+        cross_entropy_forward(&loss, z, labels, B, O);
+        break;
+    case FS_MSE:
+        mse_backward(dz, z, targets, B * O);
+        loss = mse_forward(z, targets, B * O);
+        break;
+    default:
+        loss = NAN;
+    }
+    return loss;
 }
 
 /* --------------------------------------------------------------- optimizer */

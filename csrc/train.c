@@ -145,9 +145,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
                 linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
             break;
         }
-        case FS_RELU: relu_forward(out, in, n); break;
-        case FS_SIGMOID: sigmoid_forward(out, in, n); break;
-        case FS_TANH: tanh_forward(out, in, n); break;
+        default: activation_forward(layer->kind, out, in, n);
         }
     }
 }
@@ -156,26 +154,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
 static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int64_t B,
                                 int64_t O)
 {
-    const float *z = s->a[L];
-    float *dz = s->d[L];
-    double loss = 0.0;
-    switch (loss_kind) {
-    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
-        mnist_loss_backward(dz, z, s->targets, B);
-        loss = mnist_loss_forward(z, s->targets, B);
-        break;
-    case FS_CROSS_ENTROPY:
-        cross_entropy_backward(dz, z, s->labels, B, O);
-        cross_entropy_forward(&loss, z, s->labels, B, O);
-        break;
-    case FS_MSE:
-        mse_backward(dz, z, s->targets, B * O);
-        loss = mse_forward(z, s->targets, B * O);
-        break;
-    default:
-        loss = NAN;
-    }
-    return loss;
+    return loss_value_and_gradient(loss_kind, s->d[L], s->a[L], s->targets, s->labels, B, O);
 }
 
 /* From d[L], the gradients of every LINEAR into grads (P,) and d[l] for l past the
@@ -215,9 +194,7 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
                            gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             break;
         }
-        case FS_RELU: relu_backward(d_in, s->a[l], d_out, n); break;
-        case FS_SIGMOID: sigmoid_backward(d_in, s->a[l + 1], d_out, n); break;
-        case FS_TANH: tanh_backward(d_in, s->a[l + 1], d_out, n); break;
+        default: activation_backward(layer->kind, d_in, s->a[l], s->a[l + 1], d_out, n);
         }
     }
 }

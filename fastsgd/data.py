@@ -37,10 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .download import MNIST_FILES, MNIST_SIZES, MNIST_URL, DownloadError, cache_dir, download_mnist
-from .files import NPY_HEADER_ERRORS, NpzArchive, open_output
+from .files import open_output
 from .idx import DataError, read_idx, read_idx_rows
+from .npz import NPY_HEADER_ERRORS, NpzArchive
 
-__all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "load_mnist",
+__all__ = ["DataError", "DownloadError", "Dataset", "read_idx", "read_idx_rows", "read_mnist_rows",
+           "load_mnist",
            "book_sample", "split_idx",
            "load_embedded", "load_images", "select_digits", "cache_dir", "download_mnist",
            "looks_like_fashion_mnist", "MNIST_URL", "MNIST_FILES", "MNIST_SIZES",
@@ -104,6 +106,33 @@ def _find_idx_file(folder: pathlib.Path, name: str) -> pathlib.Path:
             return candidate
     expected = ", ".join(f"{n}[.gz]" for n in _MNIST_NAMES)
     raise DataError(f"{folder}: missing {name}[.gz]; an MNIST folder holds {expected}")
+
+
+def read_mnist_rows(folder, split: str, share):
+    """The rows ``share(n)`` (a range, n the images in the split) of the images (float32
+    features in [0, 1]) and labels (int64) of ``split`` ("train" or "t10k") of an MNIST
+    folder, reading only those rows of the files."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; expected one holding MNIST IDX files "
+                        f"(train-*/t10k-*)")
+    images_path = _find_idx_file(folder, f"{split}-images-idx3-ubyte")
+    labels_path = _find_idx_file(folder, f"{split}-labels-idx1-ubyte")
+    _, n = read_idx_rows(images_path, 0, 0)
+    part = share(n)
+    images, _ = read_idx_rows(images_path, part.start, part.stop)
+    labels, n_labels = read_idx_rows(labels_path, part.start, part.stop)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected 3-D images (N, rows, cols), got "
+                        f"{images.ndim}-D")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected 1-D labels (N,), got {labels.ndim}-D")
+    if n_labels != n:
+        raise DataError(f"{images_path} has {n} images but {labels_path} has "
+                        f"{n_labels} labels")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
+    return _images_to_features(images), labels.astype(np.int64)
 
 
 def _read_split(folder: pathlib.Path, images_name: str, labels_name: str):

@@ -113,20 +113,22 @@ class _Steps:
         backend = program.backend
         self.x = backend.empty((size, dl.x.shape[1]), np.float32)
         self.y = backend.empty((size, *dl.y.shape[1:]), dl.y.dtype)
-        self.order = np.arange(size, dtype=np.int64)
 
-    def run(self, rows, lr, grads, momentum=0.0, weight_decay=0.0, velocities=None) -> float:
-        """One SGD step on ``rows``; with ``lr`` 0 and no momentum or decay the parameters
-        stay as they are and ``grads`` receives the rows' mean gradient.  Returns the loss."""
-        program, m = self.program, len(rows)
-        backend = program.backend
+    def _gather(self, rows):
+        m, backend = len(rows), self.program.backend
         x, y = self.x[:m], self.y[:m]
         backend.take_rows(self.dl.x, rows, out=x)
         backend.take_rows(self.dl.y, rows, out=y)
-        losses = backend.train_epoch(program.layers, program.loss_kind, x, y, self.order[:m], m,
-                                     np.array([lr], np.float32), program.params, grads,
-                                     velocities, momentum, weight_decay)
-        return float(losses[0])
+        return x, y
+
+    def run(self, rows, lr, grads, momentum=0.0, weight_decay=0.0, velocities=None) -> float:
+        """One SGD step on ``rows`` (``LayerProgram.step``); returns their loss."""
+        return self.program.step(*self._gather(rows), lr, grads, momentum, weight_decay,
+                                 velocities)
+
+    def gradient(self, rows, grads) -> float:
+        """The rows' loss and mean gradient into ``grads`` (``LayerProgram.gradient``)."""
+        return self.program.gradient(*self._gather(rows), grads)
 
 
 class _Program:
@@ -367,8 +369,7 @@ class MPI:
     def run_epoch(self, learn, program, lrs) -> np.ndarray:
         """Train one epoch over all the ranks with step rates ``lrs``; returns each step's
         loss over the whole batch, stopping after the first that is not finite."""
-        if not program._still_pointed():
-            program._point_parameters()
+        program.bind()
         dl = learn.dls.train
         lrs = np.asarray(lrs, np.float64)
         self.check_same({"epochs": learn.n_epochs, "epoch": learn.epoch,
@@ -428,7 +429,7 @@ class MPI:
             with self._reduced(buf):
                 buf[:] = 0
                 if len(rows):
-                    loss = steps.run(rows, 0.0, grads)
+                    loss = steps.gradient(rows, grads)
                     if weight != 1:
                         grads *= np.float32(weight)
                     buf[n_params] = loss * weight
@@ -506,26 +507,5 @@ def run_cli(args, run) -> int:
 def _read_rows(folder, split: str, rank: int, size: int):
     """Rank ``rank``'s share of the images (float32 features in [0, 1]) and labels (int64)
     of ``split`` ("train" or "t10k") of an MNIST folder, reading only those rows."""
-    import pathlib
     from . import data
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise data.DataError(f"{folder}: not a folder; expected one holding MNIST IDX files "
-                             f"(train-*/t10k-*)")
-    images_path = data._find_idx_file(folder, f"{split}-images-idx3-ubyte")
-    labels_path = data._find_idx_file(folder, f"{split}-labels-idx1-ubyte")
-    _, n = data.read_idx_rows(images_path, 0, 0)
-    part = shard_range(n, rank, size)
-    images, _ = data.read_idx_rows(images_path, part.start, part.stop)
-    labels, n_labels = data.read_idx_rows(labels_path, part.start, part.stop)
-    if images.ndim != 3:
-        raise data.DataError(f"{images_path}: expected 3-D images (N, rows, cols), got "
-                             f"{images.ndim}-D")
-    if labels.ndim != 1:
-        raise data.DataError(f"{labels_path}: expected 1-D labels (N,), got {labels.ndim}-D")
-    if n_labels != n:
-        raise data.DataError(f"{images_path} has {n} images but {labels_path} has "
-                             f"{n_labels} labels")
-    if labels.size and labels.max() > 9:
-        raise data.DataError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
-    return data._images_to_features(images), labels.astype(np.int64)
+    return data.read_mnist_rows(folder, split, lambda n: shard_range(n, rank, size))

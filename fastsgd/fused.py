@@ -24,12 +24,22 @@ import numpy as np
 
 from .backends import program as prog
 from .backends import skip_value_checks
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Module, Sequential
 
 __all__ = ["LayerProgram", "NotFusable", "plan", "reason"]
 
-#: The layer types a program can hold, by their kind in ``program.LAYER_KINDS``.
-_LAYER_KINDS = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid", Tanh: "tanh"}
+
+
+def _kind_name(layer) -> str | None:
+    """The registry's kind (``program.LAYER_KINDS``) of a fastsgd layer, or None: Linear,
+    or an activation class declaring a registered ``kind``."""
+    if type(layer) is Linear:
+        return "linear"
+    kind = getattr(type(layer), "kind", None)
+    record = prog.LAYERS.get(prog.LAYER_KINDS.get(kind, -1)) if isinstance(kind, str) else None
+    if record is None or record.saves == "params" or not isinstance(layer, Module):
+        return None
+    return kind
 
 
 class NotFusable(ValueError):
@@ -66,13 +76,14 @@ class LayerProgram:
     def __init__(self, model: Sequential, loss_kind: str, opt, dl):
         self.backend = model.backend
         self.model, self.opt, self.dl = model, opt, dl
-        self.kinds = tuple(_LAYER_KINDS[type(layer)] for layer in model.layers)
+        self.kinds = tuple(_kind_name(layer) for layer in model.layers)
         self.layers, self.n_params = prog.layer_table(
             [(kind, *_sizes(layer, width)) for kind, layer, width
              in zip(self.kinds, model.layers, _input_widths(model))])
         self.widths = prog.widths(self.layers)
         self.loss = loss_kind
         self.loss_kind = prog.LOSS_KINDS[loss_kind]
+        self._rows = None
         self._point_parameters()
 
     def __repr__(self):
@@ -107,6 +118,33 @@ class LayerProgram:
             p.value is value and p.grad_value is grad and v is velocity
             for p, v, (value, grad, velocity) in zip(params, velocities, self._views))
 
+    def bind(self) -> None:
+        """Point the model's parameters and the optimiser's velocities at this program's
+        blocks again, when they were replaced since (a checkpoint loaded, say)."""
+        if not self._still_pointed():
+            self._point_parameters()
+
+    def step(self, x, targets, lr, grads=None, momentum=0.0, weight_decay=0.0,
+             velocities=None) -> float:
+        """One SGD step on the batch ``x`` (B, I) with the loss's ``targets`` (all B rows
+        of it, one batch); ``grads`` (P,), this program's block by default, receives the
+        batch's mean gradient.  Returns the batch's loss (the step is skipped when it is
+        not finite)."""
+        n = x.shape[0]
+        if self._rows is None or self._rows.shape[0] < n:
+            self._rows = np.arange(max(n, 1), dtype=np.int64)
+        losses = self.backend.train_epoch(
+            self.layers, self.loss_kind, x, targets, self._rows[:n], n,
+            np.array([lr], np.float32), self.params, self.grads if grads is None else grads,
+            velocities, momentum, weight_decay)
+        return float(losses[0])
+
+    def gradient(self, x, targets, grads=None) -> float:
+        """The mean loss of the batch ``x`` / ``targets`` and its gradient w.r.t. every
+        parameter, into ``grads`` (P,) (this program's block by default); the
+        parameters stay as they are."""
+        return self.step(x, targets, 0.0, grads)
+
     def run(self, lrs) -> np.ndarray:
         """One epoch with learning rate ``lrs[step]``; returns the loss of each step run.
 
@@ -115,8 +153,7 @@ class LayerProgram:
         shorter, to measure), so that Ctrl-C, which Python raises between them, lands
         within a part, not at the epoch's end.
         """
-        if not self._still_pointed():
-            self._point_parameters()
+        self.bind()
         dl, opt = self.dl, self.opt
         order = self.backend.asarray(dl.next_order(), dtype=np.int64)
         lrs = np.asarray(lrs, np.float32)
@@ -171,8 +208,8 @@ def reason(model, loss_func, opt, dl) -> str | None:
     if not isinstance(model, Sequential):
         return f"the model is a {type(model).__name__}, not a Sequential"
     for i, layer in enumerate(model.layers):
-        if type(layer) not in _LAYER_KINDS:
-            names = ", ".join(t.__name__ for t in _LAYER_KINDS)
+        if _kind_name(layer) is None:
+            names = ", ".join(kind.layer for kind in prog.LAYERS.values())
             return f"layer {i} is a {type(layer).__name__}; a program holds {names}"
     if not any(isinstance(layer, Linear) for layer in model.layers):
         return "the model has no Linear layer"

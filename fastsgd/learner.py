@@ -20,10 +20,8 @@ from here too.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import sys
-import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +32,10 @@ from . import fused as fused_path
 from .callbacks import (MAX_LR, Callback, CancelEpochException, CancelFitException, EpochTable,
                         LRFinder, LRSchedule, ProgressCallback, Recorder, metric_name)
 from .checkpoint import CHECKPOINT_FORMAT
-from .layers import Linear, Module, Sequential
+from .learner_checks import (autograd_reason, check_for_autograd, checked_callbacks,
+                             checked_metrics, takes_backend)
+from .layers import Linear, Sequential
 from .loaders import DataLoader, DataLoaders, generator_from_state
-from .losses import Loss
 from .optim import SGD
 from .tensor import Tensor, no_grad, use_backend
 
@@ -112,7 +111,7 @@ class Learner:
         if loss_func is None or not callable(loss_func):
             raise TypeError(f"loss_func: expected a fastsgd.Loss (mnist_loss, cross_entropy, mse) "
                             f"or a function loss(preds, targets) on tensors, got {loss_func!r}")
-        self.metrics = _checked_metrics(metrics)
+        self.metrics = checked_metrics(metrics)
         if opt_func is not None:
             if not callable(opt_func):
                 raise TypeError(f"opt_func: expected a function opt_func(params, lr), such as "
@@ -124,16 +123,16 @@ class Learner:
         elif opt is None:
             opt = SGD()
         self.backend = backends.get(backend)
-        self._autograd = _autograd_reason(model, loss_func, opt)
+        self._autograd = autograd_reason(model, loss_func, opt)
         if self._autograd is None and isinstance(model, Linear):
             model = Sequential(model)         # a lone layer, nn.Linear(28*28, 1)
         elif self._autograd is not None:
-            _check_for_autograd(model, loss_func, opt)
+            check_for_autograd(model, loss_func, opt)
         self.dls, self.model, self.loss_func, self.opt = dls, model, loss_func, opt
         self.show = show
         self.fused = fused
         self.progress = sys.stdout.isatty() if progress is None else progress
-        self.cbs = _checked_callbacks(cbs, "cbs")
+        self.cbs = checked_callbacks(cbs, "cbs")
         self.recorder = Recorder()
         self.epoch, self.n_epochs, self.last_row = 0, 0, None
         self._running: list[Callback] | None = None   # the callbacks of the fit in progress
@@ -227,7 +226,7 @@ class Learner:
                     or not math.isfinite(lr):
                 raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
         schedule = LRSchedule(schedule)
-        cbs = _checked_callbacks(cbs, "cbs")
+        cbs = checked_callbacks(cbs, "cbs")
         if lr is not None:
             self.opt.lr = float(lr)
         display = ([EpochTable()] if self.show else []) + ([ProgressCallback()] if self.progress else [])
@@ -435,7 +434,7 @@ class Learner:
         if y_raw is None:              # rows this Learner prepared (a rank's share of them)
             y_raw = self.backend.to_numpy(dl.y)
         sums = {"valid_loss": 0.0, **{metric_name(m): 0.0 for m in self.metrics}}
-        on_arrays = [self._autograd is None and _takes_backend(m) for m in self.metrics]
+        on_arrays = [self._autograd is None and takes_backend(m) for m in self.metrics]
         finite = True
         with backends.skip_value_checks(), no_grad(), use_backend(self.backend):
             for start in range(0, dl.n, dl.bs):
@@ -560,105 +559,3 @@ class Learner:
             raise ValueError(f"{what}: needs a Learner of fastsgd's layers, one of its losses "
                              f"and fastsgd.SGD; this one trains through autograd because "
                              f"{self._autograd}")
-
-
-def _checked_callbacks(cbs, where) -> list[Callback]:
-    """``cbs`` (one callback or several) as a list, each checked to be a Callback."""
-    cbs = [cbs] if isinstance(cbs, Callback) else list(cbs)
-    for cb in cbs:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"{where}: expected fastsgd.Callback objects, got {cb!r}")
-    return cbs
-
-
-def _runs_on_arrays(model) -> bool:
-    """Whether ``model`` runs on the kernel path's arrays: fastsgd's layers, or layers of
-    one's own with ``forward`` and ``backward`` on arrays, alone or in a Sequential."""
-    if isinstance(model, Sequential):
-        return all(_runs_on_arrays(layer) for layer in model.layers)
-    return isinstance(model, Module) and callable(getattr(model, "backward", None))
-
-
-def _autograd_reason(model, loss_func, opt) -> str | None:
-    """Why these train through autograd rather than on the kernel path, or None."""
-    if not _runs_on_arrays(model):
-        what = getattr(model, "__name__", type(model).__name__)
-        return (f"the model {what} is not made of fastsgd's layers (Linear, ReLU, Sigmoid, "
-                f"Tanh, or layers with forward and backward on arrays)")
-    if not isinstance(loss_func, Loss):
-        return (f"the loss {getattr(loss_func, '__name__', loss_func)!r} is a function on tensors, "
-                f"not a fastsgd.Loss (fs.mnist_loss, fs.cross_entropy or fs.mse train fused)")
-    if not isinstance(opt, SGD):
-        return f"the optimiser is a {type(opt).__name__}, not fastsgd.SGD"
-    return None
-
-
-def _check_for_autograd(model, loss_func, opt):
-    """What training through autograd needs: a callable model with tensor parameters, a
-    loss of two arguments, an optimiser with step() and zero_grad()."""
-    if not callable(model) or not callable(getattr(model, "parameters", None)):
-        raise TypeError(f"model: expected a fastsgd.Module (nn.Linear, nn.Sequential or a "
-                        f"Module of your own) with .parameters(), got {type(model).__name__}")
-    for p in model.parameters():
-        if not isinstance(p, Tensor):
-            raise TypeError(f"model: parameters() must give tensors, got a {type(p).__name__}")
-    if not isinstance(loss_func, Loss):
-        _check_arity(loss_func, "loss_func", "loss_func(preds, targets)")
-    for name in ("step", "zero_grad"):
-        if not callable(getattr(opt, name, None)):
-            raise TypeError(f"opt: expected an optimiser with step() and zero_grad(), "
-                            f"{type(opt).__name__} has no {name}()")
-
-
-def _checked_metrics(metrics) -> list:
-    """``metrics`` (one function or several) as a list, each callable as ``m(preds, targets)``
-    or, fastsgd's own protocol, ``m(preds, targets, backend)``."""
-    if metrics is None:
-        return []
-    metrics = [metrics] if callable(metrics) else list(metrics)
-    for m in metrics:
-        if not callable(m):
-            raise TypeError(f"metrics: expected functions metric(preds, targets), got {m!r}")
-        if not _takes_backend(m):
-            _check_arity(m, "metrics", "metric(preds, targets)")
-    return metrics
-
-
-def _takes_backend(metric) -> bool:
-    """Whether ``metric`` takes a third argument, the backend: fastsgd's metrics
-    (``batch_accuracy``) are called on arrays with the Learner's kernels, the others on
-    tensors as ``metric(preds, targets)``.  Remembered per function: validation asks
-    every epoch."""
-    try:
-        return _TAKES_BACKEND[metric]
-    except (KeyError, TypeError):
-        pass
-    try:
-        inspect.signature(metric).bind(None, None, None)
-        takes = True
-    except TypeError:
-        takes = False
-    except ValueError:          # no signature to read: the earlier protocol
-        takes = True
-    try:
-        _TAKES_BACKEND[metric] = takes
-    except TypeError:           # neither hashable nor weakly referable: asked again next time
-        pass
-    return takes
-
-
-_TAKES_BACKEND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _check_arity(fn, where, call):
-    """``fn`` can be called with two positional arguments, or TypeError before any training."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return                                   # a builtin: its call will tell
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        name = getattr(fn, "__name__", repr(fn))
-        raise TypeError(f"{where}: {name}{signature} cannot be called as {call}; it must take "
-                        f"two arguments") from None

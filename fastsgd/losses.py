@@ -14,12 +14,15 @@ from .tensor import Tensor, kernels_for, recorded
 __all__ = ["Loss", "mnist_loss", "cross_entropy", "mse", "batch_accuracy"]
 
 
-#: Fused loss kinds by the pair of contract kernels that computes them.
-_KINDS_BY_KERNELS = {("mnist_loss_forward", "mnist_loss_backward"): "mnist_loss",
-                     ("cross_entropy_forward", "cross_entropy_backward"): "cross_entropy",
-                     ("mse_forward", "mse_backward"): "mse"}
-#: What each kind of target is: 0/1 floats, integer class labels, or any real value.
-_TARGETS = {"mnist_loss": "binary", "cross_entropy": "labels", "mse": "real"}
+
+
+def _fused_kind(forward_kernel, backward_kernel):
+    """The registry's loss kind (``backends.program.LOSSES``) computed by this pair of
+    contract kernels, or None."""
+    for kind in backends.program.LOSSES.values():
+        if (kind.forward, kind.backward) == (forward_kernel, backward_kernel):
+            return kind
+    return None
 
 
 class Loss:
@@ -53,14 +56,13 @@ class Loss:
         self.target_dtype = np.dtype(target_dtype)
         self._forward = forward_kernel
         self._backward = backward_kernel
-        pair = (forward_kernel, backward_kernel)
-        self.kind = _KINDS_BY_KERNELS.get(pair) if all(isinstance(k, str) for k in pair) else None
-        default = _TARGETS.get(self.kind) or ("labels" if self.target_dtype.kind in "iu" else "real")
+        fused = _fused_kind(forward_kernel, backward_kernel)
+        default = fused.targets if fused else ("labels" if self.target_dtype.kind in "iu" else "real")
         self.targets = targets or default
-        if self.targets not in ("binary", "labels", "real"):
-            raise ValueError(f"targets: expected 'binary', 'labels' or 'real', got {targets!r}")
-        if self.kind and self.targets != _TARGETS[self.kind]:
-            self.kind = None  # the kernels' own targets differ: not the fused loss
+        if self.targets not in backends.program.TARGETS:
+            raise ValueError(f"targets: expected one of {backends.program.TARGETS}, got {targets!r}")
+        # the kernels' own targets differ: not the fused loss
+        self.kind = fused.name if fused and self.targets == fused.targets else None
         if (self.targets == "labels") != (self.target_dtype.kind in "iu"):
             raise ValueError(f"target_dtype: {self.target_dtype} does not suit "
                              f"{self.targets} targets")

@@ -568,17 +568,16 @@ def epoch_args(spec, loss_kind, N=70, bs=16, momentum=0.9, weight_decay=1e-3, se
     rng = np.random.default_rng(seed)
     layers, P = prog.layer_table(spec)
     I, O = spec[0][1], spec[-1][2]
-    no_targets, no_labels = np.empty((0, 1), np.float32), np.empty(0, np.int64)
     if loss_kind == prog.CROSS_ENTROPY:
-        targets, labels = no_targets, rng.integers(0, O, N).astype(np.int64)
+        targets = rng.integers(0, O, N).astype(np.int64)
     elif loss_kind == prog.MNIST_LOSS:
-        targets, labels = rng.integers(0, 2, (N, 1)).astype(np.float32), no_labels
+        targets = rng.integers(0, 2, (N, 1)).astype(np.float32)
     else:
-        targets, labels = rng.standard_normal((N, O), dtype=np.float32), no_labels
+        targets = rng.standard_normal((N, O), dtype=np.float32)
     steps = -(-N // bs)
     return dict(layers=layers, loss_kind=loss_kind,
                 x=rng.standard_normal((N, I), dtype=np.float32), targets=targets,
-                labels=labels, order=rng.permutation(N).astype(np.int64), bs=bs,
+                order=rng.permutation(N).astype(np.int64), bs=bs,
                 lrs=np.linspace(0.2, 0.05, steps).astype(np.float32),
                 momentum=np.float32(momentum), weight_decay=np.float32(weight_decay),
                 params=(0.4 * rng.standard_normal(P)).astype(np.float32),
@@ -727,19 +726,20 @@ def bad_epoch_cases():
         ("x-width", CE, set_("x", lambda a: a["x"][:, 1:].copy()), ValueError,
          r"x.shape\[1\] is 12 but layers\[0\] n_in is 13"),
         ("x-1d", CE, set_("x", lambda a: a["x"][:, 0].copy()), ValueError, "x: expected a 2-D"),
-        ("labels-high", CE, item("labels", 4, 3), ValueError,
-         r"labels: labels must lie in \[0, 3\), got values from 0 to 3"),
-        ("labels-negative", CE, item("labels", 4, -1), ValueError,
-         r"labels: labels must lie in \[0, 3\), got values from -1 to"),
-        ("labels-dtype", CE, set_("labels", lambda a: a["labels"].astype(np.int32)), TypeError,
-         "labels: expected dtype int64"),
-        ("labels-rows", CE, set_("labels", lambda a: a["labels"][:-1].copy()), ValueError,
-         "labels: expected shape"),
-        ("labels-strided", CE, set_("labels", lambda a: np.repeat(a["labels"], 2)[::2]),
-         ValueError, "labels: expected a C-contiguous"),
-        ("labels-unused-dtype", MSE, set_("labels", np.empty(0, np.int32)), TypeError, "labels"),
-        ("targets-unused-dtype", CE, set_("targets", np.empty((0, 1), np.int64)), TypeError,
-         "targets"),
+        ("labels-high", CE, item("targets", 4, 3), ValueError,
+         r"targets: labels must lie in \[0, 3\), got values from 0 to 3"),
+        ("labels-negative", CE, item("targets", 4, -1), ValueError,
+         r"targets: labels must lie in \[0, 3\), got values from -1 to"),
+        ("labels-dtype", CE, set_("targets", lambda a: a["targets"].astype(np.int32)), TypeError,
+         "targets: expected dtype int64"),
+        ("labels-rows", CE, set_("targets", lambda a: a["targets"][:-1].copy()), ValueError,
+         "targets: expected shape"),
+        ("labels-strided", CE, set_("targets", lambda a: np.repeat(a["targets"], 2)[::2]),
+         ValueError, "targets: expected a C-contiguous"),
+        ("labels-as-floats", CE, set_("targets", np.zeros((70, 1), np.float32)), ValueError,
+         r"targets: expected shape \(70,\)"),
+        ("floats-as-labels", MSE, set_("targets", np.zeros((70, 3), np.int64)), TypeError,
+         "targets: expected dtype float32"),
         ("targets-mse-shape", MSE, set_("targets", lambda a: a["targets"][:, :1].copy()),
          ValueError, r"targets: expected shape \(70, 3\)"),
         ("targets-mse-rows", MSE, set_("targets", lambda a: a["targets"][:-1].copy()),

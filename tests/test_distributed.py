@@ -222,16 +222,16 @@ def test_an_error_on_one_rank_is_raised_on_every_rank_naming_it():
 def test_a_failing_step_on_one_rank_stops_every_rank(monkeypatch, sync_every):
     x, y = _digits(128)
     models = [_model(), _model()]
-    run = distributed._Steps.run
+    gather = distributed._Steps._gather   # every step gathers its rows first
     calls = {0: 0, 1: 0}
 
-    def failing(self, rows, *args, **kwargs):
+    def failing(self, rows):
         rank = int(threading.current_thread().name)
         calls[rank] += 1
         if rank == 1 and calls[rank] == 3:
             raise MemoryError("no memory for step 3")
-        return run(self, rows, *args, **kwargs)
-    monkeypatch.setattr(distributed._Steps, "run", failing)
+        return gather(self, rows)
+    monkeypatch.setattr(distributed._Steps, "_gather", failing)
 
     def work(dist):
         threading.current_thread().name = str(dist.rank)

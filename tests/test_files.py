@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastsgd import files
-from fastsgd.files import BadArchive, NpzArchive
+from fastsgd.npz import BadArchive, NpzArchive
 
 requires_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                    reason="making device nodes needs root")

@@ -298,7 +298,6 @@ def test_compiled_epochs_called_directly_refuse_overlap_too(module):
         pytest.skip(f"{module} is unavailable")
     impl = backends.get(module).module
     args = sharing(dict(epoch_inputs(), losses=np.zeros(3)), "params", "order", offset=8)
-    args["labels"], args["targets"] = args["targets"], np.empty((0, 1), np.float32)
     with pytest.raises(ValueError, match="^params: must not overlap order"):
         impl.train_epoch(**dict(args, momentum=np.float32(0.9), weight_decay=np.float32(0)))
 
@@ -378,3 +377,49 @@ def test_a_fused_epoch_in_parts_trains_like_one_call(backend, monkeypatch):
     np.testing.assert_allclose(parts, whole, rtol=1e-6)
     for a, b in zip(params, whole_params):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", fused_backends())
+def test_gradient_is_the_layer_paths_gradient_and_leaves_the_parameters(backend):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((24, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 24).astype(np.int64)
+    model = fs.Sequential(fs.Linear(6, 5, rng), fs.Tanh(), fs.Linear(5, 3, rng)).to(backend)
+    program = plan(model, fs.cross_entropy, fs.SGD(model.parameters(), lr=0.1),
+                   fs.DataLoader(x, y, bs=8))
+    before = program.backend.to_numpy(program.params).copy()
+    be = program.backend
+    loss = program.gradient(be.asarray(x), be.asarray(y, np.int64))
+
+    ref = fs.Sequential(fs.Linear(6, 5), fs.Tanh(), fs.Linear(5, 3))
+    for mine, theirs in zip(model.parameters(), ref.parameters()):
+        theirs.value = be.to_numpy(mine.value).copy()
+    z = ref.forward(x)
+    want_loss = fs.cross_entropy(z, y)
+    ref.backward(fs.cross_entropy.backward(z, y))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_array_equal(be.to_numpy(program.params), before)
+    for mine, theirs in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(be.to_numpy(mine.grad_value), theirs.grad_value,
+                                   rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["c", "numba"])
+@pytest.mark.parametrize("change, error, match", [
+    (dict(order=np.array([0, 20], np.int64)), ValueError,
+     r"^order: row indices must lie in \[0, 20\), got values from 0 to 20"),
+    (dict(targets=np.full(20, 3, np.int64)), ValueError, r"^targets: labels must lie in \[0, 3\)"),
+    (dict(targets=np.zeros(20, np.int32)), TypeError, "^targets: expected dtype int64"),
+    (dict(grads=np.zeros(5, np.float32)), ValueError, r"^grads: expected shape \(39,\) = params.shape"),
+])
+def test_compiled_epochs_share_one_memory_check_that_names_the_argument(module, change, error,
+                                                                         match):
+    if backends.available()[module] is not True:
+        pytest.skip(f"{module} is unavailable")
+    args = dict(epoch_inputs(), losses=np.zeros(3), momentum=0.9, weight_decay=0.0)
+    args["order"] = np.asarray(args["order"], np.int64)
+    args.update(change)
+    steps = -(-len(args["order"]) // args["bs"])
+    args["lrs"], args["losses"] = args["lrs"][:steps], args["losses"][:steps]
+    with pytest.raises(error, match=match):
+        backends.get(module).module.train_epoch(**args)

@@ -11,6 +11,7 @@ import pytest
 import fastsgd as fs
 from fastsgd import data, files, layers
 from fastsgd.cli import main
+from fastsgd.npz import write_npz
 
 from . import test_data
 from .mnist_fixtures import make_mnist_folder
@@ -433,7 +434,7 @@ def test_a_checkpoint_whose_settings_describe_a_huge_model_is_refused_before_bui
     state = json.loads(arrays["state"].tobytes())
     state["settings"]["hidden"] = [300000]
     arrays["state"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
-    files.write_npz(path, arrays)
+    write_npz(path, arrays)
     code, peak = _peak(main, ["train", "--resume", str(path), "--epochs", "1", "--no-progress"])
     assert code == 2 and peak < 32 << 20
     err = _one_line_error(capsys, "train")

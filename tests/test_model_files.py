@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import fastsgd as fs
-from fastsgd import files, layers
+from fastsgd import layers, model_files
 from fastsgd.layers import load_model, load_weights, read_checkpoint, read_model_file, save_model
+from fastsgd.npz import write_npz
 
 LINEAR = {"type": "Linear", "n_in": 3, "n_out": 2}
 GOOD = {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"},
@@ -147,7 +148,7 @@ def test_a_tiny_file_declaring_a_huge_linear_is_refused_before_building(tmp_path
         def __init__(self, *args):
             raise AssertionError("Linear constructed before the file was checked")
 
-    monkeypatch.setattr(layers, "Linear", NotToBeBuilt)
+    monkeypatch.setattr(model_files, "Linear", NotToBeBuilt)
     for path in (only_config, small_arrays):
         with pytest.raises(ValueError, match="20000"):
             load_model(path)
@@ -202,6 +203,7 @@ def test_load_model_draws_no_random_numbers_and_linear_still_does(tmp_path, monk
 
     monkeypatch.setattr(np.random, "default_rng", no_random)
     monkeypatch.setattr(layers, "global_rng", no_random)
+    monkeypatch.setattr(model_files, "global_rng", no_random)
     loaded = load_model(path)
     for a, b in zip(model.parameters(), loaded.parameters()):
         np.testing.assert_array_equal(a.value, b.value)
@@ -302,7 +304,7 @@ def rewrite(path, out, **changes):
             arrays[name] = np.frombuffer(json.dumps(value).encode(), np.uint8)
         else:
             arrays[name] = value
-    return files.write_npz(out, arrays)
+    return write_npz(out, arrays)
 
 
 def saved_state(path):

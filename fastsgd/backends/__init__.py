@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from . import arrays
 from .contract import KERNELS, Backend, skip_value_checks
 
 __all__ = ["KERNELS", "Backend", "available", "get", "default_name", "names",
@@ -99,6 +100,15 @@ def get(name: str | None = None) -> Backend:
 def _module(name: str):
     """The module of the available backend ``name``, None where it is unavailable."""
     return importlib.import_module(_REGISTRY[name][0]) if _load(name) else None
+
+
+def _c_finite_check():
+    """The C extension's ``all_finite``, or None where the C backend is unavailable."""
+    module = _module("c")
+    return None if module is None else module.all_finite
+
+
+arrays.register_finite_check(_c_finite_check)
 
 
 def runtime_info() -> dict[str, dict]:

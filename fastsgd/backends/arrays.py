@@ -31,14 +31,23 @@ import numpy as np
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_finite_check_loader = None
+
+
+def register_finite_check(loader) -> None:
+    """Let ``host_all_finite`` use a compiled check: ``loader()`` returns a function
+    ``all_finite(x)`` of C-contiguous float32 / float64 ndarrays, or None when there is
+    none; it is called once, on the first check.  The backends package registers the
+    C extension's this way, so that this contract layer imports no implementation."""
+    global _finite_check_loader
+    _finite_check_loader = loader
+    _compiled_finite_check.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_finite_check():
-    """The C extension's ``all_finite`` (``c_ext.all_finite``), or None without it."""
-    try:
-        from . import c_ext
-    except ImportError:   # not built, or disabled by FASTSGD_DISABLE_C
-        return None
-    return c_ext.all_finite
+    """The registered compiled ``all_finite``, or None."""
+    return _finite_check_loader() if _finite_check_loader is not None else None
 
 
 def host_all_finite(x: np.ndarray) -> bool:

@@ -11,8 +11,8 @@ picked at run time (``isa()`` says which matmul kernel is in use).
 This is the only module that touches ``ffi`` / ``lib``.  Arguments normally arrive
 validated by ``contract.Backend``, but each function here still checks, cheaply,
 everything memory safety depends on before calling C, reading the shapes from the
-same declaration as the contract (``spec.SIGNATURES``; the kernels are made from it
-and ``_C_CALLS``, their C argument lists): every array must be a
+same declaration as the contract (``spec.SIGNATURES``, through one checker,
+``_checked``): every array must be a
 ``numpy.ndarray`` of dtype float32 (labels int64), C-contiguous (non-contiguous
 input is rejected, never copied), writable where it is an output, and of the size
 the kernel will read or write.  A violation raises ``TypeError`` or ``ValueError``
@@ -28,13 +28,20 @@ Set ``FASTSGD_DISABLE_C=1`` to make this backend report itself unavailable.
 Dimension letters as in ``contract.py``.
 """
 import importlib.util
-import operator
 import os
 
 import numpy as np
 
 from . import program
-from .spec import SIGNATURES, bind_dims, describe, dim_sources, host_array, kernel_function
+from .spec import (
+    SIGNATURES,
+    array_shape,
+    bind_dims,
+    check_epoch,
+    dim_sources,
+    expect_shape,
+    host_array,
+)
 
 if os.environ.get("FASTSGD_DISABLE_C", "") not in ("", "0"):
     raise ImportError("C extension disabled by FASTSGD_DISABLE_C=1")
@@ -92,28 +99,6 @@ def _layout_error(name, x, writable, exc):
     return ValueError(f"{name}: cannot pass this array to C ({exc})")
 
 
-def _shape(name, x, ndim):
-    """``x.shape`` after checking it has ``ndim`` dimensions."""
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if len(shape) != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {shape}")
-    return shape
-
-
-def _expect(name, x, shape, source):
-    """Check that array ``x`` has exactly ``shape`` (the size C will touch).
-
-    ``source`` says where the shape comes from, e.g. ``"(a.shape[0], b.shape[1])"``.
-    """
-    got = getattr(x, "shape", None)
-    if got is None:
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if got != shape:
-        raise ValueError(f"{name}: expected shape {shape} = {source}, got {got}")
-
-
 def _bad_labels(name, count, n_classes):
     if count:
         raise ValueError(f"{name}: labels must lie in [0, {n_classes}); "
@@ -121,49 +106,12 @@ def _bad_labels(name, count, n_classes):
 
 
 # ----------------------------------------------------------------- kernels
-#: Each kernel's C call (``csrc/kernels.h``): its arguments in order, as parameter
-#: names of ``spec.SIGNATURES`` (arrays become pointers), dimension letters (``n``:
-#: the common size of an elementwise kernel's arrays) and ``&loss``, a double the call
-#: fills and the kernel returns.  The cross-entropy calls return how many labels lie
-#: outside [0, C); any other call's result is the kernel's.
-_C_CALLS = """
-matmul                  out a b M K N
-matmul_backward_input   dx dy w B I O
-matmul_backward_weight  dw x dy B I O
-bias_backward           db dy B O
-linear_forward          out x w b B I O
-linear_backward         dx dw db x w dy B I O
-sigmoid_forward         out x n
-sigmoid_backward        dx y dy n
-relu_forward            out x n
-relu_backward           dx x dy n
-tanh_forward            out x n
-tanh_backward           dx y dy n
-mnist_loss_forward      preds targets B
-mnist_loss_backward     dpreds preds targets B
-cross_entropy_forward   &loss logits labels B C
-cross_entropy_backward  dlogits logits labels B C
-mse_forward             preds targets n
-mse_backward            dpreds preds targets n
-sgd_update              param velocity grad n lr momentum weight_decay
-binary_accuracy         preds targets B
-multiclass_accuracy     logits labels B C
-"""
-_COUNTS_BAD_LABELS = ("cross_entropy_forward", "cross_entropy_backward")
-
-
-def _c_kernel(kernel, c_args):
-    """The checked Python entry of C function ``kernel`` called with ``c_args``.
-
-    Before C runs it checks every array against ``spec.SIGNATURES[kernel]``: its type,
-    dtype, layout and writability (``_ptr``) and its shape (``spec.bind_dims``), so no
-    call can make C read or write outside the arrays it was given.
-    """
-    params = SIGNATURES[kernel]
+def _plan(params):
+    """What ``_checked`` checks for a kernel of these ``spec.SIGNATURES`` params, in this
+    order: the shapes of the arrays read (they set the dimensions), the exact shapes of
+    the arrays written, then every array's type, dtype and layout as it becomes a
+    pointer, and the sizes of the "n" arrays; then the scalars."""
     sources = dim_sources(params)
-    # What to check, in this order: the shapes of the arrays read (they set the
-    # dimensions), the exact shapes of the arrays written, then every array's type,
-    # dtype and layout as it becomes a pointer, and the sizes of the "n" arrays.
     reads = [(i, p, len(p.dims)) for i, p in enumerate(params)
              if p.dims and p.dims != "n" and not p.written]
     writes = [(i, p.name, p.dims, f"({', '.join(sources[d] for d in p.dims)}"
@@ -173,74 +121,170 @@ def _c_kernel(kernel, c_args):
               for i, p in enumerate(params) if p.dims]
     flat = [p.name for p in params if p.dims == "n"]
     scalars = [(i, p.name) for i, p in enumerate(params) if not p.dims]
-    c_fn = getattr(lib, kernel)
-    counts_labels = kernel in _COUNTS_BAD_LABELS
-    fills_loss = "&loss" in c_args
-
-    def run(args):
-        values = bind_dims([(p, _shape(p.name, args[i], ndim)) for i, p, ndim in reads])
-        for i, name, dims, source in writes:
-            if args[i] is not None:  # None: an optional output, checked below
-                _expect(name, args[i], tuple(map(values.__getitem__, dims)), source)
-        for i, name, kind, writable, optional in arrays:
-            x = args[i]
-            values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
-        if flat:
-            n = values["n"] = len(values[flat[0]])
-            for name in flat[1:]:
-                if values[name] is not _NULL:
-                    _same_size(name, values[name], n, f"{flat[0]}.size")
-        for i, name in scalars:
-            values[name] = float(args[i])
-        if fills_loss:
-            loss = values["&loss"] = ffi.new("double *")
-        result = c_fn(*map(values.__getitem__, c_args))
-        if counts_labels:
-            _bad_labels("labels", result, values["C"])
-            result = None
-        return loss[0] if fills_loss else result
-
-    call = kernel_function(kernel, params, "_run({})", {"__name__": __name__, "_run": run})
-    call.__doc__ = f"``{kernel}`` in C (see ``csrc/kernels.h``):  {describe(params)}."
-    return call
+    return reads, writes, arrays, flat, scalars
 
 
-for _line in _C_CALLS.strip().splitlines():
-    _kernel, *_args = _line.split()
-    globals()[_kernel] = _c_kernel(_kernel, tuple(_args))
-del _line, _kernel, _args
+_PLANS = {kernel: _plan(params) for kernel, params in SIGNATURES.items()}
+
+
+def _checked(kernel, args) -> dict:
+    """The C arguments of ``kernel``'s ``args`` by name (pointers, dimension letters, "n"
+    for an elementwise size, scalars as floats), after checking every array against
+    ``spec.SIGNATURES[kernel]`` (``_plan``), so no call can make C read or write outside
+    the arrays it was given.  An optional array given as None becomes NULL."""
+    reads, writes, arrays, flat, scalars = _PLANS[kernel]
+    values = bind_dims([(p, array_shape(p.name, args[i], ndim)) for i, p, ndim in reads])
+    for i, name, dims, source in writes:
+        if args[i] is not None:  # None: an optional output, checked below
+            expect_shape(name, args[i], tuple(map(values.__getitem__, dims)), source)
+    for i, name, kind, writable, optional in arrays:
+        x = args[i]
+        values[name] = _NULL if x is None and optional else _ptr(name, x, kind, writable)
+    if flat:
+        n = values["n"] = len(values[flat[0]])
+        for name in flat[1:]:
+            if values[name] is not _NULL:
+                _same_size(name, values[name], n, f"{flat[0]}.size")
+    for i, name in scalars:
+        values[name] = float(args[i])
+    return values
+
+
+def matmul(a, b, out):
+    """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
+    v = _checked("matmul", (a, b, out))
+    lib.matmul(v["out"], v["a"], v["b"], v["M"], v["K"], v["N"])
+
+
+def matmul_backward_input(dy, w, dx):
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
+    v = _checked("matmul_backward_input", (dy, w, dx))
+    lib.matmul_backward_input(v["dx"], v["dy"], v["w"], v["B"], v["I"], v["O"])
+
+
+def matmul_backward_weight(x, dy, dw):
+    """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
+    v = _checked("matmul_backward_weight", (x, dy, dw))
+    lib.matmul_backward_weight(v["dw"], v["x"], v["dy"], v["B"], v["I"], v["O"])
+
+
+def bias_backward(dy, db):
+    """db = dy.sum(0).   dy (B, O) -> db (O,)."""
+    v = _checked("bias_backward", (dy, db))
+    lib.bias_backward(v["db"], v["dy"], v["B"], v["O"])
+
+
+def linear_forward(x, w, b, out):
+    """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
+    v = _checked("linear_forward", (x, w, b, out))
+    lib.linear_forward(v["out"], v["x"], v["w"], v["b"], v["B"], v["I"], v["O"])
+
+
+def linear_backward(x, w, dy, dx, dw, db):
+    """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
+    v = _checked("linear_backward", (x, w, dy, dx, dw, db))
+    lib.linear_backward(v["dx"], v["dw"], v["db"], v["x"], v["w"], v["dy"], v["B"], v["I"],
+                        v["O"])
+
+
+def _losses(kind):
+    """The two entries of a loss kind (a registry record) compiled into C, by its
+    targets: "binary" ``f(preds (B,), targets (B,))``, "real" the same of n elements
+    (C: ``fwd(preds, targets, n)``, ``bwd(dpreds, preds, targets, n)``), "labels"
+    ``f(logits (B, C), labels (B,))`` (C: the loss through a pointer, and the count of
+    labels outside [0, C), which raises).  ``forward`` returns the mean."""
+    c_forward, c_backward = getattr(lib, kind.forward), getattr(lib, kind.backward)
+    if kind.targets == "labels":
+        def forward(logits, labels):
+            v = _checked(kind.forward, (logits, labels))
+            loss = ffi.new("double *")
+            _bad_labels("labels", c_forward(loss, v["logits"], v["labels"], v["B"], v["C"]),
+                        v["C"])
+            return loss[0]
+
+        def backward(logits, labels, dlogits):
+            v = _checked(kind.backward, (logits, labels, dlogits))
+            _bad_labels("labels", c_backward(v["dlogits"], v["logits"], v["labels"], v["B"],
+                                             v["C"]), v["C"])
+    else:
+        size = "B" if kind.targets == "binary" else "n"
+
+        def forward(preds, targets):
+            v = _checked(kind.forward, (preds, targets))
+            return c_forward(v["preds"], v["targets"], v[size])
+
+        def backward(preds, targets, dpreds):
+            v = _checked(kind.backward, (preds, targets, dpreds))
+            c_backward(v["dpreds"], v["preds"], v["targets"], v[size])
+
+    forward.__name__ = forward.__qualname__ = kind.forward
+    backward.__name__ = backward.__qualname__ = kind.backward
+    forward.__doc__ = f"The mean {kind.name} loss in C ({kind.targets} targets)."
+    backward.__doc__ = f"The gradient of {kind.forward} in C, shaped like its first input."
+    return forward, backward
+
+
+def _activations(kind):
+    """The two entries of a parameter-free layer kind (a registry record) compiled into
+    C: ``forward(x, out)`` and ``backward(x or y, dy, dx)``, through the C switch
+    ``activation_forward`` / ``activation_backward``; any shape, n elements."""
+    code = kind.code
+
+    def forward(x, out):
+        v = _checked(kind.forward, (x, out))
+        lib.activation_forward(code, v["out"], v["x"], v["n"])
+
+    def backward_x(x, dy, dx):
+        v = _checked(kind.backward, (x, dy, dx))
+        lib.activation_backward(code, v["dx"], v["x"], v["x"], v["dy"], v["n"])
+
+    def backward_y(y, dy, dx):
+        v = _checked(kind.backward, (y, dy, dx))
+        lib.activation_backward(code, v["dx"], v["y"], v["y"], v["dy"], v["n"])
+
+    backward = backward_x if kind.saves == "x" else backward_y
+    forward.__name__ = forward.__qualname__ = kind.forward
+    backward.__name__ = backward.__qualname__ = kind.backward
+    forward.__doc__ = f"The {kind.name} layer of x in C.   x, out (n,), any shape."
+    backward.__doc__ = f"dx from dy for the {kind.name} layer in C.   (n,), any shape."
+    return forward, backward
+
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+    """One SGD step in place (``velocity`` None without momentum).   param, grad (n,)."""
+    v = _checked("sgd_update", (param, grad, velocity, lr, momentum, weight_decay))
+    lib.sgd_update(v["param"], v["velocity"], v["grad"], v["n"], v["lr"], v["momentum"],
+                   v["weight_decay"])
+
+
+def binary_accuracy(preds, targets):
+    """mean((p > 0) == (t == 1)).   preds, targets (B,)."""
+    v = _checked("binary_accuracy", (preds, targets))
+    return lib.binary_accuracy(v["preds"], v["targets"], v["B"])
+
+
+def multiclass_accuracy(logits, labels):
+    """mean(argmax(z_b) == label_b).   logits (B, C), labels (B,) int64."""
+    v = _checked("multiclass_accuracy", (logits, labels))
+    return lib.multiclass_accuracy(v["logits"], v["labels"], v["B"], v["C"])
 
 
 # ------------------------------------------------------- fused training epoch
-def _as_count(name, value):
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+def _c_code(kind):
+    """The code C compiled for ``kind`` (a registry record): ``FS_<NAME>`` of kernels.h."""
+    return getattr(lib, f"FS_{kind.name.upper()}", None)
 
 
-def _index_range(name, indices, high, what):
-    """Check that every value of int64 ``indices`` lies in [0, high) (C indexes with them)."""
-    if indices.size:
-        low, top = int(indices.min()), int(indices.max())
-        if low < 0 or top >= high:
-            raise ValueError(f"{name}: {what} must lie in [0, {high}), got values from "
-                             f"{low} to {top}")
-
-
-def _number(name, value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+#: The layer and loss codes the compiled fused epoch runs: the registry's kinds C has.
+_C_LAYERS = frozenset(k.code for k in program.LAYERS.values() if _c_code(k) == k.code)
+_C_LOSSES = frozenset(k.code for k in program.LOSSES.values() if _c_code(k) == k.code)
 
 
 def _check_program_consts():
-    """The layer and loss codes compiled into C are those of ``program.py``."""
-    ours = {"FS_LINEAR": program.LINEAR, "FS_RELU": program.RELU, "FS_SIGMOID": program.SIGMOID,
-            "FS_TANH": program.TANH, "FS_MNIST_LOSS": program.MNIST_LOSS,
-            "FS_CROSS_ENTROPY": program.CROSS_ENTROPY, "FS_MSE": program.MSE}
-    wrong = [name for name, code in ours.items() if getattr(lib, name, None) != code]
+    """The layer and loss codes compiled into C are those of the registry (``program.py``)."""
+    wrong = [kind.name for kind in (*program.LAYERS.values(), *program.LOSSES.values())
+             if kind.code in program.BUILT_IN_LAYERS | program.BUILT_IN_LOSSES
+             and _c_code(kind) != kind.code]
     try:
         row_bytes = ffi.sizeof("fs_layer")
     except ffi.error:
@@ -252,77 +296,41 @@ def _check_program_consts():
 
 _check_program_consts()
 
-
-def _program_targets(loss_kind, targets, labels, N, n_out):
-    """(targets pointer, its columns, labels pointer) for the loss; the unused one is NULL."""
-    loss_kind = _as_count("loss_kind", loss_kind)
-    if loss_kind not in program.LOSS_KINDS.values():
-        raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
-    if loss_kind == program.CROSS_ENTROPY:
-        host_array("targets", targets, _F32)  # unused
-        _expect("labels", labels, (N,), "(x.shape[0],)")
-        plabels = _ptr("labels", labels, _INT64)
-        _index_range("labels", labels, n_out, "labels")
-        return _NULL, 1, plabels
-    if loss_kind == program.MNIST_LOSS and n_out != 1:
-        raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
-                         f"this one has {n_out}")
-    host_array("labels", labels, _I64)  # unused
-    _expect("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
-    return _ptr("targets", targets, _FLOAT), n_out, _NULL
+for _kind in program.activations():
+    if _kind.code in _C_LAYERS:
+        globals().update({entry.__name__: entry for entry in _activations(_kind)})
+for _kind in program.LOSSES.values():
+    if _kind.code in _C_LOSSES:
+        globals().update({entry.__name__: entry for entry in _losses(_kind)})
+del _kind
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program (``program.py``) in one C call; the steps done.
 
     layers (L, 4) int64 the table; params, grads (P,) float32 the flat blocks it points
     into and velocities (P,) or None (plain SGD, needs momentum == 0), updated in place;
-    x (N, I) float32; loss_kind MNIST_LOSS: targets (N, 1) float32, one output;
-    MSE: targets (N, O) float32; CROSS_ENTROPY: labels (N,) int64 in [0, O) (the unused
-    one of targets / labels may be any array of its dtype); order (R,) int64 in [0, N),
-    the rows the steps take; bs >= 1; lrs (steps,) float32, losses (steps,) float64
-    filled, steps = ceil(R / bs).
+    x (N, I) float32; targets as the loss's record says: (N, 1) 0/1 float32 ("binary",
+    one output), (N, O) float32 ("real") or labels (N,) int64 in [0, O) ("labels");
+    order (R,) int64 in [0, N), the rows the steps take; bs >= 1; lrs (steps,) float32,
+    losses (steps,) float64 filled, steps = ceil(R / bs).  Checked by
+    ``spec.check_epoch``, the one memory-safety check of the compiled epochs.
     Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
     step's update skipped).
     """
-    (P,) = _shape("params", params, 1)
-    pparams = _ptr("params", params, _FLOAT, True)
-    n_in, n_out = program.check_layer_table(layers, P)
-    players = _from_buffer("fs_layer[]", layers)
-    _expect("grads", grads, (P,), "params.shape")
-    pgrads = _ptr("grads", grads, _FLOAT, True)
-    momentum = _number("momentum", momentum)
-    weight_decay = _number("weight_decay", weight_decay)
-    if velocities is None:
-        if momentum != 0.0:
-            raise ValueError(f"velocities: required when momentum != 0 (got {momentum})")
-        pvelocities = _NULL
-    else:
-        _expect("velocities", velocities, (P,), "params.shape")
-        pvelocities = _ptr("velocities", velocities, _FLOAT, True)
-
-    N, I = _shape("x", x, 2)
-    if I != n_in:
-        raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
-    px = _ptr("x", x, _FLOAT)
-    ptargets, cols, plabels = _program_targets(loss_kind, targets, labels, N, n_out)
-    (R,) = _shape("order", order, 1)
-    porder = _ptr("order", order, _INT64)
-    _index_range("order", order, N, "row indices")
-    bs = _as_count("bs", bs)
-    if bs < 1:
-        raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
-    steps = -(-R // bs)
-    _expect("lrs", lrs, (steps,), "(ceil(order.size / bs),)")
-    plrs = _ptr("lrs", lrs, _FLOAT)
-    _expect("losses", losses, (steps,), "(ceil(order.size / bs),)")
-    plosses = _ptr("losses", losses, _DOUBLE, True)
-    program.check_epoch_apart(layers, x, targets, labels, order, lrs, params, grads,
-                              velocities, losses)
-    done = lib.train_epoch(plosses, pparams, pgrads, pvelocities, players, len(players),
-                           int(loss_kind), px, ptargets, cols, plabels, porder, plrs, R, bs, P,
-                           momentum, weight_decay)
+    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay,
+                        params, grads, velocities, losses, "c", _C_LAYERS, _C_LOSSES)
+    labels = program.LOSSES[int(loss_kind)].targets == "labels"   # C takes them apart
+    done = lib.train_epoch(
+        _from_buffer("double[]", losses), _from_buffer("float[]", params),
+        _from_buffer("float[]", grads),
+        _NULL if velocities is None else _from_buffer("float[]", velocities),
+        _from_buffer("fs_layer[]", layers), len(layers), int(loss_kind),
+        _from_buffer("float[]", x), _NULL if labels else _from_buffer("float[]", targets),
+        1 if labels else sizes.n_out, _from_buffer("int64_t[]", targets) if labels else _NULL,
+        _from_buffer("int64_t[]", order), _from_buffer("float[]", lrs), sizes.n_order,
+        sizes.bs, sizes.n_params, sizes.momentum, sizes.weight_decay)
     if done < 0:
         raise MemoryError("train_epoch: cannot allocate the scratch arrays")
     return done

@@ -36,13 +36,15 @@ from .spec import (
     KERNELS,
     OPTIONAL_KERNELS,
     SIGNATURES,
+    activation_signatures,
     bind_dims,
-    describe,
+    bounded_number,
     host_array,
-    kernel_function,
+    loss_signatures,
     missing_kernels,
     overlap_error,
     same,
+    sgd_scalars,
     skip_value_checks,
     value_checks_enabled,
 )
@@ -122,8 +124,26 @@ class Backend:
         return out
 
     # ---------------------------------------------------- matmul, linear
-    # matmul, matmul_backward_input, matmul_backward_weight, bias_backward and
-    # linear_forward are made from ``_CHECKED`` (after the class) on ``_product``.
+    def matmul(self, a, b, out=None):
+        """``out = a @ b``;  a (M, K), b (K, N) -> out (M, N)."""
+        return self._product("matmul", (a, b, out))
+
+    def matmul_backward_input(self, dy, w, dx=None):
+        """``dx = dy @ w.T`` without a transposed copy;  dy (B, O), w (I, O) -> dx (B, I)."""
+        return self._product("matmul_backward_input", (dy, w, dx))
+
+    def matmul_backward_weight(self, x, dy, dw=None):
+        """``dw = x.T @ dy`` without a transposed copy;  x (B, I), dy (B, O) -> dw (I, O)."""
+        return self._product("matmul_backward_weight", (x, dy, dw))
+
+    def bias_backward(self, dy, db=None):
+        """``db = dy.sum(axis=0)``;  dy (B, O) -> db (O,)."""
+        return self._product("bias_backward", (dy, db))
+
+    def linear_forward(self, x, w, b, out=None):
+        """``out = x @ w + b``;  x (B, I), w (I, O), b (O,) -> out (B, O)."""
+        return self._product("linear_forward", (x, w, b, out))
+
     def linear_backward(self, x, w, dy, dx=None, dw=None, db=None, need_dx=True):
         """Gradients of ``y = x @ w + b``;  x (B, I), w (I, O), dy (B, O).
 
@@ -163,13 +183,24 @@ class Backend:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # ------------------------------------------------------ activations
-    # sigmoid_, relu_ and tanh_forward / _backward are made from ``_CHECKED`` (after
-    # the class) on ``_elementwise``.
-    def _elementwise(self, kernel, args):
-        """Elementwise ``kernel``: its inputs (``x``, or the forward's saved ``x`` / ``y``
-        and ``dy``) of one shape and dtype; its output allocated or checked, of that
-        shape, and either exactly an input (in place) or apart from them."""
-        params = SIGNATURES[kernel]
+    # Each kind also has its kernels' names as methods (relu_forward; after the class).
+    def activation_forward(self, kind, x, out=None):
+        """``out`` = the parameter-free layer ``kind`` (a name of ``program.LAYER_KINDS``)
+        of ``x``, elementwise; out has x's shape and may be x itself."""
+        return self._elementwise(program.layer_kind(kind), "forward", (x, out))
+
+    def activation_backward(self, kind, saved, dy, dx=None):
+        """dL/dx of the layer ``kind`` from ``dy``; ``saved`` is what its record says the
+        backward reads, the forward's input x or its output y.  All of one shape."""
+        return self._elementwise(program.layer_kind(kind), "backward", (saved, dy, dx))
+
+    def _elementwise(self, kind, direction, args):
+        """The ``direction`` kernel of activation ``kind`` (a record): its inputs (``x``,
+        or the forward's saved ``x`` / ``y`` and ``dy``) of one shape and dtype; its output
+        allocated or checked, of that shape, and either exactly an input (in place) or
+        apart from them."""
+        kernel = getattr(kind, direction)
+        params = SIGNATURES.get(kernel) or activation_signatures(kind)[kernel]
         *args, out = args
         inputs = []
         for p, x in zip(params, args):
@@ -187,58 +218,46 @@ class Backend:
         return out
 
     # ----------------------------------------------------------- losses
-    def mnist_loss_forward(self, preds, targets) -> float:
-        """The book's loss: ``mean(where(t == 1, 1 - sigmoid(p), sigmoid(p)))``.
+    # Each loss kind also has its kernels' names as methods (mse_forward; after the class).
+    def loss_forward(self, kind, preds, targets) -> float:
+        """The mean loss ``kind`` (a name of ``program.LOSS_KINDS``) of a batch, its inputs
+        checked as its record's targets say: "binary" preds (B,) or (B, 1) and targets of
+        the same length, each 0 or 1; "labels" logits (B, C) and int64 labels (B,) in
+        [0, C); "real" preds (B,) or (B, O) and float targets shaped alike ((B,) ~ (B, 1))."""
+        record = program.loss_kind(kind)
+        preds, targets, _ = self._loss_inputs(record, preds, targets)
+        return float(getattr(self._impl, record.forward)(preds, targets))
 
-        preds (B,) or (B, 1) raw scores; targets of the same length, each 0 or 1,
-        in the dtype of preds.
-        """
-        preds, targets = self._binary("preds", preds, "targets", targets)
-        return float(self._impl.mnist_loss_forward(preds, targets))
-
-    def mnist_loss_backward(self, preds, targets, dpreds=None):
-        """Gradient of ``mnist_loss_forward`` w.r.t. preds; dpreds has the shape of preds."""
-        shape = self._array("preds", preds).shape
-        preds, targets = self._binary("preds", preds, "targets", targets)
-        dpreds = self._out("dpreds", dpreds, shape, preds.dtype)
-        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
-                    in_place=True)
-        self._impl.mnist_loss_backward(preds, targets, dpreds.reshape(-1))
+    def loss_backward(self, kind, preds, targets, dpreds=None):
+        """The gradient of ``loss_forward(kind, preds, targets)`` w.r.t. preds, shaped like
+        preds; it may be written over preds itself, except for "labels" losses."""
+        record = program.loss_kind(kind)
+        names = self._loss_names(record)
+        shape = self._array(names[0], preds).shape
+        preds, targets, names = self._loss_inputs(record, preds, targets)
+        dpreds = self._out(names[2], dpreds, shape, preds.dtype)
+        self._apart([(names[2], dpreds)], [(names[0], preds), (names[1], targets)],
+                    in_place=record.targets != "labels")
+        getattr(self._impl, record.backward)(preds, targets, dpreds.reshape(preds.shape))
         return dpreds
 
-    def cross_entropy_forward(self, logits, labels) -> float:
-        """Mean softmax cross-entropy, ``mean(logsumexp(z) - z[label])``.
+    @staticmethod
+    def _loss_names(record) -> list[str]:
+        """The names of a loss's inputs and gradient, e.g. ["logits", "labels", "dlogits"]."""
+        return [p.name for p in (SIGNATURES.get(record.backward)
+                                 or loss_signatures(record)[record.backward])]
 
-        logits (B, C); labels (B,) int64 in [0, C).  Stable for any finite logits.
-        """
-        logits, labels = self._classes("logits", logits, "labels", labels)
-        return float(self._impl.cross_entropy_forward(logits, labels))
-
-    def cross_entropy_backward(self, logits, labels, dlogits=None):
-        """``dlogits = (softmax(logits) - onehot(labels)) / B``;  (B, C)."""
-        logits, labels = self._classes("logits", logits, "labels", labels)
-        dlogits = self._out("dlogits", dlogits, logits.shape, logits.dtype)
-        self._apart([("dlogits", dlogits)], [("logits", logits), ("labels", labels)])
-        self._impl.cross_entropy_backward(logits, labels, dlogits)
-        return dlogits
-
-    def mse_forward(self, preds, targets) -> float:
-        """Mean squared error over every element, the book's ``((preds - targets)**2).mean()``.
-
-        preds (B,) or (B, O) floats; targets of any real value, shaped like preds
-        ((B,) and (B, 1) are interchangeable), in the dtype of preds.
-        """
-        preds, targets = self._regression("preds", preds, "targets", targets)
-        return float(self._impl.mse_forward(preds.reshape(-1), targets.reshape(-1)))
-
-    def mse_backward(self, preds, targets, dpreds=None):
-        """``dpreds = 2 * (preds - targets) / preds.size``, shaped like preds."""
-        preds, targets = self._regression("preds", preds, "targets", targets)
-        dpreds = self._out("dpreds", dpreds, preds.shape, preds.dtype)
-        self._apart([("dpreds", dpreds)], [("preds", preds), ("targets", targets)],
-                    in_place=True)
-        self._impl.mse_backward(preds.reshape(-1), targets.reshape(-1), dpreds.reshape(-1))
-        return dpreds
+    def _loss_inputs(self, record, preds, targets):
+        """(preds, targets, their names and the gradient's) as the loss's kernels take them:
+        "binary" both (B,), "labels" logits (B, C) and labels (B,), "real" both flat."""
+        names = self._loss_names(record)
+        pname, tname, _ = names
+        if record.targets == "labels":
+            return (*self._classes(pname, preds, tname, targets), names)
+        if record.targets == "binary":
+            return (*self._binary(pname, preds, tname, targets), names)
+        preds, targets = self._regression(pname, preds, tname, targets)
+        return preds.reshape(-1), targets.reshape(-1), names
 
     # -------------------------------------------------------- optimizer
     def sgd_update(self, param, grad, lr, momentum=0.0, weight_decay=0.0, velocity=None):
@@ -252,8 +271,8 @@ class Backend:
         param = self._float("param", param, writable=True)
         grad = self._float("grad", grad, dtype=param.dtype)
         same("grad.shape", grad.shape, "param.shape", param.shape)
-        lr = _scalar("lr", lr, low=0.0)
-        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocity,
+        lr = bounded_number("lr", lr, low=0.0)
+        momentum, weight_decay = sgd_scalars(momentum, weight_decay, velocity,
                                               "sgd_update: velocity is")
         if momentum != 0.0:
             velocity = self._float("velocity", velocity, dtype=param.dtype, writable=True,
@@ -290,7 +309,7 @@ class Backend:
         params = self._float("params", params, ndim=1, writable=True, check_values=False)
         n_in, n_out = program.check_layer_table(layers, params.shape[0])
         grads = self._out("grads", grads, params.shape, params.dtype)
-        momentum, weight_decay = _sgd_scalars(momentum, weight_decay, velocities,
+        momentum, weight_decay = sgd_scalars(momentum, weight_decay, velocities,
                                               "train_epoch: velocities are")
         if momentum != 0.0:
             velocities = self._out("velocities", velocities, params.shape, params.dtype)
@@ -299,7 +318,7 @@ class Backend:
         x = self._float("x", x, ndim=2, dtype=params.dtype)
         same("x.shape[1]", x.shape[1], "layers[0] n_in", n_in)
         n = x.shape[0]
-        targets, labels = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
+        targets = self._program_targets(loss_kind, targets, n, n_out, params.dtype)
         order = self._array("order", order)
         if order.dtype != np.int64 or order.ndim != 1:
             raise ValueError(f"order: expected int64 row indices of shape (R,), got "
@@ -318,25 +337,25 @@ class Backend:
                              writable=True)
         self._apart([("params", params), ("grads", grads), ("velocities", velocities),
                      ("losses", losses)],
-                    [("layers", layers), ("x", x), ("targets", targets), ("targets", labels),
-                     ("order", order), ("lrs", lrs)])
-        done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, labels, order,
+                    [("layers", layers), ("x", x), ("targets", targets), ("order", order),
+                     ("lrs", lrs)])
+        done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, order,
                                           int(bs), lrs, np.float32(momentum),
                                           np.float32(weight_decay), params, grads,
                                           velocities, losses))
         return losses[:done + 1] if done < steps else losses
 
     def _program_targets(self, loss_kind, targets, n, n_out, dtype):
-        """The (targets (N, T) float32, labels (N,) int64) pair ``train_epoch`` implementations take."""
+        """The one targets array ``train_epoch`` implementations take: labels (N,) int64 for
+        a "labels" loss, else floats (N, O)."""
         if loss_kind not in program.LOSS_KINDS.values() or isinstance(loss_kind, bool):
             raise ValueError(f"loss_kind: expected one of {program.LOSS_KINDS}, got {loss_kind!r}")
-        no_labels = self.empty(0, np.int64)
-        if loss_kind == program.CROSS_ENTROPY:
-            labels = self._indices("targets", targets, n, n_out, "labels",
-                                   "cross_entropy expects int64 labels")
-            return self.empty((0, 1), dtype), labels
-        if loss_kind == program.MNIST_LOSS and n_out != 1:
-            raise ValueError(f"loss_kind: mnist_loss needs a program with one output, "
+        record = program.LOSSES[loss_kind]
+        if record.targets == "labels":
+            return self._indices("targets", targets, n, n_out, "labels",
+                                 f"{record.name} expects int64 labels")
+        if record.targets == "binary" and n_out != 1:
+            raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
                              f"this one has {n_out}")
         targets = self._float("targets", targets, dtype=dtype)
         if targets.ndim == 1 and n_out == 1:
@@ -344,9 +363,9 @@ class Backend:
         if tuple(targets.shape) != (n, n_out):
             raise ValueError(f"targets: expected shape ({n}, {n_out}) to match x and the "
                              f"program's outputs, got {tuple(targets.shape)}")
-        if loss_kind == program.MNIST_LOSS:
+        if record.targets == "binary":
             self._binary_values("targets", targets)
-        return targets, no_labels
+        return targets
 
     # ---------------------------------------------------------- metrics
     def binary_accuracy(self, preds, targets) -> float:
@@ -515,38 +534,57 @@ class Backend:
         return logits, labels
 
 
-#: ``Backend`` methods that are one checked call: name, the method that checks the
-#: arguments and calls the implementation, what it computes (the docstring adds the
-#: shapes of ``SIGNATURES``; an elementwise kernel's arrays all have one shape).
-_CHECKED = """
-matmul                  _product      ``out = a @ b``
-matmul_backward_input   _product      ``dx = dy @ w.T`` without a transposed copy
-matmul_backward_weight  _product      ``dw = x.T @ dy`` without a transposed copy
-bias_backward           _product      ``db = dy.sum(axis=0)``
-linear_forward          _product      ``out = x @ w + b``
-sigmoid_forward         _elementwise  ``out = 1 / (1 + exp(-x))``, finite for any finite x
-sigmoid_backward        _elementwise  ``dx = dy * y * (1 - y)``, y = sigmoid(x) the forward output
-relu_forward            _elementwise  ``out = max(x, 0)`` (NaN stays NaN)
-relu_backward           _elementwise  ``dx = dy * (x > 0)``, x the forward input
-tanh_forward            _elementwise  ``out = tanh(x)``, finite for any finite x
-tanh_backward           _elementwise  ``dx = dy * (1 - y**2)``, y = tanh(x) the forward output
-"""
+def _activation_methods(kind):
+    """``Backend.<kind.forward>(x, out=None)`` and ``Backend.<kind.backward>(saved, dy,
+    dx=None)``: ``activation_forward`` / ``activation_backward`` of a registry record."""
+    def forward(self, x, out=None):
+        return self.activation_forward(kind.name, x, out)
+
+    def backward(self, saved, dy, dx=None):
+        return self.activation_backward(kind.name, saved, dy, dx)
+
+    saved = "x, the forward input" if kind.saves == "x" else "y, the forward output"
+    for method, name, doc in ((forward, kind.forward, f"The {kind.name} layer of x, elementwise "
+                               f"(``activation_forward``);  x (any shape) -> out (x's shape)."),
+                              (backward, kind.backward, f"dL/dx of the {kind.name} layer from "
+                               f"dy, reading {saved};  all of one shape.")):
+        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
+        setattr(Backend, name, method)
 
 
-def _checked_method(kernel, check, doc):
-    """``Backend.<kernel>(self, inputs..., outputs=None)``: ``self.<check>(kernel, args)``."""
-    params = SIGNATURES[kernel]
-    method = kernel_function(kernel, params, f"self.{check}({kernel!r}, {{}})",
-                             {"__name__": __name__}, head="self, ", optional_outputs=True)
-    method.__doc__ = f"{doc};  {describe(params)}."
-    method.__qualname__ = f"Backend.{kernel}"
-    return method
+def _loss_methods(kind):
+    """``Backend.<kind.forward>(...)`` and ``Backend.<kind.backward>(..., out=None)``:
+    ``loss_forward`` / ``loss_backward`` of a registry record, under its kernels'
+    parameter names."""
+    if kind.targets == "labels":
+        def forward(self, logits, labels) -> float:
+            return self.loss_forward(kind.name, logits, labels)
+
+        def backward(self, logits, labels, dlogits=None):
+            return self.loss_backward(kind.name, logits, labels, dlogits)
+    else:
+        def forward(self, preds, targets) -> float:
+            return self.loss_forward(kind.name, preds, targets)
+
+        def backward(self, preds, targets, dpreds=None):
+            return self.loss_backward(kind.name, preds, targets, dpreds)
+
+    shapes = {"binary": "preds (B,) or (B, 1) and 0/1 targets of the same length",
+              "labels": "logits (B, C) and int64 labels (B,) in [0, C)",
+              "real": "preds (B,) or (B, O) and float targets alike"}[kind.targets]
+    for method, name, doc in ((forward, kind.forward, f"The mean {kind.name} loss "
+                               f"(``loss_forward``);  {shapes}."),
+                              (backward, kind.backward, f"The gradient of {kind.forward} "
+                               f"(``loss_backward``), shaped like its first input.")):
+        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
+        setattr(Backend, name, method)
 
 
-for _line in _CHECKED.strip().splitlines():
-    _kernel, _check, _doc = _line.split(None, 2)
-    setattr(Backend, _kernel, _checked_method(_kernel, _check, _doc))
-del _line, _kernel, _check, _doc
+for _kind in program.activations():
+    _activation_methods(_kind)
+for _kind in program.LOSSES.values():
+    _loss_methods(_kind)
+del _kind
 
 
 def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
@@ -559,29 +597,3 @@ def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
     if writable and not x.flags.writeable:
         raise ValueError(f"{name}: expected a writable array")
     return x
-
-
-def _sgd_scalars(momentum, weight_decay, velocity, required) -> tuple[float, float]:
-    """``momentum`` in [0, 1] and ``weight_decay`` >= 0 as floats; a momentum != 0 needs
-    ``velocity`` (``required`` names it in the error, e.g. "sgd_update: velocity is")."""
-    momentum = _scalar("momentum", momentum, low=0.0, high=1.0)
-    weight_decay = _scalar("weight_decay", weight_decay, low=0.0)
-    if momentum != 0.0 and velocity is None:
-        raise ValueError(f"{required} required when momentum != 0")
-    return momentum, weight_decay
-
-
-#: The largest float32: a scalar the kernels take in float32 must not overflow to inf.
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _scalar(name, value, low=None, high=None) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
-    high = _F32_MAX if high is None else high
-    if not np.isfinite(value) or (low is not None and value < low) or value > high:
-        bounds = f"[{low}, {'3.4e38 (the float32 limit)' if high == _F32_MAX else high}]"
-        raise ValueError(f"{name}: expected a finite number in {bounds}, got {value}")
-    return value

@@ -112,16 +112,15 @@ def _epochs(nb, rng) -> None:
     """The fused epoch for each loss, through every layer kind, with and without momentum."""
     n, n_in, hidden = 12, 6, 5
     x = rng.standard_normal((n, n_in)).astype(np.float32)
-    losses = {
-        prog.MNIST_LOSS: (1, (rng.random(n) < 0.5).astype(np.float32)),
-        prog.CROSS_ENTROPY: (3, rng.integers(0, 3, n).astype(np.int64)),
-        prog.MSE: (2, rng.standard_normal((n, 2)).astype(np.float32)),
-    }
-    for loss_kind, (n_out, targets) in losses.items():
+    by_targets = {"binary": (1, (rng.random(n) < 0.5).astype(np.float32)),
+                  "labels": (3, rng.integers(0, 3, n).astype(np.int64)),
+                  "real": (2, rng.standard_normal((n, 2)).astype(np.float32))}
+    hidden_layers = [layer for kind in prog.activations() if kind.code in prog.BUILT_IN_LAYERS
+                     for layer in (("linear", hidden, hidden), (kind.name, hidden, hidden))]
+    for loss_kind in sorted(prog.BUILT_IN_LOSSES):
+        n_out, targets = by_targets[prog.LOSSES[loss_kind].targets]
         layers, n_params = prog.layer_table(
-            [("linear", n_in, hidden), ("relu", hidden, hidden), ("linear", hidden, hidden),
-             ("sigmoid", hidden, hidden), ("linear", hidden, hidden), ("tanh", hidden, hidden),
-             ("linear", hidden, n_out)])
+            [("linear", n_in, hidden), *hidden_layers[1:], ("linear", hidden, n_out)])
         params = (0.1 * rng.standard_normal(n_params)).astype(np.float32)
         for momentum in (0.0, 0.9):
             bs = 5

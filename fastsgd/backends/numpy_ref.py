@@ -177,26 +177,37 @@ def _layer_views(layers, params, grads):
     return views
 
 
-def _loss_and_grad(loss_kind, z, t, labels, dz):
-    """Mean loss of the output z (B, O) and dz = dL/dz (B, O)."""
-    if loss_kind == prog.MNIST_LOSS:
-        mnist_loss_backward(z[:, 0], t[:, 0], dz[:, 0])
-        return mnist_loss_forward(z[:, 0], t[:, 0])
-    if loss_kind == prog.CROSS_ENTROPY:
-        cross_entropy_backward(z, labels, dz)
-        return cross_entropy_forward(z, labels)
-    mse_backward(z.reshape(-1), t.reshape(-1), dz.reshape(-1))
-    return mse_forward(z.reshape(-1), t.reshape(-1))
+def _loss_and_grad(loss_kind, z, targets, dz):
+    """Mean loss of the output z (B, O) and dz = dL/dz (B, O), by the loss's record:
+    labels (B,) as they are, other targets (B, O) flattened with z and dz."""
+    kind = prog.LOSSES[loss_kind]
+    if kind.targets != "labels":
+        z, targets, dz = z.reshape(-1), targets.reshape(-1), dz.reshape(-1)
+    globals()[kind.backward](z, targets, dz)
+    return globals()[kind.forward](z, targets)
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def layer_forward(kind, x, out):
+    """out = layer ``kind``(x) for a parameter-free kind (its registry record's forward)."""
+    globals()[prog.LAYERS[kind].forward](x, out)
+
+
+def layer_backward(kind, x, y, dy, dx):
+    """dx from dy for a parameter-free ``kind``: its backward reads x or y, as recorded."""
+    record = prog.LAYERS[kind]
+    globals()[record.backward](x if record.saves == "x" else y, dy, dx)
+
+
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program, as a plain loop over the kernels above.
 
     layers (L, 4) the program (``program.py``), params / grads / velocities (P,)
-    the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, T)
-    for mnist_loss and mse, labels (N,) for cross-entropy; order (R,) rows of x, R
-    of them in the steps; lrs, losses (steps,), steps = ceil(R / bs).  Per step: gather, forward, loss, backward, one update of the block.
+    the flat blocks (velocities None when momentum is 0); x (N, I); targets (N, O)
+    floats, or labels (N,) for a "labels" loss; order (R,) rows of x, R
+    of them in the steps; lrs, losses (steps,), steps = ceil(R / bs).  Per step: gather,
+    forward, loss, backward, one update of the block; each layer and the loss reach their
+    kernels through the registry's record of their kind.
     Returns the steps done: all, or s when the loss of step s is not finite.
     """
     n, dtype = order.shape[0], params.dtype
@@ -211,12 +222,10 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
             if kind == prog.LINEAR:
                 linear_forward(a[l], views[l][0], views[l][1], out)
             else:
-                (relu_forward, sigmoid_forward, tanh_forward)[kind - 1](a[l], out)
+                layer_forward(kind, a[l], out)
             a.append(out)
         d = np.empty_like(a[-1])
-        t = targets[rows] if loss_kind != prog.CROSS_ENTROPY else None
-        y = labels[rows] if loss_kind == prog.CROSS_ENTROPY else None
-        losses[s] = _loss_and_grad(loss_kind, a[-1], t, y, d)
+        losses[s] = _loss_and_grad(loss_kind, a[-1], targets[rows], d)
         if not math.isfinite(losses[s]):
             return s
         for l in range(len(layers) - 1, first_linear - 1, -1):
@@ -225,12 +234,8 @@ def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum,
             if kind == prog.LINEAR:
                 w, _, gw, gb = views[l]
                 linear_backward(a[l], w, d, dx, gw, gb)
-            elif kind == prog.RELU:
-                relu_backward(a[l], d, dx)
-            elif kind == prog.SIGMOID:
-                sigmoid_backward(a[l + 1], d, dx)
             else:
-                tanh_backward(a[l + 1], d, dx)
+                layer_backward(kind, a[l], a[l + 1], d, dx)
             d = dx
         sgd_update(params, grads, velocities, lrs[s], momentum, weight_decay)
     return steps

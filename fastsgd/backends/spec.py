@@ -10,17 +10,22 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import operator
 import re
 from typing import NamedTuple
 
 import numpy as np
+
+from . import program
 
 #: Every kernel's implementation parameters, in order, with the shapes implementations
 #: receive (``contract.Backend`` checks them, ``c_ext`` again before calling C):
 #: ``name:DIMS`` an array read, ``name=DIMS`` an array written, a bare name a scalar.
 #: DIMS are dimension letters (``contract.py``), equal letters equal sizes; ``n`` is any
 #: shape of ``n`` elements (elementwise: equal sizes).  ``?``: the array may be None;
-#: ``/int64``: integer labels (every other array is float).
+#: ``/int64``: integer labels (every other array is float).  The activations' and the
+#: losses' signatures come from their records in the registry (``activation_signatures``,
+#: ``loss_signatures``).
 _SIGNATURES = """
 matmul                  a:MK       b:KN            out=MN
 matmul_backward_input   dy:BO      w:IO            dx=BI
@@ -28,18 +33,6 @@ matmul_backward_weight  x:BI       dy:BO           dw=IO
 bias_backward           dy:BO      db=O
 linear_forward          x:BI       w:IO            b:O      out=BO
 linear_backward         x:BI       w:IO            dy:BO    dx=BI?   dw=IO   db=O
-sigmoid_forward         x:n        out=n
-sigmoid_backward        y:n        dy:n            dx=n
-relu_forward            x:n        out=n
-relu_backward           x:n        dy:n            dx=n
-tanh_forward            x:n        out=n
-tanh_backward           y:n        dy:n            dx=n
-mnist_loss_forward      preds:B    targets:B
-mnist_loss_backward     preds:B    targets:B       dpreds=B
-cross_entropy_forward   logits:BC  labels:B/int64
-cross_entropy_backward  logits:BC  labels:B/int64  dlogits=BC
-mse_forward             preds:n    targets:n
-mse_backward            preds:n    targets:n       dpreds=n
 sgd_update              param=n    grad:n          velocity=n?  lr  momentum  weight_decay
 binary_accuracy         preds:B    targets:B
 multiclass_accuracy     logits:BC  labels:B/int64
@@ -64,10 +57,42 @@ def _param(token: str) -> Param:
     return Param(name, dims, sep == "=", rest.endswith("?"), dtype or "float")
 
 
-#: kernel name -> its ``Param``s in order.
+def activation_signatures(kind) -> dict[str, tuple[Param, ...]]:
+    """The two kernels of a parameter-free layer kind (a ``program.LayerKind``):
+    ``forward(x, out)`` and ``backward(saved, dy, dx)``, ``saved`` its input x or its
+    output y as the record says; every array of one shape."""
+    return {kind.forward: (Param("x", "n"), Param("out", "n", written=True)),
+            kind.backward: (Param(kind.saves, "n"), Param("dy", "n"),
+                            Param("dx", "n", written=True))}
+
+
+def loss_signatures(kind) -> dict[str, tuple[Param, ...]]:
+    """The two kernels of a loss kind (a ``program.LossKind``), by its targets:
+    "binary" ``forward(preds (B,), targets (B,))``, "labels" ``forward(logits (B, C),
+    labels (B,) int64)``, "real" ``forward(preds, targets)`` of any one shape; each
+    ``backward`` takes the same and writes the gradient shaped like the first."""
+    if kind.targets == "labels":
+        inputs = (Param("logits", "BC"), Param("labels", "B", dtype="int64"))
+        out = Param("dlogits", "BC", written=True)
+    else:
+        dims = "B" if kind.targets == "binary" else "n"
+        inputs = (Param("preds", dims), Param("targets", dims))
+        out = Param("dpreds", dims, written=True)
+    return {kind.forward: inputs, kind.backward: (*inputs, out)}
+
+
+#: kernel name -> its ``Param``s in order: the table above, then the activations and
+#: losses of the registry's built-in kinds.
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     line.split()[0]: tuple(_param(token) for token in line.split()[1:])
     for line in _SIGNATURES.strip().splitlines()}
+for _kind in program.activations():
+    if _kind.code in program.BUILT_IN_LAYERS:
+        SIGNATURES.update(activation_signatures(_kind))
+for _kind in program.LOSSES.values():
+    if _kind.code in program.BUILT_IN_LOSSES:
+        SIGNATURES.update(loss_signatures(_kind))
+del _kind
 
 #: Implementation names and parameters every backend module must export.
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -115,21 +140,6 @@ def describe(params) -> str:
     read = ", ".join(one(p) for p in params if not p.written)
     written = ", ".join(one(p) for p in params if p.written)
     return f"{read} -> {written}" if written else read
-
-
-def kernel_function(name, params, call, namespace, head="", optional_outputs=False):
-    """``def name(head, p1, p2, ...): return <call with the tuple (p1, p2, ...)>``.
-
-    Compiled from source so that its signature is the kernel's (``missing_kernels``
-    reads it, keyword calls work) at no cost per call.  ``call`` is an expression with
-    ``{}`` where the tuple goes, naming what ``namespace`` holds; with
-    ``optional_outputs`` the arrays written default to None.
-    """
-    arguments = ", ".join(p.name + "=None" * (optional_outputs and p.written) for p in params)
-    values = "".join(f"{p.name}, " for p in params)
-    exec(f"def {name}({head}{arguments}):\n    return {call.format(f'({values})')}\n",
-         namespace)
-    return namespace[name]
 
 
 def overlap_error(written, read, may_overlap, in_place=None) -> ValueError | None:
@@ -181,11 +191,167 @@ def host_array(name, x, dtype):
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
 
 
+# ----------------------------------------- what compiled code's memory safety needs
+def array_shape(name, x, ndim):
+    """``x.shape`` after checking it has ``ndim`` dimensions."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if len(shape) != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {shape}")
+    return shape
+
+
+def expect_shape(name, x, shape, source):
+    """Check that array ``x`` has exactly ``shape`` (the size compiled code will touch);
+    ``source`` says where it comes from, e.g. ``"(a.shape[0], b.shape[1])"``."""
+    got = getattr(x, "shape", None)
+    if got is None:
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if got != shape:
+        raise ValueError(f"{name}: expected shape {shape} = {source}, got {got}")
+
+
+def host_buffer(name, x, dtype, writable=False):
+    """Check that ``x`` is a host ndarray of exactly ``dtype``, C-contiguous, and writable
+    where it is an output: what compiled code may take a pointer into."""
+    if type(x) is not np.ndarray or x.dtype != dtype:
+        host_array(name, x, dtype)
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (non-contiguous input is "
+                         f"rejected, not copied); pass np.ascontiguousarray({name})")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array (it is an output)")
+
+
+def index_range(name, indices, high, what):
+    """Check that every value of int64 ``indices`` lies in [0, high) (code indexes with them)."""
+    if indices.size:
+        low, top = int(indices.min()), int(indices.max())
+        if low < 0 or top >= high:
+            raise ValueError(f"{name}: {what} must lie in [0, {high}), got values from "
+                             f"{low} to {top}")
+
+
+def as_count(name, value) -> int:
+    """``value`` as an int (``TypeError`` unless it is an integer)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+
+
+def as_number(name, value) -> float:
+    """``value`` as a float (``TypeError`` unless it is a number)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+
+
+def sgd_scalars(momentum, weight_decay, velocity, required) -> tuple[float, float]:
+    """``momentum`` in [0, 1] and ``weight_decay`` >= 0 as floats; a momentum != 0 needs
+    ``velocity`` (``required`` names it in the error, e.g. "sgd_update: velocity is")."""
+    momentum = bounded_number("momentum", momentum, low=0.0, high=1.0)
+    weight_decay = bounded_number("weight_decay", weight_decay, low=0.0)
+    if momentum != 0.0 and velocity is None:
+        raise ValueError(f"{required} required when momentum != 0")
+    return momentum, weight_decay
+
+
+#: The largest float32: a scalar the kernels take in float32 must not overflow to inf.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def bounded_number(name, value, low=None, high=None) -> float:
+    """``value`` as a finite float in [low, high] (high: the float32 limit by default)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+    high = F32_MAX if high is None else high
+    if not np.isfinite(value) or (low is not None and value < low) or value > high:
+        bounds = f"[{low}, {'3.4e38 (the float32 limit)' if high == F32_MAX else high}]"
+        raise ValueError(f"{name}: expected a finite number in {bounds}, got {value}")
+    return value
+
+
+class EpochSizes(NamedTuple):
+    """The sizes of a checked ``train_epoch`` call (``check_epoch``)."""
+
+    n_params: int
+    n_rows: int          #: N, the rows of x
+    n_order: int         #: R, the rows the steps take
+    n_out: int
+    bs: int
+    steps: int
+    momentum: float
+    weight_decay: float
+
+
+def check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses, backend, layer_codes=None,
+                loss_codes=None) -> EpochSizes:
+    """Everything a compiled ``train_epoch`` (``backend``: "c", "numba") relies on not to
+    read or write out of bounds, checked once for all of them: the table
+    (``program.check_layer_table``) and the kinds it compiled (``layer_codes`` and
+    ``loss_codes``, default the registry's built-in ones); every array's type, dtype,
+    layout, writability and size; the order's and labels' ranges; the scalars; and that
+    nothing written overlaps anything read (``program.check_epoch_apart``).  Raises
+    ``TypeError`` / ``ValueError`` naming the argument."""
+    (P,) = array_shape("params", params, 1)
+    host_buffer("params", params, np.float32, True)
+    n_in, n_out = program.check_layer_table(layers, P)
+    loss_kind = as_count("loss_kind", loss_kind)
+    program.check_compiled_kinds(
+        layers, loss_kind, backend,
+        program.BUILT_IN_LAYERS if layer_codes is None else layer_codes,
+        program.BUILT_IN_LOSSES if loss_codes is None else loss_codes)
+    expect_shape("grads", grads, (P,), "params.shape")
+    host_buffer("grads", grads, np.float32, True)
+    momentum = as_number("momentum", momentum)
+    weight_decay = as_number("weight_decay", weight_decay)
+    if velocities is None:
+        if momentum != 0.0:
+            raise ValueError(f"velocities: required when momentum != 0 (got {momentum})")
+    else:
+        expect_shape("velocities", velocities, (P,), "params.shape")
+        host_buffer("velocities", velocities, np.float32, True)
+    N, I = array_shape("x", x, 2)
+    if I != n_in:
+        raise ValueError(f"x.shape[1] is {I} but layers[0] n_in is {n_in}; expected them equal")
+    host_buffer("x", x, np.float32)
+    record = program.LOSSES[loss_kind]
+    if record.targets == "labels":
+        expect_shape("targets", targets, (N,), "(x.shape[0],)")
+        host_buffer("targets", targets, np.int64)
+        index_range("targets", targets, n_out, "labels")
+    else:
+        if record.targets == "binary" and n_out != 1:
+            raise ValueError(f"loss_kind: {record.name} needs a program with one output, "
+                             f"this one has {n_out}")
+        expect_shape("targets", targets, (N, n_out), "(x.shape[0], layers[-1] n_out)")
+        host_buffer("targets", targets, np.float32)
+    (R,) = array_shape("order", order, 1)
+    host_buffer("order", order, np.int64)
+    index_range("order", order, N, "row indices")
+    bs = as_count("bs", bs)
+    if bs < 1:
+        raise ValueError(f"bs: expected a batch size >= 1, got {bs}")
+    steps = -(-R // bs)
+    expect_shape("lrs", lrs, (steps,), "(ceil(order.size / bs),)")
+    host_buffer("lrs", lrs, np.float32)
+    expect_shape("losses", losses, (steps,), "(ceil(order.size / bs),)")
+    host_buffer("losses", losses, np.float64, True)
+    program.check_epoch_apart(layers, x, targets, order, lrs, params, grads, velocities, losses)
+    return EpochSizes(P, N, R, n_out, bs, steps, momentum, weight_decay)
+
+
 #: Kernels a backend may implement (``Backend.supports(name)`` says whether it does);
 #: when present they must take exactly these parameters.
 OPTIONAL_KERNELS: dict[str, tuple[str, ...]] = {
     # one epoch of SGD over a layer program (see ``program.py``): steps done
-    "train_epoch": ("layers", "loss_kind", "x", "targets", "labels", "order", "bs", "lrs",
+    "train_epoch": ("layers", "loss_kind", "x", "targets", "order", "bs", "lrs",
                     "momentum", "weight_decay", "params", "grads", "velocities", "losses"),
 }
 

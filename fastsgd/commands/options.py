@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import files
+from ..backends import program
 
 #: Defaults per loss, measured on MNIST: mnist_loss has small gradients (sigmoid
 #: slope / B) and does best with the book's plain SGD at a large rate; the softmax
@@ -9,7 +10,7 @@ from .. import files
 DEFAULT_LR = {"mnist_loss": 1.0, "cross_entropy": 0.1}
 DEFAULT_MOMENTUM = {"mnist_loss": 0.0, "cross_entropy": 0.9}
 #: ``--activation`` names -> the layer class (imported when training).
-ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+ACTIVATIONS = {kind.name: kind.layer for kind in program.activations()}
 EXIT_USAGE = 2
 #: ``fastsgd train``'s options that a checkpoint records, with their defaults for a new
 #: run (lr and momentum: per loss, above; backend: $FASTSGD_BACKEND or the fastest).

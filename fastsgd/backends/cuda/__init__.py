@@ -44,23 +44,9 @@ from numba import cuda
 from ..contract import Backend
 from .arrays import DEVICE, DeviceArrays, is_device_array
 from .checks import all_finite, count_not_binary, count_outside, take_rows
-from .elementwise import (
-    relu_backward,
-    relu_forward,
-    sigmoid_backward,
-    sigmoid_forward,
-    tanh_backward,
-    tanh_forward,
-)
+from .elementwise import ENTRIES as _ACTIVATIONS
 from .launch import BLOCK, KERNEL_SIGNATURES, SIMULATED, TILE
-from .losses import (
-    cross_entropy_backward,
-    cross_entropy_forward,
-    mnist_loss_backward,
-    mnist_loss_forward,
-    mse_backward,
-    mse_forward,
-)
+from .losses import ENTRIES as _LOSSES
 from .matmul import (
     bias_backward,
     linear_backward,
@@ -71,6 +57,9 @@ from .matmul import (
 )
 from .optimizer import binary_accuracy, multiclass_accuracy, sgd_update
 from .program import DEVICE_ONLY_KERNELS, EPOCH_BLOCK, train_epoch
+
+globals().update(_ACTIVATIONS)  # the activations' and losses' entries under the contract's names
+globals().update(_LOSSES)
 
 #: The modules that define kernels.
 KERNEL_MODULES = tuple(importlib.import_module(f"{__name__}.{module}") for module in (
@@ -137,10 +126,6 @@ __all__ = [
     "SIMULATED", "TILE", "BLOCK", "EPOCH_BLOCK",
     # the launchers under the contract's names
     "matmul", "matmul_backward_input", "matmul_backward_weight", "bias_backward",
-    "linear_forward", "linear_backward",
-    "sigmoid_forward", "sigmoid_backward", "relu_forward", "relu_backward",
-    "tanh_forward", "tanh_backward",
-    "mnist_loss_forward", "mnist_loss_backward", "cross_entropy_forward",
-    "cross_entropy_backward", "mse_forward", "mse_backward",
+    "linear_forward", "linear_backward", *_ACTIVATIONS, *_LOSSES,
     "sgd_update", "binary_accuracy", "multiclass_accuracy", "train_epoch",
 ]

@@ -64,7 +64,8 @@ def _mse_backward_kernel(preds, targets, i):
     return float32(2.0) * (preds[i] - targets[i]) / float32(preds.shape[0])
 
 
-mnist_loss_forward, cross_entropy_forward, mse_forward = mean_entries(
-    _mnist_loss_forward_kernel, _cross_entropy_forward_kernel, _mse_forward_kernel)
-mnist_loss_backward, mse_backward = elementwise_entries(_mnist_loss_backward_kernel, _mse_backward_kernel)
-[cross_entropy_backward] = rows_entries(_cross_entropy_backward_kernel)
+#: The contract's entries of the losses, by name.
+ENTRIES = {entry.__name__: entry for entry in (
+    *mean_entries(_mnist_loss_forward_kernel, _cross_entropy_forward_kernel, _mse_forward_kernel),
+    *elementwise_entries(_mnist_loss_backward_kernel, _mse_backward_kernel),
+    *rows_entries(_cross_entropy_backward_kernel))}

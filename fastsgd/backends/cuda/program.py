@@ -10,8 +10,8 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from .. import program
-from ..program import CROSS_ENTROPY, LINEAR, MNIST_LOSS, MSE, RELU, SIGMOID
 from .device import row_max_sum_exp, sigmoid
+from .elementwise import activation_backward, activation_forward
 from .launch import F1, F2, I1, I2, KERNEL_SIGNATURES, SIMULATED, empty_vector, kernel
 
 # ------------------------------------------------------------ the layer program
@@ -92,18 +92,12 @@ def _layer_forward(layers, l, B, params, acts, offsets, tid, stride):
     kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
     src, dst = offsets[l], offsets[l + 1]
     for idx in range(tid, B * n_out, stride):
-        if kind == LINEAR:  # the bias, then a[l][r] . w[:, j]
+        if kind == program.LINEAR:  # the bias, then a[l][r] . w[:, j]
             r, j = _row_col(idx, n_out)
             acts[dst + idx] = _dot(params[at + n_in * n_out + j], acts, src + r * n_in, 1,
                                    params, at + j, n_out, n_in)
         else:
-            v = acts[src + idx]
-            if kind == RELU:
-                acts[dst + idx] = v if v > float32(0.0) else float32(0.0)
-            elif kind == SIGMOID:
-                acts[dst + idx] = sigmoid(v)
-            else:
-                acts[dst + idx] = math.tanh(v)
+            acts[dst + idx] = activation_forward(kind, acts[src + idx])
 
 
 @cuda.jit(device=True, inline=True)
@@ -114,7 +108,7 @@ def _row_loss(loss_kind, z, O, scale, targets, labels, row, acts, deltas):
     divisor of the batch mean (B, or B * O for mse).  Returns the row's loss,
     not yet divided by ``scale``.
     """
-    if loss_kind == MNIST_LOSS:  # O == 1
+    if loss_kind == program.MNIST_LOSS:  # O == 1
         s = sigmoid(acts[z])
         slope = s * (float32(1.0) - s) / scale
         if targets[row, 0] == float32(1.0):
@@ -122,7 +116,7 @@ def _row_loss(loss_kind, z, O, scale, targets, labels, row, acts, deltas):
             return float32(1.0) - s
         deltas[z] = slope
         return s
-    if loss_kind == CROSS_ENTROPY:  # shifted by the row max: exp never overflows
+    if loss_kind == program.CROSS_ENTROPY:  # shifted by the row max: exp never overflows
         label = labels[row]
         m, total = row_max_sum_exp(acts, z, O)
         lse = math.log(total) + m
@@ -143,7 +137,7 @@ def _loss_phase(loss_kind, L, B, start, s, layers, targets, labels, order, acts,
                 losses, tid, stride):
     """losses[s] += the batch's mean loss; d[L] = its gradient w.r.t. a[L] (B, O)."""
     O = layers[L - 1, 2]
-    scale = float32(B * O) if loss_kind == MSE else float32(B)
+    scale = float32(B * O) if loss_kind == program.MSE else float32(B)
     for r in range(tid, B, stride):
         z = offsets[L] + r * O
         loss = _row_loss(loss_kind, z, O, scale, targets, labels, order[start + r], acts, deltas)
@@ -161,7 +155,7 @@ def _layer_backward(layers, l, need_dx, B, params, grads, acts, deltas, offsets,
     """
     kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
     src, dst = offsets[l], offsets[l + 1]
-    if kind == LINEAR:
+    if kind == program.LINEAR:
         n_w = n_in * n_out
         total = n_w + n_out + (B * n_in if need_dx else 0)
         for idx in range(tid, total, stride):
@@ -181,15 +175,8 @@ def _layer_backward(layers, l, need_dx, B, params, grads, acts, deltas, offsets,
                                        params, at + i * n_out, 1, n_out)
     else:
         for idx in range(tid, B * n_in, stride):
-            dy = deltas[dst + idx]
-            if kind == RELU:
-                deltas[src + idx] = dy if acts[src + idx] > float32(0.0) else float32(0.0)
-            elif kind == SIGMOID:
-                y = acts[dst + idx]
-                deltas[src + idx] = dy * (y * (float32(1.0) - y))
-            else:
-                y = acts[dst + idx]
-                deltas[src + idx] = dy * (float32(1.0) - y * y)
+            deltas[src + idx] = activation_backward(kind, acts[src + idx], acts[dst + idx],
+                                                    deltas[dst + idx])
 
 
 @cuda.jit(device=True, inline=True)
@@ -225,7 +212,7 @@ def _train_program_kernel(layers, loss_kind, x, targets, labels, order, bs, lrs,
     N = order.shape[0]  # the rows the steps take
     L = layers.shape[0]
     first = 0  # the first LINEAR: nothing before it needs a gradient
-    while layers[first, 0] != LINEAR:
+    while layers[first, 0] != program.LINEAR:
         first += 1
     for s in range(losses.shape[0]):
         start = s * bs
@@ -261,16 +248,22 @@ def _scratch_offsets(layers, bs: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(program.widths(layers))]).astype(np.int64) * bs
 
 
-def train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                params, grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
+                grads, velocities, losses):
     """One epoch of SGD over a layer program in one launch; returns the steps done.
 
     Arguments as ``contract.Backend.train_epoch`` passes them: layers (L, 4) and
-    lrs (steps,) host arrays, copied over; x, targets, labels, order, params,
+    lrs (steps,) host arrays, copied over; x, targets (labels (N,) int64 for a
+    "labels" loss, else floats (N, O)), order, params,
     grads, velocities (None without momentum) device arrays; losses (steps,) a
     host float64 array, filled from the device at the end (one transfer per
     epoch).  Returns ``steps``, or s when the loss of step s is not finite.
     """
+    program.check_compiled_kinds(layers, loss_kind, "cuda")
+    if program.LOSSES[loss_kind].targets == "labels":   # the kernel takes them apart
+        labels, targets = targets, cuda.device_array((0, 1), np.float32)
+    else:
+        labels = cuda.device_array(0, np.int64)
     offsets = _scratch_offsets(layers, min(bs, max(order.shape[0], 1)))  # one batch
     acts = cuda.device_array(int(offsets[-1]), np.float32)
     deltas = cuda.device_array(int(offsets[-1]), np.float32)
