@@ -55,8 +55,8 @@ enum {
 
 /* Products below this many flops run on one thread: waking the team costs more. */
 #define PARALLEL_MIN_FLOPS (1 << 20)
-/* Row-major B with at most this many columns is read in place (see gemm()), when its
- * rows start on 64-byte lines or A has at most UNALIGNED_B_MAX_M rows (b_in_place_pays). */
+/* Row-major B with at most this many columns is read in place, or a copy of it on
+ * 64-byte lines (narrow_b_reading). */
 #define DIRECT_B_MAX_N 256
 #define UNALIGNED_B_MAX_M 64
 /* At most this many floats of packed B (16 MiB) are live at once. */
@@ -362,6 +362,8 @@ typedef struct {
     int64_t m_panels, n_panels;
     int64_t mc_step;     /* rows of A packed at once: MC rounded down to whole panels */
     int direct_b;        /* read B in place, unpacked (row-major, narrow, whole panels) */
+    int64_t b_copy_ld;   /* with direct_b, when B is off its lines: each thread reads its
+                            own copy of B, rows b_copy_ld floats apart (narrow_b_reading) */
     int split_cols;      /* threads take column ranges of C (and pack their own B) */
     float *bp;           /* packed B of one chunk: per depth block, n_panels panels, each
                             laid out kc_step deep, so a panel's place never changes */
@@ -394,6 +396,13 @@ static void gemm_part(void *plan, int t, int T)
          * chunk it has, and the others take the rest of its range from the back.  Each
          * tile of C is computed the same way whoever takes it, so the result does not
          * depend on the split. */
+        view B = g->B;
+        if (g->b_copy_ld) { /* this thread's copy of B, on line starts */
+            float *copy = g->bp + t * K * g->b_copy_ld;
+            for (int64_t k = 0; k < K; k++)
+                memcpy(copy + k * g->b_copy_ld, B.p + k * B.rs, (size_t)N * sizeof(float));
+            B = (view){copy, g->b_copy_ld, 1};
+        }
         const int64_t n = g->n_chunks, start = t * n / T;
         for (int64_t s = 0; s < n; s++) {
             const int64_t chunk = (start + s) % n;
@@ -409,20 +418,20 @@ static void gemm_part(void *plan, int t, int T)
                 const int64_t mc = min64(g->mc_step, i1 - ic);
                 for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
                     const int64_t kc = min64(kc_step, K - p0);
-                    const float *b = g->B.p + p0 * g->B.rs + j0;
+                    const float *b = B.p + p0 * B.rs + j0;
                     float *c = g->c + ic * N + j0;
                     const float *bias = p0 == 0 && g->bias ? g->bias + j0 : NULL;
                     /* x[rows].T: the whole panels read in place, not packed */
                     const int64_t in_place = g->A.rows && g->A.transposed ? mc - mc % mr : 0;
                     if (in_place > 0)
                         g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
-                                             g->A.rows + p0, g->A.cs, b, g->B.rs, 0, p0 > 0,
+                                             g->A.rows + p0, g->A.cs, b, B.rs, 0, p0 > 0,
                                              bias);
                     if (in_place == mc)
                         continue;
                     g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
                     g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
-                                         !g->A.transposed, NULL, 0, b, g->B.rs, 0, p0 > 0,
+                                         !g->A.transposed, NULL, 0, b, B.rs, 0, p0 > 0,
                                          bias);
                 }
                 step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
@@ -478,18 +487,24 @@ static void gemm_part(void *plan, int t, int T)
     step_region(g->step, g->c, N, i0, i1, j0, j1);
 }
 
-/* Whether row-major B is better read in place than packed.  Its rows must all start
- * at the same place in a 64-byte line (a row stride of whole lines).  When that place
- * is the line's start, in place always pays.  Otherwise every AVX-512 load of a row
- * straddles two lines (NumPy's arrays of 128 KiB and more start 16 bytes into a page),
- * and in place pays only for a few rows of A, where packing B, a copy of all of it,
- * is the larger cost: one thread, (64|128|256)x784x128, B 16 bytes off, min CPU us:
- * packed 72 / 133 / 251, in place 66 / 134 / 268, in place on lines 58 / - / 234. */
-static int b_in_place_pays(view B, int64_t M)
+/* How a narrow row-major B (rows of at most DIRECT_B_MAX_N floats, whole panels) is
+ * read, by where its rows start in a 64-byte line.  On line starts (a row stride of
+ * whole lines and an aligned array), in place.  Otherwise every AVX-512 load of a row
+ * straddles two lines (NumPy's arrays of 128 KiB and more start 16 bytes into a page):
+ * for a few rows of A (at most UNALIGNED_B_MAX_M) still in place, since any copy of B
+ * costs more than the straddling loads; for more, B is first copied row by row onto
+ * line starts and that copy read in place, which is cheaper than packing it into
+ * panels (B 16 bytes off, min us, 1 | 2 threads: 256x784x128 packed 298 | 183, copied
+ * 245 | 130, on line starts 235 | 118; 64x784x128 packed 72, in place 66, on line
+ * starts 58). */
+enum { B_IN_PLACE, B_COPIED, B_PACKED };
+
+static int narrow_b_reading(view B, int64_t M, int64_t N, int64_t nr)
 {
-    if ((B.rs * (int64_t)sizeof(float)) % 64 != 0)
-        return 0;
-    return (uintptr_t)B.p % 64 == 0 || M <= UNALIGNED_B_MAX_M;
+    if (B.cs != 1 || N % nr != 0 || N > DIRECT_B_MAX_N)
+        return B_PACKED;
+    const int on_lines = (uintptr_t)B.p % 64 == 0 && (B.rs * (int64_t)sizeof(float)) % 64 == 0;
+    return on_lines || M <= UNALIGNED_B_MAX_M ? B_IN_PLACE : B_COPIED;
 }
 
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
@@ -558,14 +573,22 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
      * in place: at the training shapes packing it cost more than it saved, and with no
      * shared packed B the threads need no barrier.  Wide B rows are packed (power-of-two
      * strides of several KiB made the in-place reads thrash the L1 cache). */
-    g.direct_b = B.cs == 1 && N % nr == 0 && N <= DIRECT_B_MAX_N && b_in_place_pays(B, M);
-    const int64_t b_floats = g.direct_b ? 0 : ceil_div(g.chunk_depth, g.kc_step) * block_floats;
+    const int b_reading = narrow_b_reading(B, M, N, nr);
+    g.direct_b = b_reading != B_PACKED;
     g.a_floats = min64(g.mc_step, g.m_panels * mr) * A_LD;
 
     int threads = matmul_threads();
     atomic_uchar taken[MAX_CHUNKS];
     if ((double)M * N * K * 2.0 < PARALLEL_MIN_FLOPS)
         threads = 1;
+
+    /* B's copies on line starts: one per thread, each made and read by its own thread
+     * (one shared copy left one core reading the other's fresh lines: 2 threads,
+     * 256x784x128, 168 us against 130). */
+    g.b_copy_ld = b_reading == B_COPIED ? ceil_div(N, 16) * 16 : 0;
+    const int64_t b_floats = b_reading == B_COPIED ? threads * K * g.b_copy_ld
+                             : g.direct_b ? 0
+                                          : ceil_div(g.chunk_depth, g.kc_step) * block_floats;
 
     /* With B read in place the threads share nothing and take chunks of row panels in
      * turn, or of column panels when there are too few row panels.  A packed B is
