@@ -641,8 +641,7 @@ void matmul_backward_input(float *restrict dx, const float *restrict dy,
 void matmul_backward_weight(float *restrict dw, const float *restrict x,
                             const float *restrict dy, int64_t B, int64_t I, int64_t O)
 {
-    /* dw (I, O) = x.T (I, B) @ dy (B, O), where x.T[i][b] = x[b * I + i]. */
-    gemm(dw, (view){x, 1, I, .transposed = 1}, (view){dy, O, 1}, NULL, I, B, O, NULL);
+    weight_gradient_step(dw, x, NULL, dy, B, I, O, NULL);
 }
 
 FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64_t B,
@@ -674,7 +673,8 @@ void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
                           int64_t I, int64_t O, const sgd_step *step)
 {
-    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows. */
+    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows, where
+     * x.T[i][b] = x[b * I + i]. */
     const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
     gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step);
 }
