@@ -23,14 +23,17 @@ argument), allocates missing outputs, then calls the implementation.  Every chec
 and every error message is here, once for every device.  Shape, dtype, layout,
 overlap and index-range checks are always on, so no implementation is handed an
 array that makes compiled code read or write out of bounds; only the NaN/Inf scan
-can be switched off (``skip_value_checks``).
+can be switched off (``skip_value_checks``).  Plain NumPy arguments of the matmul
+family take a faster lane with the same checks (``host_lane.py``), where C's products
+scan their outputs after the call instead of their inputs before it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import program
+from . import host_lane, program
 from .arrays import HOST, host_all_finite
+from .kind_methods import KindMethods
 from .spec import (
     _VALUE_CHECKS,
     KERNELS,
@@ -52,7 +55,7 @@ from .spec import (
 __all__ = ["Backend", "KERNELS", "OPTIONAL_KERNELS", "missing_kernels", "skip_value_checks",
            "value_checks_enabled"]
 
-class Backend:
+class Backend(KindMethods):
     """A backend's kernels under the contract's names.
 
     Obtain one with ``fastsgd.backends.get(name)``.  Every method validates its
@@ -69,6 +72,9 @@ class Backend:
         #: The array adapter (``arrays.py``): every check on an argument goes through it.
         self.arrays = arrays
         self._impl = impl
+        #: Kernels the implementation offers without its own second check, for arguments
+        #: the host lane accepted (``c_ext.PRECHECKED``).
+        self._prechecked = getattr(impl, "PRECHECKED", {}) if arrays is HOST else {}
 
     def __repr__(self):
         return f"<fastsgd backend {self.name!r}>"
@@ -161,6 +167,15 @@ class Backend:
         never overlaps an input or another output.  Returns the output, or the
         tuple of them when there are several.
         """
+        if self.arrays is HOST:
+            lane, scan = _LANES[kernel], _VALUE_CHECKS.get()
+            call = self._prechecked.get(kernel)
+            after = scan and call is not None and not skip
+            outs = host_lane.accept(lane, args, skip, self.dtypes, scan and not after)
+            if outs is not None:
+                (call or getattr(self._impl, kernel))(*args[:len(lane.reads)], *outs)
+                if not after or host_lane.finite_after(lane, args, outs):
+                    return outs[0] if len(outs) == 1 else tuple(outs)
         params = SIGNATURES[kernel]
         arrays, dtype = [], None
         for p, x in zip(params, args):
@@ -534,57 +549,10 @@ class Backend:
         return logits, labels
 
 
-def _activation_methods(kind):
-    """``Backend.<kind.forward>(x, out=None)`` and ``Backend.<kind.backward>(saved, dy,
-    dx=None)``: ``activation_forward`` / ``activation_backward`` of a registry record."""
-    def forward(self, x, out=None):
-        return self.activation_forward(kind.name, x, out)
-
-    def backward(self, saved, dy, dx=None):
-        return self.activation_backward(kind.name, saved, dy, dx)
-
-    saved = "x, the forward input" if kind.saves == "x" else "y, the forward output"
-    for method, name, doc in ((forward, kind.forward, f"The {kind.name} layer of x, elementwise "
-                               f"(``activation_forward``);  x (any shape) -> out (x's shape)."),
-                              (backward, kind.backward, f"dL/dx of the {kind.name} layer from "
-                               f"dy, reading {saved};  all of one shape.")):
-        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
-        setattr(Backend, name, method)
-
-
-def _loss_methods(kind):
-    """``Backend.<kind.forward>(...)`` and ``Backend.<kind.backward>(..., out=None)``:
-    ``loss_forward`` / ``loss_backward`` of a registry record, under its kernels'
-    parameter names."""
-    if kind.targets == "labels":
-        def forward(self, logits, labels) -> float:
-            return self.loss_forward(kind.name, logits, labels)
-
-        def backward(self, logits, labels, dlogits=None):
-            return self.loss_backward(kind.name, logits, labels, dlogits)
-    else:
-        def forward(self, preds, targets) -> float:
-            return self.loss_forward(kind.name, preds, targets)
-
-        def backward(self, preds, targets, dpreds=None):
-            return self.loss_backward(kind.name, preds, targets, dpreds)
-
-    shapes = {"binary": "preds (B,) or (B, 1) and 0/1 targets of the same length",
-              "labels": "logits (B, C) and int64 labels (B,) in [0, C)",
-              "real": "preds (B,) or (B, O) and float targets alike"}[kind.targets]
-    for method, name, doc in ((forward, kind.forward, f"The mean {kind.name} loss "
-                               f"(``loss_forward``);  {shapes}."),
-                              (backward, kind.backward, f"The gradient of {kind.forward} "
-                               f"(``loss_backward``), shaped like its first input.")):
-        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
-        setattr(Backend, name, method)
-
-
-for _kind in program.activations():
-    _activation_methods(_kind)
-for _kind in program.LOSSES.values():
-    _loss_methods(_kind)
-del _kind
+#: The host lane's checks of each matmul-family kernel (``Backend._product``).
+_LANES = {kernel: host_lane.plan(SIGNATURES[kernel])
+          for kernel in ("matmul", "matmul_backward_input", "matmul_backward_weight",
+                         "bias_backward", "linear_forward", "linear_backward")}
 
 
 def _host_array(name, x, dtype, shape, source, writable=False) -> np.ndarray:
