@@ -31,11 +31,9 @@
  * registers, 6 x 16 in 12 AVX2 registers, 6 x 8 in 12 SSE2 registers), so the block
  * function and the A packing (whose panels have the tile's height) are compiled once per
  * instruction set from gemm_kernel.h, each set with its own tile, and one set is picked
- * at run time with __builtin_cpu_supports.  pack_b_panel, which takes the panel width as
- * an argument, is multiversioned with FS_CLONES like the elementwise kernels.
+ * at run time with __builtin_cpu_supports.  B's panels, whose width is an argument, and
+ * the packing memory are pack.c's; the thread count and the pool, pool.c's.
  */
-#define _POSIX_C_SOURCE 200112L /* posix_memalign */
-
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,25 +60,6 @@ enum {
 /* At most this many floats of packed B (16 MiB) are live at once. */
 #define PACKED_B_MAX_FLOATS ((int64_t)1 << 22)
 
-/* A[i][k] = p[i * rs + k * cs].  Either cs == 1 (row-major) or rs == 1 (transposed:
- * the view of x.T, said by `transposed`, which also decides a 1-wide x).
- * An A operand may also name the rows of its array through an index (a batch gathered
- * while packing): with rows, row r of the array is p + rows[r] * stride, so A[i][k] =
- * p[rows[i] * rs + k] (row-major) or p[i + rows[k] * cs] (transposed).  B has no rows
- * and is never marked transposed (B.cs tells its layout). */
-typedef struct {
-    const float *p;
-    int64_t rs, cs;
-    const int64_t *rows; /* NULL: the array's rows in order */
-    int transposed;      /* A = x.T: a row of the array is a column of A */
-} view;
-
-/* The start of row r of the row-major array behind view A. */
-FS_INLINE const float *view_line(view A, int64_t r)
-{
-    return A.p + (A.rows ? A.rows[r] : r) * (A.transposed ? A.cs : A.rs);
-}
-
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -88,7 +67,6 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 typedef float v8sf __attribute__((vector_size(32)));
 typedef float v4sf __attribute__((vector_size(16)));
-typedef int32_t v8si __attribute__((vector_size(32)));
 
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
 #define GEMM_X86_LEVELS 1
@@ -183,141 +161,6 @@ int set_matmul_isa(const char *name)
     return -1;
 }
 
-/* ------------------------------------------------------------------ packing */
-
-/* dst[k * ld_dst + j] = src[j * ld_src + k] for j, k < 8: an 8 x 8 transpose in
- * registers, in three rounds of two-input shuffles (pairs of rows, pairs of pairs,
- * 128-bit halves). */
-FS_INLINE void transpose_8x8(float *restrict dst, int64_t ld_dst, const float *restrict src,
-                             int64_t ld_src)
-{
-    const v8si PAIRS_LO = {0, 8, 1, 9, 4, 12, 5, 13}, PAIRS_HI = {2, 10, 3, 11, 6, 14, 7, 15};
-    const v8si QUADS_LO = {0, 1, 8, 9, 4, 5, 12, 13}, QUADS_HI = {2, 3, 10, 11, 6, 7, 14, 15};
-    const v8si HALVES_LO = {0, 1, 2, 3, 8, 9, 10, 11}, HALVES_HI = {4, 5, 6, 7, 12, 13, 14, 15};
-    v8sf r[8], t[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++)
-        memcpy(&r[i], src + i * ld_src, sizeof r[i]);
-#pragma GCC unroll 4
-    for (int i = 0; i < 8; i += 2) { /* t[i]: k = 0,1 | 4,5 of rows i, i+1 */
-        t[i] = __builtin_shuffle(r[i], r[i + 1], PAIRS_LO);
-        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], PAIRS_HI);
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 8; i += 4) { /* r[i + k]: k = k | k+4 of rows i .. i+3 */
-        r[i] = __builtin_shuffle(t[i], t[i + 2], QUADS_LO);
-        r[i + 1] = __builtin_shuffle(t[i], t[i + 2], QUADS_HI);
-        r[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], QUADS_LO);
-        r[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], QUADS_HI);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) { /* t[k]: k of rows 0 .. 7 */
-        t[i] = __builtin_shuffle(r[i], r[i + 4], HALVES_LO);
-        t[i + 4] = __builtin_shuffle(r[i], r[i + 4], HALVES_HI);
-    }
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++)
-        memcpy(dst + k * ld_dst, &t[k], sizeof t[k]);
-}
-
-/* Packs depths [p0, p0 + kc) x columns [j0, j0 + n) of B (n <= nr) as one panel,
- * bp[k * nr + j]; columns past n are zero-filled.   bp (kc * nr) floats. */
-FS_CLONES static void pack_b_panel(float *restrict bp, view B, int64_t p0, int64_t kc,
-                                   int64_t j0, int64_t n, int64_t nr)
-{
-    if (B.cs == 1) {
-        for (int64_t k = 0; k < kc; k++) {
-            memcpy(bp + k * nr, B.p + (p0 + k) * B.rs + j0, (size_t)n * sizeof(float));
-            for (int64_t j = n; j < nr; j++)
-                bp[k * nr + j] = 0.0f;
-        }
-        return;
-    }
-    /* B = w.T: column j of B is row j0 + j of w, contiguous in k.  Full 8 x 8 blocks
-     * are transposed in registers, the rest element by element. */
-    const float *w = B.p + j0 * B.cs + p0;
-    const int64_t n8 = n - n % 8, kc8 = kc - kc % 8;
-    for (int64_t j = 0; j < n8; j += 8)
-        for (int64_t k = 0; k < kc8; k += 8)
-            transpose_8x8(bp + k * nr + j, nr, w + j * B.cs + k, B.cs);
-    for (int64_t j = 0; j < nr; j++) {
-        const int64_t k_start = j < n8 ? kc8 : 0; /* the depths not done above */
-        for (int64_t k = k_start; k < kc; k++)
-            bp[k * nr + j] = j < n ? w[j * B.cs + k] : 0.0f;
-    }
-}
-
-/* ---------------------------------------------------------------- threading */
-
-static int thread_limit = 0; /* 0: not chosen yet */
-
-/* The CPUs this process may use, or $FASTSGD_THREADS when it is a positive number below
- * that: more threads than cores only take turns on them (1000 made an epoch 16x slower). */
-static int default_threads(void)
-{
-    const char *env = getenv("FASTSGD_THREADS");
-    const long n = env ? strtol(env, NULL, 10) : 0;
-    const int cpus = fs_cpu_count();
-    return n > 0 && n < cpus ? (int)n : cpus;
-}
-
-int matmul_threads(void)
-{
-    if (thread_limit <= 0)
-        thread_limit = default_threads();
-    return thread_limit;
-}
-
-int set_matmul_threads(int threads)
-{
-    int previous = matmul_threads();
-    thread_limit = threads < 1 ? 1 : threads;
-    return previous;
-}
-
-/* ---------------------------------------------------------- packing memory */
-
-/* Between gemm_keep_buffers() and gemm_free_buffers() (a fused epoch, train.c) the
- * packing buffer of this thread's products is kept and reused, grown when a product
- * needs more, instead of allocated and freed by every product. */
-static _Thread_local struct {
-    float *p;
-    size_t floats;
-    int keep;
-} kept;
-
-void gemm_keep_buffers(void) { kept.keep = 1; }
-
-void gemm_free_buffers(void)
-{
-    free(kept.p);
-    kept.p = NULL;
-    kept.floats = 0;
-    kept.keep = 0;
-}
-
-/* 64-byte aligned memory for `floats` floats, or NULL. */
-static float *packing_buffer(size_t floats)
-{
-    float *p = NULL;
-    if (kept.keep && floats <= kept.floats)
-        return kept.p;
-    if (posix_memalign((void **)&p, 64, (floats ? floats : 1) * sizeof(float)) != 0)
-        return NULL;
-    if (kept.keep) {
-        free(kept.p);
-        kept.p = p;
-        kept.floats = floats;
-    }
-    return p;
-}
-
-static void release_packing_buffer(float *p)
-{
-    if (p != kept.p)
-        free(p);
-}
-
 /* -------------------------------------------------------------------- gemm */
 
 /* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL.
@@ -376,6 +219,43 @@ typedef struct {
     atomic_uchar *taken;
 } gemm_plan;
 
+/* Rows [i0, i1) x columns [j0, j1) of C over the depths [p_begin, p_end) of one chunk
+ * (the whole of K when B is read in place), in blocks of MC rows: for each depth block,
+ * A's rows packed (or, for x[rows].T, its whole panels read in place) and the
+ * micro-kernel over the tiles, B's block read in place or from the chunk's packed
+ * panels (compute_block reads x[rows].T in place only beside B read in place).  Once a block of rows has its last depth, its SGD step (step_region). */
+static void macro_kernel(const gemm_plan *g, float *ap, view B, int64_t i0, int64_t i1,
+                         int64_t j0, int64_t j1, int64_t p_begin, int64_t p_end)
+{
+    const int64_t N = g->N, kc_step = g->kc_step, mr = g->ks->mr;
+    const int64_t block_floats = kc_step * g->ks->nr * g->n_panels;
+    for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
+        const int64_t mc = min64(g->mc_step, i1 - ic);
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += kc_step) {
+            const int64_t kc = min64(kc_step, p_end - p0);
+            const float *b = g->direct_b
+                                 ? B.p + p0 * B.rs + j0
+                                 : g->bp + (p0 - p_begin) / kc_step * block_floats + j0 * kc_step;
+            const int64_t ldb = g->direct_b ? B.rs : 0, depth = g->direct_b ? 0 : kc_step;
+            float *c = g->c + ic * N + j0;
+            const float *bias = p0 == 0 && g->bias ? g->bias + j0 : NULL;
+            /* x[rows].T beside B read in place: A's whole panels read in place too */
+            const int64_t in_place =
+                g->direct_b && g->A.rows && g->A.transposed ? mc - mc % mr : 0;
+            if (in_place > 0)
+                g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
+                                     g->A.rows + p0, g->A.cs, b, ldb, depth, p0 > 0, bias);
+            if (in_place == mc)
+                continue;
+            g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
+            g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
+                                 !g->A.transposed, NULL, 0, b, ldb, depth, p0 > 0, bias);
+        }
+        if (p_end == g->K)
+            step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
+    }
+}
+
 /* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
  * barriers do nothing). */
 static void gemm_part(void *plan, int t, int T)
@@ -385,7 +265,7 @@ static void gemm_part(void *plan, int t, int T)
     const int64_t mr = g->ks->mr, nr = g->ks->nr;
     const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
     float *const ap = g->ap + (int64_t)t * g->a_floats;
-    int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* the part of C being computed */
+    view B = g->B;
 
     if (g->direct_b) {
         /* No shared packing, so no barrier.  Thread t starts at chunk t * n / T and walks
@@ -396,12 +276,11 @@ static void gemm_part(void *plan, int t, int T)
          * chunk it has, and the others take the rest of its range from the back.  Each
          * tile of C is computed the same way whoever takes it, so the result does not
          * depend on the split. */
-        view B = g->B;
         if (g->b_copy_ld) { /* this thread's copy of B, on line starts */
             float *copy = g->bp + t * K * g->b_copy_ld;
             for (int64_t k = 0; k < K; k++)
                 memcpy(copy + k * g->b_copy_ld, B.p + k * B.rs, (size_t)N * sizeof(float));
-            B = (view){copy, g->b_copy_ld, 1};
+            B = (view){copy, g->b_copy_ld, 1, NULL, 0};
         }
         const int64_t n = g->n_chunks, start = t * n / T;
         for (int64_t s = 0; s < n; s++) {
@@ -409,38 +288,16 @@ static void gemm_part(void *plan, int t, int T)
             if (atomic_exchange_explicit(&g->taken[chunk], 1, memory_order_relaxed))
                 continue;
             const int64_t first = chunk * g->chunk_panels, last = first + g->chunk_panels;
-            if (g->split_cols) {
-                i0 = 0, i1 = M, j0 = nr * first, j1 = min64(N, nr * last);
-            } else {
-                i0 = mr * first, i1 = min64(M, mr * last);
-            }
-            for (int64_t ic = i0; ic < i1; ic += g->mc_step) {
-                const int64_t mc = min64(g->mc_step, i1 - ic);
-                for (int64_t p0 = 0; p0 < K; p0 += kc_step) {
-                    const int64_t kc = min64(kc_step, K - p0);
-                    const float *b = B.p + p0 * B.rs + j0;
-                    float *c = g->c + ic * N + j0;
-                    const float *bias = p0 == 0 && g->bias ? g->bias + j0 : NULL;
-                    /* x[rows].T: the whole panels read in place, not packed */
-                    const int64_t in_place = g->A.rows && g->A.transposed ? mc - mc % mr : 0;
-                    if (in_place > 0)
-                        g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
-                                             g->A.rows + p0, g->A.cs, b, B.rs, 0, p0 > 0,
-                                             bias);
-                    if (in_place == mc)
-                        continue;
-                    g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
-                    g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
-                                         !g->A.transposed, NULL, 0, b, B.rs, 0, p0 > 0,
-                                         bias);
-                }
-                step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
-            }
+            if (g->split_cols)
+                macro_kernel(g, ap, B, 0, M, nr * first, min64(N, nr * last), 0, K);
+            else
+                macro_kernel(g, ap, B, mr * first, min64(M, mr * last), 0, N, 0, K);
         }
         return;
     }
 
-    if (g->split_cols) { /* with B packed, each thread has a fixed share of C */
+    int64_t i0 = 0, i1 = M, j0 = 0, j1 = N; /* with B packed, a fixed share of C */
+    if (g->split_cols) {
         j0 = nr * (t * n_panels / T);
         j1 = min64(N, nr * ((t + 1) * n_panels / T));
     } else {
@@ -448,14 +305,15 @@ static void gemm_part(void *plan, int t, int T)
         i1 = min64(M, mr * ((t + 1) * g->m_panels / T));
     }
     for (int64_t chunk = 0; chunk < K; chunk += g->chunk_depth) {
-        const int64_t n_blocks = ceil_div(min64(g->chunk_depth, K - chunk), kc_step);
+        const int64_t chunk_end = min64(K, chunk + g->chunk_depth);
+        const int64_t n_blocks = ceil_div(chunk_end - chunk, kc_step);
 
         if (g->split_cols) {
             /* Each thread packs the panels of its own columns: nothing to wait for. */
             for (int64_t blk = 0; blk < n_blocks; blk++) {
                 const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
                 for (int64_t jp = j0 / nr; jp * nr < j1; jp++)
-                    pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, g->B, p0, kc,
+                    pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, B, p0, kc,
                                  jp * nr, min64(nr, N - jp * nr), nr);
             }
         } else {
@@ -464,27 +322,15 @@ static void gemm_part(void *plan, int t, int T)
             for (int64_t job = t * jobs / T; job < (t + 1) * jobs / T; job++) {
                 const int64_t blk = job / n_panels, jp = job % n_panels;
                 const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
-                pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, g->B, p0, kc,
+                pack_b_panel(g->bp + blk * block_floats + jp * nr * kc_step, B, p0, kc,
                              jp * nr, min64(nr, N - jp * nr), nr);
             }
             fs_barrier(T); /* B is packed */
         }
-
-        for (int64_t ic = i0; ic < i1 && j0 < j1; ic += g->mc_step) {
-            const int64_t mc = min64(g->mc_step, i1 - ic);
-            for (int64_t blk = 0; blk < n_blocks; blk++) {
-                const int64_t p0 = chunk + blk * kc_step, kc = min64(kc_step, K - p0);
-                const float *panels = g->bp + blk * block_floats + j0 * kc_step;
-                g->ks->pack_a(ap, g->A, ic, mc, p0, kc);
-                g->ks->compute_block(g->c + ic * N + j0, N, mc, j1 - j0, kc, ap,
-                                     !g->A.transposed, NULL, 0, panels, 0, kc_step, p0 > 0,
-                                     p0 == 0 && g->bias ? g->bias + j0 : NULL);
-            }
-        }
-        if (!g->split_cols && chunk + g->chunk_depth < K)
+        macro_kernel(g, ap, B, i0, i1, j0, j1, chunk, chunk_end);
+        if (!g->split_cols && chunk_end < K)
             fs_barrier(T); /* before the next chunk overwrites the packed B */
     }
-    step_region(g->step, g->c, N, i0, i1, j0, j1);
 }
 
 /* How a narrow row-major B (rows of at most DIRECT_B_MAX_N floats, whole panels) is
@@ -577,7 +423,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     g.direct_b = b_reading != B_PACKED;
     g.a_floats = min64(g.mc_step, g.m_panels * mr) * A_LD;
 
-    int threads = matmul_threads();
+    int threads = pool_threads();
     atomic_uchar taken[MAX_CHUNKS];
     if ((double)M * N * K * 2.0 < PARALLEL_MIN_FLOPS)
         threads = 1;

@@ -2,6 +2,7 @@
 #ifndef FASTSGD_INTERNAL_H
 #define FASTSGD_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* FS_CLONES marks a leaf compute function for GCC function multiversioning: the
@@ -29,8 +30,39 @@
  * SSE registers, depending on the clone being compiled. */
 typedef float v16sf __attribute__((vector_size(64)));
 
-/* gemm.c: from gemm_keep_buffers() to gemm_free_buffers() the matmuls that this thread
- * runs reuse one packing buffer instead of allocating their own (train.c). */
+/* ------------------------------------------------- gemm.c and pack.c: operands */
+
+/* An operand of a product: A[i][k] = p[i * rs + k * cs].  Either cs == 1 (row-major) or rs == 1 (transposed:
+ * the view of x.T, said by `transposed`, which also decides a 1-wide x).
+ * An A operand may also name the rows of its array through an index (a batch gathered
+ * while packing): with rows, row r of the array is p + rows[r] * stride, so A[i][k] =
+ * p[rows[i] * rs + k] (row-major) or p[i + rows[k] * cs] (transposed).  B has no rows
+ * and is never marked transposed (B.cs tells its layout). */
+typedef struct {
+    const float *p;
+    int64_t rs, cs;
+    const int64_t *rows; /* NULL: the array's rows in order */
+    int transposed;      /* A = x.T: a row of the array is a column of A */
+} view;
+
+/* The start of row r of the row-major array behind view A. */
+FS_INLINE const float *view_line(view A, int64_t r)
+{
+    return A.p + (A.rows ? A.rows[r] : r) * (A.transposed ? A.cs : A.rs);
+}
+
+
+/* pack.c: packs depths [p0, p0 + kc) x columns [j0, j0 + n) of B (n <= nr) as one
+ * panel, bp[k * nr + j], columns past n zero-filled.   bp (kc * nr) floats. */
+void pack_b_panel(float *restrict bp, view B, int64_t p0, int64_t kc, int64_t j0, int64_t n,
+                  int64_t nr);
+
+/* pack.c: 64-byte aligned memory for `floats` floats for a product's packed operands, or
+ * NULL; give it back with release_packing_buffer.  From gemm_keep_buffers() to
+ * gemm_free_buffers() the products this thread runs reuse one buffer instead of
+ * allocating their own (train.c). */
+float *packing_buffer(size_t floats);
+void release_packing_buffer(float *p);
 void gemm_keep_buffers(void);
 void gemm_free_buffers(void);
 

@@ -52,10 +52,10 @@ void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
 /* Threads the kernels may use (the matmul family, the fused epoch, peak_gflops):
  * initially the CPUs this process may run on, or $FASTSGD_THREADS when that is a positive
  * number below them.  They are the library's own pool (pool.c), not OpenMP. */
-int matmul_threads(void);
+int pool_threads(void);
 
 /* Sets that number (clamped to at least 1); returns the previous one. */
-int set_matmul_threads(int threads);
+int set_pool_threads(int threads);
 
 /* How many times since the process started the pool found its workers held up (over
  * 2 ms, the caller blocked for more than half its work: another process on their
@@ -164,7 +164,7 @@ int all_finite_f64(const double *x, int64_t n);
 /* ------------------------------------------------------- the machine (peak.c) */
 
 /* fp32 GFLOP/s of independent vector FMA chains on up to `threads` threads (< 1: the
- * matmul_threads() count), the best of a few rounds within about `seconds`;
+ * pool_threads() count), the best of a few rounds within about `seconds`;
  * *threads_used (unless NULL) gets the threads that ran. */
 double peak_gflops(double seconds, int threads, int *threads_used);
 

@@ -130,7 +130,7 @@ double peak_gflops(double seconds, int threads, int *threads_used)
     const fma_loop_fn loop = pick_loop(&isa);
     int used = 1;
     if (threads < 1)
-        threads = matmul_threads();
+        threads = pool_threads();
     probe_round(loop, 0.02, threads, &used); /* wakes the threads and the wide units */
     enum { ROUNDS = 4 };
     double best = 0.0;

@@ -292,3 +292,31 @@ int fs_cpu_count(void)
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+/* ------------------------------------------------------------ thread count */
+
+static int thread_limit = 0; /* 0: not chosen yet */
+
+/* The CPUs this process may use, or $FASTSGD_THREADS when it is a positive number below
+ * that: more threads than cores only take turns on them (1000 made an epoch 16x slower). */
+static int default_threads(void)
+{
+    const char *env = getenv("FASTSGD_THREADS");
+    const long n = env ? strtol(env, NULL, 10) : 0;
+    const int cpus = fs_cpu_count();
+    return n > 0 && n < cpus ? (int)n : cpus;
+}
+
+int pool_threads(void)
+{
+    if (thread_limit <= 0)
+        thread_limit = default_threads();
+    return thread_limit;
+}
+
+int set_pool_threads(int threads)
+{
+    int previous = pool_threads();
+    thread_limit = threads < 1 ? 1 : threads;
+    return previous;
+}

@@ -52,7 +52,7 @@ static void gather_rows(void *restrict dst, const void *restrict src,
                         const int64_t *restrict rows, int64_t B, size_t size)
 {
     const int threads = (int64_t)(B * size) >= PARALLEL_MIN_FLOATS * (int64_t)sizeof(float)
-                            ? matmul_threads() : 1;
+                            ? pool_threads() : 1;
     gather_job job = {dst, src, rows, B, size};
     fs_parallel(gather_part, &job, threads);
 }

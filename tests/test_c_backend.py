@@ -65,7 +65,7 @@ def isa(request, c_ext):
 @needs_c
 def test_every_c_symbol_exists(c_ext):
     exported = set(dir(c_ext.lib))
-    expected = set(KERNELS) | {"train_epoch", "matmul_threads", "set_matmul_threads",
+    expected = set(KERNELS) | {"train_epoch", "pool_threads", "set_pool_threads",
                                "matmul_isa", "set_matmul_isa"}
     assert expected <= exported, sorted(expected - exported)
 

@@ -2,7 +2,7 @@
  *
  * Build (from the repository root, the flags of csrc/build.py):
  *     gcc -O3 -pthread -fopenmp-simd -ffp-contract=fast -fno-trapping-math -Icsrc \
- *         benchmarks/c/harness.c csrc/gemm.c csrc/pointwise.c csrc/train.c \
+ *         benchmarks/c/harness.c csrc/gemm.c csrc/pack.c csrc/pointwise.c csrc/train.c \
  *         csrc/pool.c csrc/peak.c -lm -o build/harness
  * Run:
  *     build/harness matmul M K N      out (M, N) = a (M, K) @ b (K, N)
@@ -74,7 +74,7 @@ static void time_it(void (*fn)(void *), void *ctx, double flops, double seconds)
     printf("%d reps  median %.4f ms  min %.4f  max %.4f  %.1f GFLOP/s  (isa %s, %d threads, "
            "%lld pool stalls)\n",
            n, 1e3 * median, 1e3 * t[0], 1e3 * t[n - 1], flops / median * 1e-9, matmul_isa(),
-           matmul_threads(), (long long)pool_stalls());
+           pool_threads(), (long long)pool_stalls());
 }
 
 typedef struct {
