@@ -374,7 +374,7 @@ static int swap_pays(view A, view B, const float *bias, int64_t M, int64_t K, in
 static int gemm_swapped(float *restrict c, view A, view B, const float *restrict bias,
                         int64_t M, int64_t K, int64_t N)
 {
-    float *ct = malloc((size_t)(M * N) * sizeof(float));
+    float *ct = gemm_buffer(GEMM_SWAPPED, (size_t)(M * N));
     if (!ct)
         return -1;
     /* B.T[j][k] = B.p[k * B.rs + j]: a transposed view of B's array.  A.T[k][i] =
@@ -385,7 +385,7 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
             c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
-    free(ct);
+    gemm_release_buffer(GEMM_SWAPPED, ct);
     return 0;
 }
 
@@ -456,7 +456,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     } else
         g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
 
-    float *buffer = packing_buffer((size_t)(b_floats + threads * g.a_floats));
+    float *buffer = gemm_buffer(GEMM_PACKING, (size_t)(b_floats + threads * g.a_floats));
     if (!buffer) {
         gemm_unblocked(c, A, B, bias, M, K, N);
         step_region(step, c, N, 0, M, 0, N);
@@ -466,7 +466,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     g.ap = buffer + b_floats;
 
     fs_parallel(gemm_part, &g, threads);
-    release_packing_buffer(buffer);
+    gemm_release_buffer(GEMM_PACKING, buffer);
 }
 
 /* ------------------------------------------------------------ the kernels */

@@ -57,12 +57,14 @@ FS_INLINE const float *view_line(view A, int64_t r)
 void pack_b_panel(float *restrict bp, view B, int64_t p0, int64_t kc, int64_t j0, int64_t n,
                   int64_t nr);
 
-/* pack.c: 64-byte aligned memory for `floats` floats for a product's packed operands, or
- * NULL; give it back with release_packing_buffer.  From gemm_keep_buffers() to
- * gemm_free_buffers() the products this thread runs reuse one buffer instead of
- * allocating their own (train.c). */
-float *packing_buffer(size_t floats);
-void release_packing_buffer(float *p);
+/* pack.c: 64-byte aligned memory for `floats` floats for one use by a product (its
+ * packed operands, or the scratch of a swapped product, which holds it while its inner
+ * product packs), or NULL; give it back with gemm_release_buffer.  From
+ * gemm_keep_buffers() to gemm_free_buffers() the products this thread runs reuse one
+ * buffer per use instead of allocating their own (train.c). */
+enum { GEMM_PACKING, GEMM_SWAPPED, N_GEMM_BUFFERS };
+float *gemm_buffer(int use, size_t floats);
+void gemm_release_buffer(int use, float *p);
 void gemm_keep_buffers(void);
 void gemm_free_buffers(void);
 

@@ -80,43 +80,44 @@ FS_CLONES void pack_b_panel(float *restrict bp, view B, int64_t p0, int64_t kc,
 
 /* ------------------------------------------------------------------- memory */
 
-/* Between gemm_keep_buffers() and gemm_free_buffers() (a fused epoch, train.c) the
- * packing buffer of this thread's products is kept and reused, grown when a product
- * needs more, instead of allocated and freed by every product. */
+/* Between gemm_keep_buffers() and gemm_free_buffers() (a fused epoch, train.c) each
+ * buffer of this thread's products is kept and reused, grown when a product needs
+ * more, instead of allocated and freed by every product. */
 static _Thread_local struct {
     float *p;
     size_t floats;
-    int keep;
-} kept;
+} kept[N_GEMM_BUFFERS];
+static _Thread_local int keeping;
 
-void gemm_keep_buffers(void) { kept.keep = 1; }
+void gemm_keep_buffers(void) { keeping = 1; }
 
 void gemm_free_buffers(void)
 {
-    free(kept.p);
-    kept.p = NULL;
-    kept.floats = 0;
-    kept.keep = 0;
+    for (int use = 0; use < N_GEMM_BUFFERS; use++) {
+        free(kept[use].p);
+        kept[use].p = NULL;
+        kept[use].floats = 0;
+    }
+    keeping = 0;
 }
 
-/* 64-byte aligned memory for `floats` floats, or NULL. */
-float *packing_buffer(size_t floats)
+float *gemm_buffer(int use, size_t floats)
 {
     float *p = NULL;
-    if (kept.keep && floats <= kept.floats)
-        return kept.p;
+    if (keeping && floats <= kept[use].floats)
+        return kept[use].p;
     if (posix_memalign((void **)&p, 64, (floats ? floats : 1) * sizeof(float)) != 0)
         return NULL;
-    if (kept.keep) {
-        free(kept.p);
-        kept.p = p;
-        kept.floats = floats;
+    if (keeping) {
+        free(kept[use].p);
+        kept[use].p = p;
+        kept[use].floats = floats;
     }
     return p;
 }
 
-void release_packing_buffer(float *p)
+void gemm_release_buffer(int use, float *p)
 {
-    if (p != kept.p)
+    if (p != kept[use].p)
         free(p);
 }
