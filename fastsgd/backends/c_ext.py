@@ -190,38 +190,55 @@ def linear_backward(x, w, dy, dx, dw, db):
 def _prechecked_products():
     """``PRECHECKED``: the matmul family's C calls for arguments already checked as
     ``_checked`` would (float32 ndarrays, C-contiguous, outputs writable and of the
-    shapes the inputs give): pointers and sizes only, about 1 us instead of 4."""
+    shapes the inputs give): pointers and sizes only, about 1 us instead of 4.  Each
+    takes the kernel's arrays and ``scan``, and returns False only when ``scan`` is set
+    and an output holds NaN or Inf (scanned in C through the same pointer)."""
     def r(x):
         return _from_buffer("float[]", x)
 
     def w(x):
         return _from_buffer("float[]", x, require_writable=True)
 
-    def matmul(a, b, out):
-        lib.matmul(w(out), r(a), r(b), a.shape[0], a.shape[1], b.shape[1])
+    def finite(*outs):
+        return all(lib.all_finite_f32(o, len(o)) for o in outs if o is not _NULL)
 
-    def matmul_backward_input(dy, w_, dx):
-        lib.matmul_backward_input(w(dx), r(dy), r(w_), dy.shape[0], w_.shape[0], dy.shape[1])
+    def matmul(a, b, out, scan):
+        o = w(out)
+        lib.matmul(o, r(a), r(b), a.shape[0], a.shape[1], b.shape[1])
+        return not scan or finite(o)
 
-    def matmul_backward_weight(x, dy, dw):
-        lib.matmul_backward_weight(w(dw), r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1])
+    def matmul_backward_input(dy, w_, dx, scan):
+        o = w(dx)
+        lib.matmul_backward_input(o, r(dy), r(w_), dy.shape[0], w_.shape[0], dy.shape[1])
+        return not scan or finite(o)
 
-    def bias_backward(dy, db):
-        lib.bias_backward(w(db), r(dy), dy.shape[0], dy.shape[1])
+    def matmul_backward_weight(x, dy, dw, scan):
+        o = w(dw)
+        lib.matmul_backward_weight(o, r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1])
+        return not scan or finite(o)
 
-    def linear_forward(x, w_, b, out):
-        lib.linear_forward(w(out), r(x), r(w_), r(b), x.shape[0], x.shape[1], w_.shape[1])
+    def bias_backward(dy, db, scan):
+        o = w(db)
+        lib.bias_backward(o, r(dy), dy.shape[0], dy.shape[1])
+        return not scan or finite(o)
 
-    def linear_backward(x, w_, dy, dx, dw, db):
-        lib.linear_backward(_NULL if dx is None else w(dx), w(dw), w(db), r(x), r(w_), r(dy),
-                            x.shape[0], x.shape[1], w_.shape[1])
+    def linear_forward(x, w_, b, out, scan):
+        o = w(out)
+        lib.linear_forward(o, r(x), r(w_), r(b), x.shape[0], x.shape[1], w_.shape[1])
+        return not scan or finite(o)
+
+    def linear_backward(x, w_, dy, dx, dw, db, scan):
+        o = (_NULL if dx is None else w(dx), w(dw), w(db))
+        lib.linear_backward(*o, r(x), r(w_), r(dy), x.shape[0], x.shape[1], w_.shape[1])
+        return not scan or finite(*o)
 
     return {f.__name__: f for f in (matmul, matmul_backward_input, matmul_backward_weight,
                                     bias_backward, linear_forward, linear_backward)}
 
 
 #: The matmul family for ``contract.Backend``'s host lane, which has checked every
-#: argument (``host_lane.accept``): the same C calls without the second check.
+#: argument (``host_lane.accept``): the same C calls without the second check, and the
+#: NaN/Inf scan of their outputs (``host_lane``'s docstring says why that suffices).
 PRECHECKED = _prechecked_products()
 
 

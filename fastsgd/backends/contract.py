@@ -173,8 +173,11 @@ class Backend(KindMethods):
             after = scan and call is not None and not skip
             outs = host_lane.accept(lane, args, skip, self.dtypes, scan and not after)
             if outs is not None:
-                (call or getattr(self._impl, kernel))(*args[:len(lane.reads)], *outs)
-                if not after or host_lane.finite_after(lane, args, outs):
+                inputs = args[:len(lane.reads)]
+                if call is None:
+                    getattr(self._impl, kernel)(*inputs, *outs)
+                if (call is None or call(*inputs, *outs, after)
+                        or host_lane.inputs_finite(lane, args)):
                     return outs[0] if len(outs) == 1 else tuple(outs)
         params = SIGNATURES[kernel]
         arrays, dtype = [], None
