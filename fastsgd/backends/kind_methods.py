@@ -18,12 +18,10 @@ def _activation_methods(kind):
         return self.activation_backward(kind.name, saved, dy, dx)
 
     saved = "x, the forward input" if kind.saves == "x" else "y, the forward output"
-    for method, name, doc in ((forward, kind.forward, f"The {kind.name} layer of x, elementwise "
-                               f"(``activation_forward``);  x (any shape) -> out (x's shape)."),
-                              (backward, kind.backward, f"dL/dx of the {kind.name} layer from "
-                               f"dy, reading {saved};  all of one shape.")):
-        method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
-        setattr(KindMethods, name, method)
+    _install(kind, forward, f"The {kind.name} layer of x, elementwise (``activation_forward``);"
+             f"  x (any shape) -> out (x's shape).",
+             backward, f"dL/dx of the {kind.name} layer from dy, reading {saved};  all of one "
+             f"shape.")
 
 
 def _loss_methods(kind):
@@ -46,10 +44,15 @@ def _loss_methods(kind):
     shapes = {"binary": "preds (B,) or (B, 1) and 0/1 targets of the same length",
               "labels": "logits (B, C) and int64 labels (B,) in [0, C)",
               "real": "preds (B,) or (B, O) and float targets alike"}[kind.targets]
-    for method, name, doc in ((forward, kind.forward, f"The mean {kind.name} loss "
-                               f"(``loss_forward``);  {shapes}."),
-                              (backward, kind.backward, f"The gradient of {kind.forward} "
-                               f"(``loss_backward``), shaped like its first input.")):
+    _install(kind, forward, f"The mean {kind.name} loss (``loss_forward``);  {shapes}.",
+             backward, f"The gradient of {kind.forward} (``loss_backward``), shaped like its "
+             f"first input.")
+
+
+def _install(kind, forward, forward_doc, backward, backward_doc):
+    """Make ``forward`` and ``backward`` the methods named after ``kind``'s kernels."""
+    for method, name, doc in ((forward, kind.forward, forward_doc),
+                              (backward, kind.backward, backward_doc)):
         method.__name__, method.__qualname__, method.__doc__ = name, f"Backend.{name}", doc
         setattr(KindMethods, name, method)
 
