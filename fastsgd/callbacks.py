@@ -48,15 +48,11 @@ from pathlib import Path
 import numpy as np
 
 from .files import open_output
-from .optim import SCHEDULES
+from .optim import SCHEDULES, checked_lr
 
 __all__ = ["Callback", "CancelFitException", "CancelEpochException", "Recorder", "LRSchedule",
            "ProgressCallback", "EpochTable", "EarlyStopping", "SaveBest", "LRFinder",
            "LRFindResult", "metric_name", "suggest_lr"]
-
-#: The largest learning rate a float32 kernel can hold.
-MAX_LR = float(np.finfo(np.float32).max)
-
 
 class CancelFitException(Exception):
     """Raised by a callback to end the fit; the epochs done so far are kept."""
@@ -264,8 +260,8 @@ class LRSchedule(Callback):
 
     ``schedule`` is a name of ``fastsgd.optim.SCHEDULES`` ("constant", "cosine")
     or a function of training progress in [0, 1) returning a multiplier.  Every
-    rate must be finite, >= 0 and representable in float32: a bad one raises
-    ValueError before the epoch's first step.  ``fit(..., schedule=...)`` adds one.
+    rate must be finite, >= 0 and representable in float32 (``optim.checked_lr``): a bad
+    one raises ValueError before the epoch's first step.  ``fit(..., schedule=...)`` adds one.
     """
     order = -20
 
@@ -290,11 +286,8 @@ class LRSchedule(Callback):
         for step in range(step0, step0 + steps):
             multiplier = self.scale(step / self.total_steps)
             rate = lr * multiplier if _is_real(multiplier) else multiplier
-            if not _is_real(rate) or not 0 <= rate <= MAX_LR:
-                raise ValueError(f"schedule: step {step} gives learning rate {rate!r}; expected "
-                                 f"a finite number in [0, {MAX_LR:.4g}] (lr times the "
-                                 f"schedule's multiplier)")
-            rates.append(rate)
+            rates.append(checked_lr(rate, f"schedule: step {step}'s learning rate (lr times "
+                                          f"the schedule's multiplier)"))
         return np.array(rates, np.float64)
 
 
