@@ -148,7 +148,8 @@ def _comparison(ufunc):
     return compare
 
 
-# The operators build on the helpers above; Tensor below inherits them.
+# Here, not at the top: operators.py imports the helpers above from this module, and
+# Tensor below inherits its TensorOperators.
 from .operators import TensorOperators  # noqa: E402
 
 
