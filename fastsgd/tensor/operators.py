@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import backends
+from ..backends import program
 from .core import (
     _axes,
     _default_float,
@@ -281,15 +282,15 @@ class TensorOperators:
 
     def sigmoid(self) -> "Tensor":
         """``1 / (1 + exp(-x))``, elementwise, on the sigmoid kernels."""
-        return _activation(self, "sigmoid", keeps="y")
+        return _activation(self, "sigmoid")
 
     def relu(self) -> "Tensor":
         """``max(x, 0)``, elementwise, on the relu kernels."""
-        return _activation(self, "relu", keeps="x")
+        return _activation(self, "relu")
 
     def tanh(self) -> "Tensor":
         """``tanh(x)``, elementwise, on the tanh kernels."""
-        return _activation(self, "tanh", keeps="y")
+        return _activation(self, "tanh")
 
 
 # ------------------------------------------------------- kernel-backed ops
@@ -297,24 +298,25 @@ def _c(a):
     return np.ascontiguousarray(a)
 
 
-def _activation(x: Tensor, kernel: str, keeps: str) -> Tensor:
-    """An activation on ``<kernel>_forward`` / ``<kernel>_backward``; the backward takes
-    the input (``keeps="x"``) or the output (``"y"``) and dL/dy."""
+def _activation(x: Tensor, name: str) -> Tensor:
+    """The activation ``name`` on the kernels its registry record names; the backward takes
+    what the record saves, the input (``saves="x"``) or the output (``"y"``), and dL/dy."""
+    kind = program.LAYERS[program.LAYER_KINDS[name]]
     if x.value.dtype.kind != "f":
         x = x.float()
     a = _c(x.value)
     k = _kernels(a)
     with backends.skip_value_checks():
-        out = getattr(k, f"{kernel}_forward")(a) if k else _NUMPY_ACTIVATIONS[kernel](a)
+        out = getattr(k, kind.forward)(a) if k else _NUMPY_ACTIVATIONS[name](a)
 
     def backward(g):
-        saved = a if keeps == "x" else out
+        saved = a if kind.saves == "x" else out
         kb = _kernels(saved, g)
         if kb is None:
-            return (_NUMPY_ACTIVATION_GRADS[kernel](saved, g),)
+            return (_NUMPY_ACTIVATION_GRADS[name](saved, g),)
         with backends.skip_value_checks():
-            return (getattr(kb, f"{kernel}_backward")(saved, _c(g)),)
-    return recorded(out, (x,), backward, kernel)
+            return (getattr(kb, kind.backward)(saved, _c(g)),)
+    return recorded(out, (x,), backward, name)
 
 
 _NUMPY_ACTIVATIONS = {"sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0),
