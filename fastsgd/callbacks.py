@@ -39,24 +39,18 @@ the ``after_epoch`` of the callbacks that come later.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .files import open_output
-from .optim import SCHEDULES
+from .optim import SCHEDULES, checked_lr
 
 __all__ = ["Callback", "CancelFitException", "CancelEpochException", "Recorder", "LRSchedule",
            "ProgressCallback", "EpochTable", "EarlyStopping", "SaveBest", "LRFinder",
            "LRFindResult", "metric_name", "suggest_lr"]
-
-#: The largest learning rate a float32 kernel can hold.
-MAX_LR = float(np.finfo(np.float32).max)
-
 
 class CancelFitException(Exception):
     """Raised by a callback to end the fit; the epochs done so far are kept."""
@@ -113,7 +107,9 @@ class Recorder(Callback):
 
     Every Learner has one as ``learn.recorder``, run in every fit.  While numba
     compiles for the first time in a fit, a one-line note goes to stderr (when
-    the Learner shows its table or progress).
+    the Learner shows its table or progress): the numba backend's compile watch
+    (``backends.numba_cpu.watch_compiles``) counts the time and says so.  The
+    charts are ``fastsgd.plots``'.
     """
     order = -30
 
@@ -126,17 +122,18 @@ class Recorder(Callback):
 
     def before_fit(self):
         learn = self.learn
-        note = sys.stderr if (learn.show or learn.progress) else None
-        self._watch = _CompileWatch(note, progress=learn.progress).start()
+        shown = learn.show or learn.progress
+        note = functools.partial(_write, file=sys.stderr, progress=learn.progress) if shown else None
+        self._watch = _watch_compiles(note)
         self._compiled_before_epoch = 0.0
 
     def before_epoch(self):
         self._t0 = time.perf_counter()
-        self._compiled_before_epoch = self._watch.seconds
+        self._compiled_before_epoch = self._compiled()
 
     def after_epoch(self):
         row = self.learn.last_row
-        compiled = self._watch.seconds - self._compiled_before_epoch
+        compiled = self._compiled() - self._compiled_before_epoch
         row["seconds"] = time.perf_counter() - self._t0 - compiled
         self.history.append(row)
         self.losses.extend(self.learn.step_losses)
@@ -146,6 +143,10 @@ class Recorder(Callback):
             self._watch.stop()
             self.compile_seconds += self._watch.seconds
             self._watch = None
+
+    def _compiled(self) -> float:
+        """The seconds numba has spent compiling in this fit so far."""
+        return self._watch.seconds if self._watch is not None else 0.0
 
     @property
     def values(self) -> list[list[float]]:
@@ -166,96 +167,17 @@ class Recorder(Callback):
         """
         if self.lr_find is None:
             raise ValueError("plot_lr_find: no lr_find result; run learn.lr_find() first")
-        from .plots import require_matplotlib
-        require_matplotlib()
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        found = self.lr_find
-        fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        ax.plot(found.lrs, found.losses, color="0.75", linewidth=1, label="loss of each step")
-        ax.plot(found.lrs, found.smoothed, color="tab:blue", label="smoothed loss")
-        ax.axvline(found.suggestion, color="tab:red", linestyle="--",
-                   label=f"suggestion {found.suggestion:.3g}")
-        ax.set_xscale("log")
-        ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
-               title=f"lr_find: {len(found.lrs)} steps")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        with open_output(path) as f:
-            fig.savefig(f, format="png")
-        return Path(path)
+        from .plots import plot_lr_find
+        return plot_lr_find(self.lr_find, path)
 
 
-class _CompileWatch:
-    """Adds up the seconds numba spends compiling in this thread; notes the first compile.
-
-    Listens to numba's ``numba:compile`` events, which fire only when numba
-    really compiles (not when it loads a kernel from its disk cache).
-    """
-
-    def __init__(self, note_file=None, progress=False):
-        self.seconds = 0.0
-        self.note_file, self.progress = note_file, progress
-        self._thread = threading.get_ident()
-        self._depth, self._t0, self._noted = 0, 0.0, False
-        self._listener = None
-
-    def start(self) -> "_CompileWatch":
-        """Begin listening (a no-op when numba is not imported: nothing can compile)."""
-        if "numba" in sys.modules:
-            from numba.core import event
-            self._listener = _listener_type()(self)
-            event.register("numba:compile", self._listener)
-        return self
-
-    def stop(self):
-        """Stop listening."""
-        if self._listener is not None:
-            from numba.core import event
-            event.unregister("numba:compile", self._listener)
-            self._listener = None
-
-    def on_start(self):
-        if threading.get_ident() != self._thread:
-            return
-        if self._depth == 0:
-            self._t0 = time.perf_counter()
-            if self.note_file is not None and not self._noted:
-                _write("compiling numba kernels (first run only) ...", self.note_file, self.progress)
-                self._noted = True
-        self._depth += 1
-
-    def on_end(self):
-        if threading.get_ident() != self._thread or self._depth == 0:
-            return
-        self._depth -= 1
-        if self._depth == 0:
-            self.seconds += time.perf_counter() - self._t0
-
-
-_LISTENER = None
-
-
-def _listener_type():
-    """A ``numba.core.event.Listener`` that forwards to a ``_CompileWatch``."""
-    global _LISTENER
-    if _LISTENER is None:
-        from numba.core import event
-
-        class CompileListener(event.Listener):
-            def __init__(self, watch):
-                self.watch = watch
-
-            def on_start(self, ev):
-                self.watch.on_start()
-
-            def on_end(self, ev):
-                self.watch.on_end()
-
-        _LISTENER = CompileListener
-    return _LISTENER
+def _watch_compiles(note):
+    """The numba backend's compile watch, started (``numba_cpu.watch_compiles``), while
+    numba is loaded; None before: nothing can compile then."""
+    if "numba" not in sys.modules:
+        return None
+    from .backends.numba_cpu import watch_compiles
+    return watch_compiles(note)
 
 
 # ------------------------------------------------------------ lr schedule
@@ -264,8 +186,8 @@ class LRSchedule(Callback):
 
     ``schedule`` is a name of ``fastsgd.optim.SCHEDULES`` ("constant", "cosine")
     or a function of training progress in [0, 1) returning a multiplier.  Every
-    rate must be finite, >= 0 and representable in float32: a bad one raises
-    ValueError before the epoch's first step.  ``fit(..., schedule=...)`` adds one.
+    rate must be finite, >= 0 and representable in float32 (``optim.checked_lr``): a bad
+    one raises ValueError before the epoch's first step.  ``fit(..., schedule=...)`` adds one.
     """
     order = -20
 
@@ -290,11 +212,8 @@ class LRSchedule(Callback):
         for step in range(step0, step0 + steps):
             multiplier = self.scale(step / self.total_steps)
             rate = lr * multiplier if _is_real(multiplier) else multiplier
-            if not _is_real(rate) or not 0 <= rate <= MAX_LR:
-                raise ValueError(f"schedule: step {step} gives learning rate {rate!r}; expected "
-                                 f"a finite number in [0, {MAX_LR:.4g}] (lr times the "
-                                 f"schedule's multiplier)")
-            rates.append(rate)
+            rates.append(checked_lr(rate, f"schedule: step {step}'s learning rate (lr times "
+                                          f"the schedule's multiplier)"))
         return np.array(rates, np.float64)
 
 

@@ -29,14 +29,14 @@ import numpy as np
 
 from . import backends, checkpoint, inference
 from . import fused as fused_path
-from .callbacks import (MAX_LR, Callback, CancelEpochException, CancelFitException, EpochTable,
-                        LRFinder, LRSchedule, ProgressCallback, Recorder, metric_name)
+from .callbacks import (Callback, CancelEpochException, CancelFitException, EpochTable, LRFinder,
+                        LRSchedule, ProgressCallback, Recorder, metric_name)
 from .checkpoint import CHECKPOINT_FORMAT
 from .learner_checks import (autograd_reason, check_for_autograd, checked_callbacks,
                              checked_metrics, takes_backend)
 from .layers import Linear, Sequential
 from .loaders import DataLoader, DataLoaders, generator_from_state
-from .optim import SGD
+from .optim import SGD, checked_lr
 from .tensor import Tensor, no_grad, use_backend
 
 __all__ = ["DataLoader", "DataLoaders", "Recorder", "Learner", "TrainingDiverged",
@@ -222,13 +222,11 @@ class Learner:
         if not isinstance(n_epochs, (int, np.integer)) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs: expected a positive integer, got {n_epochs!r}")
         if lr is not None:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 \
-                    or not math.isfinite(lr):
-                raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+            lr = checked_lr(lr, positive=True)
         schedule = LRSchedule(schedule)
         cbs = checked_callbacks(cbs, "cbs")
         if lr is not None:
-            self.opt.lr = float(lr)
+            self.opt.lr = lr
         display = ([EpochTable()] if self.show else []) + ([ProgressCallback()] if self.progress else [])
         start = len(self.recorder.history)
         self._fit(n_epochs, [self.recorder, schedule, *display, *self.cbs, *cbs])
@@ -398,10 +396,8 @@ class Learner:
         and losses are exactly as before; the rates and losses tried are in
         ``learn.recorder.lr_find`` (plot them with ``recorder.plot_lr_find(path)``).
         """
-        for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-                    or not value <= MAX_LR:
-                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+        start_lr = checked_lr(start_lr, "start_lr", positive=True)
+        end_lr = checked_lr(end_lr, "end_lr", positive=True)
         if not end_lr > start_lr:
             raise ValueError(f"end_lr: expected a rate above start_lr={start_lr}, got {end_lr}")
         if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)) or num_it < 2:

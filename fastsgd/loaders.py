@@ -179,7 +179,7 @@ def _checked_arrays(x, y):
 def _collate(dataset) -> list:
     """The fields of a dataset's items, each as one array (numbers, arrays, tensors) or a
     list (anything else): ``[(x0, y0), (x1, y1)]`` -> ``[array of x, array of y]``."""
-    from .tensor import _array
+    from .tensor.core import _array
     try:
         items = list(dataset)
     except TypeError:

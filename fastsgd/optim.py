@@ -5,8 +5,9 @@ import math
 import numbers
 
 from . import backends
+from .backends.spec import bounded_number
 
-__all__ = ["SGD", "constant_lr", "cosine_lr", "SCHEDULES"]
+__all__ = ["SGD", "checked_lr", "constant_lr", "cosine_lr", "SCHEDULES"]
 
 
 class SGD:
@@ -37,15 +38,14 @@ class SGD:
                 if name in given:
                     raise TypeError(f"SGD: got two values for {name}")
                 given[name] = value
-        lr, momentum = given.get("lr", 0.1), given.get("momentum", 0.0)
-        weight_decay = given.get("weight_decay", 0.0)
-        for name, value, high in (("lr", lr, None), ("momentum", momentum, 1.0),
-                                  ("weight_decay", weight_decay, None)):
+        lr = checked_lr(given.get("lr", 0.1))
+        momentum, weight_decay = given.get("momentum", 0.0), given.get("weight_decay", 0.0)
+        for name, value, high in (("momentum", momentum, 1.0), ("weight_decay", weight_decay, None)):
             if not _is_number(value) or not math.isfinite(value) \
                     or value < 0 or (high is not None and value > high):
                 bound = f"[0, {high}]" if high is not None else ">= 0"
                 raise ValueError(f"SGD: {name} must be a finite number {bound}, got {value!r}")
-        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.lr, self.momentum, self.weight_decay = lr, float(momentum), float(weight_decay)
         self.params = []
         self.backend = None        # None: the backend tensor operations use at each step
         self._velocity = []
@@ -99,6 +99,19 @@ class SGD:
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay})"
+
+
+def checked_lr(value, name: str = "lr", *, positive: bool = False) -> float:
+    """``value`` as a learning rate (a float), else ValueError naming ``name``: a real
+    number (not a bool or a string), above 0 when ``positive``, finite, >= 0 and within
+    float32: the bounds ``sgd_update`` puts on its ``lr`` (``bounded_number``).  The one
+    check of a learning rate above the kernels: SGD's, ``fit``'s and ``lr_find``'s, and the
+    schedule's rate of every step."""
+    if not _is_number(value):
+        raise ValueError(f"{name}: expected a real number as the learning rate, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name}: expected a positive learning rate, got {value!r}")
+    return bounded_number(name, value, low=0.0)
 
 
 def _is_number(value) -> bool:

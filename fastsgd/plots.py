@@ -1,7 +1,8 @@
-"""PNG charts: a training history (fastai's ``plot_loss``), benchmark speed-ups, and a
-classifier's confusion matrix and top losses (``fastsgd interpret``).
+"""PNG charts: a training history (fastai's ``plot_loss``), an ``lr_find`` curve, benchmark
+speed-ups, and a classifier's confusion matrix and top losses (``fastsgd interpret``).
 
     plot_history(learn.recorder.history, "loss.png")     # or learn.recorder.plot_loss(...)
+    plot_lr_find(learn.recorder.lr_find, "lr.png")       # or learn.recorder.plot_lr_find(...)
     plot_speedups(fastsgd.bench.run_bench(), "speedups.png")
     plot_confusion_matrix(matrix, ["3", "7"], "confusion.png")
     plot_top_losses(images, titles, "top-losses.png")
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from .files import open_output
 
-__all__ = ["require_matplotlib", "plot_history", "plot_speedups", "plot_confusion_matrix",
-           "plot_top_losses"]
+__all__ = ["require_matplotlib", "plot_history", "plot_lr_find", "plot_speedups",
+           "plot_confusion_matrix", "plot_top_losses"]
 
 #: History keys that are not metrics.
 _NOT_METRICS = ("epoch", "train_loss", "valid_loss", "seconds")
@@ -85,6 +86,26 @@ def plot_history(history: list[dict], path) -> Path:
     if len(epochs) == 1:
         for ax in (loss_ax, metric_ax):
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    return _save(fig, path)
+
+
+def plot_lr_find(found, path) -> Path:
+    """An ``lr_find``'s loss against the learning rate (log scale), as a PNG at ``path``.
+
+    ``found`` is ``Recorder.lr_find`` (an ``LRFindResult``): each step's loss, the
+    smoothed loss and, marked, the suggestion.
+    """
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    ax.plot(found.lrs, found.losses, color="0.75", linewidth=1, label="loss of each step")
+    ax.plot(found.lrs, found.smoothed, color="tab:blue", label="smoothed loss")
+    ax.axvline(found.suggestion, color="tab:red", linestyle="--",
+               label=f"suggestion {found.suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss",
+           title=f"lr_find: {len(found.lrs)} steps")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 

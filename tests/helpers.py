@@ -310,8 +310,8 @@ BAD_EPOCHS = [
     (dict(velocities=None), ValueError, "velocities are required when momentum != 0"),
     (dict(velocities=lambda a: a["params"]), ValueError, "velocities: must not overlap"),
     (dict(lrs=lambda a: a["lrs"][:2].copy()), ValueError, "lrs: expected shape (3,)"),
-    (dict(lrs=lambda a: np.array([0.1, -1, 0.1], np.float32)), ValueError, "lrs: expected finite learning rates >= 0"),
-    (dict(lrs=lambda a: np.array([0.1, np.nan, 0.1], np.float32)), ValueError, "lrs: expected finite"),
+    (dict(lrs=lambda a: np.array([0.1, -1, 0.1], np.float32)), ValueError, "lrs[1]: expected a finite number in [0.0, 3.4e38 (the float32 limit)], got -1.0"),
+    (dict(lrs=lambda a: np.array([0.1, np.nan, 0.1], np.float32)), ValueError, "lrs[1]: expected a finite number in [0.0, 3.4e38 (the float32 limit)], got nan"),
     (dict(bs=0), ValueError, "bs: expected a positive integer"),
     (dict(momentum=2.0), ValueError, "momentum: expected a finite number in [0.0, 1.0]"),
 ]

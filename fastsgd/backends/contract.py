@@ -346,9 +346,9 @@ class Backend(KindMethods):
             raise ValueError(f"bs: expected a positive integer batch size, got {bs!r}")
         steps = -(-order.shape[0] // int(bs))
         lrs = _host_array("lrs", lrs, np.float32, (steps,), "(ceil(R / bs),)")
-        if not (np.isfinite(lrs) & (lrs >= 0)).all():
-            bad = lrs[~(np.isfinite(lrs) & (lrs >= 0))][0]
-            raise ValueError(f"lrs: expected finite learning rates >= 0, got {bad}")
+        bad = np.flatnonzero(~(np.isfinite(lrs) & (lrs >= 0)))
+        if bad.size:  # NaN, infinite or negative: refused as sgd_update refuses its lr
+            bounded_number(f"lrs[{bad[0]}]", lrs[bad[0]], low=0.0)
         if losses is None:
             losses = np.zeros(steps, np.float64)
         losses = _host_array("losses", losses, np.float64, (steps,), "(ceil(R / bs),)",

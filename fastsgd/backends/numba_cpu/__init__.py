@@ -25,11 +25,16 @@ where they live).  Numba keeps them next to this file (``__pycache__``) when tha
 writable, else in the user's cache folder (``~/.cache/numba``); ``NUMBA_CACHE_DIR``
 overrides both.  When neither is writable (a read-only install and home), this module
 points Numba at a folder in the temporary directory before anything is compiled.
+
+Compile time: ``watch_compiles`` (``compile_watch.py``) counts the seconds Numba spends
+compiling and notes the first compile; every fit's ``Recorder`` runs one while numba is
+loaded, so that the compile time stays out of the epochs' times.
 """
 # config first: the threading layer and the cache folder, before anything is compiled.
 from .. import program as _registry
 from . import config
 from . import pointwise as _pointwise
+from .compile_watch import CompileWatch, watch_compiles
 from .config import fallback_cache_dir
 from .gemm import (
     NARROW_MAX_N,
@@ -57,8 +62,8 @@ __all__ = [
     "fallback_cache_dir", "NARROW_MAX_N", "PARALLEL_MIN_MACS", "matmul", "matmul_backward_input",
     "matmul_backward_weight", "bias_backward", "linear_forward", "linear_backward",
     *_BY_RECORD, "sgd_update", "binary_accuracy",
-    "multiclass_accuracy", "threading_layer", "train_epoch", "_gemm", "_backward_input",
-    "_gather_rows"]
+    "multiclass_accuracy", "threading_layer", "train_epoch", "CompileWatch", "watch_compiles",
+    "_gemm", "_backward_input", "_gather_rows"]
 
 
 def __getattr__(name):
