@@ -277,7 +277,7 @@ def test_out_of_range_labels_raise(c_ext):
 @needs_c
 def test_velocity_none_is_plain_sgd(c_ext):
     p = np.array([1.0, -2.0], np.float32)
-    c_ext.sgd_update(p, np.array([0.5, 0.5], np.float32), None, 0.1, 0.9, 0.0)
+    c_ext.sgd_update(p, np.array([0.5, 0.5], np.float32), 0.1, 0.9, 0.0, None)
     np.testing.assert_allclose(p, [0.95, -2.05], rtol=1e-6)
 
 

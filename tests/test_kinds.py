@@ -147,9 +147,9 @@ def test_a_registered_activation_is_refused_by_the_compiled_backends(leaky_relu)
         impl = backends.get(name).module
         with pytest.raises(ValueError, match=rf"layers\[1\]: kind \d+ is not compiled into the {name}"):
             impl.train_epoch(table, prog.MSE, np.zeros((2, 3), np.float32),
-                             np.zeros((2, 2), np.float32), np.arange(2, dtype=np.int64), 2, np.ones(1, np.float32), 0.0, 0.0,
+                             np.zeros((2, 2), np.float32), np.arange(2, dtype=np.int64), 2, np.ones(1, np.float32),
                              np.zeros(n_params, np.float32), np.zeros(n_params, np.float32),
-                             None, np.zeros(1))
+                             None, 0.0, 0.0, np.zeros(1))
 
 
 def test_a_registered_activation_runs_on_the_layer_path_of_numpy(leaky_relu):

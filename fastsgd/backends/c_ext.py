@@ -305,9 +305,9 @@ def _activations(kind):
     return forward, backward
 
 
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+def sgd_update(param, grad, lr, momentum, weight_decay, velocity):
     """One SGD step in place (``velocity`` None without momentum).   param, grad (n,)."""
-    v = _checked("sgd_update", (param, grad, velocity, lr, momentum, weight_decay))
+    v = _checked("sgd_update", (param, grad, lr, momentum, weight_decay, velocity))
     lib.sgd_update(v["param"], v["velocity"], v["grad"], v["n"], v["lr"], v["momentum"],
                    v["weight_decay"])
 
@@ -360,8 +360,8 @@ for _kind in program.LOSSES.values():
 del _kind
 
 
-def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
-                grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, velocities,
+                momentum, weight_decay, losses):
     """One epoch of SGD over a layer program (``program.py``) in one C call; the steps done.
 
     layers (L, 4) int64 the table; params, grads (P,) float32 the flat blocks it points
@@ -374,8 +374,8 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
     Returns ``steps``, or s when the loss of step s is not finite (losses[s] written, that
     step's update skipped).
     """
-    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay,
-                        params, grads, velocities, losses, "c", _C_LAYERS, _C_LOSSES)
+    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads,
+                        velocities, momentum, weight_decay, losses, "c", _C_LAYERS, _C_LOSSES)
     labels = program.LOSSES[int(loss_kind)].targets == "labels"   # C takes them apart
     done = lib.train_epoch(
         _from_buffer("double[]", losses), _from_buffer("float[]", params),

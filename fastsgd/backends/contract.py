@@ -299,7 +299,7 @@ class Backend(KindMethods):
         else:
             velocity = None
         self._apart([("param", param), ("velocity", velocity)], [("grad", grad)], in_place=True)
-        self._impl.sgd_update(param, grad, velocity, lr, momentum, weight_decay)
+        self._impl.sgd_update(param, grad, lr, momentum, weight_decay, velocity)
         return param
 
     # ------------------------------------------------------- fused epoch
@@ -358,9 +358,9 @@ class Backend(KindMethods):
                     [("layers", layers), ("x", x), ("targets", targets), ("order", order),
                      ("lrs", lrs)])
         done = int(self._impl.train_epoch(layers, int(loss_kind), x, targets, order,
-                                          int(bs), lrs, np.float32(momentum),
-                                          np.float32(weight_decay), params, grads,
-                                          velocities, losses))
+                                          int(bs), lrs, params, grads, velocities,
+                                          np.float32(momentum), np.float32(weight_decay),
+                                          losses))
         return losses[:done + 1] if done < steps else losses
 
     def _program_targets(self, loss_kind, targets, n, n_out, dtype):

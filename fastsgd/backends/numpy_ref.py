@@ -139,7 +139,7 @@ def mse_backward(preds, targets, dpreds):
 
 
 # --------------------------------------------------------------- optimizer
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+def sgd_update(param, grad, lr, momentum, weight_decay, velocity):
     """In place:  g = grad + wd * param;  v = momentum * v + g (if velocity);  param -= lr * g.
 
     velocity is None when momentum == 0.  Any shape; all arrays alike.
@@ -198,8 +198,8 @@ def layer_backward(kind, x, y, dy, dx):
     globals()[record.backward](x if record.saves == "x" else y, dy, dx)
 
 
-def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
-                grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, velocities,
+                momentum, weight_decay, losses):
     """One epoch of SGD over a layer program, as a plain loop over the kernels above.
 
     layers (L, 4) the program (``program.py``), params / grads / velocities (P,)
@@ -237,5 +237,5 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
             else:
                 layer_backward(kind, a[l], a[l + 1], d, dx)
             d = dx
-        sgd_update(params, grads, velocities, lrs[s], momentum, weight_decay)
+        sgd_update(params, grads, lrs[s], momentum, weight_decay, velocities)
     return steps

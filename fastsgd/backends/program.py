@@ -20,7 +20,7 @@ Each step of an epoch, for the rows ``order[s*bs : s*bs + B]`` of the data:
         RELU:   d[l] = d[l+1] * (a[l] > 0)       (input of the layer)
         SIGMOID d[l] = d[l+1] * a[l+1] * (1 - a[l+1])   (output of the layer)
         TANH:   d[l] = d[l+1] * (1 - a[l+1]^2)
-    sgd_update(params, grads, velocities, lrs[s], momentum, weight_decay)   the whole block
+    sgd_update(params, grads, lrs[s], momentum, weight_decay, velocities)   the whole block
 
 ``check_layer_table`` is the one statement of what a valid table is; the
 contract and the C module both call it before any compiled code runs.

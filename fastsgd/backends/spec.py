@@ -33,7 +33,7 @@ matmul_backward_weight  x:BI       dy:BO           dw=IO
 bias_backward           dy:BO      db=O
 linear_forward          x:BI       w:IO            b:O      out=BO
 linear_backward         x:BI       w:IO            dy:BO    dx=BI?   dw=IO   db=O
-sgd_update              param=n    grad:n          velocity=n?  lr  momentum  weight_decay
+sgd_update              param=n    grad:n          lr  momentum  weight_decay  velocity=n?
 binary_accuracy         preds:B    targets:B
 multiclass_accuracy     logits:BC  labels:B/int64
 """
@@ -289,8 +289,8 @@ class EpochSizes(NamedTuple):
     weight_decay: float
 
 
-def check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
-                grads, velocities, losses, backend, layer_codes=None,
+def check_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, velocities,
+                momentum, weight_decay, losses, backend, layer_codes=None,
                 loss_codes=None) -> EpochSizes:
     """Everything a compiled ``train_epoch`` (``backend``: "c", "numba") relies on not to
     read or write out of bounds, checked once for all of them: the table
@@ -351,8 +351,8 @@ def check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
 #: when present they must take exactly these parameters.
 OPTIONAL_KERNELS: dict[str, tuple[str, ...]] = {
     # one epoch of SGD over a layer program (see ``program.py``): steps done
-    "train_epoch": ("layers", "loss_kind", "x", "targets", "order", "bs", "lrs",
-                    "momentum", "weight_decay", "params", "grads", "velocities", "losses"),
+    "train_epoch": ("layers", "loss_kind", "x", "targets", "order", "bs", "lrs", "params",
+                    "grads", "velocities", "momentum", "weight_decay", "losses"),
 }
 
 #: Whether kernels scan their inputs for NaN/Inf: per thread and per asyncio task, so a

@@ -24,7 +24,7 @@ def _sgd_momentum_kernel(param, grad, velocity, lr, momentum, weight_decay):
         param[i] -= lr * v
 
 
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+def sgd_update(param, grad, lr, momentum, weight_decay, velocity):
     """In place: g = grad + wd * param; v = momentum * v + g (if velocity); param -= lr * g."""
     p, g = flat(param), flat(grad)
     if velocity is None:

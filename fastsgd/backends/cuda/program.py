@@ -248,8 +248,8 @@ def _scratch_offsets(layers, bs: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(program.widths(layers))]).astype(np.int64) * bs
 
 
-def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
-                grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, velocities,
+                momentum, weight_decay, losses):
     """One epoch of SGD over a layer program in one launch; returns the steps done.
 
     Arguments as ``contract.Backend.train_epoch`` passes them: layers (L, 4) and

@@ -242,7 +242,7 @@ def _sgd_momentum_flat(p, g, v, lr, momentum, weight_decay):
         p[n] -= lr * v[n]
 
 
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay):
+def sgd_update(param, grad, lr, momentum, weight_decay, velocity):
     """In place: g = grad + wd * param; v = momentum * v + g (if velocity); param -= lr * g."""
     p, g = param.reshape(-1), grad.reshape(-1)
     lr, momentum, weight_decay = np.float32(lr), np.float32(momentum), np.float32(weight_decay)

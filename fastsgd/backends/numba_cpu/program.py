@@ -113,16 +113,16 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     return steps
 
 
-def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay, params,
-                grads, velocities, losses):
+def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, velocities,
+                momentum, weight_decay, losses):
     """One epoch of SGD over a layer program (``program.py``); returns the steps done.
 
     Arguments as ``contract.Backend.train_epoch`` passes them; velocities None when
     momentum is 0.  Numba has no bounds checks of its own: ``spec.check_epoch``, the one
     memory-safety check of the compiled epochs, runs first.
     """
-    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_decay,
-                        params, grads, velocities, losses, "numba")
+    sizes = check_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads,
+                        velocities, momentum, weight_decay, losses, "numba")
     if prog.LOSSES[int(loss_kind)].targets == "labels":   # the loop takes them apart
         labels, targets = targets, np.empty((0, 1), np.float32)
     else:
