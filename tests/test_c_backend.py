@@ -647,6 +647,56 @@ def test_train_epoch_matches_the_reference_on_random_programs(c_ext, threads, se
 
 
 @needs_c
+@pytest.mark.parametrize("bs", [64, 256])
+def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs):
+    # 784 inputs are four depth blocks: on two threads the first layer's forward takes
+    # them apart (two partial products added in block order), on one in turn.
+    spec = [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)]
+    args = epoch_args(spec, prog.CROSS_ENTROPY, N=3 * bs + 5, bs=bs, seed=2)
+    args["params"] *= 0.1
+    results = []
+    for n in (1, 2, 2):
+        previous = c_ext.set_threads(n)
+        try:
+            mine = copy_args(args)
+            assert c_ext.train_epoch(**mine) == 4
+            results.append(mine)
+        finally:
+            c_ext.set_threads(previous)
+    for other in results[1:]:
+        for name in ("losses", "params", "grads", "velocities"):
+            np.testing.assert_array_equal(other[name], results[0][name], err_msg=name)
+
+
+@needs_c
+def test_the_first_layers_forward_in_the_epoch_is_the_layer_paths_bit_for_bit(c_ext):
+    # One step, lr 0: the loss of the fused epoch (its forward split over the threads by
+    # depth) equals the loss of the layer-by-layer kernels on the same batch.
+    spec = [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)]
+    args = epoch_args(spec, prog.CROSS_ENTROPY, N=64, bs=64, momentum=0.0,
+                      weight_decay=0.0, seed=3)
+    args["lrs"][:] = 0.0
+    params = args["params"]
+    w1, b1 = params[:784 * 128].reshape(784, 128), params[784 * 128:784 * 128 + 128]
+    w2 = params[784 * 128 + 128:784 * 128 + 128 + 1280].reshape(128, 10)
+    b2 = params[784 * 128 + 128 + 1280:]
+    x = args["x"][args["order"]]
+    previous = c_ext.set_threads(2)
+    try:
+        h = np.empty((64, 128), np.float32)
+        c_ext.linear_forward(x, w1, b1, h)
+        c_ext.relu_forward(h.copy(), h)
+        z = np.empty((64, 10), np.float32)
+        c_ext.linear_forward(h, w2, b2, z)
+        want = c_ext.cross_entropy_forward(z, args["targets"][args["order"]])
+        mine = copy_args(args)
+        c_ext.train_epoch(**mine)
+    finally:
+        c_ext.set_threads(previous)
+    assert mine["losses"][0] == want
+
+
+@needs_c
 @pytest.mark.parametrize("spec", [
     [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)],
     [("linear", 784, 256), ("relu", 256, 256), ("linear", 256, 128), ("tanh", 128, 128),
