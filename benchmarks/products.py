@@ -59,11 +59,11 @@ def _calls(runner: str, checks: bool):
         def w(x):
             return ffi.from_buffer("float[]", x, require_writable=True)
         return {"matmul": lambda a, b, out: lib.matmul(w(out), r(a), r(b), a.shape[0],
-                                                       a.shape[1], b.shape[1]),
+                                                       a.shape[1], b.shape[1], 0),
                 "matmul_backward_weight": lambda x, dy, out: lib.matmul_backward_weight(
-                    w(out), r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1]),
+                    w(out), r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1], 0),
                 "matmul_backward_input": lambda dy, wt, out: lib.matmul_backward_input(
-                    w(out), r(dy), r(wt), dy.shape[0], wt.shape[0], dy.shape[1])}
+                    w(out), r(dy), r(wt), dy.shape[0], wt.shape[0], dy.shape[1], 0)}
     from fastsgd import backends
     backend = backends.get("c" if runner == "c-api" else runner)
     calls = {k: getattr(backend, k) for k in

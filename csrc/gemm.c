@@ -111,7 +111,7 @@ typedef void (*block_fn)(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                          int64_t kc, const float *restrict ap, int a_rowmajor,
                          const int64_t *restrict a_lines, int64_t a_ld,
                          const float *restrict b, int64_t ldb, int64_t panel_depth,
-                         int accumulate, const float *restrict bias);
+                         int accumulate, const float *restrict bias, int *restrict bad);
 
 /* A micro-kernel, its tile (mr rows by nr columns of C) and its A packing. */
 typedef struct {
@@ -199,6 +199,16 @@ static void step_region(const sgd_step *step, const float *c, int64_t N, int64_t
                    c + i * N + j0, j1 - j0, step->lr, step->momentum, step->weight_decay);
 }
 
+/* With bad (else NULL), sets *bad when one of the n floats from c on is NaN or +-Inf:
+ * the outputs a product computed in a piece of its own (swapped, unblocked, or the
+ * split depths' sums) for the contract's value check (c_ext); the blocked products
+ * check each tile as they store it (compute_block). */
+static void scan_floats(atomic_int *bad, const float *c, int64_t n)
+{
+    if (bad && n > 0 && !all_finite_f32(c, n))
+        atomic_store_explicit(bad, 1, memory_order_relaxed);
+}
+
 /* One product as gemm() lays it out; shared by the threads. */
 typedef struct {
     const kernel_set *ks;
@@ -231,6 +241,7 @@ typedef struct {
     int split_depth;
     int64_t n_blocks;
     float *partials;
+    atomic_int *bad; /* or NULL: set when a final element of c is NaN or +-Inf */
 } gemm_plan;
 
 /* Rows [i0, i1) x columns [j0, j1) of C over the depths [p_begin, p_end) of one chunk
@@ -239,7 +250,8 @@ typedef struct {
  * micro-kernel over the tiles, B's block read in place or from the chunk's packed
  * panels (compute_block reads x[rows].T in place only beside B read in place).  Once a block of rows has its last depth, its SGD step (step_region). */
 static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int64_t i0,
-                         int64_t i1, int64_t j0, int64_t j1, int64_t p_begin, int64_t p_end)
+                         int64_t i1, int64_t j0, int64_t j1, int64_t p_begin, int64_t p_end,
+                         int *bad)
 {
     const int64_t N = g->N, kc_step = g->kc_step, mr = g->ks->mr;
     const int64_t block_floats = kc_step * g->ks->nr * g->n_panels;
@@ -255,21 +267,33 @@ static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int6
             float *c = dst + ic * N + j0;
             const int accumulate = dst == g->c ? p0 > 0 : p0 > p_begin;
             const float *bias = p0 == 0 && g->bias ? g->bias + j0 : NULL;
+            /* the outputs' last depth block: their final values, scanned as stored */
+            int *scan = g->bad && dst == g->c && p0 + kc == g->K ? bad : NULL;
             /* x[rows].T beside B read in place: A's whole panels read in place too */
             const int64_t in_place =
                 g->direct_b && g->A.rows && g->A.transposed ? mc - mc % mr : 0;
             if (in_place > 0)
                 g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
-                                     g->A.rows + p0, g->A.cs, b, ldb, depth, accumulate, bias);
+                                     g->A.rows + p0, g->A.cs, b, ldb, depth, accumulate, bias,
+                                     scan);
             if (in_place == mc)
                 continue;
             g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
             g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
-                                 !g->A.transposed, NULL, 0, b, ldb, depth, accumulate, bias);
+                                 !g->A.transposed, NULL, 0, b, ldb, depth, accumulate, bias,
+                                 scan);
         }
-        if (p_end == g->K && dst == g->c)
+        if (p_end == g->K && dst == g->c) {
             step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
+        }
     }
+}
+
+/* A thread's tiles found a final value NaN or +-Inf: tell gemm()'s caller. */
+static void report_bad(const gemm_plan *g, int bad)
+{
+    if (bad && g->bad)
+        atomic_store_explicit(g->bad, 1, memory_order_relaxed);
 }
 
 /* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
@@ -282,13 +306,14 @@ static void gemm_part(void *plan, int t, int T)
     const int64_t n_panels = g->n_panels, block_floats = kc_step * nr * n_panels;
     float *const ap = g->ap + (int64_t)t * g->a_floats;
     view B = g->B;
+    int bad = 0; /* this thread's tiles: a final value NaN or +-Inf (with g->bad) */
 
     if (g->split_depth) {
         const int64_t P = g->n_blocks, MN = M * N;
         for (int64_t j = t * P / T; j < (t + 1) * P / T; j++) {
             const int64_t p0 = j * kc_step, p1 = min64(K, p0 + kc_step);
             macro_kernel(g, ap, B, t == 0 ? g->c : g->partials + (j - 1) * MN, 0, M, 0, N,
-                         p0, p1);
+                         p0, p1, &bad);
         }
         fs_barrier(T); /* every partial product is done */
         const int64_t own = P / T; /* thread 0's blocks, already in c */
@@ -299,6 +324,8 @@ static void gemm_part(void *plan, int t, int T)
                 for (int64_t col = 0; col < N; col++)
                     row[col] += part[col];
             }
+        scan_floats(g->bad, g->c + t * M / T * N, ((t + 1) * M / T - t * M / T) * N);
+        report_bad(g, bad);
         return;
     }
 
@@ -324,10 +351,11 @@ static void gemm_part(void *plan, int t, int T)
                 continue;
             const int64_t first = chunk * g->chunk_panels, last = first + g->chunk_panels;
             if (g->split_cols)
-                macro_kernel(g, ap, B, g->c, 0, M, nr * first, min64(N, nr * last), 0, K);
+                macro_kernel(g, ap, B, g->c, 0, M, nr * first, min64(N, nr * last), 0, K, &bad);
             else
-                macro_kernel(g, ap, B, g->c, mr * first, min64(M, mr * last), 0, N, 0, K);
+                macro_kernel(g, ap, B, g->c, mr * first, min64(M, mr * last), 0, N, 0, K, &bad);
         }
+        report_bad(g, bad);
         return;
     }
 
@@ -362,10 +390,11 @@ static void gemm_part(void *plan, int t, int T)
             }
             fs_barrier(T); /* B is packed */
         }
-        macro_kernel(g, ap, B, g->c, i0, i1, j0, j1, chunk, chunk_end);
+        macro_kernel(g, ap, B, g->c, i0, i1, j0, j1, chunk, chunk_end, &bad);
         if (!g->split_cols && chunk_end < K)
             fs_barrier(T); /* before the next chunk overwrites the packed B */
     }
+    report_bad(g, bad);
 }
 
 /* How a narrow row-major B (rows of at most DIRECT_B_MAX_N floats, whole panels) is
@@ -389,7 +418,8 @@ static int narrow_b_reading(view B, int64_t M, int64_t N, int64_t nr)
 }
 
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth);
+                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth,
+                 atomic_int *bad);
 
 /* Whether c = A @ B is better computed as c.T = B.T @ A.T (gemm_swapped): B is
  * row-major and narrow (a layer with few outputs: its forward x @ w and its weight
@@ -416,7 +446,7 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
      * A.p[k * A.cs + i * A.rs]: x itself for A = x.T, read in place; x.T for A = x,
      * packed by pack_b_panel like w.T. */
     gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M,
-         NULL, 0);
+         NULL, 0, NULL);
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
             c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
@@ -437,21 +467,24 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
  * all of w, half of it just written on the other core (2 threads, 784-128-10, harness
  * epoch at bs 64: 141 -> 106 ms; bs 256: 114 -> 103.5 ms). */
 static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth)
+                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth,
+                 atomic_int *bad)
 {
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
         gemm_unblocked(c, A, B, bias, M, 0, N);
         step_region(step, c, N, 0, M, 0, N);
+        scan_floats(bad, c, M * N);
         return;
     }
     if (swap_pays(A, B, bias, M, K, N) && gemm_swapped(c, A, B, bias, M, K, N) == 0) {
         step_region(step, c, N, 0, M, 0, N);
+        scan_floats(bad, c, M * N);
         return;
     }
     gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
-                   .step = step, .M = M, .K = K, .N = N};
+                   .step = step, .M = M, .K = K, .N = N, .bad = bad};
     const int64_t mr = g.ks->mr, nr = g.ks->nr;
     g.kc_step = ceil_div(K, ceil_div(K, KC));
     g.m_panels = ceil_div(M, mr);
@@ -517,6 +550,7 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
     if (!buffer) {
         gemm_unblocked(c, A, B, bias, M, K, N);
         step_region(step, c, N, 0, M, 0, N);
+        scan_floats(bad, c, M * N);
         return;
     }
     g.bp = buffer;
@@ -529,27 +563,50 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
 
 /* ------------------------------------------------------------ the kernels */
 
-void matmul(float *restrict out, const float *restrict a, const float *restrict b,
-            int64_t M, int64_t K, int64_t N)
+/* Each product returns 1, or 0 when scan is set and an element of its output is NaN
+ * or +-Inf (kernels.h). */
+static int finite_unless(int scan, atomic_int *bad)
 {
-    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, 0);
+    return !scan || !atomic_load(bad);
 }
 
-void matmul_backward_input(float *restrict dx, const float *restrict dy,
-                           const float *restrict w, int64_t B, int64_t I, int64_t O)
+int matmul(float *restrict out, const float *restrict a, const float *restrict b, int64_t M,
+           int64_t K, int64_t N, int scan)
+{
+    atomic_int bad = 0;
+    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, 0, scan ? &bad : NULL);
+    return finite_unless(scan, &bad);
+}
+
+int matmul_backward_input(float *restrict dx, const float *restrict dy,
+                          const float *restrict w, int64_t B, int64_t I, int64_t O, int scan)
 {
     /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
-    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, 0);
+    atomic_int bad = 0;
+    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, 0, scan ? &bad : NULL);
+    return finite_unless(scan, &bad);
 }
 
-void matmul_backward_weight(float *restrict dw, const float *restrict x,
-                            const float *restrict dy, int64_t B, int64_t I, int64_t O)
+/* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows, where
+ * x.T[i][b] = x[b * I + i]; then the step, if any (see weight_gradient_step). */
+static void weight_gradient(float *restrict dw, const float *restrict x,
+                            const int64_t *restrict rows, const float *restrict dy, int64_t B,
+                            int64_t I, int64_t O, const sgd_step *step, atomic_int *bad)
 {
-    weight_gradient_step(dw, x, NULL, dy, B, I, O, NULL);
+    const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
+    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, 0, bad);
 }
 
-FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64_t B,
-                             int64_t O)
+int matmul_backward_weight(float *restrict dw, const float *restrict x,
+                           const float *restrict dy, int64_t B, int64_t I, int64_t O, int scan)
+{
+    atomic_int bad = 0;
+    weight_gradient(dw, x, NULL, dy, B, I, O, NULL, scan ? &bad : NULL);
+    return finite_unless(scan, &bad);
+}
+
+FS_CLONES int bias_backward(float *restrict db, const float *restrict dy, int64_t B, int64_t O,
+                            int scan)
 {
     for (int64_t o = 0; o < O; o++)
         db[o] = 0.0f;
@@ -558,37 +615,38 @@ FS_CLONES void bias_backward(float *restrict db, const float *restrict dy, int64
         for (int64_t o = 0; o < O; o++)
             db[o] += row[o];
     }
+    return !scan || all_finite_f32(db, O);
 }
 
-void linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
-                    const float *restrict b, int64_t B, int64_t I, int64_t O)
+int linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
+                   const float *restrict b, int64_t B, int64_t I, int64_t O, int scan)
 {
-    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, 0);
+    atomic_int bad = 0;
+    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, 0, scan ? &bad : NULL);
+    return finite_unless(scan, &bad);
 }
 
 void linear_forward_rows(float *restrict out, const float *restrict x,
                          const int64_t *restrict rows, const float *restrict w,
                          const float *restrict b, int64_t B, int64_t I, int64_t O)
 {
-    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, 1);
+    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, 1, NULL);
 }
 
 void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
                           int64_t I, int64_t O, const sgd_step *step)
 {
-    /* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows, where
-     * x.T[i][b] = x[b * I + i]. */
-    const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
-    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, 0);
+    weight_gradient(dw, x, rows, dy, B, I, O, step, NULL);
 }
 
-void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
-                     const float *restrict x, const float *restrict w,
-                     const float *restrict dy, int64_t B, int64_t I, int64_t O)
+int linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
+                    const float *restrict x, const float *restrict w, const float *restrict dy,
+                    int64_t B, int64_t I, int64_t O, int scan)
 {
+    int finite = 1;
     if (dx)
-        matmul_backward_input(dx, dy, w, B, I, O);
-    matmul_backward_weight(dw, x, dy, B, I, O);
-    bias_backward(db, dy, B, O);
+        finite = matmul_backward_input(dx, dy, w, B, I, O, scan);
+    finite &= matmul_backward_weight(dw, x, dy, B, I, O, scan);
+    return finite & bias_backward(db, dy, B, O, scan);
 }

@@ -71,12 +71,16 @@ GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t 
  * or, with a_lines, as a[a_lines[k] * a_cs + i * a_rs] (the unpacked x[rows].T, a_rs 1),
  * b as b[k * ldb + j] (a packed panel, ldb = GK_NR, or B itself); the strides are
  * constants after inlining, except B's.  With accumulate the tile is added to c;
- * otherwise it replaces c, plus bias (GK_NR floats, or NULL) along the columns. */
+ * otherwise it replaces c, plus bias (GK_NR floats, or NULL) along the columns.  With
+ * nan_sum (else NULL), the tile's final values are checked as they are stored: v - v is
+ * 0 for every finite v and NaN otherwise, added into *nan_sum (a full tile) or, for an
+ * edge tile, summed and *bad set at once. */
 GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int64_t n,
                                  int64_t kc, const float *restrict a, int64_t a_rs,
                                  int64_t a_cs, const int64_t *restrict a_lines,
                                  const float *restrict b, int64_t ldb, int accumulate,
-                                 const float *restrict bias)
+                                 const float *restrict bias, GK_VEC *restrict nan_sum,
+                                 int *restrict bad)
 {
     GK_VEC acc[GK_MR][GK_NV];
     GK_EACH_VECTOR(i, v)
@@ -115,17 +119,32 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
                 memcpy(row + v * GK_LANES, &acc[i][v], sizeof acc[i][v]);
             }
         }
+        if (nan_sum) { /* summed as a tree: no chain of dependent adds per tile */
+            GK_VEC d[GK_MR * GK_NV];
+            GK_EACH_VECTOR(i, v)
+                d[i * GK_NV + v] = acc[i][v] - acc[i][v];
+#pragma GCC unroll 8
+            for (int n = GK_MR * GK_NV; n > 1; n = (n + 1) / 2)
+#pragma GCC unroll 16
+                for (int k = 0; k < n / 2; k++)
+                    d[k] += d[k + (n + 1) / 2];
+            *nan_sum += d[0];
+        }
     } else { /* an edge tile: spill it, then write the valid part */
         float tile[GK_MR][GK_NR];
         GK_EACH_VECTOR(i, v)
             memcpy(&tile[i][v * GK_LANES], &acc[i][v], sizeof acc[i][v]);
+        float edge_nan = 0.0f;
         for (int64_t i = 0; i < m; i++) {
             float *row = c + i * ldc;
             for (int64_t j = 0; j < n; j++) {
                 float base = accumulate ? row[j] : bias ? bias[j] : 0.0f;
                 row[j] = base + tile[i][j];
+                edge_nan += row[j] - row[j];
             }
         }
+        if (nan_sum && edge_nan != edge_nan)
+            *bad = 1;
     }
 }
 
@@ -136,13 +155,16 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
  * no read passes the block's columns).  B is either packed panels, each
  * laid out panel_depth >= kc deep, b[jr * panel_depth + k * GK_NR + j] (ldb == 0), or
  * read in place, b[k * ldb + jr + j], when it is row-major and nc a multiple of GK_NR.
- * accumulate and bias as in the tile. */
+ * accumulate and bias as in the tile; with bad (else NULL), *bad is set when a value
+ * stored is NaN or +-Inf (the block's last depths: its final values). */
 GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                               int64_t kc, const float *restrict ap, int a_rowmajor,
                               const int64_t *restrict a_lines, int64_t a_ld,
                               const float *restrict b, int64_t ldb, int64_t panel_depth,
-                              int accumulate, const float *restrict bias)
+                              int accumulate, const float *restrict bias, int *restrict bad)
 {
+    GK_VEC nan_sum = {0};
+    GK_VEC *const sum = bad ? &nan_sum : NULL;
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
         const float *a_panel = a_lines ? ap + ir : ap + ir * (a_rowmajor ? A_LD : kc);
@@ -152,21 +174,25 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
             const float *tile_bias = bias ? bias + jr : NULL;
             if (a_lines) /* x[rows].T read in place, B too (the weight gradient) */
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, a_ld, a_lines, b + jr, ldb,
-                        accumulate, tile_bias);
+                        accumulate, tile_bias, sum, bad);
             else if (ldb == 0 && a_rowmajor)
                 GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr * panel_depth,
-                        GK_NR, accumulate, tile_bias);
+                        GK_NR, accumulate, tile_bias, sum, bad);
             else if (ldb == 0)
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr * panel_depth,
-                        GK_NR, accumulate, tile_bias);
+                        GK_NR, accumulate, tile_bias, sum, bad);
             else if (a_rowmajor)
                 GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr, ldb, accumulate,
-                        tile_bias);
+                        tile_bias, sum, bad);
             else
                 GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr, ldb,
-                        accumulate, tile_bias);
+                        accumulate, tile_bias, sum, bad);
         }
     }
+    if (bad)
+        for (int l = 0; l < GK_LANES; l++)
+            if (nan_sum[l] != nan_sum[l])
+                *bad = 1;
 }
 
 #undef GK_NR

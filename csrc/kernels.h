@@ -24,30 +24,33 @@
 
 /* ---------------------------------------------------------------- matmul (gemm.c) */
 
+/* Each returns 1, or, when scan is set, 0 if an element of its output is NaN or +-Inf
+ * (scanned where each part of the output was computed; the contract's value check). */
+
 /* out = a @ b.   a (M, K), b (K, N) -> out (M, N). */
-void matmul(float *restrict out, const float *restrict a, const float *restrict b,
-            int64_t M, int64_t K, int64_t N);
+int matmul(float *restrict out, const float *restrict a, const float *restrict b, int64_t M,
+           int64_t K, int64_t N, int scan);
 
 /* dx = dy @ w.T, no transposed copy.   dy (B, O), w (I, O) -> dx (B, I). */
-void matmul_backward_input(float *restrict dx, const float *restrict dy,
-                           const float *restrict w, int64_t B, int64_t I, int64_t O);
+int matmul_backward_input(float *restrict dx, const float *restrict dy,
+                          const float *restrict w, int64_t B, int64_t I, int64_t O, int scan);
 
 /* dw = x.T @ dy, no transposed copy.   x (B, I), dy (B, O) -> dw (I, O). */
-void matmul_backward_weight(float *restrict dw, const float *restrict x,
-                            const float *restrict dy, int64_t B, int64_t I, int64_t O);
+int matmul_backward_weight(float *restrict dw, const float *restrict x,
+                           const float *restrict dy, int64_t B, int64_t I, int64_t O, int scan);
 
 /* db[o] = sum_b dy[b, o].   dy (B, O) -> db (O,). */
-void bias_backward(float *restrict db, const float *restrict dy, int64_t B, int64_t O);
+int bias_backward(float *restrict db, const float *restrict dy, int64_t B, int64_t O, int scan);
 
 /* out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O). */
-void linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
-                    const float *restrict b, int64_t B, int64_t I, int64_t O);
+int linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
+                   const float *restrict b, int64_t B, int64_t I, int64_t O, int scan);
 
 /* Gradients of y = x @ w + b:  dx = dy @ w.T (B, I), skipped when dx is NULL;
  * dw = x.T @ dy (I, O);  db = dy.sum(0) (O,).   x (B, I), w (I, O), dy (B, O). */
-void linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
-                     const float *restrict x, const float *restrict w,
-                     const float *restrict dy, int64_t B, int64_t I, int64_t O);
+int linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
+                    const float *restrict x, const float *restrict w, const float *restrict dy,
+                    int64_t B, int64_t I, int64_t O, int scan);
 
 /* Threads the kernels may use (the matmul family, the fused epoch, peak_gflops):
  * initially the CPUs this process may run on, or $FASTSGD_THREADS when that is a positive

@@ -142,7 +142,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t L, const f
             if (l == 0 && s->rows)
                 linear_forward_rows(out, s->x, s->rows, w, b, B, layer->n_in, layer->n_out);
             else
-                linear_forward(out, in, w, b, B, layer->n_in, layer->n_out);
+                linear_forward(out, in, w, b, B, layer->n_in, layer->n_out, 0);
             break;
         }
         default: activation_forward(layer->kind, out, in, n);
@@ -177,8 +177,8 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
             const int64_t I = layer->n_in, O = layer->n_out;
             float *gw = grads + layer->param, *gb = gw + I * O;
             if (l > s->first_linear)
-                matmul_backward_input(d_in, d_out, params + layer->param, B, I, O);
-            bias_backward(gb, d_out, B, O);
+                matmul_backward_input(d_in, d_out, params + layer->param, B, I, O, 0);
+            bias_backward(gb, d_out, B, O, 0);
             sgd_step step = {0};
             if (sgd) {
                 float *v = sgd->velocity ? sgd->velocity + layer->param : NULL;

@@ -121,3 +121,36 @@ def test_the_plan_accepts_plain_arrays_and_declines_the_rest():
     x[1, 1] = np.inf
     assert host_lane.accept(plan, (x, w, dy, None, None, None), (), f32, True) is None
     assert host_lane.accept(plan, (x, w, dy, None, None, None), (), f32, False) is not None
+
+
+@pytest.mark.skipif("c" not in CPU, reason="the C extension is not built")
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("kernel, shapes", [
+    ("matmul", [(64, 784), (784, 128)]),                  # whole tiles, B read in place
+    ("matmul", [(37, 300), (300, 45)]),                   # edge tiles, B packed
+    ("matmul_backward_weight", [(64, 784), (64, 128)]),   # x.T read in place
+    ("matmul_backward_input", [(70, 128), (784, 128)]),   # w.T packed, columns split
+    ("linear_forward", [(50, 40), (40, 10), (10,)]),      # swapped (10 columns)
+])
+def test_cs_output_scan_finds_a_bad_input_on_every_micro_kernel(isa, kernel, shapes):
+    from fastsgd.backends import c_ext
+    try:
+        previous = c_ext.set_isa(isa)
+    except ValueError:
+        pytest.skip(f"this CPU does not run the {isa} micro-kernel")
+    try:
+        backend = backends.get("c")
+        rng = np.random.default_rng(4)
+        names = [p.name for p in SIGNATURES[kernel] if not p.written]
+        clean = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        got = _as_tuple(getattr(backend, kernel)(*clean))
+        want = _as_tuple(getattr(backends.get("numpy"), kernel)(*clean))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+        for index, name in enumerate(names):
+            for bad in (np.nan, np.inf):
+                args = [a.copy() for a in clean]
+                args[index].reshape(-1)[rng.integers(args[index].size)] = bad
+                with pytest.raises(ValueError, match=f"^{name}: contains NaN or Inf"):
+                    getattr(backend, kernel)(*args)
+    finally:
+        c_ext.set_isa(previous)

@@ -87,13 +87,13 @@ static void run_product(void *ctx)
 {
     const product *p = ctx;
     if (!strcmp(p->what, "matmul"))
-        matmul(p->z, p->x, p->y, p->a, p->b, p->c);
+        matmul(p->z, p->x, p->y, p->a, p->b, p->c, 0);
     else if (!strcmp(p->what, "weight"))
-        matmul_backward_weight(p->z, p->x, p->y, p->a, p->b, p->c);
+        matmul_backward_weight(p->z, p->x, p->y, p->a, p->b, p->c, 0);
     else if (!strcmp(p->what, "input"))
-        matmul_backward_input(p->z, p->y, p->x, p->a, p->b, p->c);
+        matmul_backward_input(p->z, p->y, p->x, p->a, p->b, p->c, 0);
     else
-        linear_forward(p->z, p->x, p->y, p->bias, p->a, p->b, p->c);
+        linear_forward(p->z, p->x, p->y, p->bias, p->a, p->b, p->c, 0);
 }
 
 typedef struct {

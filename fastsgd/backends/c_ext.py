@@ -153,38 +153,38 @@ def _checked(kernel, args) -> dict:
 def matmul(a, b, out):
     """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
     v = _checked("matmul", (a, b, out))
-    lib.matmul(v["out"], v["a"], v["b"], v["M"], v["K"], v["N"])
+    lib.matmul(v["out"], v["a"], v["b"], v["M"], v["K"], v["N"], 0)
 
 
 def matmul_backward_input(dy, w, dx):
     """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
     v = _checked("matmul_backward_input", (dy, w, dx))
-    lib.matmul_backward_input(v["dx"], v["dy"], v["w"], v["B"], v["I"], v["O"])
+    lib.matmul_backward_input(v["dx"], v["dy"], v["w"], v["B"], v["I"], v["O"], 0)
 
 
 def matmul_backward_weight(x, dy, dw):
     """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
     v = _checked("matmul_backward_weight", (x, dy, dw))
-    lib.matmul_backward_weight(v["dw"], v["x"], v["dy"], v["B"], v["I"], v["O"])
+    lib.matmul_backward_weight(v["dw"], v["x"], v["dy"], v["B"], v["I"], v["O"], 0)
 
 
 def bias_backward(dy, db):
     """db = dy.sum(0).   dy (B, O) -> db (O,)."""
     v = _checked("bias_backward", (dy, db))
-    lib.bias_backward(v["db"], v["dy"], v["B"], v["O"])
+    lib.bias_backward(v["db"], v["dy"], v["B"], v["O"], 0)
 
 
 def linear_forward(x, w, b, out):
     """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
     v = _checked("linear_forward", (x, w, b, out))
-    lib.linear_forward(v["out"], v["x"], v["w"], v["b"], v["B"], v["I"], v["O"])
+    lib.linear_forward(v["out"], v["x"], v["w"], v["b"], v["B"], v["I"], v["O"], 0)
 
 
 def linear_backward(x, w, dy, dx, dw, db):
     """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
     v = _checked("linear_backward", (x, w, dy, dx, dw, db))
     lib.linear_backward(v["dx"], v["dw"], v["db"], v["x"], v["w"], v["dy"], v["B"], v["I"],
-                        v["O"])
+                        v["O"], 0)
 
 
 def _prechecked_products():
@@ -192,45 +192,35 @@ def _prechecked_products():
     ``_checked`` would (float32 ndarrays, C-contiguous, outputs writable and of the
     shapes the inputs give): pointers and sizes only, about 1 us instead of 4.  Each
     takes the kernel's arrays and ``scan``, and returns False only when ``scan`` is set
-    and an output holds NaN or Inf (scanned in C through the same pointer)."""
+    and an output holds NaN or Inf (C scans each part of the output where it computed
+    it, while it is in that core's cache)."""
     def r(x):
         return _from_buffer("float[]", x)
 
     def w(x):
         return _from_buffer("float[]", x, require_writable=True)
 
-    def finite(*outs):
-        return all(lib.all_finite_f32(o, len(o)) for o in outs if o is not _NULL)
-
     def matmul(a, b, out, scan):
-        o = w(out)
-        lib.matmul(o, r(a), r(b), a.shape[0], a.shape[1], b.shape[1])
-        return not scan or finite(o)
+        return lib.matmul(w(out), r(a), r(b), a.shape[0], a.shape[1], b.shape[1], scan)
 
     def matmul_backward_input(dy, w_, dx, scan):
-        o = w(dx)
-        lib.matmul_backward_input(o, r(dy), r(w_), dy.shape[0], w_.shape[0], dy.shape[1])
-        return not scan or finite(o)
+        return lib.matmul_backward_input(w(dx), r(dy), r(w_), dy.shape[0], w_.shape[0],
+                                         dy.shape[1], scan)
 
     def matmul_backward_weight(x, dy, dw, scan):
-        o = w(dw)
-        lib.matmul_backward_weight(o, r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1])
-        return not scan or finite(o)
+        return lib.matmul_backward_weight(w(dw), r(x), r(dy), x.shape[0], x.shape[1],
+                                          dy.shape[1], scan)
 
     def bias_backward(dy, db, scan):
-        o = w(db)
-        lib.bias_backward(o, r(dy), dy.shape[0], dy.shape[1])
-        return not scan or finite(o)
+        return lib.bias_backward(w(db), r(dy), dy.shape[0], dy.shape[1], scan)
 
     def linear_forward(x, w_, b, out, scan):
-        o = w(out)
-        lib.linear_forward(o, r(x), r(w_), r(b), x.shape[0], x.shape[1], w_.shape[1])
-        return not scan or finite(o)
+        return lib.linear_forward(w(out), r(x), r(w_), r(b), x.shape[0], x.shape[1],
+                                  w_.shape[1], scan)
 
     def linear_backward(x, w_, dy, dx, dw, db, scan):
-        o = (_NULL if dx is None else w(dx), w(dw), w(db))
-        lib.linear_backward(*o, r(x), r(w_), r(dy), x.shape[0], x.shape[1], w_.shape[1])
-        return not scan or finite(*o)
+        return lib.linear_backward(_NULL if dx is None else w(dx), w(dw), w(db), r(x), r(w_),
+                                   r(dy), x.shape[0], x.shape[1], w_.shape[1], scan)
 
     return {f.__name__: f for f in (matmul, matmul_backward_input, matmul_backward_weight,
                                     bias_backward, linear_forward, linear_backward)}

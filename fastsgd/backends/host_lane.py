@@ -9,13 +9,13 @@ dtype, a wrong shape, an overlap, NaN) sends the call down the general path, whi
 accepts it or raises the error naming it.
 
 The NaN/Inf scan of the inputs may come after the product instead, of its outputs
-(``c_ext.PRECHECKED`` scans them in C), where the product is IEEE arithmetic that skips
-nothing, as the C kernels are: in
+(``c_ext.PRECHECKED``: C checks each tile of the output as it stores it), where the
+product is IEEE arithmetic that skips nothing, as the C kernels are: in
 every kernel of the family each input element is multiplied into (or added to) some
 output element, and NaN or +-Inf times anything, 0 included, is NaN or +-Inf, so
 finite outputs prove finite inputs.  The outputs are far smaller than the inputs at
-training shapes (x (64, 784) and w (784, 128) against out (64, 128)): 0.3 us of
-scanning instead of 7.  Only when an output is not finite are the inputs scanned
+training shapes (x (64, 784) and w (784, 128) against out (64, 128)), and checked in
+registers they cost nothing measurable, where scanning the inputs took 7 us.  Only when an output is not finite are the inputs scanned
 (``inputs_finite``), and a bad one is then reported by the general path as before (the
 outputs are written).
 """
