@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from fastsgd.bench.stats import SETTLE_S
+
 #: (name, kernel, the shapes of its two inputs): matmul (M, K) @ (K, N); x.T @ dy with
 #: x (B, I), dy (B, O); dy @ w.T with dy (B, O), w (I, O).
 PRODUCTS = [
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             for p in range(len(PRODUCTS)):
                 for r in runners:
-                    time.sleep(0.05)  # another runner's threads settle
+                    time.sleep(SETTLE_S)  # the last runner's threads (OpenBLAS's spin) settle
                     medians[p, r].append(_ask(children[r], p, args.calls))
     finally:
         for child in children.values():
