@@ -23,20 +23,19 @@ VECTOR_COLS = WIDTH
 
 
 @njit(inline="always")
-def _tile_two_vectors(a, a_k, a_row, b, out, i0, j0, K):
-    """out[i0:i0+8, j0:j0+2W] = A[i0:i0+8] @ b[:, j0:j0+2W], W = ``simd.WIDTH``.
+def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+    """One register tile: out[i0:i0+8, j0:j0+2W] = A[i0:i0+8] @ B[:, j0:j0+2W], W =
+    ``simd.WIDTH``, the arrays C-contiguous and addressed by flat offsets.
 
-    A (M, K) with element (i, k) at flat offset i * a_row + k * a_k of ``a``; b (K, N),
-    out (M, N) C-contiguous.
+    Element (i0 + r, k) of A at ``a_at + r * a_row + k * a_k`` of ``a``; B[k, j0:j0+2W]
+    at ``b_at + k * b_k`` of ``b``; out[i0 + r, j0:j0+2W] at ``o_at + r * o_row``.
     """
-    N = b.shape[1]
     W = VECTOR_COLS
     c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
     c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
     c40, c41, c50, c51 = vzero(), vzero(), vzero(), vzero()
     c60, c61, c70, c71 = vzero(), vzero(), vzero(), vzero()
-    at = i0 * a_row
-    bt = j0
+    at, bt = a_at, b_at
     for _ in range(K):
         b0, b1 = vload(b, bt), vload(b, bt + W)
         x = vbroadcast(a, at)
@@ -56,35 +55,40 @@ def _tile_two_vectors(a, a_k, a_row, b, out, i0, j0, K):
         x = vbroadcast(a, at + 7 * a_row)
         c70, c71 = vfma(x, b0, c70), vfma(x, b1, c71)
         at += a_k
-        bt += N
-    o = i0 * N + j0
+        bt += b_k
+    o = o_at
     vstore(out, o, c00)
     vstore(out, o + W, c01)
-    vstore(out, o + N, c10)
-    vstore(out, o + N + W, c11)
-    vstore(out, o + 2 * N, c20)
-    vstore(out, o + 2 * N + W, c21)
-    vstore(out, o + 3 * N, c30)
-    vstore(out, o + 3 * N + W, c31)
-    vstore(out, o + 4 * N, c40)
-    vstore(out, o + 4 * N + W, c41)
-    vstore(out, o + 5 * N, c50)
-    vstore(out, o + 5 * N + W, c51)
-    vstore(out, o + 6 * N, c60)
-    vstore(out, o + 6 * N + W, c61)
-    vstore(out, o + 7 * N, c70)
-    vstore(out, o + 7 * N + W, c71)
+    o += o_row
+    vstore(out, o, c10)
+    vstore(out, o + W, c11)
+    o += o_row
+    vstore(out, o, c20)
+    vstore(out, o + W, c21)
+    o += o_row
+    vstore(out, o, c30)
+    vstore(out, o + W, c31)
+    o += o_row
+    vstore(out, o, c40)
+    vstore(out, o + W, c41)
+    o += o_row
+    vstore(out, o, c50)
+    vstore(out, o + W, c51)
+    o += o_row
+    vstore(out, o, c60)
+    vstore(out, o + W, c61)
+    o += o_row
+    vstore(out, o, c70)
+    vstore(out, o + W, c71)
 
 
 @njit(inline="always")
-def _tile_one_vector(a, a_k, a_row, b, out, i0, j0, K):
-    """out[i0:i0+8, j0:j0+W] = A[i0:i0+8] @ b[:, j0:j0+W]; arguments as
-    ``_tile_two_vectors`` (the last W columns of a width that is an odd number of W)."""
-    N = b.shape[1]
+def _tile_one_vector(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+    """``_tile_two_vectors`` one vector wide: out[i0:i0+8, j0:j0+W] (the last W columns
+    of a width that is an odd number of W)."""
     c0, c1, c2, c3 = vzero(), vzero(), vzero(), vzero()
     c4, c5, c6, c7 = vzero(), vzero(), vzero(), vzero()
-    at = i0 * a_row
-    bt = j0
+    at, bt = a_at, b_at
     for _ in range(K):
         b0 = vload(b, bt)
         c0 = vfma(vbroadcast(a, at), b0, c0)
@@ -96,16 +100,15 @@ def _tile_one_vector(a, a_k, a_row, b, out, i0, j0, K):
         c6 = vfma(vbroadcast(a, at + 6 * a_row), b0, c6)
         c7 = vfma(vbroadcast(a, at + 7 * a_row), b0, c7)
         at += a_k
-        bt += N
-    o = i0 * N + j0
-    vstore(out, o, c0)
-    vstore(out, o + N, c1)
-    vstore(out, o + 2 * N, c2)
-    vstore(out, o + 3 * N, c3)
-    vstore(out, o + 4 * N, c4)
-    vstore(out, o + 5 * N, c5)
-    vstore(out, o + 6 * N, c6)
-    vstore(out, o + 7 * N, c7)
+        bt += b_k
+    vstore(out, o_at, c0)
+    vstore(out, o_at + o_row, c1)
+    vstore(out, o_at + 2 * o_row, c2)
+    vstore(out, o_at + 3 * o_row, c3)
+    vstore(out, o_at + 4 * o_row, c4)
+    vstore(out, o_at + 5 * o_row, c5)
+    vstore(out, o_at + 6 * o_row, c6)
+    vstore(out, o_at + 7 * o_row, c7)
 
 
 @njit(inline="always")
@@ -129,26 +132,38 @@ def _edge(a, b, out, i0, i1, j0, j1, transposed):
 
 
 @njit(inline="always")
+def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, K):
+    """out[i0:i0+8, :N - N % W] by register tiles, A addressed as in ``_tile_two_vectors``,
+    b (K, N) and out (M, N) C-contiguous."""
+    N = b.shape[1]
+    W = VECTOR_COLS
+    wide_end = N - N % (2 * W)
+    for j0 in range(0, wide_end, 2 * W):
+        _tile_two_vectors(a, a_at, a_k, a_row, b, j0, N, out, i0 * N + j0, N, K)
+    if N - N % W > wide_end:
+        _tile_one_vector(a, a_at, a_k, a_row, b, wide_end, N, out, i0 * N + wide_end, N, K)
+
+
+@njit(inline="always")
 def _gemm_blocks(a, b, out, transposed):
     """out = A @ b where A is ``a`` (M, K), or ``a.T`` for ``a`` (K, M) when ``transposed``.
 
     b (K, N) -> out (M, N), all C-contiguous.  Blocks of TILE_ROWS rows are spread over
     the threads (in a ``parallel=True`` caller), each swept by the register tiles
-    across the columns; the last M % TILE_ROWS rows and N % W columns are done one by one.
+    across the columns; the last M % TILE_ROWS rows and N % W columns are done one by
+    one.  (Eight columns of a packed k-major for a tile of a.T, instead of read in
+    place a row of a apart, made x.T @ dy 64x784x128 1.2x slower.)
     """
     M, N = out.shape
     K = b.shape[0]
-    a_k, a_row = (M, 1) if transposed else (1, K)
-    W = VECTOR_COLS
-    wide_end = N - N % (2 * W)
-    tiles_end = N - N % W
+    tiles_end = N - N % VECTOR_COLS
     n_blocks = M // TILE_ROWS
     for blk in prange(n_blocks):
         i0 = blk * TILE_ROWS
-        for j0 in range(0, wide_end, 2 * W):
-            _tile_two_vectors(a, a_k, a_row, b, out, i0, j0, K)
-        if tiles_end > wide_end:
-            _tile_one_vector(a, a_k, a_row, b, out, i0, wide_end, K)
+        if transposed:
+            _row_of_tiles(a, i0, M, 1, b, out, i0, K)
+        else:
+            _row_of_tiles(a, i0 * K, 1, K, b, out, i0, K)
         _edge(a, b, out, i0, i0 + TILE_ROWS, tiles_end, N, transposed)
     _edge(a, b, out, n_blocks * TILE_ROWS, M, 0, N, transposed)
 
@@ -169,31 +184,58 @@ def matmul_backward_input(dy, w, dx):
     _backward_input_call(dy, w, dx)
 
 
-#: Side of the square tiles ``_transpose`` copies (a tile of the source and of the copy
-#: both stay in L1).
-TRANSPOSE_TILE = 32
+@njit(inline="always")
+def _pack_rows_as_columns(w, i0, width, panel):
+    """panel[o * width + c] = w[i0 + c, o] for c < width: rows i0 .. i0 + width of w as
+    the columns of a k-major panel.   w (I, O), panel (O * width,)."""
+    O = w.shape[1]
+    for c in range(width):
+        for o in range(O):
+            panel[o * width + c] = w[i0 + c, o]
 
 
 @njit(inline="always")
-def _transpose(w):
-    """w.T as a new C-contiguous array, copied tile by tile.   w (I, O) -> (O, I)."""
-    I, O = w.shape
-    w_t = np.empty((O, I), np.float32)
-    for i0 in range(0, I, TRANSPOSE_TILE):
-        for o0 in range(0, O, TRANSPOSE_TILE):
-            for i in range(i0, min(i0 + TRANSPOSE_TILE, I)):
-                for o in range(o0, min(o0 + TRANSPOSE_TILE, O)):
-                    w_t[o, i] = w[i, o]
-    return w_t
+def _dot_products(dy, w, dx, b0, b1, i0, i1):
+    """dx[b0:b1, i0:i1] = dy[b0:b1] @ w[i0:i1].T as dot products along O: the rows and
+    columns the tiles leave.   dy (B, O), w (I, O), dx (B, I)."""
+    O = dy.shape[1]
+    for b in range(b0, b1):
+        for i in range(i0, i1):
+            acc = np.float32(0.0)
+            for o in range(O):
+                acc += dy[b, o] * w[i, o]
+            dx[b, i] = acc
 
 
 @njit(inline="always")
 def _backward_input_rows(dy, w, dx):
-    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): ``_gemm_blocks`` on a copy of
-    w.T (O, I), so that its vectors run along I (dot products along O ran at a third
-    of the speed), the blocks of rows spread over the threads in a ``parallel=True``
-    caller."""
-    _gemm_blocks(dy, _transpose(w), dx, False)
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I).
+
+    Panels of 2W columns of w.T (2W rows of w) are copied k-major (O x 2W floats, in
+    L1) and swept down dy's rows by the register tiles, so that their vectors run along
+    I; the panels are spread over the threads (in a ``parallel=True`` caller).  A copy
+    of the whole of w.T first, then ``_gemm_blocks``, spent 60 of 330 us in the copy
+    (256x128x784, one thread).  The last I % W columns and B % 8 rows are dot products.
+    """
+    B, O = dy.shape
+    I = w.shape[0]
+    W = VECTOR_COLS
+    P = 2 * W
+    rows_end = B - B % TILE_ROWS
+    for p in prange(I // P):
+        panel = np.empty(O * P, np.float32)
+        _pack_rows_as_columns(w, p * P, P, panel)
+        for b0 in range(0, rows_end, TILE_ROWS):
+            _tile_two_vectors(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O)
+    wide_end = I - I % P
+    tiles_end = I - I % W
+    if tiles_end > wide_end:
+        panel = np.empty(O * W, np.float32)
+        _pack_rows_as_columns(w, wide_end, W, panel)
+        for b0 in range(0, rows_end, TILE_ROWS):
+            _tile_one_vector(dy, b0 * O, 1, O, panel, 0, W, dx, b0 * I + wide_end, I, O)
+    _dot_products(dy, w, dx, 0, rows_end, tiles_end, I)
+    _dot_products(dy, w, dx, rows_end, B, 0, I)
 
 
 @njit(**_MATMUL)
