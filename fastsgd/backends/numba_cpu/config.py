@@ -4,16 +4,66 @@ Imported first by the package (``__init__``), before anything is compiled: the
 threading layer and, where needed, the cache folder must be set before the first
 ``@njit(cache=True)`` decoration.
 """
+import ctypes
 import os
+import sys
 import tempfile
 import threading
+from importlib import metadata
 
 import numba
 
 from .. import numba_math
 
+#: The file of the TBB runtime Numba's tbb layer links to, by platform.
+_TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+
+
+def _tbb_layer_loads() -> bool:
+    """Whether Numba's tbb threading layer can load here, after loading the ``tbb``
+    package's runtime library by its path.
+
+    The ``tbb`` wheel puts the library in the environment's ``lib`` folder, where the
+    dynamic loader does not look (outside conda), so Numba finds no tbb layer unless
+    the library is already loaded; once it is, Numba's own load by name finds it.
+    """
+    try:
+        files = metadata.files("tbb") or []
+    except metadata.PackageNotFoundError:
+        return False
+    name = _TBB_LIBRARY.get(sys.platform)
+    path = next((f.locate() for f in files if f.name == name), None)
+    if path is None:
+        return False
+    try:
+        ctypes.CDLL(str(path), mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        from numba.np.ufunc import parallel
+        check_version = getattr(parallel, "_check_tbb_version_compatible", None)
+        if check_version is not None:
+            check_version()
+        from numba.np.ufunc import tbbpool  # noqa: F401
+    except (OSError, ImportError):
+        return False
+    return True
+
+
 if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "tbb" if _tbb_layer_loads() else "workqueue"
+
+#: Products of at least this many multiply-adds (gathers of as many elements) run on
+#: Numba's threads.  TBB's workers take chunks of rows as they come free and the
+#: calling thread works too, so a busy second core costs a fair share: on a shared
+#: 2-core Xeon two threads paid from ~4e6 (64x784x128 at batch 64: 64-75 -> 42-46 us;
+#: 256x784x128 250-290 -> 138-160 us; 64x128x128 12 -> 13-26 us did not).  Workqueue
+#: splits the rows evenly up front, so a busy second core held the whole product up
+#: (256x784x128: one thread 110-125 GFLOP/s, two 96-98, 165 at best); with it,
+#: threads pay only from ~1e8 (1024^3: 43 vs 77 GFLOP/s).
+PARALLEL_MIN_MACS = 1 << 22 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
+#: The fused epoch gathers a batch of rows of x onto the threads from this many elements:
+#: rows picked at random lie far apart in memory, and two cores wait for them in
+#: parallel (784 floats a row, the Fashion-MNIST epoch: 28-32 ms of gathers an epoch on
+#: one thread, 8-15 on two with TBB, at batch 64 and 256 alike).
+PARALLEL_MIN_GATHER = 1 << 15 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
 
 
 

@@ -245,18 +245,11 @@ def _backward_input(dy, w, dx):
 
 
 #: One-thread twins of the parallel matmuls: a product below ``PARALLEL_MIN_MACS``
-#: multiply-adds (a gather in the fused epoch below as many elements) runs on the
-#: calling thread: measured on 2 cores, the workqueue layer's threads made the training
-#: shapes 2-3x slower (e.g. 256x784x128: 98 GFLOP/s on one thread, 54 on two) and paid
-#: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Measured again with 512-bit
-#: vectors on a shared 2-core Xeon: 256x784x128 one thread 110-125 GFLOP/s, two 96-98
-#: (medians; 165 at best), 64x784x128 108 vs 61-75: a prange splits its rows evenly, so
-#: a busy second core holds the whole product up.  Threads split whole rows: either
-#: twin gives the same bits.
+#: multiply-adds (``config``) runs on the calling thread.  Threads split whole rows (or
+#: panels of columns): either twin gives the same bits.
 #: Each twin is its own cached function over the same inlined body: Numba's disk cache
 #: knows a function by its name and line, so a twin compiled from its sibling's
 #: ``py_func`` would share (and mix up) the sibling's cache entry.
-PARALLEL_MIN_MACS = 1 << 26
 _ONE_THREAD = dict(_MATMUL, parallel=False)
 
 
@@ -304,12 +297,14 @@ def _narrow_gemm(a, b, out, transposed):
 
 
 @njit(inline="always")
-def _product(a, b, out, transposed):
-    """``_gemm`` on the threads, or on this one for a small product, or ``_narrow_gemm``
-    (compiled callers)."""
+def _product(a, b, out, transposed, min_macs):
+    """``_gemm`` on the threads, or on this one for a product below ``min_macs``
+    multiply-adds, or ``_narrow_gemm`` (compiled callers; the threshold is an argument,
+    not a constant compiled in, since it depends on the threading layer of the
+    process)."""
     if b.shape[1] <= NARROW_MAX_N:
         _narrow_gemm(a, b, out, transposed)
-    elif out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+    elif out.shape[0] * out.shape[1] * b.shape[0] < min_macs:
         _gemm_one_thread(a, b, out, transposed)
     else:
         _gemm(a, b, out, transposed)
@@ -319,7 +314,7 @@ def _gemm_call(a, b, out, transposed):
     """``_product`` for Python callers: the threads, under the lock, only when they pay."""
     if b.shape[1] <= NARROW_MAX_N:
         _narrow_gemm(a, b, out, transposed)
-    elif out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+    elif out.shape[0] * out.shape[1] * b.shape[0] < config.PARALLEL_MIN_MACS:
         _gemm_one_thread(a, b, out, transposed)
     else:
         with config._PARALLEL:
@@ -342,12 +337,12 @@ def _narrow_backward_input(dy, w, dx):
 
 
 @njit(inline="always")
-def _backward_input_product(dy, w, dx):
-    """dx = dy @ w.T on the threads, on this one for a small product, or narrow
-    (compiled callers)."""
+def _backward_input_product(dy, w, dx, min_macs):
+    """dx = dy @ w.T on the threads, on this one for a product below ``min_macs``
+    multiply-adds, or narrow (compiled callers)."""
     if dy.shape[1] <= NARROW_MAX_N:
         _narrow_backward_input(dy, w, dx)
-    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+    elif dy.shape[0] * dy.shape[1] * w.shape[0] < min_macs:
         _backward_input_one_thread(dy, w, dx)
     else:
         _backward_input(dy, w, dx)
@@ -358,7 +353,7 @@ def _backward_input_call(dy, w, dx):
     only when they pay."""
     if dy.shape[1] <= NARROW_MAX_N:
         _narrow_backward_input(dy, w, dx)
-    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+    elif dy.shape[0] * dy.shape[1] * w.shape[0] < config.PARALLEL_MIN_MACS:
         _backward_input_one_thread(dy, w, dx)
     else:
         with config._PARALLEL:
