@@ -14,12 +14,17 @@ from .simd import WIDTH, vbroadcast, vfma, vload, vstore, vzero
 #: ``vbroadcastss`` of A and 16 ``vfmadd231ps`` into zmm0-15, no spills (inspect_asm of
 #: ``_gemm_one_thread``, Emerald Rapids): 256x784x128 on one core at ~240 GFLOP/s, 93%
 #: of the core's FMA peak (the loop of 4 rows x 4 steps of k it replaces, which loaded
-#: and stored ``out`` at every step, ran at 110-130).  With AVX2 the same on ymm.
-#: Tiles of 12x2, 14x2, 6x4 and 8x3 vectors ran at the same speed; unrolling k by 2 too.
+#: and stored ``out`` at every step, ran at 110-130).  Tiles of 12x2, 14x2, 6x4 and
+#: 8x3 vectors ran at the same speed; unrolling k by 2 too.
+#: AVX2 has 16 vector registers, not 32: there the tile is two of 4 rows x 2 ymm
+#: (``_tile_four_rows``: 8 accumulators, 2 loads of b and 4 broadcasts a step), since
+#: 16 accumulators spilled (AVX2 code on the Xeon, 256x784x128: 1007 us against 741
+#: for the loop of 4 rows x 4 steps of k).
 #: b is read in place, row by row (a panel of K x 32 floats streams from L2); the
 #: rows of A of one tile stay in L1 across the panels.
 TILE_ROWS = 8
 VECTOR_COLS = WIDTH
+SPLIT_TILES = WIDTH < 16
 
 
 @njit(inline="always")
@@ -83,6 +88,51 @@ def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
 
 
 @njit(inline="always")
+def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+    """``_tile_two_vectors`` for 4 rows: out[i0:i0+4, j0:j0+2W] (8 accumulators)."""
+    W = VECTOR_COLS
+    c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
+    c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+    at, bt = a_at, b_at
+    for _ in range(K):
+        b0, b1 = vload(b, bt), vload(b, bt + W)
+        x = vbroadcast(a, at)
+        c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
+        x = vbroadcast(a, at + a_row)
+        c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
+        x = vbroadcast(a, at + 2 * a_row)
+        c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
+        x = vbroadcast(a, at + 3 * a_row)
+        c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
+        at += a_k
+        bt += b_k
+    o = o_at
+    vstore(out, o, c00)
+    vstore(out, o + W, c01)
+    o += o_row
+    vstore(out, o, c10)
+    vstore(out, o + W, c11)
+    o += o_row
+    vstore(out, o, c20)
+    vstore(out, o + W, c21)
+    o += o_row
+    vstore(out, o, c30)
+    vstore(out, o + W, c31)
+
+
+@njit(inline="always")
+def _tile(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+    """out[i0:i0+8, j0:j0+2W] as one tile of 8 rows, or two of 4 (``SPLIT_TILES``);
+    arguments as ``_tile_two_vectors``."""
+    if SPLIT_TILES:
+        _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K)
+        _tile_four_rows(a, a_at + 4 * a_row, a_k, a_row, b, b_at, b_k, out, o_at + 4 * o_row,
+                        o_row, K)
+    else:
+        _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K)
+
+
+@njit(inline="always")
 def _tile_one_vector(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
     """``_tile_two_vectors`` one vector wide: out[i0:i0+8, j0:j0+W] (the last W columns
     of a width that is an odd number of W)."""
@@ -139,7 +189,7 @@ def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, K):
     W = VECTOR_COLS
     wide_end = N - N % (2 * W)
     for j0 in range(0, wide_end, 2 * W):
-        _tile_two_vectors(a, a_at, a_k, a_row, b, j0, N, out, i0 * N + j0, N, K)
+        _tile(a, a_at, a_k, a_row, b, j0, N, out, i0 * N + j0, N, K)
     if N - N % W > wide_end:
         _tile_one_vector(a, a_at, a_k, a_row, b, wide_end, N, out, i0 * N + wide_end, N, K)
 
@@ -226,7 +276,7 @@ def _backward_input_rows(dy, w, dx):
         panel = np.empty(O * P, np.float32)
         _pack_rows_as_columns(w, p * P, P, panel)
         for b0 in range(0, rows_end, TILE_ROWS):
-            _tile_two_vectors(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O)
+            _tile(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O)
     wide_end = I - I % P
     tiles_end = I - I % W
     if tiles_end > wide_end:
