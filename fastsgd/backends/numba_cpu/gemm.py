@@ -28,18 +28,33 @@ SPLIT_TILES = WIDTH < 16
 
 
 @njit(inline="always")
-def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """One register tile: out[i0:i0+8, j0:j0+2W] = A[i0:i0+8] @ B[:, j0:j0+2W], W =
-    ``simd.WIDTH``, the arrays C-contiguous and addressed by flat offsets.
+    ``simd.WIDTH``, the arrays C-contiguous and addressed by flat offsets; when not
+    ``first``, out[i0:i0+8, j0:j0+2W] += that (a later block of depths).
 
     Element (i0 + r, k) of A at ``a_at + r * a_row + k * a_k`` of ``a``; B[k, j0:j0+2W]
     at ``b_at + k * b_k`` of ``b``; out[i0 + r, j0:j0+2W] at ``o_at + r * o_row``.
     """
     W = VECTOR_COLS
-    c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
-    c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
-    c40, c41, c50, c51 = vzero(), vzero(), vzero(), vzero()
-    c60, c61, c70, c71 = vzero(), vzero(), vzero(), vzero()
+    if first:
+        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
+        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+        c40, c41, c50, c51 = vzero(), vzero(), vzero(), vzero()
+        c60, c61, c70, c71 = vzero(), vzero(), vzero(), vzero()
+    else:
+        o = o_at
+        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c40, c41, c50, c51 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c60, c61, c70, c71 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
     at, bt = a_at, b_at
     for _ in range(K):
         b0, b1 = vload(b, bt), vload(b, bt + W)
@@ -88,11 +103,19 @@ def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
 
 
 @njit(inline="always")
-def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """``_tile_two_vectors`` for 4 rows: out[i0:i0+4, j0:j0+2W] (8 accumulators)."""
     W = VECTOR_COLS
-    c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
-    c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+    if first:
+        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
+        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+    else:
+        o = o_at
+        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
     at, bt = a_at, b_at
     for _ in range(K):
         b0, b1 = vload(b, bt), vload(b, bt + W)
@@ -121,23 +144,29 @@ def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
 
 
 @njit(inline="always")
-def _tile(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+def _tile(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """out[i0:i0+8, j0:j0+2W] as one tile of 8 rows, or two of 4 (``SPLIT_TILES``);
     arguments as ``_tile_two_vectors``."""
     if SPLIT_TILES:
-        _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K)
+        _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first)
         _tile_four_rows(a, a_at + 4 * a_row, a_k, a_row, b, b_at, b_k, out, o_at + 4 * o_row,
-                        o_row, K)
+                        o_row, K, first)
     else:
-        _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K)
+        _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first)
 
 
 @njit(inline="always")
-def _tile_one_vector(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K):
+def _tile_one_vector(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """``_tile_two_vectors`` one vector wide: out[i0:i0+8, j0:j0+W] (the last W columns
     of a width that is an odd number of W)."""
-    c0, c1, c2, c3 = vzero(), vzero(), vzero(), vzero()
-    c4, c5, c6, c7 = vzero(), vzero(), vzero(), vzero()
+    if first:
+        c0, c1, c2, c3 = vzero(), vzero(), vzero(), vzero()
+        c4, c5, c6, c7 = vzero(), vzero(), vzero(), vzero()
+    else:
+        c0, c1 = vload(out, o_at), vload(out, o_at + o_row)
+        c2, c3 = vload(out, o_at + 2 * o_row), vload(out, o_at + 3 * o_row)
+        c4, c5 = vload(out, o_at + 4 * o_row), vload(out, o_at + 5 * o_row)
+        c6, c7 = vload(out, o_at + 6 * o_row), vload(out, o_at + 7 * o_row)
     at, bt = a_at, b_at
     for _ in range(K):
         b0 = vload(b, bt)
@@ -182,39 +211,62 @@ def _edge(a, b, out, i0, i1, j0, j1, transposed):
 
 
 @njit(inline="always")
-def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, K):
-    """out[i0:i0+8, :N - N % W] by register tiles, A addressed as in ``_tile_two_vectors``,
-    b (K, N) and out (M, N) C-contiguous."""
+def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, k0, depth):
+    """out[i0:i0+8, :N - N % W] (+)= A[i0:i0+8, k0:k0+depth] @ b[k0:k0+depth] by register
+    tiles (+= after the first block of depths), A at flat offset a_at (its element
+    (i0, k0)) and addressed as in ``_tile_two_vectors``, b (K, N) and out (M, N)
+    C-contiguous."""
     N = b.shape[1]
     W = VECTOR_COLS
     wide_end = N - N % (2 * W)
+    first = k0 == 0
     for j0 in range(0, wide_end, 2 * W):
-        _tile(a, a_at, a_k, a_row, b, j0, N, out, i0 * N + j0, N, K)
+        _tile(a, a_at, a_k, a_row, b, k0 * N + j0, N, out, i0 * N + j0, N, depth, first)
     if N - N % W > wide_end:
-        _tile_one_vector(a, a_at, a_k, a_row, b, wide_end, N, out, i0 * N + wide_end, N, K)
+        _tile_one_vector(a, a_at, a_k, a_row, b, k0 * N + wide_end, N, out, i0 * N + wide_end,
+                         N, depth, first)
+
+
+#: Depths a pass of the tiles takes: 64 rows of b (32 KiB at 128 columns) stay in L1
+#: while the tiles of ROW_CHUNK blocks of rows sweep them, instead of all K rows streaming
+#: from L2 for each block (one core, min of medians: x.T @ dy 256x784x128 353 -> 259 us,
+#: matmul 256x784x128 286 -> 255 us; 32 as fast, 128 and 256 no faster than none).
+DEPTH_BLOCK = 64
+#: Blocks of TILE_ROWS rows a thread takes at a time, each swept depth block by depth
+#: block (4: 32 rows; 2 pieces of a batch of 64 rows, 8 of 256).
+ROW_CHUNK = 4
 
 
 @njit(inline="always")
 def _gemm_blocks(a, b, out, transposed):
     """out = A @ b where A is ``a`` (M, K), or ``a.T`` for ``a`` (K, M) when ``transposed``.
 
-    b (K, N) -> out (M, N), all C-contiguous.  Blocks of TILE_ROWS rows are spread over
-    the threads (in a ``parallel=True`` caller), each swept by the register tiles
-    across the columns; the last M % TILE_ROWS rows and N % W columns are done one by
-    one.  (Eight columns of a packed k-major for a tile of a.T, instead of read in
-    place a row of a apart, made x.T @ dy 64x784x128 1.2x slower.)
+    b (K, N) -> out (M, N), all C-contiguous.  Chunks of ROW_CHUNK blocks of TILE_ROWS
+    rows are spread over the threads (in a ``parallel=True`` caller); a chunk is swept
+    by the register tiles across the columns, DEPTH_BLOCK depths at a time, each tile
+    adding its block of depths to out in the same order of k as one pass would (the
+    same bits); the last M % TILE_ROWS rows and N % W columns are done one by one.
+    (Eight columns of a packed k-major for a tile of a.T, instead of read in place a
+    row of a apart, made x.T @ dy 64x784x128 1.2x slower.)
     """
     M, N = out.shape
     K = b.shape[0]
     tiles_end = N - N % VECTOR_COLS
     n_blocks = M // TILE_ROWS
-    for blk in prange(n_blocks):
-        i0 = blk * TILE_ROWS
-        if transposed:
-            _row_of_tiles(a, i0, M, 1, b, out, i0, K)
-        else:
-            _row_of_tiles(a, i0 * K, 1, K, b, out, i0, K)
-        _edge(a, b, out, i0, i0 + TILE_ROWS, tiles_end, N, transposed)
+    n_chunks = (n_blocks + ROW_CHUNK - 1) // ROW_CHUNK
+    for chunk in prange(n_chunks):
+        blocks_end = min(n_blocks, (chunk + 1) * ROW_CHUNK)
+        for k0 in range(0, max(K, 1), DEPTH_BLOCK):
+            depth = min(DEPTH_BLOCK, K - k0)
+            for blk in range(chunk * ROW_CHUNK, blocks_end):
+                i0 = blk * TILE_ROWS
+                if transposed:
+                    _row_of_tiles(a, k0 * M + i0, M, 1, b, out, i0, k0, depth)
+                else:
+                    _row_of_tiles(a, i0 * K + k0, 1, K, b, out, i0, k0, depth)
+        for blk in range(chunk * ROW_CHUNK, blocks_end):
+            i0 = blk * TILE_ROWS
+            _edge(a, b, out, i0, i0 + TILE_ROWS, tiles_end, N, transposed)
     _edge(a, b, out, n_blocks * TILE_ROWS, M, 0, N, transposed)
 
 
@@ -276,14 +328,14 @@ def _backward_input_rows(dy, w, dx):
         panel = np.empty(O * P, np.float32)
         _pack_rows_as_columns(w, p * P, P, panel)
         for b0 in range(0, rows_end, TILE_ROWS):
-            _tile(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O)
+            _tile(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O, True)
     wide_end = I - I % P
     tiles_end = I - I % W
     if tiles_end > wide_end:
         panel = np.empty(O * W, np.float32)
         _pack_rows_as_columns(w, wide_end, W, panel)
         for b0 in range(0, rows_end, TILE_ROWS):
-            _tile_one_vector(dy, b0 * O, 1, O, panel, 0, W, dx, b0 * I + wide_end, I, O)
+            _tile_one_vector(dy, b0 * O, 1, O, panel, 0, W, dx, b0 * I + wide_end, I, O, True)
     _dot_products(dy, w, dx, 0, rows_end, tiles_end, I)
     _dot_products(dy, w, dx, rows_end, B, 0, I)
 
