@@ -136,5 +136,5 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, momentum, weight_
     with config._PARALLEL:
         return _train_epoch(layers, int(loss_kind), x, targets, labels, order, rows, lrs,
                             np.float32(sizes.momentum), np.float32(sizes.weight_decay), params,
-                            grads, velocities, use_momentum, losses, config.PARALLEL_MIN_MACS,
-                            config.PARALLEL_MIN_GATHER)
+                            grads, velocities, use_momentum, losses,
+                            config.EPOCH_PARALLEL_MIN_MACS, config.PARALLEL_MIN_GATHER)
