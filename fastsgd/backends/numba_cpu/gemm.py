@@ -20,8 +20,7 @@ from .simd import WIDTH, vbroadcast, vfma, vload, vstore, vzero
 #: (``_tile_four_rows``: 8 accumulators, 2 loads of b and 4 broadcasts a step), since
 #: 16 accumulators spilled (AVX2 code on the Xeon, 256x784x128: 1007 us against 741
 #: for the loop of 4 rows x 4 steps of k).
-#: b is read in place, row by row (a panel of K x 32 floats streams from L2); the
-#: rows of A of one tile stay in L1 across the panels.
+#: b is read in place, DEPTH_BLOCK rows at a time (``_gemm_blocks``), A too.
 TILE_ROWS = 8
 VECTOR_COLS = WIDTH
 SPLIT_TILES = WIDTH < 16
