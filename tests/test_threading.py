@@ -304,3 +304,24 @@ def test_numba_products_give_the_same_bits_on_one_thread_and_on_the_threads(kind
         reference = a.astype(np.float64) @ b.astype(np.float64)
     assert np.array_equal(one, threads)
     np.testing.assert_allclose(one, reference, rtol=1e-4, atol=1e-3)
+
+
+@needs_numba
+def test_numba_products_leave_the_threads_for_a_while_after_they_were_held_up():
+    from fastsgd.backends.numba_cpu import config
+    clock = [100.0]
+    pace = config.Pace(clock=lambda: clock[0])
+    shape = ("matmul", (256, 784), (784, 128))
+    pace.ran(shape, 10**6, started=100.0, seconds=1e-4)     # 1e10 multiply-adds a second
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=100.0, seconds=3e-4)     # a third of that: held up
+    assert not pace.threads_now()
+    clock[0] += 3e-4 + pace.SOLO_MIN_S
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0], seconds=3e-4)  # held up again: twice as long
+    clock[0] += 3e-4 + pace.SOLO_MIN_S
+    assert not pace.threads_now()
+    clock[0] += pace.SOLO_MIN_S
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0], seconds=1.2e-4)  # keeping pace: back to the start
+    assert pace.threads_now() and pace.solo_s == pace.SOLO_MIN_S

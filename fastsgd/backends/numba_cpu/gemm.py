@@ -411,15 +411,28 @@ def _product(a, b, out, transposed, min_macs):
         _gemm(a, b, out, transposed)
 
 
+def _on_threads(threaded, one_thread, args, macs, kind):
+    """``threaded(*args)`` under the lock, timed for ``config.PACE``, or
+    ``one_thread(*args)`` while the threads are held up."""
+    if not config.PACE.threads_now():
+        one_thread(*args)
+        return
+    pace = config.PACE
+    with config._PARALLEL:
+        started = pace.clock()
+        threaded(*args)
+        pace.ran((kind, args[0].shape, args[1].shape), macs, started, pace.clock() - started)
+
+
 def _gemm_call(a, b, out, transposed):
     """``_product`` for Python callers: the threads, under the lock, only when they pay."""
+    macs = out.shape[0] * out.shape[1] * b.shape[0]
     if b.shape[1] <= NARROW_MAX_N:
         _narrow_gemm(a, b, out, transposed)
-    elif out.shape[0] * out.shape[1] * b.shape[0] < config.PARALLEL_MIN_MACS:
+    elif macs < config.PARALLEL_MIN_MACS:
         _gemm_one_thread(a, b, out, transposed)
     else:
-        with config._PARALLEL:
-            _gemm(a, b, out, transposed)
+        _on_threads(_gemm, _gemm_one_thread, (a, b, out, transposed), macs, transposed)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -452,13 +465,13 @@ def _backward_input_product(dy, w, dx, min_macs):
 def _backward_input_call(dy, w, dx):
     """``_backward_input_product`` for Python callers: the threads, under the lock,
     only when they pay."""
+    macs = dy.shape[0] * dy.shape[1] * w.shape[0]
     if dy.shape[1] <= NARROW_MAX_N:
         _narrow_backward_input(dy, w, dx)
-    elif dy.shape[0] * dy.shape[1] * w.shape[0] < config.PARALLEL_MIN_MACS:
+    elif macs < config.PARALLEL_MIN_MACS:
         _backward_input_one_thread(dy, w, dx)
     else:
-        with config._PARALLEL:
-            _backward_input(dy, w, dx)
+        _on_threads(_backward_input, _backward_input_one_thread, (dy, w, dx), macs, "dx")
 
 
 def matmul_backward_weight(x, dy, dw):
