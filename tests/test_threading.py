@@ -228,3 +228,100 @@ def test_a_busy_core_leaves_the_threaded_epoch_exact():
         spinner.wait()
     for a, b in zip(alone, shared):
         np.testing.assert_array_equal(a, b)
+
+
+def _tbb_installed() -> bool:
+    from importlib import metadata
+    try:
+        metadata.distribution("tbb")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+LAYER = """
+import numba
+import numpy as np
+from fastsgd.backends import numba_cpu
+
+a = np.ones((512, 512), np.float32)   # 2**27 multiply-adds: on the threads either way
+out = np.empty_like(a)
+assert a.size * a.shape[0] >= numba_cpu.PARALLEL_MIN_MACS
+numba_cpu.matmul(a, a, out)
+print(numba.threading_layer(), numba_cpu.PARALLEL_MIN_MACS, float(out.min()), float(out.max()))
+"""
+WITHOUT_TBB = """
+from importlib import metadata
+files = metadata.files
+def without_tbb(name):
+    if name == "tbb":
+        raise metadata.PackageNotFoundError(name)
+    return files(name)
+metadata.files = without_tbb
+"""
+
+
+@needs_numba
+@pytest.mark.skipif(not _tbb_installed(), reason="the tbb package is not installed")
+def test_numba_threads_run_on_tbb_when_the_tbb_package_is_installed():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    done = subprocess.run([sys.executable, "-c", LAYER], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["tbb", str(1 << 22), "512.0", "512.0"]
+
+
+@needs_numba
+def test_numba_threads_fall_back_to_workqueue_without_the_tbb_package():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TBB + LAYER], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", str(1 << 26), "512.0", "512.0"]
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", ["matmul", "x.T @ dy", "dy @ w.T"])
+def test_numba_products_give_the_same_bits_on_one_thread_and_on_the_threads(kind):
+    from fastsgd.backends.numba_cpu import config, gemm
+    rng = np.random.default_rng(5)
+    # 75 rows, 100 columns: whole tiles, a one-vector tile and columns and rows left over
+    a = rng.standard_normal((75, 300), dtype=np.float32)
+    one, threads = np.empty((2, 75, 100), np.float32)
+    if kind == "dy @ w.T":
+        w = rng.standard_normal((100, 300), dtype=np.float32)
+        gemm._backward_input_one_thread(a, w, one)
+        with config._PARALLEL:
+            gemm._backward_input(a, w, threads)
+        reference = a.astype(np.float64) @ w.T.astype(np.float64)
+    else:
+        transposed = kind == "x.T @ dy"
+        x = np.ascontiguousarray(a.T) if transposed else a
+        b = rng.standard_normal((300, 100), dtype=np.float32)
+        gemm._gemm_one_thread(x, b, one, transposed)
+        with config._PARALLEL:
+            gemm._gemm(x, b, threads, transposed)
+        reference = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.array_equal(one, threads)
+    np.testing.assert_allclose(one, reference, rtol=1e-4, atol=1e-3)
+
+
+@needs_numba
+def test_numba_products_leave_the_threads_for_a_while_after_they_were_held_up():
+    from fastsgd.backends.numba_cpu import config
+    clock = [100.0]
+    pace = config.Pace(clock=lambda: clock[0])
+    shape = ("matmul", (256, 784), (784, 128))
+    pace.ran(shape, 10**6, started=100.0, seconds=1e-4)     # 1e10 multiply-adds a second
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=100.0, seconds=3e-4)     # a third of that: held up
+    assert not pace.threads_now()
+    clock[0] += 3e-4 + pace.SOLO_MIN_S
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0], seconds=3e-4)  # held up again: twice as long
+    clock[0] += 3e-4 + pace.SOLO_MIN_S
+    assert not pace.threads_now()
+    clock[0] += pace.SOLO_MIN_S
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0], seconds=1.2e-4)  # keeping pace: back to the start
+    assert pace.threads_now() and pace.solo_s == pace.SOLO_MIN_S

@@ -10,14 +10,20 @@ enough for threads to pay (``PARALLEL_MIN_MACS``); ``fastmath=True`` where it le
 LLVM vectorise a reduction.
 
 Threads: unless ``NUMBA_THREADING_LAYER`` is set (or the process already chose a
-layer), importing this module selects Numba's ``workqueue`` layer instead of its
+layer), importing this module selects Numba's ``tbb`` layer when the ``tbb`` package
+is installed (a dependency on x86-64 Linux; its runtime library is loaded by path,
+where Numba alone would not find it), else ``workqueue``, instead of Numba's
 default, GNU OpenMP: OpenMP's workers spin after each kernel, stalling NumPy's BLAS
 and other busy processes, and a process that forks after an OpenMP region cannot run
-parallel code in the child.  Workqueue workers sleep between kernels and the child of
-a fork starts its own.  Workqueue must not be entered by two threads at once, so the
-parallel kernels here take a lock (kernels from several Python threads run one at a
-time); a forked child makes a new one, since a thread of the parent may have held it
-inside a kernel at the fork.  ``numba.set_num_threads`` sets their thread count.
+parallel code in the child.  TBB's and workqueue's workers sleep between kernels and
+both survive a fork.  With TBB the calling thread works too and the threads take
+chunks of rows as they come free, so two threads pay from ~4e6 multiply-adds (the
+training shapes) and a busy second core costs its share; workqueue splits the work
+evenly up front, so the products use it only from ~7e7 (``PARALLEL_MIN_MACS``).
+Workqueue must not be entered by two threads at once, so the parallel kernels here
+take a lock (kernels from several Python threads run one at a time); a forked child
+makes a new one, since a thread of the parent may have held it inside a kernel at the
+fork.  ``numba.set_num_threads`` sets their thread count.
 
 Cache: every compiled function here is kept in Numba's on-disk cache, so only the
 first process compiles (``warm_up`` compiles or loads them all; ``cache_dir`` says
@@ -35,10 +41,9 @@ from .. import program as _registry
 from . import config
 from . import pointwise as _pointwise
 from .compile_watch import CompileWatch, watch_compiles
-from .config import fallback_cache_dir
+from .config import PARALLEL_MIN_MACS, fallback_cache_dir
 from .gemm import (
     NARROW_MAX_N,
-    PARALLEL_MIN_MACS,
     _backward_input,
     _gemm,
     bias_backward,

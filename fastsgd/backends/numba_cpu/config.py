@@ -4,16 +4,73 @@ Imported first by the package (``__init__``), before anything is compiled: the
 threading layer and, where needed, the cache folder must be set before the first
 ``@njit(cache=True)`` decoration.
 """
+import ctypes
 import os
+import sys
 import tempfile
 import threading
+import time
+from importlib import metadata
 
 import numba
 
 from .. import numba_math
 
+#: The file of the TBB runtime Numba's tbb layer links to, by platform.
+_TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+
+
+def _tbb_layer_loads() -> bool:
+    """Whether Numba's tbb threading layer can load here, after loading the ``tbb``
+    package's runtime library by its path.
+
+    The ``tbb`` wheel puts the library in the environment's ``lib`` folder, where the
+    dynamic loader does not look (outside conda), so Numba finds no tbb layer unless
+    the library is already loaded; once it is, Numba's own load by name finds it.
+    """
+    try:
+        files = metadata.files("tbb") or []
+    except metadata.PackageNotFoundError:
+        return False
+    name = _TBB_LIBRARY.get(sys.platform)
+    path = next((f.locate() for f in files if f.name == name), None)
+    if path is None:
+        return False
+    try:
+        ctypes.CDLL(str(path), mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        from numba.np.ufunc import parallel
+        check_version = getattr(parallel, "_check_tbb_version_compatible", None)
+        if check_version is not None:
+            check_version()
+        from numba.np.ufunc import tbbpool  # noqa: F401
+    except (OSError, ImportError):
+        return False
+    return True
+
+
 if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "tbb" if _tbb_layer_loads() else "workqueue"
+
+#: Products of at least this many multiply-adds (gathers of as many elements) run on
+#: Numba's threads.  TBB's workers take chunks of rows as they come free and the
+#: calling thread works too, so a busy second core costs a fair share: on a shared
+#: 2-core Xeon two threads paid from ~4e6 (64x784x128 at batch 64: 64-75 -> 42-46 us;
+#: 256x784x128 250-290 -> 138-160 us; 64x128x128 12 -> 13-26 us did not).  Workqueue
+#: splits the rows evenly up front, so a busy second core held the whole product up
+#: (256x784x128: one thread 110-125 GFLOP/s, two 96-98, 165 at best); with it,
+#: threads pay only from ~1e8 (1024^3: 43 vs 77 GFLOP/s).
+PARALLEL_MIN_MACS = 1 << 22 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
+#: The fused epoch's products run on the threads from this many multiply-adds: there
+#: the SGD step of the calling thread has just rewritten the weights that both threads
+#: read, and at batch 64 (784-128-10, 6.4e6 multiply-adds a product) two threads gave
+#: nothing (Fashion-MNIST epoch 0.155 s, one thread 0.147-0.153 s) for twice the CPU
+#: time; at batch 256 they pay (0.19 -> 0.11 s).
+EPOCH_PARALLEL_MIN_MACS = 1 << 23 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
+#: The fused epoch gathers a batch of rows of x onto the threads from this many elements:
+#: rows picked at random lie far apart in memory, and two cores wait for them in
+#: parallel (784 floats a row, the Fashion-MNIST epoch: 28-32 ms of gathers an epoch on
+#: one thread, 8-15 on two with TBB, at batch 64 and 256 alike).
+PARALLEL_MIN_GATHER = 1 << 15 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
 
 
 
@@ -50,6 +107,51 @@ def _user_cache_dir():
 _FALLBACK = fallback_cache_dir(os.path.dirname(os.path.abspath(__file__)), _user_cache_dir())
 if _FALLBACK:
     numba.config.CACHE_DIR = _FALLBACK
+
+class Pace:
+    """Whether a product called from Python runs on the threads now: not for a while
+    after one on the threads ran no faster than one thread would.
+
+    A worker kept off its core (by NumPy's BLAS workers, which spin for ~0.1 s after
+    each call, or by another process) holds the whole product up until the scheduler
+    lets it run again: NumPy ``a @ b`` alternating with a threaded 256x784x128 matmul
+    took 7-18 ms a pair instead of 0.4.  A product that ran at less than HELD_UP of the
+    best rate its shape ran at on the threads sends the next ones to the calling
+    thread for SOLO_MIN_S, doubled up to SOLO_MAX_S while the threads stay held up:
+    longer than BLAS workers spin, so that alternating with NumPy costs a stall only
+    every SOLO_MAX_S (the pair of ``benchmarks/calm.py alternate``: 1.03x the two alone;
+    with at most 0.04 s, 1.5-5.9x).  The split never changes the results.  Updated
+    under ``_PARALLEL``.  The fused epoch, one compiled call, does not pace.
+    """
+
+    HELD_UP = 0.55
+    SOLO_MIN_S, SOLO_MAX_S = 0.005, 0.16
+    MAX_SHAPES = 64
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.best: dict = {}          # shape -> best multiply-adds per second on the threads
+        self.solo_until = 0.0
+        self.solo_s = self.SOLO_MIN_S
+
+    def threads_now(self) -> bool:
+        """Whether the threads should take the next product."""
+        return self.clock() >= self.solo_until
+
+    def ran(self, shape, macs: int, started: float, seconds: float) -> None:
+        """Record a product of ``macs`` multiply-adds that took ``seconds`` on the threads."""
+        rate = macs / max(seconds, 1e-9)
+        best = self.best.get(shape, 0.0)
+        if rate > best and (best or len(self.best) < self.MAX_SHAPES):
+            self.best[shape] = rate
+        if rate < self.HELD_UP * best:
+            self.solo_until = started + seconds + self.solo_s
+            self.solo_s = min(2 * self.solo_s, self.SOLO_MAX_S)
+        else:
+            self.solo_s = self.SOLO_MIN_S
+
+
+PACE = Pace()
 
 #: Held around every parallel kernel (see the package docstring).  Read it as
 #: ``config._PARALLEL``: a forked child replaces it.

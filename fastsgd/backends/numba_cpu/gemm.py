@@ -5,17 +5,188 @@ from numba import njit, prange
 
 from . import config
 from .config import _ELEMENTWISE, _MATMUL
+from .simd import WIDTH, vbroadcast, vfma, vload, vstore, vzero
 
-#: Register blocking of the matmuls: ROWS rows of ``out`` are updated together from
-#: DEPTH rows of ``b`` at a time, so each loaded vector of b feeds ROWS * DEPTH
-#: multiply-adds and each row of out is loaded and stored once per DEPTH steps of k.
-#: With 512-bit vectors (``numba_target``) the loop over j compiles, per 16 columns, to
-#: 4 loads of b and 4 of out, 16 ``vfmadd231ps`` on zmm registers (the 16 a values
-#: broadcast into zmm16-31 before the loop) and 4 stores of out (inspect_asm of
-#: ``_gemm_one_thread``, Emerald Rapids); with AVX2, the same on ymm, 8 columns a step.
-#: Rows of out stay in L1 while b streams from L2 once per block of ROWS rows.
-ROWS = 4
-DEPTH = 4
+#: Register tiles of the matmuls: TILE_ROWS rows by two vectors of ``simd.WIDTH``
+#: columns of ``out`` stay in 16 vector registers for the whole loop over k, each step
+#: of which loads two vectors of a row of b and broadcasts TILE_ROWS values of A.  With
+#: 512-bit vectors (``numba_target``) the loop compiles to 2 ``vmovups`` of b, 8
+#: ``vbroadcastss`` of A and 16 ``vfmadd231ps`` into zmm0-15, no spills (inspect_asm of
+#: ``_gemm_one_thread``, Emerald Rapids): 256x784x128 on one core at ~240 GFLOP/s, 93%
+#: of the core's FMA peak (the loop of 4 rows x 4 steps of k it replaces, which loaded
+#: and stored ``out`` at every step, ran at 110-130).  Tiles of 12x2, 14x2, 6x4 and
+#: 8x3 vectors ran at the same speed; unrolling k by 2 too.
+#: AVX2 has 16 vector registers, not 32: there the tile is two of 4 rows x 2 ymm
+#: (``_tile_four_rows``: 8 accumulators, 2 loads of b and 4 broadcasts a step), since
+#: 16 accumulators spilled (AVX2 code on the Xeon, 256x784x128: 1007 us against 741
+#: for the loop of 4 rows x 4 steps of k).
+#: b is read in place, DEPTH_BLOCK rows at a time (``_gemm_blocks``), A too.
+TILE_ROWS = 8
+VECTOR_COLS = WIDTH
+SPLIT_TILES = WIDTH < 16
+
+
+@njit(inline="always")
+def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
+    """One register tile: out[i0:i0+8, j0:j0+2W] = A[i0:i0+8] @ B[:, j0:j0+2W], W =
+    ``simd.WIDTH``, the arrays C-contiguous and addressed by flat offsets; when not
+    ``first``, out[i0:i0+8, j0:j0+2W] += that (a later block of depths).
+
+    Element (i0 + r, k) of A at ``a_at + r * a_row + k * a_k`` of ``a``; B[k, j0:j0+2W]
+    at ``b_at + k * b_k`` of ``b``; out[i0 + r, j0:j0+2W] at ``o_at + r * o_row``.
+    """
+    W = VECTOR_COLS
+    if first:
+        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
+        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+        c40, c41, c50, c51 = vzero(), vzero(), vzero(), vzero()
+        c60, c61, c70, c71 = vzero(), vzero(), vzero(), vzero()
+    else:
+        o = o_at
+        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c40, c41, c50, c51 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c60, c61, c70, c71 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+    at, bt = a_at, b_at
+    for _ in range(K):
+        b0, b1 = vload(b, bt), vload(b, bt + W)
+        x = vbroadcast(a, at)
+        c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
+        x = vbroadcast(a, at + a_row)
+        c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
+        x = vbroadcast(a, at + 2 * a_row)
+        c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
+        x = vbroadcast(a, at + 3 * a_row)
+        c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
+        x = vbroadcast(a, at + 4 * a_row)
+        c40, c41 = vfma(x, b0, c40), vfma(x, b1, c41)
+        x = vbroadcast(a, at + 5 * a_row)
+        c50, c51 = vfma(x, b0, c50), vfma(x, b1, c51)
+        x = vbroadcast(a, at + 6 * a_row)
+        c60, c61 = vfma(x, b0, c60), vfma(x, b1, c61)
+        x = vbroadcast(a, at + 7 * a_row)
+        c70, c71 = vfma(x, b0, c70), vfma(x, b1, c71)
+        at += a_k
+        bt += b_k
+    o = o_at
+    vstore(out, o, c00)
+    vstore(out, o + W, c01)
+    o += o_row
+    vstore(out, o, c10)
+    vstore(out, o + W, c11)
+    o += o_row
+    vstore(out, o, c20)
+    vstore(out, o + W, c21)
+    o += o_row
+    vstore(out, o, c30)
+    vstore(out, o + W, c31)
+    o += o_row
+    vstore(out, o, c40)
+    vstore(out, o + W, c41)
+    o += o_row
+    vstore(out, o, c50)
+    vstore(out, o + W, c51)
+    o += o_row
+    vstore(out, o, c60)
+    vstore(out, o + W, c61)
+    o += o_row
+    vstore(out, o, c70)
+    vstore(out, o + W, c71)
+
+
+@njit(inline="always")
+def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
+    """``_tile_two_vectors`` for 4 rows: out[i0:i0+4, j0:j0+2W] (8 accumulators)."""
+    W = VECTOR_COLS
+    if first:
+        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
+        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
+    else:
+        o = o_at
+        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+        o += 2 * o_row
+        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
+            vload(out, o + o_row + W)
+    at, bt = a_at, b_at
+    for _ in range(K):
+        b0, b1 = vload(b, bt), vload(b, bt + W)
+        x = vbroadcast(a, at)
+        c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
+        x = vbroadcast(a, at + a_row)
+        c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
+        x = vbroadcast(a, at + 2 * a_row)
+        c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
+        x = vbroadcast(a, at + 3 * a_row)
+        c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
+        at += a_k
+        bt += b_k
+    o = o_at
+    vstore(out, o, c00)
+    vstore(out, o + W, c01)
+    o += o_row
+    vstore(out, o, c10)
+    vstore(out, o + W, c11)
+    o += o_row
+    vstore(out, o, c20)
+    vstore(out, o + W, c21)
+    o += o_row
+    vstore(out, o, c30)
+    vstore(out, o + W, c31)
+
+
+@njit(inline="always")
+def _tile(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
+    """out[i0:i0+8, j0:j0+2W] as one tile of 8 rows, or two of 4 (``SPLIT_TILES``);
+    arguments as ``_tile_two_vectors``."""
+    if SPLIT_TILES:
+        _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first)
+        _tile_four_rows(a, a_at + 4 * a_row, a_k, a_row, b, b_at, b_k, out, o_at + 4 * o_row,
+                        o_row, K, first)
+    else:
+        _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first)
+
+
+@njit(inline="always")
+def _tile_one_vector(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
+    """``_tile_two_vectors`` one vector wide: out[i0:i0+8, j0:j0+W] (the last W columns
+    of a width that is an odd number of W)."""
+    if first:
+        c0, c1, c2, c3 = vzero(), vzero(), vzero(), vzero()
+        c4, c5, c6, c7 = vzero(), vzero(), vzero(), vzero()
+    else:
+        c0, c1 = vload(out, o_at), vload(out, o_at + o_row)
+        c2, c3 = vload(out, o_at + 2 * o_row), vload(out, o_at + 3 * o_row)
+        c4, c5 = vload(out, o_at + 4 * o_row), vload(out, o_at + 5 * o_row)
+        c6, c7 = vload(out, o_at + 6 * o_row), vload(out, o_at + 7 * o_row)
+    at, bt = a_at, b_at
+    for _ in range(K):
+        b0 = vload(b, bt)
+        c0 = vfma(vbroadcast(a, at), b0, c0)
+        c1 = vfma(vbroadcast(a, at + a_row), b0, c1)
+        c2 = vfma(vbroadcast(a, at + 2 * a_row), b0, c2)
+        c3 = vfma(vbroadcast(a, at + 3 * a_row), b0, c3)
+        c4 = vfma(vbroadcast(a, at + 4 * a_row), b0, c4)
+        c5 = vfma(vbroadcast(a, at + 5 * a_row), b0, c5)
+        c6 = vfma(vbroadcast(a, at + 6 * a_row), b0, c6)
+        c7 = vfma(vbroadcast(a, at + 7 * a_row), b0, c7)
+        at += a_k
+        bt += b_k
+    vstore(out, o_at, c0)
+    vstore(out, o_at + o_row, c1)
+    vstore(out, o_at + 2 * o_row, c2)
+    vstore(out, o_at + 3 * o_row, c3)
+    vstore(out, o_at + 4 * o_row, c4)
+    vstore(out, o_at + 5 * o_row, c5)
+    vstore(out, o_at + 6 * o_row, c6)
+    vstore(out, o_at + 7 * o_row, c7)
 
 
 @njit(inline="always")
@@ -25,55 +196,77 @@ def _a(a, i, k, transposed):
 
 
 @njit(inline="always")
-def _rows_block(a, b, out, i, transposed):
-    """out[i:i+4] = A[i:i+4] @ b for four rows at once.   A (M, K), b (K, N), out (M, N)."""
-    K, N = b.shape
-    for r in range(ROWS):
-        for j in range(N):
-            out[i + r, j] = np.float32(0.0)
-    k_main = K - K % DEPTH
-    for k in range(0, k_main, DEPTH):
-        a00, a01, a02, a03 = _a(a, i, k, transposed), _a(a, i, k + 1, transposed), \
-            _a(a, i, k + 2, transposed), _a(a, i, k + 3, transposed)
-        a10, a11, a12, a13 = _a(a, i + 1, k, transposed), _a(a, i + 1, k + 1, transposed), \
-            _a(a, i + 1, k + 2, transposed), _a(a, i + 1, k + 3, transposed)
-        a20, a21, a22, a23 = _a(a, i + 2, k, transposed), _a(a, i + 2, k + 1, transposed), \
-            _a(a, i + 2, k + 2, transposed), _a(a, i + 2, k + 3, transposed)
-        a30, a31, a32, a33 = _a(a, i + 3, k, transposed), _a(a, i + 3, k + 1, transposed), \
-            _a(a, i + 3, k + 2, transposed), _a(a, i + 3, k + 3, transposed)
-        for j in range(N):
-            b0, b1, b2, b3 = b[k, j], b[k + 1, j], b[k + 2, j], b[k + 3, j]
-            out[i, j] += a00 * b0 + a01 * b1 + a02 * b2 + a03 * b3
-            out[i + 1, j] += a10 * b0 + a11 * b1 + a12 * b2 + a13 * b3
-            out[i + 2, j] += a20 * b0 + a21 * b1 + a22 * b2 + a23 * b3
-            out[i + 3, j] += a30 * b0 + a31 * b1 + a32 * b2 + a33 * b3
-    _add_rows(a, b, out, i, ROWS, k_main, transposed)
+def _edge(a, b, out, i0, i1, j0, j1, transposed):
+    """out[i0:i1, j0:j1] = A[i0:i1] @ b[:, j0:j1], row by row: the rows and columns the
+    tiles leave.   A (M, K) (``a``, or ``a.T`` when ``transposed``), b (K, N), out (M, N)."""
+    K = b.shape[0]
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            out[i, j] = np.float32(0.0)
+        for k in range(K):
+            aik = _a(a, i, k, transposed)
+            for j in range(j0, j1):
+                out[i, j] += aik * b[k, j]
 
 
 @njit(inline="always")
-def _add_rows(a, b, out, i, rows, k0, transposed):
-    """out[i:i+rows] += A[i:i+rows, k0:] @ b[k0:], row by row.   A (M, K), b (K, N), out (M, N)."""
-    K, N = b.shape
-    for r in range(rows):
-        for k in range(k0, K):
-            ark = _a(a, i + r, k, transposed)
-            for j in range(N):
-                out[i + r, j] += ark * b[k, j]
+def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, k0, depth):
+    """out[i0:i0+8, :N - N % W] (+)= A[i0:i0+8, k0:k0+depth] @ b[k0:k0+depth] by register
+    tiles (+= after the first block of depths), A at flat offset a_at (its element
+    (i0, k0)) and addressed as in ``_tile_two_vectors``, b (K, N) and out (M, N)
+    C-contiguous."""
+    N = b.shape[1]
+    W = VECTOR_COLS
+    wide_end = N - N % (2 * W)
+    first = k0 == 0
+    for j0 in range(0, wide_end, 2 * W):
+        _tile(a, a_at, a_k, a_row, b, k0 * N + j0, N, out, i0 * N + j0, N, depth, first)
+    if N - N % W > wide_end:
+        _tile_one_vector(a, a_at, a_k, a_row, b, k0 * N + wide_end, N, out, i0 * N + wide_end,
+                         N, depth, first)
+
+
+#: Depths a pass of the tiles takes: 64 rows of b (32 KiB at 128 columns) stay in L1
+#: while the tiles of ROW_CHUNK blocks of rows sweep them, instead of all K rows streaming
+#: from L2 for each block (one core, min of medians: x.T @ dy 256x784x128 353 -> 259 us,
+#: matmul 256x784x128 286 -> 255 us; 32 as fast, 128 and 256 no faster than none).
+DEPTH_BLOCK = 64
+#: Blocks of TILE_ROWS rows a thread takes at a time, each swept depth block by depth
+#: block (4: 32 rows; 2 pieces of a batch of 64 rows, 8 of 256).
+ROW_CHUNK = 4
 
 
 @njit(inline="always")
 def _gemm_blocks(a, b, out, transposed):
     """out = A @ b where A is ``a`` (M, K), or ``a.T`` for ``a`` (K, M) when ``transposed``.
 
-    b (K, N) -> out (M, N).  Blocks of ROWS rows are spread over the threads (in a
-    ``parallel=True`` caller); the last M % ROWS rows are done one by one.
+    b (K, N) -> out (M, N), all C-contiguous.  Chunks of ROW_CHUNK blocks of TILE_ROWS
+    rows are spread over the threads (in a ``parallel=True`` caller); a chunk is swept
+    by the register tiles across the columns, DEPTH_BLOCK depths at a time, each tile
+    adding its block of depths to out in the same order of k as one pass would (the
+    same bits); the last M % TILE_ROWS rows and N % W columns are done one by one.
+    (Eight columns of a packed k-major for a tile of a.T, instead of read in place a
+    row of a apart, made x.T @ dy 64x784x128 1.2x slower.)
     """
-    M = out.shape[0]
-    n_blocks = M // ROWS
-    for blk in prange(n_blocks):
-        _rows_block(a, b, out, blk * ROWS, transposed)
-    out[n_blocks * ROWS:, :] = np.float32(0.0)
-    _add_rows(a, b, out, n_blocks * ROWS, M - n_blocks * ROWS, 0, transposed)
+    M, N = out.shape
+    K = b.shape[0]
+    tiles_end = N - N % VECTOR_COLS
+    n_blocks = M // TILE_ROWS
+    n_chunks = (n_blocks + ROW_CHUNK - 1) // ROW_CHUNK
+    for chunk in prange(n_chunks):
+        blocks_end = min(n_blocks, (chunk + 1) * ROW_CHUNK)
+        for k0 in range(0, max(K, 1), DEPTH_BLOCK):
+            depth = min(DEPTH_BLOCK, K - k0)
+            for blk in range(chunk * ROW_CHUNK, blocks_end):
+                i0 = blk * TILE_ROWS
+                if transposed:
+                    _row_of_tiles(a, k0 * M + i0, M, 1, b, out, i0, k0, depth)
+                else:
+                    _row_of_tiles(a, i0 * K + k0, 1, K, b, out, i0, k0, depth)
+        for blk in range(chunk * ROW_CHUNK, blocks_end):
+            i0 = blk * TILE_ROWS
+            _edge(a, b, out, i0, i0 + TILE_ROWS, tiles_end, N, transposed)
+    _edge(a, b, out, n_blocks * TILE_ROWS, M, 0, N, transposed)
 
 
 @njit(**_MATMUL)
@@ -92,31 +285,58 @@ def matmul_backward_input(dy, w, dx):
     _backward_input_call(dy, w, dx)
 
 
-#: Side of the square tiles ``_transpose`` copies (a tile of the source and of the copy
-#: both stay in L1).
-TRANSPOSE_TILE = 32
+@njit(inline="always")
+def _pack_rows_as_columns(w, i0, width, panel):
+    """panel[o * width + c] = w[i0 + c, o] for c < width: rows i0 .. i0 + width of w as
+    the columns of a k-major panel.   w (I, O), panel (O * width,)."""
+    O = w.shape[1]
+    for c in range(width):
+        for o in range(O):
+            panel[o * width + c] = w[i0 + c, o]
 
 
 @njit(inline="always")
-def _transpose(w):
-    """w.T as a new C-contiguous array, copied tile by tile.   w (I, O) -> (O, I)."""
-    I, O = w.shape
-    w_t = np.empty((O, I), np.float32)
-    for i0 in range(0, I, TRANSPOSE_TILE):
-        for o0 in range(0, O, TRANSPOSE_TILE):
-            for i in range(i0, min(i0 + TRANSPOSE_TILE, I)):
-                for o in range(o0, min(o0 + TRANSPOSE_TILE, O)):
-                    w_t[o, i] = w[i, o]
-    return w_t
+def _dot_products(dy, w, dx, b0, b1, i0, i1):
+    """dx[b0:b1, i0:i1] = dy[b0:b1] @ w[i0:i1].T as dot products along O: the rows and
+    columns the tiles leave.   dy (B, O), w (I, O), dx (B, I)."""
+    O = dy.shape[1]
+    for b in range(b0, b1):
+        for i in range(i0, i1):
+            acc = np.float32(0.0)
+            for o in range(O):
+                acc += dy[b, o] * w[i, o]
+            dx[b, i] = acc
 
 
 @njit(inline="always")
 def _backward_input_rows(dy, w, dx):
-    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I): ``_gemm_blocks`` on a copy of
-    w.T (O, I), so that its vectors run along I (dot products along O ran at a third
-    of the speed), the blocks of rows spread over the threads in a ``parallel=True``
-    caller."""
-    _gemm_blocks(dy, _transpose(w), dx, False)
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I).
+
+    Panels of 2W columns of w.T (2W rows of w) are copied k-major (O x 2W floats, in
+    L1) and swept down dy's rows by the register tiles, so that their vectors run along
+    I; the panels are spread over the threads (in a ``parallel=True`` caller).  A copy
+    of the whole of w.T first, then ``_gemm_blocks``, spent 60 of 330 us in the copy
+    (256x128x784, one thread).  The last I % W columns and B % 8 rows are dot products.
+    """
+    B, O = dy.shape
+    I = w.shape[0]
+    W = VECTOR_COLS
+    P = 2 * W
+    rows_end = B - B % TILE_ROWS
+    for p in prange(I // P):
+        panel = np.empty(O * P, np.float32)
+        _pack_rows_as_columns(w, p * P, P, panel)
+        for b0 in range(0, rows_end, TILE_ROWS):
+            _tile(dy, b0 * O, 1, O, panel, 0, P, dx, b0 * I + p * P, I, O, True)
+    wide_end = I - I % P
+    tiles_end = I - I % W
+    if tiles_end > wide_end:
+        panel = np.empty(O * W, np.float32)
+        _pack_rows_as_columns(w, wide_end, W, panel)
+        for b0 in range(0, rows_end, TILE_ROWS):
+            _tile_one_vector(dy, b0 * O, 1, O, panel, 0, W, dx, b0 * I + wide_end, I, O, True)
+    _dot_products(dy, w, dx, 0, rows_end, tiles_end, I)
+    _dot_products(dy, w, dx, rows_end, B, 0, I)
 
 
 @njit(**_MATMUL)
@@ -126,18 +346,11 @@ def _backward_input(dy, w, dx):
 
 
 #: One-thread twins of the parallel matmuls: a product below ``PARALLEL_MIN_MACS``
-#: multiply-adds (a gather in the fused epoch below as many elements) runs on the
-#: calling thread: measured on 2 cores, the workqueue layer's threads made the training
-#: shapes 2-3x slower (e.g. 256x784x128: 98 GFLOP/s on one thread, 54 on two) and paid
-#: only from ~1e8 multiply-adds (1024^3: 43 vs 77).  Measured again with 512-bit
-#: vectors on a shared 2-core Xeon: 256x784x128 one thread 110-125 GFLOP/s, two 96-98
-#: (medians; 165 at best), 64x784x128 108 vs 61-75: a prange splits its rows evenly, so
-#: a busy second core holds the whole product up.  Threads split whole rows: either
-#: twin gives the same bits.
+#: multiply-adds (``config``) runs on the calling thread.  Threads split whole rows (or
+#: panels of columns): either twin gives the same bits.
 #: Each twin is its own cached function over the same inlined body: Numba's disk cache
 #: knows a function by its name and line, so a twin compiled from its sibling's
 #: ``py_func`` would share (and mix up) the sibling's cache entry.
-PARALLEL_MIN_MACS = 1 << 26
 _ONE_THREAD = dict(_MATMUL, parallel=False)
 
 
@@ -154,8 +367,8 @@ def _backward_input_one_thread(dy, w, dx):
 
 
 #: Products at most this many columns wide (a layer of 10 classes) go through
-#: ``_narrow_gemm``: ``_rows_block``'s vectors run along the columns, and a row of 10
-#: fills one and a bit (256x128x10 ran at 4 GFLOP/s, 0.27x NumPy).
+#: ``_narrow_gemm``: the tiles' vectors run along the columns, and a row of 10
+#: fills less than one (256x128x10 ran at 4 GFLOP/s, 0.27x NumPy).
 NARROW_MAX_N = 16
 
 
@@ -185,26 +398,41 @@ def _narrow_gemm(a, b, out, transposed):
 
 
 @njit(inline="always")
-def _product(a, b, out, transposed):
-    """``_gemm`` on the threads, or on this one for a small product, or ``_narrow_gemm``
-    (compiled callers)."""
+def _product(a, b, out, transposed, min_macs):
+    """``_gemm`` on the threads, or on this one for a product below ``min_macs``
+    multiply-adds, or ``_narrow_gemm`` (compiled callers; the threshold is an argument,
+    not a constant compiled in, since it depends on the threading layer of the
+    process)."""
     if b.shape[1] <= NARROW_MAX_N:
         _narrow_gemm(a, b, out, transposed)
-    elif out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+    elif out.shape[0] * out.shape[1] * b.shape[0] < min_macs:
         _gemm_one_thread(a, b, out, transposed)
     else:
         _gemm(a, b, out, transposed)
 
 
+def _on_threads(threaded, one_thread, args, macs, kind):
+    """``threaded(*args)`` under the lock, timed for ``config.PACE``, or
+    ``one_thread(*args)`` while the threads are held up."""
+    if not config.PACE.threads_now():
+        one_thread(*args)
+        return
+    pace = config.PACE
+    with config._PARALLEL:
+        started = pace.clock()
+        threaded(*args)
+        pace.ran((kind, args[0].shape, args[1].shape), macs, started, pace.clock() - started)
+
+
 def _gemm_call(a, b, out, transposed):
     """``_product`` for Python callers: the threads, under the lock, only when they pay."""
+    macs = out.shape[0] * out.shape[1] * b.shape[0]
     if b.shape[1] <= NARROW_MAX_N:
         _narrow_gemm(a, b, out, transposed)
-    elif out.shape[0] * out.shape[1] * b.shape[0] < PARALLEL_MIN_MACS:
+    elif macs < config.PARALLEL_MIN_MACS:
         _gemm_one_thread(a, b, out, transposed)
     else:
-        with config._PARALLEL:
-            _gemm(a, b, out, transposed)
+        _on_threads(_gemm, _gemm_one_thread, (a, b, out, transposed), macs, transposed)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -223,12 +451,12 @@ def _narrow_backward_input(dy, w, dx):
 
 
 @njit(inline="always")
-def _backward_input_product(dy, w, dx):
-    """dx = dy @ w.T on the threads, on this one for a small product, or narrow
-    (compiled callers)."""
+def _backward_input_product(dy, w, dx, min_macs):
+    """dx = dy @ w.T on the threads, on this one for a product below ``min_macs``
+    multiply-adds, or narrow (compiled callers)."""
     if dy.shape[1] <= NARROW_MAX_N:
         _narrow_backward_input(dy, w, dx)
-    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+    elif dy.shape[0] * dy.shape[1] * w.shape[0] < min_macs:
         _backward_input_one_thread(dy, w, dx)
     else:
         _backward_input(dy, w, dx)
@@ -237,13 +465,13 @@ def _backward_input_product(dy, w, dx):
 def _backward_input_call(dy, w, dx):
     """``_backward_input_product`` for Python callers: the threads, under the lock,
     only when they pay."""
+    macs = dy.shape[0] * dy.shape[1] * w.shape[0]
     if dy.shape[1] <= NARROW_MAX_N:
         _narrow_backward_input(dy, w, dx)
-    elif dy.shape[0] * dy.shape[1] * w.shape[0] < PARALLEL_MIN_MACS:
+    elif macs < config.PARALLEL_MIN_MACS:
         _backward_input_one_thread(dy, w, dx)
     else:
-        with config._PARALLEL:
-            _backward_input(dy, w, dx)
+        _on_threads(_backward_input, _backward_input_one_thread, (dy, w, dx), macs, "dx")
 
 
 def matmul_backward_weight(x, dy, dw):

@@ -8,7 +8,7 @@ from .. import program as prog
 from ..spec import check_epoch
 from . import config
 from .config import _PLAIN
-from .gemm import PARALLEL_MIN_MACS, _add_bias, _backward_input_product, _product, bias_backward
+from .gemm import _add_bias, _backward_input_product, _product, bias_backward
 from .pointwise import _layer_backward, _layer_forward, _program_loss, _sgd_flat, _sgd_momentum_flat
 
 
@@ -34,13 +34,15 @@ def _gather_rows_one_thread(x, order, start, xb):
 
 @njit(**_PLAIN)
 def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
-                 params, grads, velocities, use_momentum, losses):
+                 params, grads, velocities, use_momentum, losses, min_macs, min_gather):
     """One pass of SGD over a layer program in one call (see ``program.py``).
 
     layers (L, 4); x (N, I); targets (N, T) float32 (mnist_loss, mse) or labels (N,)
     int64 (cross-entropy); order (R,) the rows of x the steps take; params, grads,
     velocities (P,) flat blocks; lrs, losses (steps,).  The activations a[l] (B, width_l) and their gradients
-    d[l] live in two scratch arrays laid out once.  Returns the steps done.
+    d[l] live in two scratch arrays laid out once.  Products of at least ``min_macs``
+    multiply-adds, and gathers of at least ``min_gather`` elements, run on the threads.
+    Returns the steps done.
     """
     N = order.shape[0]  # the rows the steps take
     L = layers.shape[0]
@@ -61,7 +63,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
         start = s * bs
         B = min(bs, N - start)
         a0 = acts[:B * layers[0, 1]].reshape((B, layers[0, 1]))
-        if B * a0.shape[1] < PARALLEL_MIN_MACS:
+        if B * a0.shape[1] < min_gather:
             _gather_rows_one_thread(x, order, start, a0)
         else:
             _gather_rows(x, order, start, a0)
@@ -78,7 +80,7 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             if kind == prog.LINEAR:
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
-                _product(a_in, w, a_out, False)
+                _product(a_in, w, a_out, False, min_macs)
                 _add_bias(a_out, params[at + n_in * n_out:at + n_in * n_out + n_out])
             else:
                 _layer_forward(kind, a_in.reshape(-1), a_out.reshape(-1))
@@ -97,11 +99,11 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             d_in = deltas[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
             if kind == prog.LINEAR:
                 w_end = at + n_in * n_out
-                _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True)
+                _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True, min_macs)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
                     _backward_input_product(d_out, params[at:w_end].reshape((n_in, n_out)),
-                                            d_in)
+                                            d_in, min_macs)
             else:
                 _layer_backward(kind, a_in.reshape(-1), a_out.reshape(-1), d_out.reshape(-1),
                                 d_in.reshape(-1))
@@ -134,4 +136,5 @@ def train_epoch(layers, loss_kind, x, targets, order, bs, lrs, params, grads, ve
     with config._PARALLEL:
         return _train_epoch(layers, int(loss_kind), x, targets, labels, order, rows, lrs,
                             np.float32(sizes.momentum), np.float32(sizes.weight_decay), params,
-                            grads, velocities, use_momentum, losses)
+                            grads, velocities, use_momentum, losses,
+                            config.EPOCH_PARALLEL_MIN_MACS, config.PARALLEL_MIN_GATHER)
