@@ -307,6 +307,21 @@ def test_numba_products_give_the_same_bits_on_one_thread_and_on_the_threads(kind
 
 
 @needs_numba
+def test_a_numba_product_slower_than_its_best_but_faster_than_one_thread_keeps_the_threads():
+    # After a pause the workers wake up first: slower than the best threaded call, but
+    # still faster than the calling thread alone, so the threads keep the products.
+    from fastsgd.backends.numba_cpu import config
+    clock = [100.0]
+    pace = config.Pace(clock=lambda: clock[0])
+    shape = ("matmul", (256, 784), (784, 128))
+    pace.ran(shape, 10**6, started=100.0, seconds=1.0e-4)   # the best on the threads
+    pace.ran_alone(shape, 10**6, seconds=2.0e-4)             # one thread: half the rate
+    pace.ran(shape, 10**6, started=100.0, seconds=1.5e-4)   # woken up: between the two
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=100.0, seconds=2.5e-4)   # slower than one thread
+    assert not pace.threads_now()
+
+
 def test_numba_products_leave_the_threads_for_a_while_after_they_were_held_up():
     from fastsgd.backends.numba_cpu import config
     clock = [100.0]

@@ -110,18 +110,23 @@ if _FALLBACK:
 
 class Pace:
     """Whether a product called from Python runs on the threads now: not for a while
-    after one on the threads ran no faster than one thread would.
+    after one on the threads ran slower than one thread runs it.
 
     A worker kept off its core (by NumPy's BLAS workers, which spin for ~0.1 s after
     each call, or by another process) holds the whole product up until the scheduler
     lets it run again: NumPy ``a @ b`` alternating with a threaded 256x784x128 matmul
-    took 7-18 ms a pair instead of 0.4.  A product that ran at less than HELD_UP of the
-    best rate its shape ran at on the threads sends the next ones to the calling
+    took 7-18 ms a pair instead of 0.4.  A threaded product slower than the best the
+    calling thread alone ran its shape at (or, before that is known, below HELD_UP of
+    the best rate its shape ran at on the threads) sends the next ones to the calling
     thread for SOLO_MIN_S, doubled up to SOLO_MAX_S while the threads stay held up:
     longer than BLAS workers spin, so that alternating with NumPy costs a stall only
     every SOLO_MAX_S (the pair of ``benchmarks/calm.py alternate``: 1.03x the two alone;
-    with at most 0.04 s, 1.5-5.9x).  The split never changes the results.  Updated
-    under ``_PARALLEL``.  The fused epoch, one compiled call, does not pace.
+    with at most 0.04 s, 1.5-5.9x).  A threaded call after a pause, whose workers have
+    to wake up first, is slower than the best threaded one but still faster than one
+    thread (256x784x128: ~180 us against 130 and 260): judged against the best rate
+    only, it sent every product of a bursty caller to one thread.  The split never
+    changes the results.  Updated under ``_PARALLEL``.  The fused epoch, one compiled
+    call, does not pace.
     """
 
     HELD_UP = 0.55
@@ -131,6 +136,7 @@ class Pace:
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
         self.best: dict = {}          # shape -> best multiply-adds per second on the threads
+        self.best_alone: dict = {}    # shape -> best multiply-adds per second on one thread
         self.solo_until = 0.0
         self.solo_s = self.SOLO_MIN_S
 
@@ -138,13 +144,23 @@ class Pace:
         """Whether the threads should take the next product."""
         return self.clock() >= self.solo_until
 
+    def _keep_best(self, table: dict, shape, rate: float) -> float:
+        """The best rate recorded for ``shape`` before this one; records ``rate`` if better."""
+        best = table.get(shape, 0.0)
+        if rate > best and (best or len(table) < self.MAX_SHAPES):
+            table[shape] = rate
+        return best
+
+    def ran_alone(self, shape, macs: int, seconds: float) -> None:
+        """Record a product of ``macs`` multiply-adds that took ``seconds`` on one thread."""
+        self._keep_best(self.best_alone, shape, macs / max(seconds, 1e-9))
+
     def ran(self, shape, macs: int, started: float, seconds: float) -> None:
         """Record a product of ``macs`` multiply-adds that took ``seconds`` on the threads."""
         rate = macs / max(seconds, 1e-9)
-        best = self.best.get(shape, 0.0)
-        if rate > best and (best or len(self.best) < self.MAX_SHAPES):
-            self.best[shape] = rate
-        if rate < self.HELD_UP * best:
+        best = self._keep_best(self.best, shape, rate)
+        alone = self.best_alone.get(shape)
+        if rate < (alone if alone else self.HELD_UP * best):
             self.solo_until = started + seconds + self.solo_s
             self.solo_s = min(2 * self.solo_s, self.SOLO_MAX_S)
         else:

@@ -412,16 +412,19 @@ def _product(a, b, out, transposed, min_macs):
 
 
 def _on_threads(threaded, one_thread, args, macs, kind):
-    """``threaded(*args)`` under the lock, timed for ``config.PACE``, or
-    ``one_thread(*args)`` while the threads are held up."""
-    if not config.PACE.threads_now():
-        one_thread(*args)
-        return
+    """``threaded(*args)`` under the lock, or ``one_thread(*args)`` while the threads
+    are held up; either timed for ``config.PACE``."""
     pace = config.PACE
+    shape = (kind, args[0].shape, args[1].shape)
+    if not pace.threads_now():
+        started = pace.clock()
+        one_thread(*args)
+        pace.ran_alone(shape, macs, pace.clock() - started)
+        return
     with config._PARALLEL:
         started = pace.clock()
         threaded(*args)
-        pace.ran((kind, args[0].shape, args[1].shape), macs, started, pace.clock() - started)
+        pace.ran(shape, macs, started, pace.clock() - started)
 
 
 def _gemm_call(a, b, out, transposed):
