@@ -313,6 +313,7 @@ def test_a_numba_product_slower_than_its_best_but_faster_than_one_thread_keeps_t
     from fastsgd.backends.numba_cpu import config
     clock = [100.0]
     pace = config.Pace(clock=lambda: clock[0])
+    pace.last_end = clock[0]                                  # a product just ended
     shape = ("matmul", (256, 784), (784, 128))
     pace.ran(shape, 10**6, started=100.0, seconds=1.0e-4)   # the best on the threads
     pace.ran_alone(shape, 10**6, seconds=2.0e-4)             # one thread: half the rate
@@ -320,12 +321,20 @@ def test_a_numba_product_slower_than_its_best_but_faster_than_one_thread_keeps_t
     assert pace.threads_now()
     pace.ran(shape, 10**6, started=100.0, seconds=2.5e-4)   # slower than one thread
     assert not pace.threads_now()
+    # The first call after a pause wakes the workers up: it is not judged.
+    clock[0] += 1.0
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0], seconds=3.5e-4)
+    assert pace.threads_now()
+    pace.ran(shape, 10**6, started=clock[0] + 3.5e-4, seconds=3.5e-4)  # warm, and slow
+    assert not pace.threads_now()
 
 
 def test_numba_products_leave_the_threads_for_a_while_after_they_were_held_up():
     from fastsgd.backends.numba_cpu import config
     clock = [100.0]
     pace = config.Pace(clock=lambda: clock[0])
+    pace.last_end = clock[0]                                  # a product just ended
     shape = ("matmul", (256, 784), (784, 128))
     pace.ran(shape, 10**6, started=100.0, seconds=1e-4)     # 1e10 multiply-adds a second
     assert pace.threads_now()
@@ -333,10 +342,12 @@ def test_numba_products_leave_the_threads_for_a_while_after_they_were_held_up():
     assert not pace.threads_now()
     clock[0] += 3e-4 + pace.SOLO_MIN_S
     assert pace.threads_now()
+    pace.last_end = clock[0]                                  # products ran alone meanwhile
     pace.ran(shape, 10**6, started=clock[0], seconds=3e-4)  # held up again: twice as long
     clock[0] += 3e-4 + pace.SOLO_MIN_S
     assert not pace.threads_now()
     clock[0] += pace.SOLO_MIN_S
     assert pace.threads_now()
+    pace.last_end = clock[0]
     pace.ran(shape, 10**6, started=clock[0], seconds=1.2e-4)  # keeping pace: back to the start
     assert pace.threads_now() and pace.solo_s == pace.SOLO_MIN_S

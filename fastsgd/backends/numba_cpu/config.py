@@ -121,16 +121,17 @@ class Pace:
     thread for SOLO_MIN_S, doubled up to SOLO_MAX_S while the threads stay held up:
     longer than BLAS workers spin, so that alternating with NumPy costs a stall only
     every SOLO_MAX_S (the pair of ``benchmarks/calm.py alternate``: 1.03x the two alone;
-    with at most 0.04 s, 1.5-5.9x).  A threaded call after a pause, whose workers have
-    to wake up first, is slower than the best threaded one but still faster than one
-    thread (256x784x128: ~180 us against 130 and 260): judged against the best rate
-    only, it sent every product of a bursty caller to one thread.  The split never
+    with at most 0.04 s, 1.5-5.9x).  The first threaded call after more than IDLE_S
+    without a product is not judged: its workers wake up first (256x784x128 after a
+    0.15 s pause: ~350 us, against 130 warm and 260 on one thread), and judging it sent
+    every product of a caller working in bursts to one thread.  The split never
     changes the results.  Updated under ``_PARALLEL``.  The fused epoch, one compiled
     call, does not pace.
     """
 
     HELD_UP = 0.55
     SOLO_MIN_S, SOLO_MAX_S = 0.005, 0.16
+    IDLE_S = 0.002
     MAX_SHAPES = 64
 
     def __init__(self, clock=time.perf_counter):
@@ -139,6 +140,7 @@ class Pace:
         self.best_alone: dict = {}    # shape -> best multiply-adds per second on one thread
         self.solo_until = 0.0
         self.solo_s = self.SOLO_MIN_S
+        self.last_end = -1.0          # when the last product ended
 
     def threads_now(self) -> bool:
         """Whether the threads should take the next product."""
@@ -154,10 +156,15 @@ class Pace:
     def ran_alone(self, shape, macs: int, seconds: float) -> None:
         """Record a product of ``macs`` multiply-adds that took ``seconds`` on one thread."""
         self._keep_best(self.best_alone, shape, macs / max(seconds, 1e-9))
+        self.last_end = self.clock()
 
     def ran(self, shape, macs: int, started: float, seconds: float) -> None:
         """Record a product of ``macs`` multiply-adds that took ``seconds`` on the threads."""
         rate = macs / max(seconds, 1e-9)
+        woken = started - self.last_end > self.IDLE_S
+        self.last_end = started + seconds
+        if woken:
+            return
         best = self._keep_best(self.best, shape, rate)
         alone = self.best_alone.get(shape)
         if rate < (alone if alone else self.HELD_UP * best):
