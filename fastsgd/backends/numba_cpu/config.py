@@ -115,10 +115,12 @@ class Pace:
     A worker kept off its core (by NumPy's BLAS workers, which spin for ~0.1 s after
     each call, or by another process) holds the whole product up until the scheduler
     lets it run again: NumPy ``a @ b`` alternating with a threaded 256x784x128 matmul
-    took 7-18 ms a pair instead of 0.4.  A threaded product slower than the best the
-    calling thread alone ran its shape at (or, before that is known, below HELD_UP of
-    the best rate its shape ran at on the threads) sends the next ones to the calling
-    thread for SOLO_MIN_S, doubled up to SOLO_MAX_S while the threads stay held up:
+    took 7-18 ms a pair instead of 0.4.  A threaded product clearly slower than the
+    calling thread alone runs its shape (below ALONE_MARGIN of its best rate there; a
+    hiccup of a few microseconds is not a held-up worker), or, before that is known,
+    below HELD_UP of the best rate its shape ran at on the threads, sends the next ones
+    to the calling thread for SOLO_MIN_S, doubled up to SOLO_MAX_S while the threads
+    stay held up:
     longer than BLAS workers spin, so that alternating with NumPy costs a stall only
     every SOLO_MAX_S (the pair of ``benchmarks/calm.py alternate``: 1.03x the two alone;
     with at most 0.04 s, 1.5-5.9x).  The first threaded call after more than IDLE_S
@@ -130,6 +132,7 @@ class Pace:
     """
 
     HELD_UP = 0.55
+    ALONE_MARGIN = 0.75
     SOLO_MIN_S, SOLO_MAX_S = 0.005, 0.16
     IDLE_S = 0.002
     MAX_SHAPES = 64
@@ -167,7 +170,7 @@ class Pace:
             return
         best = self._keep_best(self.best, shape, rate)
         alone = self.best_alone.get(shape)
-        if rate < (alone if alone else self.HELD_UP * best):
+        if rate < (self.ALONE_MARGIN * alone if alone else self.HELD_UP * best):
             self.solo_until = started + seconds + self.solo_s
             self.solo_s = min(2 * self.solo_s, self.SOLO_MAX_S)
         else:
