@@ -1,7 +1,6 @@
-/* gemm.c -- the matmul family: matmul, both backward products, the linear layer.
+/* gemm.c -- the blocked product under the matmul family (products.c): gemm().
  *
- * Dimension letters: M, K, N for the generic product C (M, N) = A (M, K) @ B (K, N);
- * B, I, O (batch, in-features, out-features) in the linear-layer kernels.
+ * Dimension letters: M, K, N for the generic product C (M, N) = A (M, K) @ B (K, N).
  *
  * Every product goes through gemm(), which reads its operands through views:
  * A[i][k] = a[i * rs + k * cs].  The backward kernels pass x.T and w.T as the plain
@@ -417,9 +416,6 @@ static int narrow_b_reading(view B, int64_t M, int64_t N, int64_t nr)
     return on_lines || M <= UNALIGNED_B_MAX_M ? B_IN_PLACE : B_COPIED;
 }
 
-static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth,
-                 atomic_int *bad);
 
 /* Whether c = A @ B is better computed as c.T = B.T @ A.T (gemm_swapped): B is
  * row-major and narrow (a layer with few outputs: its forward x @ w and its weight
@@ -455,7 +451,8 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
 }
 
 /* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL; with step
- * (else NULL), then the SGD step of step->param (M, N) with the gradient c.
+ * (else NULL), then the SGD step of step->param (M, N) with the gradient c; with bad
+ * (else NULL), *bad set when an element of c is NaN or +-Inf (see internal.h).
  *
  * With split_depth (and no step, B read in place, two threads or more, more than one
  * depth block) the threads split K instead of C: each computes its depth blocks for
@@ -466,9 +463,8 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
  * tiles stepped in the previous step (the rows of dw split the same way), instead of
  * all of w, half of it just written on the other core (2 threads, 784-128-10, harness
  * epoch at bs 64: 141 -> 106 ms; bs 256: 114 -> 103.5 ms). */
-static void gemm(float *restrict c, view A, view B, const float *restrict bias,
-                 int64_t M, int64_t K, int64_t N, const sgd_step *step, int split_depth,
-                 atomic_int *bad)
+void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
+          int64_t K, int64_t N, const sgd_step *step, int split_depth, atomic_int *bad)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -559,94 +555,4 @@ static void gemm(float *restrict c, view A, view B, const float *restrict bias,
 
     fs_parallel(gemm_part, &g, threads);
     gemm_release_buffer(GEMM_PACKING, buffer);
-}
-
-/* ------------------------------------------------------------ the kernels */
-
-/* Each product returns 1, or 0 when scan is set and an element of its output is NaN
- * or +-Inf (kernels.h). */
-static int finite_unless(int scan, atomic_int *bad)
-{
-    return !scan || !atomic_load(bad);
-}
-
-int matmul(float *restrict out, const float *restrict a, const float *restrict b, int64_t M,
-           int64_t K, int64_t N, int scan)
-{
-    atomic_int bad = 0;
-    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, 0, scan ? &bad : NULL);
-    return finite_unless(scan, &bad);
-}
-
-int matmul_backward_input(float *restrict dx, const float *restrict dy,
-                          const float *restrict w, int64_t B, int64_t I, int64_t O, int scan)
-{
-    /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
-    atomic_int bad = 0;
-    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, 0, scan ? &bad : NULL);
-    return finite_unless(scan, &bad);
-}
-
-/* dw (I, O) = x[rows].T (I, B) @ dy (B, O), or x.T @ dy without rows, where
- * x.T[i][b] = x[b * I + i]; then the step, if any (see weight_gradient_step). */
-static void weight_gradient(float *restrict dw, const float *restrict x,
-                            const int64_t *restrict rows, const float *restrict dy, int64_t B,
-                            int64_t I, int64_t O, const sgd_step *step, atomic_int *bad)
-{
-    const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
-    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, 0, bad);
-}
-
-int matmul_backward_weight(float *restrict dw, const float *restrict x,
-                           const float *restrict dy, int64_t B, int64_t I, int64_t O, int scan)
-{
-    atomic_int bad = 0;
-    weight_gradient(dw, x, NULL, dy, B, I, O, NULL, scan ? &bad : NULL);
-    return finite_unless(scan, &bad);
-}
-
-FS_CLONES int bias_backward(float *restrict db, const float *restrict dy, int64_t B, int64_t O,
-                            int scan)
-{
-    for (int64_t o = 0; o < O; o++)
-        db[o] = 0.0f;
-    for (int64_t b = 0; b < B; b++) {
-        const float *row = dy + b * O;
-        for (int64_t o = 0; o < O; o++)
-            db[o] += row[o];
-    }
-    return !scan || all_finite_f32(db, O);
-}
-
-int linear_forward(float *restrict out, const float *restrict x, const float *restrict w,
-                   const float *restrict b, int64_t B, int64_t I, int64_t O, int scan)
-{
-    atomic_int bad = 0;
-    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, 0, scan ? &bad : NULL);
-    return finite_unless(scan, &bad);
-}
-
-void linear_forward_rows(float *restrict out, const float *restrict x,
-                         const int64_t *restrict rows, const float *restrict w,
-                         const float *restrict b, int64_t B, int64_t I, int64_t O)
-{
-    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, 1, NULL);
-}
-
-void weight_gradient_step(float *restrict dw, const float *restrict x,
-                          const int64_t *restrict rows, const float *restrict dy, int64_t B,
-                          int64_t I, int64_t O, const sgd_step *step)
-{
-    weight_gradient(dw, x, rows, dy, B, I, O, step, NULL);
-}
-
-int linear_backward(float *restrict dx, float *restrict dw, float *restrict db,
-                    const float *restrict x, const float *restrict w, const float *restrict dy,
-                    int64_t B, int64_t I, int64_t O, int scan)
-{
-    int finite = 1;
-    if (dx)
-        finite = matmul_backward_input(dx, dy, w, B, I, O, scan);
-    finite &= matmul_backward_weight(dw, x, dy, B, I, O, scan);
-    return finite & bias_backward(db, dy, B, O, scan);
 }

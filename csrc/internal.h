@@ -2,6 +2,7 @@
 #ifndef FASTSGD_INTERNAL_H
 #define FASTSGD_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -75,7 +76,15 @@ typedef struct {
     float lr, momentum, weight_decay;
 } sgd_step;
 
-/* gemm.c, for train.c: linear_forward of the batch x[rows[0..B)], read through the
+/* gemm.c: c (M, N) = A (M, K) @ B (K, N) (+ bias (N,) along the rows, unless NULL),
+ * blocked, packed and on the pool's threads.  With step (else NULL), then the SGD step
+ * of step->param (M, N) with the gradient c, tile by tile as it is final; with
+ * split_depth, the threads split K (the fused epoch's first layer: see gemm.c); with bad
+ * (else NULL), *bad is set when an element of c is NaN or +-Inf. */
+void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
+          int64_t K, int64_t N, const sgd_step *step, int split_depth, atomic_int *bad);
+
+/* products.c, for train.c: linear_forward of the batch x[rows[0..B)], read through the
  * index while packing, with no gathered copy; and the weight gradient of x[rows] (or of
  * x itself, rows NULL) followed by the SGD step of the weights it belongs to (step, or
  * NULL for none), each tile of dw stepped as soon as it is final.

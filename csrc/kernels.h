@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-/* ---------------------------------------------------------------- matmul (gemm.c) */
+/* ------------------------------------------------------------ matmul (products.c) */
 
 /* Each returns 1, or, when scan is set, 0 if an element of its output is NaN or +-Inf
  * (scanned where each part of the output was computed; the contract's value check). */
