@@ -27,119 +27,84 @@ SPLIT_TILES = WIDTH < 16
 
 
 @njit(inline="always")
+def _rows4_start(out, o, o_row, first):
+    """The accumulators of 4 rows x 2 vectors of a tile, rows at out[o + r * o_row]: zero
+    when ``first``, else what out holds (a later block of depths adds to it)."""
+    W = VECTOR_COLS
+    if first:
+        return (vzero(), vzero(), vzero(), vzero(), vzero(), vzero(), vzero(), vzero())
+    return (vload(out, o), vload(out, o + W), vload(out, o + o_row),
+            vload(out, o + o_row + W), vload(out, o + 2 * o_row),
+            vload(out, o + 2 * o_row + W), vload(out, o + 3 * o_row),
+            vload(out, o + 3 * o_row + W))
+
+
+@njit(inline="always")
+def _rows4_step(a, at, a_row, b0, b1, c):
+    """One depth of 4 rows: c[2r + v] += A[r, k] * b_v for the two vectors b0, b1 of B[k],
+    A[r, k] at ``a[at + r * a_row]``."""
+    c00, c01, c10, c11, c20, c21, c30, c31 = c
+    x = vbroadcast(a, at)
+    c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
+    x = vbroadcast(a, at + a_row)
+    c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
+    x = vbroadcast(a, at + 2 * a_row)
+    c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
+    x = vbroadcast(a, at + 3 * a_row)
+    c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
+    return (c00, c01, c10, c11, c20, c21, c30, c31)
+
+
+@njit(inline="always")
+def _rows4_store(out, o, o_row, c):
+    """Store the accumulators of 4 rows x 2 vectors at out[o + r * o_row]."""
+    W = VECTOR_COLS
+    c00, c01, c10, c11, c20, c21, c30, c31 = c
+    vstore(out, o, c00)
+    vstore(out, o + W, c01)
+    vstore(out, o + o_row, c10)
+    vstore(out, o + o_row + W, c11)
+    vstore(out, o + 2 * o_row, c20)
+    vstore(out, o + 2 * o_row + W, c21)
+    vstore(out, o + 3 * o_row, c30)
+    vstore(out, o + 3 * o_row + W, c31)
+
+
+@njit(inline="always")
 def _tile_two_vectors(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """One register tile: out[i0:i0+8, j0:j0+2W] = A[i0:i0+8] @ B[:, j0:j0+2W], W =
     ``simd.WIDTH``, the arrays C-contiguous and addressed by flat offsets; when not
-    ``first``, out[i0:i0+8, j0:j0+2W] += that (a later block of depths).
+    ``first``, out[i0:i0+8, j0:j0+2W] += that (a later block of depths).  Its two halves
+    of 4 rows share each step's two vectors of b: 16 accumulators.
 
     Element (i0 + r, k) of A at ``a_at + r * a_row + k * a_k`` of ``a``; B[k, j0:j0+2W]
     at ``b_at + k * b_k`` of ``b``; out[i0 + r, j0:j0+2W] at ``o_at + r * o_row``.
     """
     W = VECTOR_COLS
-    if first:
-        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
-        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
-        c40, c41, c50, c51 = vzero(), vzero(), vzero(), vzero()
-        c60, c61, c70, c71 = vzero(), vzero(), vzero(), vzero()
-    else:
-        o = o_at
-        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
-        o += 2 * o_row
-        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
-        o += 2 * o_row
-        c40, c41, c50, c51 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
-        o += 2 * o_row
-        c60, c61, c70, c71 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
+    top = _rows4_start(out, o_at, o_row, first)
+    bottom = _rows4_start(out, o_at + 4 * o_row, o_row, first)
     at, bt = a_at, b_at
     for _ in range(K):
         b0, b1 = vload(b, bt), vload(b, bt + W)
-        x = vbroadcast(a, at)
-        c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
-        x = vbroadcast(a, at + a_row)
-        c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
-        x = vbroadcast(a, at + 2 * a_row)
-        c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
-        x = vbroadcast(a, at + 3 * a_row)
-        c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
-        x = vbroadcast(a, at + 4 * a_row)
-        c40, c41 = vfma(x, b0, c40), vfma(x, b1, c41)
-        x = vbroadcast(a, at + 5 * a_row)
-        c50, c51 = vfma(x, b0, c50), vfma(x, b1, c51)
-        x = vbroadcast(a, at + 6 * a_row)
-        c60, c61 = vfma(x, b0, c60), vfma(x, b1, c61)
-        x = vbroadcast(a, at + 7 * a_row)
-        c70, c71 = vfma(x, b0, c70), vfma(x, b1, c71)
+        top = _rows4_step(a, at, a_row, b0, b1, top)
+        bottom = _rows4_step(a, at + 4 * a_row, a_row, b0, b1, bottom)
         at += a_k
         bt += b_k
-    o = o_at
-    vstore(out, o, c00)
-    vstore(out, o + W, c01)
-    o += o_row
-    vstore(out, o, c10)
-    vstore(out, o + W, c11)
-    o += o_row
-    vstore(out, o, c20)
-    vstore(out, o + W, c21)
-    o += o_row
-    vstore(out, o, c30)
-    vstore(out, o + W, c31)
-    o += o_row
-    vstore(out, o, c40)
-    vstore(out, o + W, c41)
-    o += o_row
-    vstore(out, o, c50)
-    vstore(out, o + W, c51)
-    o += o_row
-    vstore(out, o, c60)
-    vstore(out, o + W, c61)
-    o += o_row
-    vstore(out, o, c70)
-    vstore(out, o + W, c71)
+    _rows4_store(out, o_at, o_row, top)
+    _rows4_store(out, o_at + 4 * o_row, o_row, bottom)
 
 
 @njit(inline="always")
 def _tile_four_rows(a, a_at, a_k, a_row, b, b_at, b_k, out, o_at, o_row, K, first):
     """``_tile_two_vectors`` for 4 rows: out[i0:i0+4, j0:j0+2W] (8 accumulators)."""
     W = VECTOR_COLS
-    if first:
-        c00, c01, c10, c11 = vzero(), vzero(), vzero(), vzero()
-        c20, c21, c30, c31 = vzero(), vzero(), vzero(), vzero()
-    else:
-        o = o_at
-        c00, c01, c10, c11 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
-        o += 2 * o_row
-        c20, c21, c30, c31 = vload(out, o), vload(out, o + W), vload(out, o + o_row), \
-            vload(out, o + o_row + W)
+    c = _rows4_start(out, o_at, o_row, first)
     at, bt = a_at, b_at
     for _ in range(K):
-        b0, b1 = vload(b, bt), vload(b, bt + W)
-        x = vbroadcast(a, at)
-        c00, c01 = vfma(x, b0, c00), vfma(x, b1, c01)
-        x = vbroadcast(a, at + a_row)
-        c10, c11 = vfma(x, b0, c10), vfma(x, b1, c11)
-        x = vbroadcast(a, at + 2 * a_row)
-        c20, c21 = vfma(x, b0, c20), vfma(x, b1, c21)
-        x = vbroadcast(a, at + 3 * a_row)
-        c30, c31 = vfma(x, b0, c30), vfma(x, b1, c31)
+        c = _rows4_step(a, at, a_row, vload(b, bt), vload(b, bt + W), c)
         at += a_k
         bt += b_k
-    o = o_at
-    vstore(out, o, c00)
-    vstore(out, o + W, c01)
-    o += o_row
-    vstore(out, o, c10)
-    vstore(out, o + W, c11)
-    o += o_row
-    vstore(out, o, c20)
-    vstore(out, o + W, c21)
-    o += o_row
-    vstore(out, o, c30)
-    vstore(out, o + W, c31)
+    _rows4_store(out, o_at, o_row, c)
 
 
 @njit(inline="always")
