@@ -6,9 +6,9 @@
 Runners: ``numpy`` (``np.matmul`` with ``out=``; its process runs without
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, so OpenBLAS picks its kernels as on a user's
 machine), ``torch`` (``torch.matmul`` with ``out=``, its own threads), ``c`` (the C
-kernel through cffi, no checks), ``c-api`` (``backends.get("c")``, the contract's
-checks; the NaN/Inf scans too with ``--checks``), ``numba`` (``backends.get("numba")``
-the same way).  Each runner is one child process holding its arrays (as NumPy allocates
+kernel through cffi with no checks, ``c_ext.PRECHECKED``), ``c-api``
+(``backends.get("c")``, the contract's checks; the NaN/Inf scans too with
+``--checks``), ``numba`` (``backends.get("numba")`` the same way).  Each runner is one child process holding its arrays (as NumPy allocates
 them) and warm; the parent asks each in turn, product by product, for ``--calls``
 calls, ``--rounds`` times.  A figure is the median over rounds of the median call, in
 microseconds, with the range over rounds; the ratios compare medians of the same run.
@@ -54,18 +54,9 @@ def _calls(runner: str, checks: bool):
                 "matmul_backward_input": lambda dy, w, out: torch.matmul(t(dy), t(w).T,
                                                                          out=t(out))}
     if runner == "c":
-        from fastsgd._ckernels import ffi, lib
-        def r(x):
-            return ffi.from_buffer("float[]", x)
-
-        def w(x):
-            return ffi.from_buffer("float[]", x, require_writable=True)
-        return {"matmul": lambda a, b, out: lib.matmul(w(out), r(a), r(b), a.shape[0],
-                                                       a.shape[1], b.shape[1], 0),
-                "matmul_backward_weight": lambda x, dy, out: lib.matmul_backward_weight(
-                    w(out), r(x), r(dy), x.shape[0], x.shape[1], dy.shape[1], 0),
-                "matmul_backward_input": lambda dy, wt, out: lib.matmul_backward_input(
-                    w(out), r(dy), r(wt), dy.shape[0], wt.shape[0], dy.shape[1], 0)}
+        from fastsgd.backends.c_ext import PRECHECKED  # the C calls, no checks
+        return {k: (lambda f: lambda *arrays: f(*arrays, 0))(PRECHECKED[k]) for k in
+                ("matmul", "matmul_backward_weight", "matmul_backward_input")}
     from fastsgd import backends
     backend = backends.get("c" if runner == "c-api" else runner)
     calls = {k: getattr(backend, k) for k in

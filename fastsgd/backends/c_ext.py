@@ -150,43 +150,6 @@ def _checked(kernel, args) -> dict:
     return values
 
 
-def matmul(a, b, out):
-    """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
-    v = _checked("matmul", (a, b, out))
-    lib.matmul(v["out"], v["a"], v["b"], v["M"], v["K"], v["N"], 0)
-
-
-def matmul_backward_input(dy, w, dx):
-    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
-    v = _checked("matmul_backward_input", (dy, w, dx))
-    lib.matmul_backward_input(v["dx"], v["dy"], v["w"], v["B"], v["I"], v["O"], 0)
-
-
-def matmul_backward_weight(x, dy, dw):
-    """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
-    v = _checked("matmul_backward_weight", (x, dy, dw))
-    lib.matmul_backward_weight(v["dw"], v["x"], v["dy"], v["B"], v["I"], v["O"], 0)
-
-
-def bias_backward(dy, db):
-    """db = dy.sum(0).   dy (B, O) -> db (O,)."""
-    v = _checked("bias_backward", (dy, db))
-    lib.bias_backward(v["db"], v["dy"], v["B"], v["O"], 0)
-
-
-def linear_forward(x, w, b, out):
-    """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
-    v = _checked("linear_forward", (x, w, b, out))
-    lib.linear_forward(v["out"], v["x"], v["w"], v["b"], v["B"], v["I"], v["O"], 0)
-
-
-def linear_backward(x, w, dy, dx, dw, db):
-    """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
-    v = _checked("linear_backward", (x, w, dy, dx, dw, db))
-    lib.linear_backward(v["dx"], v["dw"], v["db"], v["x"], v["w"], v["dy"], v["B"], v["I"],
-                        v["O"], 0)
-
-
 def _prechecked_products():
     """``PRECHECKED``: the matmul family's C calls for arguments already checked as
     ``_checked`` would (float32 ndarrays, C-contiguous, outputs writable and of the
@@ -226,10 +189,47 @@ def _prechecked_products():
                                     bias_backward, linear_forward, linear_backward)}
 
 
-#: The matmul family for ``contract.Backend``'s host lane, which has checked every
-#: argument (``host_lane.accept``): the same C calls without the second check, and the
-#: NaN/Inf scan of their outputs (``host_lane``'s docstring says why that suffices).
+#: The matmul family's C calls, for arguments checked once: by ``_checked`` in the
+#: functions below, or by ``contract.Backend``'s host lane (``host_lane.accept``), which
+#: calls them directly, with the NaN/Inf scan of their outputs (``host_lane``'s
+#: docstring says why that suffices).
 PRECHECKED = _prechecked_products()
+
+
+def matmul(a, b, out):
+    """out = a @ b.   a (M, K), b (K, N) -> out (M, N)."""
+    _checked("matmul", (a, b, out))
+    PRECHECKED["matmul"](a, b, out, 0)
+
+
+def matmul_backward_input(dy, w, dx):
+    """dx = dy @ w.T.   dy (B, O), w (I, O) -> dx (B, I)."""
+    _checked("matmul_backward_input", (dy, w, dx))
+    PRECHECKED["matmul_backward_input"](dy, w, dx, 0)
+
+
+def matmul_backward_weight(x, dy, dw):
+    """dw = x.T @ dy.   x (B, I), dy (B, O) -> dw (I, O)."""
+    _checked("matmul_backward_weight", (x, dy, dw))
+    PRECHECKED["matmul_backward_weight"](x, dy, dw, 0)
+
+
+def bias_backward(dy, db):
+    """db = dy.sum(0).   dy (B, O) -> db (O,)."""
+    _checked("bias_backward", (dy, db))
+    PRECHECKED["bias_backward"](dy, db, 0)
+
+
+def linear_forward(x, w, b, out):
+    """out = x @ w + b.   x (B, I), w (I, O), b (O,) -> out (B, O)."""
+    _checked("linear_forward", (x, w, b, out))
+    PRECHECKED["linear_forward"](x, w, b, out, 0)
+
+
+def linear_backward(x, w, dy, dx, dw, db):
+    """dx = dy @ w.T (skipped when dx is None), dw = x.T @ dy, db = dy.sum(0)."""
+    _checked("linear_backward", (x, w, dy, dx, dw, db))
+    PRECHECKED["linear_backward"](x, w, dy, dx, dw, db, 0)
 
 
 def _losses(kind):
