@@ -5,8 +5,20 @@
  * SPIN_NS (a few tens of microseconds: long enough to bridge the gaps between the
  * kernels of a training step) and then sleeps on a futex, so it never holds a core
  * that another thread pool (NumPy's BLAS) or another process needs for longer than
- * that.  fs_barrier() inside a task synchronizes the T threads of the job the same
- * way (spin briefly, then sleep).
+ * that.  It spins only while the jobs come that close together: when the last gap
+ * between two jobs was longer (the caller does other work between them, such as a
+ * NumPy product), it sleeps at once.  A spin there would be wasted, and it would cost
+ * more than its own time: the scheduler lets a thread that has just used its core
+ * wait longer to get it back, so the next job would start late.  fs_barrier() inside a
+ * task synchronizes the T threads of the job by spinning briefly, then sleeping.
+ *
+ * Where the workers run: a worker woken for a job on the CPU where the job's caller
+ * runs would only take turns with it.  That happens when every other CPU is busy at
+ * the wake, for instance with NumPy's BLAS threads, which spin for a while after each
+ * of its calls: the scheduler then puts the woken worker beside the caller.  A worker
+ * that finds itself there moves to the process's other CPUs (its affinity: the CPUs
+ * the pool started on, less the caller's), where it gets a share of the spinning
+ * thread's core.
  *
  * One job runs on the pool at a time; a second caller arriving meanwhile (another
  * Python thread) runs its job alone, on its own thread, instead of waiting.
@@ -74,9 +86,10 @@ static void cpu_relax(void)
 /* Returns once *word != value: spins up to SPIN_NS, then sleeps on the futex.
  * *sleepers counts the threads that may be asleep on word, so wakers skip the
  * system call when nobody sleeps. */
-static void wait_while_equal(atomic_int *word, int value, atomic_int *sleepers)
+static void wait_while_equal(atomic_int *word, int value, atomic_int *sleepers,
+                             int64_t spin_ns)
 {
-    const int64_t deadline = now_ns() + SPIN_NS;
+    const int64_t deadline = now_ns() + spin_ns;
     for (int i = 0; atomic_load_explicit(word, memory_order_acquire) == value; i++) {
         cpu_relax();
         if ((i & 63) == 63 && now_ns() > deadline) {
@@ -108,6 +121,10 @@ static struct {
     fs_task task;
     void *ctx;
     int T;
+    int caller_cpu;        /* the CPU the current job's caller ran on when it posted it */
+    atomic_llong between_jobs_spin_ns; /* how long a worker spins for the next job */
+    int64_t last_job_end_ns;
+    cpu_set_t cpus;        /* the CPUs the pool started on */
     int start_generation[MAX_THREADS]; /* per worker: the generation when it started */
     /* barrier */
     atomic_int bar_count, bar_phase, sleepers_bar;
@@ -146,16 +163,30 @@ static void note_join(int64_t work, int64_t blocked, int64_t now)
     pool.solo_until_ns = now + pool.solo_ns;
 }
 
+/* A worker on the CPU of the job's caller moves to the pool's other CPUs (see the top). */
+static void step_aside(int caller_cpu)
+{
+    if (caller_cpu < 0 || sched_getcpu() != caller_cpu)
+        return;
+    cpu_set_t others = pool.cpus;
+    CPU_CLR(caller_cpu, &others);
+    if (CPU_COUNT(&others) > 0)
+        pthread_setaffinity_np(pthread_self(), sizeof others, &others);
+}
+
 static void *worker_main(void *arg)
 {
     const int id = (int)(intptr_t)arg;
     int seen = pool.start_generation[id]; /* the jobs after it are this worker's */
     in_pool_job = 1;
     for (;;) {
-        wait_while_equal(&pool.generation, seen, &pool.sleepers_job);
+        wait_while_equal(&pool.generation, seen, &pool.sleepers_job,
+                         atomic_load_explicit(&pool.between_jobs_spin_ns, memory_order_relaxed));
         seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
-        if (id < pool.T)
+        if (id < pool.T) {
+            step_aside(pool.caller_cpu);
             pool.task(pool.ctx, id, pool.T);
+        }
         /* Every worker reports, also one with no part, so none is still between jobs
          * (reading pool.T) when the next job is set up. */
         if (atomic_fetch_sub(&pool.pending, 1) == 1 && atomic_load(&pool.sleepers_done))
@@ -167,6 +198,8 @@ static void *worker_main(void *arg)
 /* Starts workers until there are `want`; returns how many there are. */
 static int grow_pool(int want)
 {
+    if (pool.workers == 0 && sched_getaffinity(0, sizeof pool.cpus, &pool.cpus) != 0)
+        CPU_ZERO(&pool.cpus); /* unknown: no worker steps aside */
     while (pool.workers < want) {
         pthread_attr_t attr;
         pthread_t thread;
@@ -242,9 +275,14 @@ void fs_parallel(fs_task task, void *ctx, int threads)
         pthread_mutex_unlock(&pool.lock);
         return;
     }
+    /* The workers spin for the next job only while jobs come close together. */
+    const int64_t gap = start - pool.last_job_end_ns;
+    atomic_store_explicit(&pool.between_jobs_spin_ns, gap <= SPIN_NS ? SPIN_NS : 0,
+                          memory_order_relaxed);
     pool.task = task;
     pool.ctx = ctx;
     pool.T = T;
+    pool.caller_cpu = sched_getcpu();
     pool.caller_blocked_ns = 0;
     atomic_store(&pool.bar_count, 0);
     atomic_store(&pool.pending, pool.workers);
@@ -256,11 +294,12 @@ void fs_parallel(fs_task task, void *ctx, int threads)
 
     const int64_t done = now_ns();
     for (int left; (left = atomic_load_explicit(&pool.pending, memory_order_acquire)) != 0;)
-        wait_while_equal(&pool.pending, left, &pool.sleepers_done);
+        wait_while_equal(&pool.pending, left, &pool.sleepers_done, SPIN_NS);
     const int64_t joined = now_ns();
     const int64_t blocked = pool.caller_blocked_ns + (joined - done);
     if (pool.workers == had_workers) /* starting threads is no stall */
         note_join((done - start) - pool.caller_blocked_ns, blocked, joined);
+    pool.last_job_end_ns = joined;
     pthread_mutex_unlock(&pool.lock);
 }
 
@@ -274,10 +313,10 @@ void fs_barrier(int T)
         publish(&pool.bar_phase, phase + 1, &pool.sleepers_bar);
     } else if (is_job_caller) {
         const int64_t t0 = now_ns();
-        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar);
+        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar, SPIN_NS);
         pool.caller_blocked_ns += now_ns() - t0;
     } else {
-        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar);
+        wait_while_equal(&pool.bar_phase, phase, &pool.sleepers_bar, SPIN_NS);
     }
 }
 

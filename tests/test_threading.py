@@ -230,6 +230,46 @@ def test_a_busy_core_leaves_the_threaded_epoch_exact():
         np.testing.assert_array_equal(a, b)
 
 
+BESIDE_NUMPY = """
+import os
+import numpy as np
+from fastsgd.backends import c_ext
+{restrict}
+allowed = os.sched_getaffinity(0)
+rng = np.random.default_rng(0)
+a = rng.standard_normal((256, 784), dtype=np.float32)
+b = rng.standard_normal((784, 128), dtype=np.float32)
+c_ext.set_threads(1)
+alone = np.empty((256, 128), np.float32)
+c_ext.matmul(a, b, alone)
+c_ext.set_threads(2)
+a @ b
+before = set(os.listdir("/proc/self/task"))
+for _ in range(300):
+    a @ b                      # NumPy's BLAS threads spin for a while after this
+    out = np.empty((256, 128), np.float32)
+    c_ext.matmul(a, b, out)
+    assert np.array_equal(out, alone)
+workers = set(os.listdir("/proc/self/task")) - before   # the pool's, started in the loop
+masks = [os.sched_getaffinity(int(tid)) for tid in workers]
+print(all(m and m <= allowed for m in masks), len(masks))
+"""
+
+
+@needs_c
+@pytest.mark.skipif(sys.platform != "linux", reason="thread affinity")
+@pytest.mark.parametrize("restrict", ["", "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})"],
+                         ids=["all cpus", "one cpu"])
+def test_workers_alternating_with_numpy_stay_on_the_process_cpus(restrict):
+    """A worker woken beside the job's caller moves to the pool's other CPUs: never
+    outside those the pool started on, and with the same bits as one thread."""
+    done = run_python(BESIDE_NUMPY.format(restrict=restrict))
+    assert done.returncode == 0, done.stderr
+    inside, workers = done.stdout.split()
+    assert inside == "True"
+    assert int(workers) >= 1
+
+
 def _tbb_installed() -> bool:
     from importlib import metadata
     try:
