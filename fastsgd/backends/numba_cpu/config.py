@@ -60,12 +60,12 @@ if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER 
 #: (256x784x128: one thread 110-125 GFLOP/s, two 96-98, 165 at best); with it,
 #: threads pay only from ~1e8 (1024^3: 43 vs 77 GFLOP/s).
 PARALLEL_MIN_MACS = 1 << 22 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
-#: The fused epoch's products run on the threads from this many multiply-adds: there
-#: the SGD step of the calling thread has just rewritten the weights that both threads
-#: read, and at batch 64 (784-128-10, 6.4e6 multiply-adds a product) two threads gave
-#: nothing (Fashion-MNIST epoch 0.155 s, one thread 0.147-0.153 s) for twice the CPU
-#: time; at batch 256 they pay (0.19 -> 0.11 s).
-EPOCH_PARALLEL_MIN_MACS = 1 << 23 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
+#: The fused epoch's products run on the threads from this many multiply-adds.  Its
+#: first layer is split by input features (``split``), so each core steps and reads its
+#: own half of the weights: at batch 64 (784-128-10, 6.4e6 multiply-adds a product) the
+#: Fashion-MNIST epoch went from 153 ms on one thread to 117 on two (split by rows of the
+#: batch, two threads had taken 165: the weights moved between the cores every step).
+EPOCH_PARALLEL_MIN_MACS = 1 << 22 if numba.config.THREADING_LAYER == "tbb" else 1 << 26
 #: The fused epoch gathers a batch of rows of x onto the threads from this many elements:
 #: rows picked at random lie far apart in memory, and two cores wait for them in
 #: parallel (784 floats a row, the Fashion-MNIST epoch: 28-32 ms of gathers an epoch on

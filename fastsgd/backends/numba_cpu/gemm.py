@@ -175,15 +175,14 @@ def _edge(a, b, out, i0, i1, j0, j1, transposed):
 
 
 @njit(inline="always")
-def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, k0, depth):
+def _row_of_tiles(a, a_at, a_k, a_row, b, out, i0, k0, depth, first):
     """out[i0:i0+8, :N - N % W] (+)= A[i0:i0+8, k0:k0+depth] @ b[k0:k0+depth] by register
-    tiles (+= after the first block of depths), A at flat offset a_at (its element
+    tiles (+= unless ``first``: a later block of depths), A at flat offset a_at (its element
     (i0, k0)) and addressed as in ``_tile_two_vectors``, b (K, N) and out (M, N)
     C-contiguous."""
     N = b.shape[1]
     W = VECTOR_COLS
     wide_end = N - N % (2 * W)
-    first = k0 == 0
     for j0 in range(0, wide_end, 2 * W):
         _tile(a, a_at, a_k, a_row, b, k0 * N + j0, N, out, i0 * N + j0, N, depth, first)
     if N - N % W > wide_end:
@@ -225,9 +224,9 @@ def _gemm_blocks(a, b, out, transposed):
             for blk in range(chunk * ROW_CHUNK, blocks_end):
                 i0 = blk * TILE_ROWS
                 if transposed:
-                    _row_of_tiles(a, k0 * M + i0, M, 1, b, out, i0, k0, depth)
+                    _row_of_tiles(a, k0 * M + i0, M, 1, b, out, i0, k0, depth, k0 == 0)
                 else:
-                    _row_of_tiles(a, i0 * K + k0, 1, K, b, out, i0, k0, depth)
+                    _row_of_tiles(a, i0 * K + k0, 1, K, b, out, i0, k0, depth, k0 == 0)
         for blk in range(chunk * ROW_CHUNK, blocks_end):
             i0 = blk * TILE_ROWS
             _edge(a, b, out, i0, i0 + TILE_ROWS, tiles_end, N, transposed)

@@ -10,6 +10,13 @@ from . import config
 from .config import _PLAIN
 from .gemm import _add_bias, _backward_input_product, _product, bias_backward
 from .pointwise import _layer_backward, _layer_forward, _program_loss, _sgd_flat, _sgd_momentum_flat
+from .split import (
+    first_forward,
+    first_forward_one_thread,
+    first_gradient,
+    first_gradient_one_thread,
+    half_of,
+)
 
 
 @njit(inline="always")
@@ -32,6 +39,30 @@ def _gather_rows_one_thread(x, order, start, xb):
     _gather_rows_body(x, order, start, xb)
 
 
+@njit(inline="always")
+def _step_slice(params, grads, velocities, at, end, lr, momentum, weight_decay, use_momentum):
+    """The SGD step of params[at:end] (one layer's block), as of the whole block."""
+    if use_momentum:
+        _sgd_momentum_flat(params[at:end], grads[at:end], velocities[at:end], lr, momentum,
+                           weight_decay)
+    else:
+        _sgd_flat(params[at:end], grads[at:end], lr, weight_decay)
+
+
+@njit(inline="always")
+def _linears_tile(layers, P):
+    """Whether the LINEARs' parameters, in layer order, tile the block [0, P): then each
+    takes its own SGD step in the backward pass, once its input gradient (which needs
+    the weights before the step) is computed."""
+    end = 0
+    for l in range(layers.shape[0]):
+        if layers[l, 0] == prog.LINEAR:
+            if layers[l, 3] != end:
+                return False
+            end += layers[l, 1] * layers[l, 2] + layers[l, 2]
+    return end == P
+
+
 @njit(**_PLAIN)
 def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum, weight_decay,
                  params, grads, velocities, use_momentum, losses, min_macs, min_gather):
@@ -42,6 +73,8 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     velocities (P,) flat blocks; lrs, losses (steps,).  The activations a[l] (B, width_l) and their gradients
     d[l] live in two scratch arrays laid out once.  Products of at least ``min_macs``
     multiply-adds, and gathers of at least ``min_gather`` elements, run on the threads.
+    A program that starts with a LINEAR gathers its batch inside that layer's forward,
+    which with its weight gradient and SGD step is split by input features (``split``).
     Returns the steps done.
     """
     N = order.shape[0]  # the rows the steps take
@@ -58,12 +91,20 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
     first_linear = 0
     while layers[first_linear, 0] != prog.LINEAR:
         first_linear += 1
+    split_first = layers[0, 0] == prog.LINEAR
+    partial_all = np.empty(bs * layers[0, 2] if split_first else 0, np.float32)
+    half = half_of(layers[0, 1])
+    stepwise = _linears_tile(layers, params.size)
+    no_velocity = np.empty((0, 0), np.float32)
     steps = (N + bs - 1) // bs
     for s in range(steps):
         start = s * bs
         B = min(bs, N - start)
+        lr = np.float32(lrs[s])
         a0 = acts[:B * layers[0, 1]].reshape((B, layers[0, 1]))
-        if B * a0.shape[1] < min_gather:
+        if split_first:
+            pass  # gathered by the first layer's forward
+        elif B * a0.shape[1] < min_gather:
             _gather_rows_one_thread(x, order, start, a0)
         else:
             _gather_rows(x, order, start, a0)
@@ -78,7 +119,15 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             kind, n_in, n_out, at = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
             a_in = acts[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
-            if kind == prog.LINEAR:
+            if kind == prog.LINEAR and l == 0:
+                w = params[at:at + n_in * n_out].reshape((n_in, n_out))
+                bias = params[at + n_in * n_out:at + n_in * n_out + n_out]
+                partial = partial_all[:B * n_out].reshape((B, n_out))
+                if B * n_in * n_out < min_macs:
+                    first_forward_one_thread(x, order, start, a_in, w, bias, a_out, partial, half)
+                else:
+                    first_forward(x, order, start, a_in, w, bias, a_out, partial, half)
+            elif kind == prog.LINEAR:
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
                 _product(a_in, w, a_out, False, min_macs)
                 _add_bias(a_out, params[at + n_in * n_out:at + n_in * n_out + n_out])
@@ -97,21 +146,36 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
             a_out = acts[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             d_out = deltas[offsets[l + 1] * bs:offsets[l + 1] * bs + B * n_out].reshape((B, n_out))
             d_in = deltas[offsets[l] * bs:offsets[l] * bs + B * n_in].reshape((B, n_in))
-            if kind == prog.LINEAR:
+            if kind == prog.LINEAR and l == 0:
+                w_end = at + n_in * n_out
+                bias_backward(d_out, grads[w_end:w_end + n_out])
+                if stepwise:
+                    _step_slice(params, grads, velocities, w_end, w_end + n_out, lr, momentum,
+                                weight_decay, use_momentum)
+                v = velocities[at:w_end].reshape((n_in, n_out)) if use_momentum else no_velocity
+                args = (a_in, d_out, grads[at:w_end].reshape((n_in, n_out)),
+                        params[at:w_end].reshape((n_in, n_out)), v, half, lr, momentum,
+                        weight_decay, stepwise, use_momentum)
+                if B * n_in * n_out < min_macs:
+                    first_gradient_one_thread(*args)
+                else:
+                    first_gradient(*args)
+            elif kind == prog.LINEAR:
                 w_end = at + n_in * n_out
                 _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True, min_macs)
                 bias_backward(d_out, grads[w_end:w_end + n_out])
                 if l > first_linear:
                     _backward_input_product(d_out, params[at:w_end].reshape((n_in, n_out)),
                                             d_in, min_macs)
+                if stepwise:
+                    _step_slice(params, grads, velocities, at, w_end + n_out, lr, momentum,
+                                weight_decay, use_momentum)
             else:
                 _layer_backward(kind, a_in.reshape(-1), a_out.reshape(-1), d_out.reshape(-1),
                                 d_in.reshape(-1))
-        lr = np.float32(lrs[s])
-        if use_momentum:
-            _sgd_momentum_flat(params, grads, velocities, lr, momentum, weight_decay)
-        else:
-            _sgd_flat(params, grads, lr, weight_decay)
+        if not stepwise:
+            _step_slice(params, grads, velocities, 0, params.size, lr, momentum, weight_decay,
+                        use_momentum)
     return steps
 
 
