@@ -1,7 +1,6 @@
 """Activations, losses, the SGD update and the metrics as ``@njit`` loops.   Letters as in
 ``contract.py``."""
 import functools
-import math
 
 import numba
 import numpy as np
@@ -178,13 +177,16 @@ def cross_entropy_forward(logits, labels):
     _check_labels(labels, B, C)
     e = np.empty(SOFTMAX_ROWS * C, np.float32)
     m, s = np.empty(SOFTMAX_ROWS, np.float32), np.empty(SOFTMAX_ROWS, np.float32)
+    log_s = np.empty(SOFTMAX_ROWS, np.float32)
     terms = np.empty(SOFTMAX_ROWS, np.float64)
     total = 0.0
     for b0 in range(0, B, SOFTMAX_ROWS):
         rows = min(SOFTMAX_ROWS, B - b0)
         _softmax_block(logits, b0, rows, e, m, s)
+        for r in range(rows):  # s >= 1 (the max's term is 1): one vector loop, no libm
+            log_s[r] = numba_math.log_pos(s[r])
         for r in range(rows):  # z - m first: exact for equal huge logits
-            terms[r] = math.log(np.float64(s[r])) - (
+            terms[r] = np.float64(log_s[r]) - (
                 np.float64(logits[b0 + r, labels[b0 + r]]) - np.float64(m[r]))
         total += _sum_float64(terms, rows)
     return total / B
