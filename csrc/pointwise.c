@@ -154,15 +154,22 @@ FS_INLINE float mnist_term(float p, float t)
 }
 FS_MEAN(mnist_loss_forward, double, mnist_term(p, t))
 
-FS_CLONES void mnist_loss_backward(float *restrict dpreds, const float *restrict preds,
-                                   const float *restrict targets, int64_t B)
+/* mnist_loss_backward of n rows of a batch, inv_b 1 / its rows. */
+FS_CLONES static void mnist_loss_backward_rows(float *restrict dpreds, const float *restrict preds,
+                                               const float *restrict targets, int64_t n,
+                                               float inv_b)
 {
-    const float inv_b = 1.0f / (float)B;
-    for (int64_t b = 0; b < B; b++) {
+    for (int64_t b = 0; b < n; b++) {
         float s = sigmoid(preds[b]);
         float slope = s * (1.0f - s) * inv_b;
         dpreds[b] = targets[b] == 1.0f ? -slope : slope;
     }
+}
+
+void mnist_loss_backward(float *restrict dpreds, const float *restrict preds,
+                         const float *restrict targets, int64_t B)
+{
+    mnist_loss_backward_rows(dpreds, preds, targets, B, 1.0f / (float)B);
 }
 
 /* Row max of z (C,), and sum_c exp(z_c - max) into *sum: for long rows (C >= 16). */
@@ -245,13 +252,15 @@ FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *rest
     return bad;
 }
 
-FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
-                                         const int64_t *restrict labels, int64_t B, int64_t C)
+/* cross_entropy_backward of B rows of a batch, inv_b 1 / its rows. */
+FS_CLONES static int64_t cross_entropy_backward_rows(float *restrict dlogits,
+                                                     const float *restrict logits,
+                                                     const int64_t *restrict labels, int64_t B,
+                                                     int64_t C, float inv_b)
 {
     if (C <= 0)
         return B; /* no class a label could name */
     int64_t bad = 0;
-    const float inv_b = 1.0f / (float)B;
     float m[ROWS], s[ROWS];
     for (int64_t b0 = 0; b0 < B; b0 += ROWS) {
         const int64_t rows = B - b0 < ROWS ? B - b0 : ROWS;
@@ -269,6 +278,12 @@ FS_CLONES int64_t cross_entropy_backward(float *restrict dlogits, const float *r
     return bad;
 }
 
+int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
+                               const int64_t *restrict labels, int64_t B, int64_t C)
+{
+    return cross_entropy_backward_rows(dlogits, logits, labels, B, C, 1.0f / (float)B);
+}
+
 /* (p - t)^2 in double, but inf where it lies beyond the float32 range, as the other
  * backends' float32 arithmetic gives it (NaN stays NaN). */
 FS_INLINE double squared_error(float p, float t)
@@ -278,36 +293,49 @@ FS_INLINE double squared_error(float p, float t)
 }
 FS_MEAN(mse_forward, double, squared_error(p, t))
 
-FS_CLONES void mse_backward(float *restrict dpreds, const float *restrict preds,
-                            const float *restrict targets, int64_t n)
+/* mse_backward of n elements of a batch, scale 2 / its elements. */
+FS_CLONES static void mse_backward_rows(float *restrict dpreds, const float *restrict preds,
+                                        const float *restrict targets, int64_t n, float scale)
 {
-    const float scale = n > 0 ? (float)(2.0 / (double)n) : 0.0f;
     for (int64_t i = 0; i < n; i++)
         dpreds[i] = (preds[i] - targets[i]) * scale;
+}
+
+void mse_backward(float *restrict dpreds, const float *restrict preds,
+                  const float *restrict targets, int64_t n)
+{
+    mse_backward_rows(dpreds, preds, targets, n, n > 0 ? (float)(2.0 / (double)n) : 0.0f);
+}
+
+double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targets,
+                 const int64_t *labels, int64_t rows, int64_t O, int64_t B)
+{
+    const double share = (double)rows / (double)B; /* the rows' mean -> their part */
+    double loss = 0.0;
+    switch (loss_kind) {
+    case FS_MNIST_LOSS: /* O == 1: z and dz are (rows,) */
+        mnist_loss_backward_rows(dz, z, targets, rows, 1.0f / (float)B);
+        loss = mnist_loss_forward(z, targets, rows);
+        break;
+    case FS_CROSS_ENTROPY:
+        cross_entropy_backward_rows(dz, z, labels, rows, O, 1.0f / (float)B);
+        cross_entropy_forward(&loss, z, labels, rows, O);
+        break;
+    case FS_MSE:
+        mse_backward_rows(dz, z, targets, rows * O, (float)(2.0 / (double)(B * O)));
+        loss = mse_forward(z, targets, rows * O);
+        break;
+    default:
+        return NAN;
+    }
+    return rows == B ? loss : loss * share;
 }
 
 double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
                                const float *targets, const int64_t *labels, int64_t B,
                                int64_t O)
 {
-    double loss = 0.0;
-    switch (loss_kind) {
-    case FS_MNIST_LOSS: /* O == 1: z and dz are (B,) */
-        mnist_loss_backward(dz, z, targets, B);
-        loss = mnist_loss_forward(z, targets, B);
-        break;
-    case FS_CROSS_ENTROPY:
-        cross_entropy_backward(dz, z, labels, B, O);
-        cross_entropy_forward(&loss, z, labels, B, O);
-        break;
-    case FS_MSE:
-        mse_backward(dz, z, targets, B * O);
-        loss = mse_forward(z, targets, B * O);
-        break;
-    default:
-        loss = NAN;
-    }
-    return loss;
+    return loss_rows(loss_kind, dz, z, targets, labels, B, O, B);
 }
 
 /* --------------------------------------------------------------- optimizer */

@@ -648,11 +648,20 @@ def test_train_epoch_matches_the_reference_on_random_programs(c_ext, threads, se
 
 @needs_c
 @pytest.mark.parametrize("bs", [64, 256])
-def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs):
+@pytest.mark.parametrize("deep", [False, True], ids=["784-128-10", "784-64-32-3 mse"])
+def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs, deep):
     # 784 inputs are four depth blocks: on two threads the first layer's forward takes
-    # them apart (two partial products added in block order), on one in turn.
+    # them apart (two partial products added in block order), on one in turn.  The
+    # layers after it and the loss run in pieces of rows, spread over the threads, and
+    # their gradients are added piece by piece: 2 pieces at bs 64 and at bs 256, 1 in
+    # the last batch of 5 rows.
     spec = [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)]
-    args = epoch_args(spec, prog.CROSS_ENTROPY, N=3 * bs + 5, bs=bs, seed=2)
+    loss_kind, options = prog.CROSS_ENTROPY, {}
+    if deep:
+        spec = [("linear", 784, 64), ("tanh", 64, 64), ("linear", 64, 32),
+                ("sigmoid", 32, 32), ("linear", 32, 3)]
+        loss_kind, options = prog.MSE, {"momentum": 0.9, "weight_decay": 1e-3}
+    args = epoch_args(spec, loss_kind, N=3 * bs + 5, bs=bs, seed=2, **options)
     args["params"] *= 0.1
     results = []
     for n in (1, 2, 2):
@@ -671,9 +680,10 @@ def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs):
 @needs_c
 def test_the_first_layers_forward_in_the_epoch_is_the_layer_paths_bit_for_bit(c_ext):
     # One step, lr 0: the loss of the fused epoch (its forward split over the threads by
-    # depth) equals the loss of the layer-by-layer kernels on the same batch.
+    # depth) equals the loss of the layer-by-layer kernels on the same batch.  A batch of
+    # 32 rows is one piece of the epoch's tail, whose loss is then the batch's own.
     spec = [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)]
-    args = epoch_args(spec, prog.CROSS_ENTROPY, N=64, bs=64, momentum=0.0,
+    args = epoch_args(spec, prog.CROSS_ENTROPY, N=32, bs=32, momentum=0.0,
                       weight_decay=0.0, seed=3)
     args["lrs"][:] = 0.0
     params = args["params"]
@@ -683,10 +693,10 @@ def test_the_first_layers_forward_in_the_epoch_is_the_layer_paths_bit_for_bit(c_
     x = args["x"][args["order"]]
     previous = c_ext.set_threads(2)
     try:
-        h = np.empty((64, 128), np.float32)
+        h = np.empty((32, 128), np.float32)
         c_ext.linear_forward(x, w1, b1, h)
         c_ext.relu_forward(h.copy(), h)
-        z = np.empty((64, 10), np.float32)
+        z = np.empty((32, 10), np.float32)
         c_ext.linear_forward(h, w2, b2, z)
         want = c_ext.cross_entropy_forward(z, args["targets"][args["order"]])
         mine = copy_args(args)
