@@ -193,6 +193,11 @@ static void gemm_unblocked(float *restrict c, view A, view B, const float *restr
 static void step_region(const sgd_step *step, const float *c, int64_t N, int64_t i0,
                         int64_t i1, int64_t j0, int64_t j1)
 {
+    if (step && j0 == 0 && j1 == N && i0 < i1) { /* whole rows: one stretch of memory */
+        sgd_update(step->param + i0 * N, step->velocity ? step->velocity + i0 * N : NULL,
+                   c + i0 * N, (i1 - i0) * N, step->lr, step->momentum, step->weight_decay);
+        return;
+    }
     for (int64_t i = i0; step && j0 < j1 && i < i1; i++)
         sgd_update(step->param + i * N + j0, step->velocity ? step->velocity + i * N + j0 : NULL,
                    c + i * N + j0, j1 - j0, step->lr, step->momentum, step->weight_decay);
