@@ -226,14 +226,27 @@ static int linears_tile(const fs_layer *layers, int64_t L, int64_t P)
  * them up piece by piece, in order, and takes those layers' SGD steps.  The pieces do
  * not depend on the thread count, so neither do the results.  (On one thread, at batch
  * 64 of 784-128-10, this tail took ~14 us a step, 15% of it.) */
+enum { TAIL_MAX_PIECES = 8 }; /* each piece holds a copy of the tail's gradients */
+
 static int64_t tail_rows(int64_t B)
 {
     /* Half the batch on whole tiles of 8 rows, from 32 to 128 rows (784-128-10, 2
      * threads, harness epoch ms: bs 64 in pieces of 32 rows 83.3, of 16 85.8, of 64
-     * 87.5; bs 256 in pieces of 128 79.2, of 64 79.6, of 32 81.0; one piece 86.0 / 84.0).
+     * 87.5; bs 256 in pieces of 128 79.2, of 64 79.6, of 32 81.0; one piece 86.0 / 84.0),
+     * and more for a batch beyond 1024 rows, so that there are at most TAIL_MAX_PIECES.
      * A function of the batch alone, never of the threads. */
     const int64_t half = (B + 1) / 2, rows = (half + 7) / 8 * 8;
-    return rows < 32 ? 32 : rows > 128 ? 128 : rows;
+    const int64_t fewest = (B + TAIL_MAX_PIECES - 1) / TAIL_MAX_PIECES;
+    const int64_t chosen = rows < 32 ? 32 : rows > 128 ? 128 : rows;
+    return chosen > fewest ? chosen : fewest;
+}
+
+/* The most pieces a batch of at most `rows` rows is cut into (tail_rows): 2 up to 256
+ * rows, then one per 128 rows, up to TAIL_MAX_PIECES. */
+static int64_t tail_pieces_at_most(int64_t rows)
+{
+    const int64_t n = (rows + 127) / 128;
+    return n < 2 ? 2 : n > TAIL_MAX_PIECES ? TAIL_MAX_PIECES : n;
 }
 
 typedef struct {
@@ -346,7 +359,7 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
     if (layers[0].kind == FS_LINEAR && stepwise && L > 1) {
         tail.tail0 = layers[0].n_in * layers[0].n_out + layers[0].n_out;
         tail.tail_floats = P - tail.tail0;
-        const int64_t pieces = (rows + 31) / 32; /* the most: pieces of 32 rows */
+        const int64_t pieces = tail_pieces_at_most(rows);
         tail.partials = malloc((size_t)(pieces * tail.tail_floats + 1) * sizeof(float));
         tail.piece_loss = malloc((size_t)pieces * sizeof(double));
         if (!tail.partials || !tail.piece_loss) {

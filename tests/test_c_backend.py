@@ -647,14 +647,14 @@ def test_train_epoch_matches_the_reference_on_random_programs(c_ext, threads, se
 
 
 @needs_c
-@pytest.mark.parametrize("bs", [64, 256])
+@pytest.mark.parametrize("bs", [64, 256, 1100])
 @pytest.mark.parametrize("deep", [False, True], ids=["784-128-10", "784-64-32-3 mse"])
 def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs, deep):
     # 784 inputs are four depth blocks: on two threads the first layer's forward takes
     # them apart (two partial products added in block order), on one in turn.  The
     # layers after it and the loss run in pieces of rows, spread over the threads, and
-    # their gradients are added piece by piece: 2 pieces at bs 64 and at bs 256, 1 in
-    # the last batch of 5 rows.
+    # their gradients are added piece by piece: 2 pieces at bs 64 and at bs 256, 8 (the
+    # most) at bs 1100, 1 in the last batch of 5 rows.
     spec = [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)]
     loss_kind, options = prog.CROSS_ENTROPY, {}
     if deep:
