@@ -97,14 +97,6 @@ void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
                           int64_t I, int64_t O, const sgd_step *step);
 
-/* pointwise.c, for train.c: loss_value_and_gradient of rows [0, rows) of a batch of B
- * rows (z, dz, targets start at the first of them): dz = the batch's mean loss's
- * gradient there (divided by B, not by rows), and the return value the rows' part of
- * that mean (their mean times rows / B).   z, dz (rows, O), targets (rows, O) or
- * labels (rows,). */
-double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targets,
-                 const int64_t *labels, int64_t rows, int64_t O, int64_t B);
-
 /* pool.c: fs_parallel(task, ctx, threads) runs task(ctx, t, T) for t < T <= threads,
  * t = 0 on the calling thread, and returns when all are done (T may come out below
  * `threads`, e.g. 1 while another thread's job runs).  Inside a task, fs_barrier(T)

@@ -130,13 +130,14 @@ double mse_forward(const float *restrict preds, const float *restrict targets, i
 void mse_backward(float *restrict dpreds, const float *restrict preds,
                   const float *restrict targets, int64_t n);
 
-/* The fused epoch's one entry per loss kind (fs_loss_kind below): the mean loss of
- * the output z (B, O) and dz = dL/dz (B, O); targets (B, O) for a float-target loss,
- * labels (B,) in [0, O) for cross-entropy (the other may be NULL).  NaN for a kind it
- * lacks. */
-double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
-                               const float *targets, const int64_t *labels, int64_t B,
-                               int64_t O);
+/* The fused epoch's one entry per loss kind (fs_loss_kind below), for rows [0, rows)
+ * of a batch of B rows (z, dz, targets, labels start at the first of them): dz = dL/dz
+ * of the batch's mean loss there (divided by B, not by rows), and the return value the
+ * rows' part of that mean (their mean times rows / B; with rows == B, the mean).
+ * z, dz (rows, O); targets (rows, O) for a float-target loss, labels (rows,) in [0, O)
+ * for cross-entropy.  NaN for a kind it lacks. */
+double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targets,
+                 const int64_t *labels, int64_t rows, int64_t O, int64_t B);
 
 /* --------------------------------------------------------- optimizer (pointwise.c) */
 

@@ -154,7 +154,7 @@ FS_INLINE float mnist_term(float p, float t)
 }
 FS_MEAN(mnist_loss_forward, double, mnist_term(p, t))
 
-/* mnist_loss_backward of n rows of a batch, inv_b 1 / its rows. */
+/* mnist_loss_backward of n rows of a batch, inv_b 1 / the batch's rows. */
 FS_CLONES static void mnist_loss_backward_rows(float *restrict dpreds, const float *restrict preds,
                                                const float *restrict targets, int64_t n,
                                                float inv_b)
@@ -252,7 +252,7 @@ FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *rest
     return bad;
 }
 
-/* cross_entropy_backward of B rows of a batch, inv_b 1 / its rows. */
+/* cross_entropy_backward of B rows of a batch, inv_b 1 / the batch's rows. */
 FS_CLONES static int64_t cross_entropy_backward_rows(float *restrict dlogits,
                                                      const float *restrict logits,
                                                      const int64_t *restrict labels, int64_t B,
@@ -293,7 +293,7 @@ FS_INLINE double squared_error(float p, float t)
 }
 FS_MEAN(mse_forward, double, squared_error(p, t))
 
-/* mse_backward of n elements of a batch, scale 2 / its elements. */
+/* mse_backward of n elements of a batch, scale 2 / the batch's elements. */
 FS_CLONES static void mse_backward_rows(float *restrict dpreds, const float *restrict preds,
                                         const float *restrict targets, int64_t n, float scale)
 {
@@ -310,7 +310,6 @@ void mse_backward(float *restrict dpreds, const float *restrict preds,
 double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targets,
                  const int64_t *labels, int64_t rows, int64_t O, int64_t B)
 {
-    const double share = (double)rows / (double)B; /* the rows' mean -> their part */
     double loss = 0.0;
     switch (loss_kind) {
     case FS_MNIST_LOSS: /* O == 1: z and dz are (rows,) */
@@ -328,14 +327,7 @@ double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targ
     default:
         return NAN;
     }
-    return rows == B ? loss : loss * share;
-}
-
-double loss_value_and_gradient(int64_t loss_kind, float *dz, const float *z,
-                               const float *targets, const int64_t *labels, int64_t B,
-                               int64_t O)
-{
-    return loss_rows(loss_kind, dz, z, targets, labels, B, O, B);
+    return rows == B ? loss : loss * ((double)rows / (double)B); /* their mean -> part */
 }
 
 /* --------------------------------------------------------------- optimizer */

@@ -128,58 +128,62 @@ static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t 
 
 /* ---------------------------------------------------------------- a step */
 
-/* a[l + 1] = layer l of a[l], for each layer in order; params (P,). */
-static void forward(const scratch *s, const fs_layer *layers, int64_t L, const float *params,
-                    int64_t B)
+/* Rows [r0, r0 + n) of the batch (all of it: r0 0 and n B, or a piece of the tail) are
+ * what the functions of a step below compute; a[l] + r0 * width is the first of them. */
+
+/* a[l + 1] = layer l of a[l], for the layers l0 <= l < l1 in order; params (P,). */
+static void forward(const scratch *s, const fs_layer *layers, int64_t l0, int64_t l1,
+                    const float *params, int64_t r0, int64_t n)
 {
-    for (int64_t l = 0; l < L; l++) {
+    for (int64_t l = l0; l < l1; l++) {
         const fs_layer *layer = &layers[l];
-        const float *in = s->a[l];
-        float *out = s->a[l + 1];
-        const int64_t n = B * layer->n_out;
+        const int64_t I = layer->n_in, O = layer->n_out;
+        float *out = s->a[l + 1] + r0 * O;
         switch (layer->kind) {
         case FS_LINEAR: {
-            const float *w = params + layer->param, *b = w + layer->n_in * layer->n_out;
+            const float *w = params + layer->param, *b = w + I * O;
             if (l == 0 && s->rows)
-                linear_forward_rows(out, s->x, s->rows, w, b, B, layer->n_in, layer->n_out);
+                linear_forward_rows(out, s->x, s->rows + r0, w, b, n, I, O);
             else
-                linear_forward(out, in, w, b, B, layer->n_in, layer->n_out, 0);
+                linear_forward(out, s->a[l] + r0 * I, w, b, n, I, O, 0);
             break;
         }
-        default: activation_forward(layer->kind, out, in, n);
+        default: activation_forward(layer->kind, out, s->a[l] + r0 * I, n * O);
         }
     }
 }
 
-/* The mean loss of the output z = a[L] (B, O) and d[L] = dL/dz. */
-static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int64_t B,
-                                int64_t O)
+/* The rows' part of the batch's (B rows) mean loss of the output z = a[L] (B, O), and
+ * their d[L] = dL/dz; targets have T columns. */
+static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int64_t O,
+                                int64_t T, int64_t r0, int64_t n, int64_t B)
 {
-    return loss_value_and_gradient(loss_kind, s->d[L], s->a[L], s->targets, s->labels, B, O);
+    return loss_rows(loss_kind, s->d[L] + r0 * O, s->a[L] + r0 * O, s->targets + r0 * T,
+                     s->labels + r0, n, O, B);
 }
 
-/* From d[L], the gradients of every LINEAR into grads (P,) and d[l] for l past the
- * first LINEAR, in reverse layer order.  With sgd (over the whole block; else NULL)
- * each LINEAR also takes its SGD step, once its input gradient, which needs the
- * weights before the step, is computed: the weights tile by tile as their gradient is
+/* From d[l1], the gradients of the LINEARs among the layers l0 <= l < l1 into grads
+ * (P,) and d[l] for l past the first LINEAR, in reverse layer order.  With sgd (over
+ * the whole block; else NULL) each LINEAR also takes its SGD step, once its input
+ * gradient, which needs the weights before the step, is computed: the weights tile by tile as their gradient is
  * computed, while it is in cache, then the bias.  Every gradient is still that of the
  * parameters before the step, so when the LINEARs' parameters tile the block this is
  * the layer path's step of the whole block after the backward pass. */
-static void backward(const scratch *s, const fs_layer *layers, int64_t L, const float *params,
-                     float *grads, int64_t B, const sgd_step *sgd)
+static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64_t l1,
+                     const float *params, float *grads, int64_t r0, int64_t n,
+                     const sgd_step *sgd)
 {
-    for (int64_t l = L - 1; l >= s->first_linear; l--) {
+    for (int64_t l = l1 - 1; l >= l0; l--) {
         const fs_layer *layer = &layers[l];
-        const float *d_out = s->d[l + 1];
-        float *d_in = s->d[l]; /* NULL at the first LINEAR */
-        const int64_t n = B * layer->n_out;
+        const int64_t I = layer->n_in, O = layer->n_out;
+        const float *d_out = s->d[l + 1] + r0 * O;
+        float *d_in = l > s->first_linear ? s->d[l] + r0 * I : NULL; /* none at the first */
         switch (layer->kind) {
         case FS_LINEAR: {
-            const int64_t I = layer->n_in, O = layer->n_out;
             float *gw = grads + layer->param, *gb = gw + I * O;
-            if (l > s->first_linear)
-                matmul_backward_input(d_in, d_out, params + layer->param, B, I, O, 0);
-            bias_backward(gb, d_out, B, O, 0);
+            if (d_in)
+                matmul_backward_input(d_in, d_out, params + layer->param, n, I, O, 0);
+            bias_backward(gb, d_out, n, O, 0);
             sgd_step step = {0};
             if (sgd) {
                 float *v = sgd->velocity ? sgd->velocity + layer->param : NULL;
@@ -187,15 +191,17 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t L, const 
                                   sgd->weight_decay};
             }
             const int through_rows = l == 0 && s->rows;
-            weight_gradient_step(gw, through_rows ? s->x : s->a[l],
-                                 through_rows ? s->rows : NULL, d_out, B, I, O,
+            weight_gradient_step(gw, through_rows ? s->x : s->a[l] + r0 * I,
+                                 through_rows ? s->rows + r0 : NULL, d_out, n, I, O,
                                  sgd ? &step : NULL);
             if (sgd)
                 sgd_update(step.param + I * O, step.velocity ? step.velocity + I * O : NULL,
                            gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             break;
         }
-        default: activation_backward(layer->kind, d_in, s->a[l], s->a[l + 1], d_out, n);
+        default:
+            activation_backward(layer->kind, d_in, s->a[l] + r0 * I, s->a[l + 1] + r0 * O,
+                                d_out, n * O);
         }
     }
 }
@@ -260,39 +266,15 @@ typedef struct {
     int64_t pieces, piece_rows, tail0, tail_floats;
 } tail_job;
 
-/* Rows [r0, r0 + n) of the batch through the tail: forward, loss, backward. */
+/* Rows [r0, r0 + n) of the batch through the tail: forward, loss, backward, the
+ * gradients into this piece's own partials. */
 static void tail_piece(const tail_job *j, int64_t piece, int64_t r0, int64_t n)
 {
-    const scratch *s = j->s;
-    for (int64_t l = 1; l < j->L; l++) {
-        const fs_layer *layer = &j->layers[l];
-        const float *in = s->a[l] + r0 * layer->n_in;
-        float *out = s->a[l + 1] + r0 * layer->n_out;
-        if (layer->kind == FS_LINEAR) {
-            const float *w = j->params + layer->param, *b = w + layer->n_in * layer->n_out;
-            linear_forward(out, in, w, b, n, layer->n_in, layer->n_out, 0);
-        } else {
-            activation_forward(layer->kind, out, in, n * layer->n_out);
-        }
-    }
+    forward(j->s, j->layers, 1, j->L, j->params, r0, n);
     j->piece_loss[piece] =
-        loss_rows(j->loss_kind, s->d[j->L] + r0 * j->O, s->a[j->L] + r0 * j->O,
-                  s->targets + r0 * j->T, s->labels + r0, n, j->O, j->B);
+        loss_and_gradient(j->s, j->loss_kind, j->L, j->O, j->T, r0, n, j->B);
     float *g = j->partials + piece * j->tail_floats - j->tail0; /* g + param: this piece's */
-    for (int64_t l = j->L - 1; l >= 1; l--) {
-        const fs_layer *layer = &j->layers[l];
-        const int64_t I = layer->n_in, O = layer->n_out;
-        const float *in = s->a[l] + r0 * I, *d_out = s->d[l + 1] + r0 * O;
-        float *d_in = s->d[l] + r0 * I;
-        if (layer->kind == FS_LINEAR) {
-            const float *w = j->params + layer->param;
-            matmul_backward_input(d_in, d_out, w, n, I, O, 0);
-            matmul_backward_weight(g + layer->param, in, d_out, n, I, O, 0);
-            bias_backward(g + layer->param + I * O, d_out, n, O, 0);
-        } else {
-            activation_backward(layer->kind, d_in, in, s->a[l + 1] + r0 * O, d_out, n * O);
-        }
-    }
+    backward(j->s, j->layers, 1, j->L, j->params, g, r0, n, NULL);
 }
 
 static void tail_part(void *job, int t, int T)
@@ -385,21 +367,21 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
 
         const sgd_step sgd = {params, velocities, lrs[step], momentum, weight_decay};
         if (tail.partials) {
-            forward(&s, layers, 1, params, B);
+            forward(&s, layers, 0, 1, params, 0, B);
             tail.B = B;
             const double loss = tail_in_pieces(&tail, grads, &sgd);
             losses[step] = loss;
             if (!isfinite(loss))
                 break;
-            backward(&s, layers, 1, params, grads, B, &sgd); /* the first LINEAR */
+            backward(&s, layers, 0, 1, params, grads, 0, B, &sgd); /* the first LINEAR */
             continue;
         }
-        forward(&s, layers, L, params, B);
-        const double loss = loss_and_gradient(&s, loss_kind, L, B, O);
+        forward(&s, layers, 0, L, params, 0, B);
+        const double loss = loss_and_gradient(&s, loss_kind, L, O, T, 0, B, B);
         losses[step] = loss;
         if (!isfinite(loss))
             break;
-        backward(&s, layers, L, params, grads, B, stepwise ? &sgd : NULL);
+        backward(&s, layers, s.first_linear, L, params, grads, 0, B, stepwise ? &sgd : NULL);
         if (!stepwise)
             sgd_update(params, velocities, grads, P, sgd.lr, momentum, weight_decay);
     }
