@@ -244,6 +244,18 @@ def _sgd_momentum_flat(p, g, v, lr, momentum, weight_decay):
         p[n] -= lr * v[n]
 
 
+@njit(inline="always")
+def _step_slice(params, grads, velocities, at, end, lr, momentum, weight_decay, use_momentum):
+    """The SGD step of params[at:end] (a layer's block, or rows of one), as of the whole
+    block: the same functions, so the same bits.   params, grads, velocities flat (P,)
+    (velocities unused without momentum)."""
+    if use_momentum:
+        _sgd_momentum_flat(params[at:end], grads[at:end], velocities[at:end], lr, momentum,
+                           weight_decay)
+    else:
+        _sgd_flat(params[at:end], grads[at:end], lr, weight_decay)
+
+
 def sgd_update(param, grad, lr, momentum, weight_decay, velocity):
     """In place: g = grad + wd * param; v = momentum * v + g (if velocity); param -= lr * g."""
     p, g = param.reshape(-1), grad.reshape(-1)

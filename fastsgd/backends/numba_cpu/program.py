@@ -9,14 +9,8 @@ from ..spec import check_epoch
 from . import config
 from .config import _PLAIN
 from .gemm import _add_bias, _backward_input_product, _product, bias_backward
-from .pointwise import _layer_backward, _layer_forward, _program_loss, _sgd_flat, _sgd_momentum_flat
-from .split import (
-    first_forward,
-    first_forward_one_thread,
-    first_gradient,
-    first_gradient_one_thread,
-    half_of,
-)
+from .pointwise import _layer_backward, _layer_forward, _program_loss, _step_slice
+from .split import first_forward_product, first_gradient_product, half_of
 
 
 @njit(inline="always")
@@ -37,16 +31,6 @@ def _gather_rows(x, order, start, xb):
 def _gather_rows_one_thread(x, order, start, xb):
     """``_gather_rows_body`` on the calling thread.   x (N, I), xb (B, I)."""
     _gather_rows_body(x, order, start, xb)
-
-
-@njit(inline="always")
-def _step_slice(params, grads, velocities, at, end, lr, momentum, weight_decay, use_momentum):
-    """The SGD step of params[at:end] (one layer's block), as of the whole block."""
-    if use_momentum:
-        _sgd_momentum_flat(params[at:end], grads[at:end], velocities[at:end], lr, momentum,
-                           weight_decay)
-    else:
-        _sgd_flat(params[at:end], grads[at:end], lr, weight_decay)
 
 
 @njit(inline="always")
@@ -123,10 +107,8 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
                 bias = params[at + n_in * n_out:at + n_in * n_out + n_out]
                 partial = partial_all[:B * n_out].reshape((B, n_out))
-                if B * n_in * n_out < min_macs:
-                    first_forward_one_thread(x, order, start, a_in, w, bias, a_out, partial, half)
-                else:
-                    first_forward(x, order, start, a_in, w, bias, a_out, partial, half)
+                first_forward_product(x, order, start, a_in, w, bias, a_out, partial, half,
+                                      min_macs)
             elif kind == prog.LINEAR:
                 w = params[at:at + n_in * n_out].reshape((n_in, n_out))
                 _product(a_in, w, a_out, False, min_macs)
@@ -153,13 +135,9 @@ def _train_epoch(layers, loss_kind, x, targets, labels, order, bs, lrs, momentum
                     _step_slice(params, grads, velocities, w_end, w_end + n_out, lr, momentum,
                                 weight_decay, use_momentum)
                 v = velocities[at:w_end].reshape((n_in, n_out)) if use_momentum else no_velocity
-                args = (a_in, d_out, grads[at:w_end].reshape((n_in, n_out)),
-                        params[at:w_end].reshape((n_in, n_out)), v, half, lr, momentum,
-                        weight_decay, stepwise, use_momentum)
-                if B * n_in * n_out < min_macs:
-                    first_gradient_one_thread(*args)
-                else:
-                    first_gradient(*args)
+                first_gradient_product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)),
+                                       params[at:w_end].reshape((n_in, n_out)), v, half, lr,
+                                       momentum, weight_decay, stepwise, use_momentum, min_macs)
             elif kind == prog.LINEAR:
                 w_end = at + n_in * n_out
                 _product(a_in, d_out, grads[at:w_end].reshape((n_in, n_out)), True, min_macs)

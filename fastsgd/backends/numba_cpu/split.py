@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from .config import _PLAIN
 from .gemm import DEPTH_BLOCK, TILE_ROWS, VECTOR_COLS, _a, _row_of_tiles
+from .pointwise import _step_slice
 
 #: Rows of out (the forward) or of the weight gradient (the backward) a task takes.
 TASK_ROWS = 32
@@ -115,16 +116,12 @@ def first_forward_one_thread(x, order, start, xb, w, bias, out, partial, half):
 
 
 @njit(inline="always")
-def _step_rows(w, g, v, i0, i1, lr, momentum, weight_decay, use_momentum):
-    """The SGD step of rows [i0, i1) of w (I, O) from its gradient g, as ``_sgd_flat`` and
-    ``_sgd_momentum_flat`` take it element by element (the same bits)."""
-    for i in range(i0, i1):
-        for o in range(w.shape[1]):
-            if use_momentum:
-                v[i, o] = momentum * v[i, o] + (g[i, o] + weight_decay * w[i, o])
-                w[i, o] -= lr * v[i, o]
-            else:
-                w[i, o] -= lr * (g[i, o] + weight_decay * w[i, o])
+def first_forward_product(x, order, start, xb, w, bias, out, partial, half, min_macs):
+    """``first_forward``, or on this thread below ``min_macs`` multiply-adds."""
+    if xb.shape[0] * w.shape[0] * w.shape[1] < min_macs:
+        first_forward_one_thread(x, order, start, xb, w, bias, out, partial, half)
+    else:
+        first_forward(x, order, start, xb, w, bias, out, partial, half)
 
 
 @njit(inline="always")
@@ -140,8 +137,10 @@ def _gradient_body(xb, dy, dw, w, v, half, lr, momentum, weight_decay, step, use
         i0, i1 = lo + c * TASK_ROWS, min(hi, lo + (c + 1) * TASK_ROWS)
         if i0 < i1:
             _part(xb, dy, dw, i0, i1, 0, B, True)
-            if step:
-                _step_rows(w, dw, v, i0, i1, lr, momentum, weight_decay, use_momentum)
+            if step:  # rows [i0, i1) of w, as the whole block's SGD step takes them
+                O = dw.shape[1]
+                _step_slice(w.reshape(-1), dw.reshape(-1), v.reshape(-1), i0 * O, i1 * O, lr,
+                            momentum, weight_decay, use_momentum)
 
 
 @njit(**_SPLIT, parallel=True)
@@ -155,3 +154,14 @@ def first_gradient_one_thread(xb, dy, dw, w, v, half, lr, momentum, weight_decay
                               use_momentum):
     """``_gradient_body`` on the calling thread (the same bits)."""
     _gradient_body(xb, dy, dw, w, v, half, lr, momentum, weight_decay, step, use_momentum)
+
+
+@njit(inline="always")
+def first_gradient_product(xb, dy, dw, w, v, half, lr, momentum, weight_decay, step,
+                           use_momentum, min_macs):
+    """``first_gradient``, or on this thread below ``min_macs`` multiply-adds."""
+    args = (xb, dy, dw, w, v, half, lr, momentum, weight_decay, step, use_momentum)
+    if xb.shape[0] * dw.shape[0] * dw.shape[1] < min_macs:
+        first_gradient_one_thread(*args)
+    else:
+        first_gradient(*args)
