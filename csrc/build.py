@@ -22,7 +22,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.realpath(__file__))
 ROOT = os.path.dirname(HERE)
 
-SOURCES = ["gemm.c", "pack.c", "products.c", "pointwise.c", "train.c", "pool.c", "peak.c"]
+SOURCES = ["gemm.c", "pack.c", "products.c", "pointwise.c", "train.c", "narrow.c", "pool.c", "peak.c"]
 HEADERS = ["kernels.h", "internal.h", "gemm_kernel.h"]
 COMPILE_ARGS = ["-O3", "-pthread", "-fopenmp-simd", "-ffp-contract=fast", "-fno-trapping-math"]
 LINK_ARGS = ["-pthread"]

@@ -11,7 +11,7 @@
  *
  *   for each chunk of depth (K) blocks:        pack B into column panels of NR,
  *                                              shared by all threads, one barrier;
- *     each thread, for its rows in blocks of MC, for each depth block of kc <= KC:
+ *     each thread, for its rows in blocks of MC, for each depth block of its kc:
  *       pack A (mc, kc) into row panels of MR,
  *       for each MR x NR tile of C:            the micro-kernel (gemm_kernel.h) keeps
  *                                              the tile in registers for kc rank-1
@@ -42,10 +42,11 @@
 
 enum {
     MC = 128, /* rows of A packed at once by one thread (at most MC x KC floats) */
-    KC = 256, /* largest depth block */
-    /* Row stride of a packed row-major A panel.  KC itself (1 KiB) put a panel's 8 rows
-     * in 4 of the L1 cache's 64 sets: the micro-kernel ran at ~90 GFLOP/s on one Ice
-     * Lake core instead of ~145 with this stride (c_ext tile timed alone, in cache). */
+    /* The largest depth block, of any instruction set (kernel_set's kc). */
+    KC = 400,
+    /* Row stride of a packed row-major A panel.  256 (1 KiB) put a panel's 8 rows in 4
+     * of the L1 cache's 64 sets: the micro-kernel ran at ~90 GFLOP/s on one Ice Lake
+     * core instead of ~145 with a stride of 256 + 16 (tile timed alone, in cache). */
     A_LD = KC + 16,
     MAX_CHUNKS = 1024, /* pieces of C taken by the threads of one product, at most */
 };
@@ -112,20 +113,28 @@ typedef void (*block_fn)(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                          const float *restrict b, int64_t ldb, int64_t panel_depth,
                          int accumulate, const float *restrict bias, int *restrict bad);
 
-/* A micro-kernel, its tile (mr rows by nr columns of C) and its A packing. */
+/* A micro-kernel, its tile (mr rows by nr columns of C), its largest depth block kc
+ * (<= KC) and its A packing.  The depth blocks decide the bits of a product, so every
+ * product on one instruction set takes the same kc: a product computed transposed
+ * (gemm_swapped) then gives the bits of the plain one. */
 typedef struct {
     const char *name;
-    int mr, nr;
+    int mr, nr, kc;
     pack_a_fn pack_a;
     block_fn compute_block;
 } kernel_set;
 
+/* kc: with AVX-512 (L1 of 48 KiB and more), 784 in-features are two blocks, not four,
+ * so each tile's sum is stored and loaded again half as often (1 thread, 64x784x128:
+ * 222 -> 227 GFLOP/s; harness epoch, 784-128-10: bs 64 81.7 -> 80.3 ms, bs 256 77.9 ->
+ * 77.0; packed B too: 256x784x784 0.89 -> 0.86 ms).  With AVX2, 256 keeps a packed B
+ * panel and an A panel (22 KiB) within a 32 KiB L1 cache. */
 static const kernel_set KERNEL_SETS[] = { /* fastest first */
 #ifdef GEMM_X86_LEVELS
-    {"avx512", 8, 32, pack_a_avx512, compute_block_avx512},
-    {"avx2", 6, 16, pack_a_avx2, compute_block_avx2},
+    {"avx512", 8, 32, 400, pack_a_avx512, compute_block_avx512},
+    {"avx2", 6, 16, 256, pack_a_avx2, compute_block_avx2},
 #endif
-    {"baseline", 6, 8, pack_a_baseline, compute_block_baseline},
+    {"baseline", 6, 8, 256, pack_a_baseline, compute_block_baseline},
 };
 enum { N_KERNEL_SETS = sizeof KERNEL_SETS / sizeof KERNEL_SETS[0] };
 
@@ -221,7 +230,7 @@ typedef struct {
     const float *bias;
     const sgd_step *step; /* or NULL: see step_region */
     int64_t M, K, N;
-    int64_t kc_step;     /* depth of the blocks, all equal but the last, <= KC */
+    int64_t kc_step;     /* depth of the blocks, all equal but the last, <= ks->kc */
     int64_t chunk_depth; /* depths of B packed at once: whole blocks */
     int64_t m_panels, n_panels;
     int64_t mc_step;     /* rows of A packed at once: MC rounded down to whole panels */
@@ -430,7 +439,7 @@ static int narrow_b_reading(view B, int64_t M, int64_t N, int64_t nr)
 static int swap_pays(view A, view B, const float *bias, int64_t M, int64_t K, int64_t N)
 {
     return !A.rows && B.cs == 1 && N <= kernels_in_use()->nr / 2 && M >= 2 * N
-           && (!bias || K <= KC);
+           && (!bias || K <= kernels_in_use()->kc);
 }
 
 /* c (M, N) = A @ B (+ bias) as c.T = B.T @ A.T, into a scratch array transposed into
@@ -487,19 +496,19 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
     gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
                    .step = step, .M = M, .K = K, .N = N, .bad = bad};
     const int64_t mr = g.ks->mr, nr = g.ks->nr;
-    g.kc_step = ceil_div(K, ceil_div(K, KC));
-    g.m_panels = ceil_div(M, mr);
-    g.n_panels = ceil_div(N, nr);
-    g.mc_step = MC / mr * mr;
-    const int64_t block_floats = g.kc_step * nr * g.n_panels;
-    const int64_t blocks_per_chunk = PACKED_B_MAX_FLOATS / block_floats;
-    g.chunk_depth = min64(K, (blocks_per_chunk > 1 ? blocks_per_chunk : 1) * g.kc_step);
     /* Narrow row-major B (rows of at most 1 KiB, whole panels, on 64-byte lines) is read
      * in place: at the training shapes packing it cost more than it saved, and with no
      * shared packed B the threads need no barrier.  Wide B rows are packed (power-of-two
      * strides of several KiB made the in-place reads thrash the L1 cache). */
     const int b_reading = narrow_b_reading(B, M, N, nr);
     g.direct_b = b_reading != B_PACKED;
+    g.kc_step = ceil_div(K, ceil_div(K, g.ks->kc));
+    g.m_panels = ceil_div(M, mr);
+    g.n_panels = ceil_div(N, nr);
+    g.mc_step = MC / mr * mr;
+    const int64_t block_floats = g.kc_step * nr * g.n_panels;
+    const int64_t blocks_per_chunk = PACKED_B_MAX_FLOATS / block_floats;
+    g.chunk_depth = min64(K, (blocks_per_chunk > 1 ? blocks_per_chunk : 1) * g.kc_step);
     /* x.T of a few rows beside B read in place: read in place too, through the identity
      * index, rather than packed (x.T @ dy 64x784x128, harness, 1 | 2 threads, medians of
      * two runs: 64.9 | 35.7 us packed, 58.1 | 32.4 in place; at 256 rows

@@ -97,6 +97,24 @@ void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
                           int64_t I, int64_t O, const sgd_step *step);
 
+/* narrow.c, for train.c's tail: the products of a LINEAR with O <= NARROW_MAX_O outputs
+ * over the n rows of a piece, on the calling thread, from its weights w (I, O) laid out
+ * by narrow_prepare into narrow_floats(I, O) floats (padded: the layout's padding is
+ * zero already, from an earlier call).
+ *   a (n, I), b (O,), dy (n, O) -> out (n, O) = a @ w + b, dx (n, I) = dy @ w.T,
+ *   dw (I, O) = a.T @ dy. */
+enum { NARROW_MAX_O = 16 };
+int64_t narrow_floats(int64_t I, int64_t O);
+void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
+                    int padded);
+void narrow_forward(float *restrict out, const float *restrict a,
+                    const float *restrict prepared, const float *restrict b, int64_t n,
+                    int64_t I, int64_t O);
+void narrow_backward_input(float *restrict dx, const float *restrict dy,
+                           const float *restrict prepared, int64_t n, int64_t I, int64_t O);
+void narrow_weight_gradient(float *restrict dw, const float *restrict a,
+                            const float *restrict dy, int64_t n, int64_t I, int64_t O);
+
 /* pool.c: fs_parallel(task, ctx, threads) runs task(ctx, t, T) for t < T <= threads,
  * t = 0 on the calling thread, and returns when all are done (T may come out below
  * `threads`, e.g. 1 while another thread's job runs).  Inside a task, fs_barrier(T)

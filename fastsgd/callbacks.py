@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 
+from .backends.spec import F32_MAX
 from .optim import SCHEDULES, checked_lr
 
 __all__ = ["Callback", "CancelFitException", "CancelEpochException", "Recorder", "LRSchedule",
@@ -208,9 +209,15 @@ class LRSchedule(Callback):
 
     def rates(self, step0, steps) -> np.ndarray:
         """The rates of ``steps`` steps from step ``step0`` of the fit (float64)."""
-        lr, rates = self.learn.opt.lr, []
-        for step in range(step0, step0 + steps):
-            multiplier = self.scale(step / self.total_steps)
+        lr = self.learn.opt.lr
+        multipliers = [self.scale(step / self.total_steps) for step in range(step0, step0 + steps)]
+        if type(lr) is float and all(type(m) in (float, int) for m in multipliers):
+            # Python numbers: the float64 products are Python's own, checked all at once
+            rates = lr * np.array(multipliers, np.float64)
+            if np.all(np.isfinite(rates) & (rates >= 0.0) & (rates <= F32_MAX)):
+                return rates
+        rates = []
+        for step, multiplier in zip(range(step0, step0 + steps), multipliers):
             rate = lr * multiplier if _is_real(multiplier) else multiplier
             rates.append(checked_lr(rate, f"schedule: step {step}'s learning rate (lr times "
                                           f"the schedule's multiplier)"))

@@ -650,8 +650,9 @@ def test_train_epoch_matches_the_reference_on_random_programs(c_ext, threads, se
 @pytest.mark.parametrize("bs", [64, 256, 1100])
 @pytest.mark.parametrize("deep", [False, True], ids=["784-128-10", "784-64-32-3 mse"])
 def test_train_epoch_gives_the_same_bits_on_one_and_two_threads(c_ext, bs, deep):
-    # 784 inputs are four depth blocks: on two threads the first layer's forward takes
-    # them apart (two partial products added in block order), on one in turn.  The
+    # 784 inputs are two depth blocks with AVX-512 (four with AVX2): on two threads the
+    # first layer's forward takes them apart (partial products added in block order),
+    # on one in turn.  The
     # layers after it and the loss run in pieces of rows, spread over the threads, and
     # their gradients are added piece by piece: 2 pieces at bs 64 and at bs 256, 8 (the
     # most) at bs 1100, 1 in the last batch of 5 rows.
@@ -704,6 +705,23 @@ def test_the_first_layers_forward_in_the_epoch_is_the_layer_paths_bit_for_bit(c_
     finally:
         c_ext.set_threads(previous)
     assert mine["losses"][0] == want
+
+
+@needs_c
+@pytest.mark.parametrize("outputs", [1, 15, 16, 17])
+@pytest.mark.parametrize("loss_kind", [prog.CROSS_ENTROPY, prog.MSE])
+def test_train_epoch_matches_the_reference_with_narrow_layers_in_the_tail(
+        c_ext, threads, outputs, loss_kind):
+    # The LINEARs after the first with at most 16 outputs run narrow.c's products in the
+    # tail's pieces: 33 in-features (two vectors and one float), a middle layer of 16
+    # outputs, and a last one of 1, 15, 16 or 17 (not narrow) outputs.
+    spec = [("linear", 40, 33), ("relu", 33, 33), ("linear", 33, 16), ("tanh", 16, 16),
+            ("linear", 16, outputs)]
+    args = epoch_args(spec, loss_kind, N=300, bs=64, momentum=0.9, weight_decay=1e-3,
+                      seed=outputs)
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == 5
+    assert_same_epoch(mine, theirs)
 
 
 @needs_c

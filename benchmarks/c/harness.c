@@ -3,7 +3,8 @@
  * Build (from the repository root, the flags of csrc/build.py):
  *     gcc -O3 -pthread -fopenmp-simd -ffp-contract=fast -fno-trapping-math -Icsrc \
  *         benchmarks/c/harness.c csrc/gemm.c csrc/pack.c csrc/products.c \
- *         csrc/pointwise.c csrc/train.c csrc/pool.c csrc/peak.c -lm -o build/harness
+ *         csrc/pointwise.c csrc/train.c csrc/narrow.c csrc/pool.c csrc/peak.c -lm \
+ *         -o build/harness
  * Run:
  *     build/harness matmul M K N      out (M, N) = a (M, K) @ b (K, N)
  *     build/harness weight B I O      dw (I, O) = x.T @ dy, x (B, I), dy (B, O)

@@ -1,0 +1,166 @@
+/* narrow.c -- the three products of a LINEAR with few outputs (O <= NARROW_MAX_O: a
+ * classifier head such as 128 -> 10) over the rows of one piece of a batch, on the
+ * calling thread: the fused epoch's tail (train.c) runs them.
+ *
+ * Dimension letters: n rows of the piece, I in-features, O out-features.
+ *
+ * The blocked gemm (gemm.c) covers such a layer with mostly empty tiles (10 of 32
+ * columns) or by transposing it, and at a piece's size its setup costs more than the
+ * arithmetic (784-128-10, 32 rows: the three products took ~5 us).  Here the O outputs
+ * of a row live in one vector of 16 floats (v16sf), and the weights are read in two
+ * layouts made once per step by narrow_prepare: rows padded to 16 floats, and
+ * transposed.  Each sum runs in a fixed order, the same on any thread.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+enum {
+    LANES = 16,      /* floats of a v16sf */
+    FORWARD_ROWS = 8, /* rows of a piece computed together by narrow_forward */
+    INPUT_VECTORS = 8, /* vectors of a row of dx computed together */
+};
+
+/* The helpers pass vectors through pointers: inlined into each clone, they then take
+ * its instruction set's registers. */
+
+/* *v = 16 floats from p. */
+FS_INLINE void load16(v16sf *v, const float *p) { memcpy(v, p, sizeof *v); }
+
+/* *v = the first `count` <= 16 floats from p, the rest of the vector 0. */
+FS_INLINE void load_first(v16sf *v, const float *p, int64_t count)
+{
+    float t[LANES] = {0};
+    memcpy(t, p, (size_t)count * sizeof(float));
+    memcpy(v, t, sizeof *v);
+}
+
+/* The first `count` <= 16 floats of *v into p. */
+FS_INLINE void store_first(float *p, const v16sf *v, int64_t count)
+{
+    float t[LANES];
+    memcpy(t, v, sizeof t);
+    memcpy(p, t, (size_t)count * sizeof(float));
+}
+
+int64_t narrow_floats(int64_t I, int64_t O) { return I * LANES + O * I; }
+
+/* w (I, O) laid out for the kernels below: wp (I, 16), each row of w padded with zeros,
+ * then wt (O, I) = w.T, both in prepared (narrow_floats(I, O) floats).  With `padded`,
+ * wp's padding is zero already (an earlier call laid out weights of the same shape
+ * there), and only w's own floats are copied. */
+void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
+                    int padded)
+{
+    float *wp = prepared, *wt = prepared + I * LANES;
+    if (!padded)
+        memset(wp, 0, (size_t)(I * LANES) * sizeof(float));
+    for (int64_t k = 0; k < I; k++)
+        memcpy(wp + k * LANES, w + k * O, (size_t)O * sizeof(float));
+    for (int64_t c = 0; c < O; c++)
+        for (int64_t k = 0; k < I; k++)
+            wt[c * I + k] = w[k * O + c];
+}
+
+/* out (n, O) = a (n, I) @ w + b (O,), w prepared.  Each output is the sum over k in
+ * order, then plus the bias, as gemm's is. */
+FS_CLONES void narrow_forward(float *restrict out, const float *restrict a,
+                              const float *restrict prepared, const float *restrict b,
+                              int64_t n, int64_t I, int64_t O)
+{
+    const float *wp = prepared;
+    v16sf bias;
+    load_first(&bias, b, O);
+    int64_t r = 0;
+    for (; r + FORWARD_ROWS <= n; r += FORWARD_ROWS) {
+        const float *ar = a + r * I;
+        v16sf acc[FORWARD_ROWS] = {{0}};
+        for (int64_t k = 0; k < I; k++) {
+            v16sf wk;
+            load16(&wk, wp + k * LANES);
+#pragma GCC unroll 8
+            for (int i = 0; i < FORWARD_ROWS; i++)
+                acc[i] += ar[i * I + k] * wk;
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < FORWARD_ROWS; i++) {
+            const v16sf row = acc[i] + bias;
+            store_first(out + (r + i) * O, &row, O);
+        }
+    }
+    for (; r < n; r++) {
+        v16sf acc = {0};
+        for (int64_t k = 0; k < I; k++) {
+            v16sf wk;
+            load16(&wk, wp + k * LANES);
+            acc += a[r * I + k] * wk;
+        }
+        acc += bias;
+        store_first(out + r * O, &acc, O);
+    }
+}
+
+/* dx (n, I) = dy (n, O) @ w.T, w prepared: each element the sum over the O outputs in
+ * order. */
+FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict dy,
+                                     const float *restrict prepared, int64_t n, int64_t I,
+                                     int64_t O)
+{
+    const float *wt = prepared + I * LANES;
+    for (int64_t r = 0; r < n; r++) {
+        const float *g = dy + r * O;
+        float *d = dx + r * I;
+        int64_t k0 = 0;
+        for (; k0 + INPUT_VECTORS * LANES <= I; k0 += INPUT_VECTORS * LANES) {
+            v16sf acc[INPUT_VECTORS] = {{0}};
+            for (int64_t c = 0; c < O; c++) {
+                const float *row = wt + c * I + k0;
+#pragma GCC unroll 8
+                for (int v = 0; v < INPUT_VECTORS; v++) {
+                    v16sf wv;
+                    load16(&wv, row + v * LANES);
+                    acc[v] += g[c] * wv;
+                }
+            }
+            memcpy(d + k0, acc, sizeof acc);
+        }
+        for (; k0 < I; k0 += LANES) {
+            const int64_t count = I - k0 < LANES ? I - k0 : LANES;
+            v16sf acc = {0};
+            for (int64_t c = 0; c < O; c++) {
+                v16sf wv;
+                load_first(&wv, wt + c * I + k0, count);
+                acc += g[c] * wv;
+            }
+            store_first(d + k0, &acc, count);
+        }
+    }
+}
+
+/* dw (I, O) = a.T (I, n) @ dy (n, O): each element the sum over the rows in order. */
+FS_CLONES void narrow_weight_gradient(float *restrict dw, const float *restrict a,
+                                      const float *restrict dy, int64_t n, int64_t I,
+                                      int64_t O)
+{
+    for (int64_t k0 = 0; k0 < I; k0 += LANES) {
+        const int64_t count = I - k0 < LANES ? I - k0 : LANES;
+        v16sf acc[NARROW_MAX_O] = {{0}}; /* acc[c]: dw[k0 .. k0 + count][c] */
+        for (int64_t r = 0; r < n; r++) {
+            v16sf ak;
+            if (count == LANES)
+                load16(&ak, a + r * I + k0);
+            else
+                load_first(&ak, a + r * I + k0, count);
+            const float *g = dy + r * O;
+#pragma GCC unroll 16
+            for (int c = 0; c < NARROW_MAX_O; c++)
+                if (c < O)
+                    acc[c] += g[c] * ak;
+        }
+        float t[NARROW_MAX_O][LANES];
+        memcpy(t, acc, sizeof t);
+        for (int64_t k = 0; k < count; k++)
+            for (int64_t c = 0; c < O; c++)
+                dw[(k0 + k) * O + c] = t[c][k];
+    }
+}
