@@ -247,13 +247,12 @@ typedef struct {
      * once through its flag in taken (see gemm_part). */
     int64_t chunk_panels, n_chunks;
     atomic_uchar *taken;
-    /* With split_depth (see gemm_split_depth) the threads take the depth blocks, n_blocks
-     * of them: thread t of T blocks [t * n_blocks / T, (t + 1) * n_blocks / T), thread 0
-     * into c, the others each block into its own partial product, partials + (j - 1) *
-     * M * N for block j, added to c in block order once all are done. */
-    int split_depth;
+    /* With split (see gemm) the threads take the depth blocks, n_blocks of them: thread
+     * t of T blocks [t * n_blocks / T, (t + 1) * n_blocks / T), thread 0 into c, the
+     * others each block into its own partial product, split->partials + (j - 1) * M * N
+     * for block j, left for the caller to add (add_depth_partials). */
+    depth_split *split;
     int64_t n_blocks;
-    float *partials;
     atomic_int *bad; /* or NULL: set when a final element of c is NaN or +-Inf */
 } gemm_plan;
 
@@ -321,24 +320,19 @@ static void gemm_part(void *plan, int t, int T)
     view B = g->B;
     int bad = 0; /* this thread's tiles: a final value NaN or +-Inf (with g->bad) */
 
-    if (g->split_depth) {
+    if (g->split) {
         const int64_t P = g->n_blocks, MN = M * N;
         for (int64_t j = t * P / T; j < (t + 1) * P / T; j++) {
             const int64_t p0 = j * kc_step, p1 = min64(K, p0 + kc_step);
-            macro_kernel(g, ap, B, t == 0 ? g->c : g->partials + (j - 1) * MN, 0, M, 0, N,
-                         p0, p1, &bad);
+            macro_kernel(g, ap, B, t == 0 ? g->c : g->split->partials + (j - 1) * MN, 0, M,
+                         0, N, p0, p1, &bad);
         }
-        fs_barrier(T); /* every partial product is done */
-        const int64_t own = P / T; /* thread 0's blocks, already in c */
-        for (int64_t i = t * M / T; i < (t + 1) * M / T; i++)
-            for (int64_t j = own; j < P; j++) {
-                const float *part = g->partials + (j - 1) * MN + i * N;
-                float *row = g->c + i * N;
-                for (int64_t col = 0; col < N; col++)
-                    row[col] += part[col];
-            }
-        scan_floats(g->bad, g->c + t * M / T * N, ((t + 1) * M / T - t * M / T) * N);
-        report_bad(g, bad);
+        if (t == 0) { /* what is left to add: the blocks past thread 0's, in c already */
+            g->split->first = P / T;
+            g->split->blocks = P;
+            g->split->M = M;
+            g->split->N = N;
+        }
         return;
     }
 
@@ -456,7 +450,7 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
      * A.p[k * A.cs + i * A.rs]: x itself for A = x.T, read in place; x.T for A = x,
      * packed by pack_b_panel like w.T. */
     gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M,
-         NULL, 0, NULL);
+         NULL, NULL, NULL);
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
             c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
@@ -464,22 +458,41 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
     return 0;
 }
 
+int64_t gemm_depth_blocks(int64_t K) { return K > 0 ? ceil_div(K, kernels_in_use()->kc) : 0; }
+
+void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0, int64_t n)
+{
+    const int64_t N = split->N, MN = split->M * N;
+    for (int64_t i = r0; i < r0 + n; i++)
+        for (int64_t j = split->first; j < split->blocks; j++) {
+            const float *part = split->partials + (j - 1) * MN + i * N;
+            float *row = c + i * N;
+            for (int64_t col = 0; col < N; col++)
+                row[col] += part[col];
+        }
+}
+
 /* c (M, N) = A (M, K) @ B (K, N), plus bias (N,) along the rows unless NULL; with step
  * (else NULL), then the SGD step of step->param (M, N) with the gradient c; with bad
  * (else NULL), *bad set when an element of c is NaN or +-Inf (see internal.h).
  *
- * With split_depth (and no step, B read in place, two threads or more, more than one
+ * With split (and no step or bad, B read in place, two threads or more, more than one
  * depth block) the threads split K instead of C: each computes its depth blocks for
- * all of C, thread 0 into c and the others each block into a partial product, and the
- * partials are added to c in block order; the sums are the ones the blocks make in
- * turn, so the bits are the same on any number of threads.  The fused epoch's first
- * layer asks for it: each thread then reads only the rows of w that its weight-gradient
- * tiles stepped in the previous step (the rows of dw split the same way), instead of
- * all of w, half of it just written on the other core (2 threads, 784-128-10, harness
- * epoch at bs 64: 141 -> 106 ms; bs 256: 114 -> 103.5 ms). */
+ * all of C, thread 0 into c and the others each block into a partial product, left in
+ * split->partials for the caller to add to c in block order (add_depth_partials), rows
+ * at a time; the sums are the ones the blocks make in turn, so the bits are the same
+ * on any number of threads.  The fused epoch's first layer asks for it: each thread
+ * then reads only the rows of w that its weight-gradient tiles stepped in the previous
+ * step (the rows of dw split the same way), instead of all of w, half of it just
+ * written on the other core (2 threads, 784-128-10, harness epoch at bs 64: 141 -> 106
+ * ms; bs 256: 114 -> 103.5 ms).  The epoch's tail adds the partials of its rows, with
+ * no barrier between the threads (harness epoch: bs 64 80.4 -> 79.8 ms, bs 256 76.8 ->
+ * 76.5). */
 void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
-          int64_t K, int64_t N, const sgd_step *step, int split_depth, atomic_int *bad)
+          int64_t K, int64_t N, const sgd_step *step, depth_split *split, atomic_int *bad)
 {
+    if (split)
+        split->first = split->blocks = 0; /* nothing to add, unless split below */
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
@@ -551,12 +564,10 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
         g.split_cols = g.n_panels >= threads && (g.m_panels < threads || 2 * M <= N);
 
     g.n_blocks = ceil_div(K, g.kc_step);
-    g.split_depth = split_depth && !step && threads > 1 && g.n_blocks > 1
-                    && b_reading == B_IN_PLACE;
-    const int64_t partial_floats = g.split_depth ? (g.n_blocks - 1) * M * N : 0;
+    g.split = split && !step && !bad && threads > 1 && g.n_blocks > 1
+                      && b_reading == B_IN_PLACE ? split : NULL;
 
-    float *buffer = gemm_buffer(GEMM_PACKING, (size_t)(b_floats + threads * g.a_floats
-                                                       + partial_floats));
+    float *buffer = gemm_buffer(GEMM_PACKING, (size_t)(b_floats + threads * g.a_floats));
     if (!buffer) {
         gemm_unblocked(c, A, B, bias, M, K, N);
         step_region(step, c, N, 0, M, 0, N);
@@ -565,7 +576,6 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
     }
     g.bp = buffer;
     g.ap = buffer + b_floats;
-    g.partials = g.ap + threads * g.a_floats;
 
     fs_parallel(gemm_part, &g, threads);
     gemm_release_buffer(GEMM_PACKING, buffer);

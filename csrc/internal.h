@@ -76,23 +76,38 @@ typedef struct {
     float lr, momentum, weight_decay;
 } sgd_step;
 
+/* A product whose threads split K (the fused epoch's first layer: see gemm.c): c holds
+ * thread 0's depth blocks and partials[j - 1] (M, N) block j's product, for blocks
+ * first <= j < blocks, which add_depth_partials adds to c in order (none: first ==
+ * blocks).  partials: the caller's memory, (gemm_depth_blocks(K) - 1) * M * N floats. */
+typedef struct {
+    float *partials;
+    int64_t first, blocks, M, N;
+} depth_split;
+
 /* gemm.c: c (M, N) = A (M, K) @ B (K, N) (+ bias (N,) along the rows, unless NULL),
  * blocked, packed and on the pool's threads.  With step (else NULL), then the SGD step
- * of step->param (M, N) with the gradient c, tile by tile as it is final; with
- * split_depth, the threads split K (the fused epoch's first layer: see gemm.c); with bad
- * (else NULL), *bad is set when an element of c is NaN or +-Inf. */
+ * of step->param (M, N) with the gradient c, tile by tile as it is final; with split
+ * (else NULL), the threads may split K, leaving partial products in split; with bad
+ * (else NULL), *bad is set when an element of c is NaN or +-Inf.  gemm_depth_blocks(K):
+ * the depth blocks of a product K deep.  add_depth_partials: rows [r0, r0 + n) of c +=
+ * their partial products, in block order. */
 void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
-          int64_t K, int64_t N, const sgd_step *step, int split_depth, atomic_int *bad);
+          int64_t K, int64_t N, const sgd_step *step, depth_split *split, atomic_int *bad);
+int64_t gemm_depth_blocks(int64_t K);
+void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0, int64_t n);
 
 /* products.c, for train.c: linear_forward of the batch x[rows[0..B)], read through the
- * index while packing, with no gathered copy; and the weight gradient of x[rows] (or of
+ * index while packing, with no gathered copy, the threads perhaps splitting I (split:
+ * then out is whole once add_depth_partials has added its rows); and the weight gradient of x[rows] (or of
  * x itself, rows NULL) followed by the SGD step of the weights it belongs to (step, or
  * NULL for none), each tile of dw stepped as soon as it is final.
  *   x (N, I) or (B, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O)
  *   -> out (B, O), dw (I, O), step->param and step->velocity (I, O). */
 void linear_forward_rows(float *restrict out, const float *restrict x,
                          const int64_t *restrict rows, const float *restrict w,
-                         const float *restrict b, int64_t B, int64_t I, int64_t O);
+                         const float *restrict b, int64_t B, int64_t I, int64_t O,
+                         depth_split *split);
 void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
                           int64_t I, int64_t O, const sgd_step *step);

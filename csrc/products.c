@@ -21,7 +21,8 @@ int matmul(float *restrict out, const float *restrict a, const float *restrict b
            int64_t K, int64_t N, int scan)
 {
     atomic_int bad = 0;
-    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, 0, scan ? &bad : NULL);
+    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, NULL,
+         scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
 
@@ -30,7 +31,8 @@ int matmul_backward_input(float *restrict dx, const float *restrict dy,
 {
     /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
     atomic_int bad = 0;
-    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, 0, scan ? &bad : NULL);
+    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, NULL,
+         scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
 
@@ -41,7 +43,7 @@ static void weight_gradient(float *restrict dw, const float *restrict x,
                             int64_t I, int64_t O, const sgd_step *step, atomic_int *bad)
 {
     const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
-    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, 0, bad);
+    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, NULL, bad);
 }
 
 int matmul_backward_weight(float *restrict dw, const float *restrict x,
@@ -69,15 +71,17 @@ int linear_forward(float *restrict out, const float *restrict x, const float *re
                    const float *restrict b, int64_t B, int64_t I, int64_t O, int scan)
 {
     atomic_int bad = 0;
-    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, 0, scan ? &bad : NULL);
+    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, NULL,
+         scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
 
 void linear_forward_rows(float *restrict out, const float *restrict x,
                          const int64_t *restrict rows, const float *restrict w,
-                         const float *restrict b, int64_t B, int64_t I, int64_t O)
+                         const float *restrict b, int64_t B, int64_t I, int64_t O,
+                         depth_split *split)
 {
-    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, 1, NULL);
+    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, split, NULL);
 }
 
 void weight_gradient_step(float *restrict dw, const float *restrict x,

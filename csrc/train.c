@@ -76,6 +76,10 @@ typedef struct {
     const int64_t *rows;  /* this step's batch rows of x, or NULL: a[0] holds them */
     int first_bias_summed; /* the first LINEAR's bias gradient is in grads already (the
                               tail's pieces summed it: see tail_in_pieces) */
+    float *split_partials; /* a first LINEAR's partial products (its forward split by depth:
+                              gemm), as split describes them */
+    depth_split *split;
+    int split_summed_later; /* the partials are added by the tail's pieces, else at once */
 } scratch;
 
 static size_t lines_of(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
@@ -101,7 +105,10 @@ static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t 
 
     /* a[0] only for a program that does not start with a LINEAR (see above). */
     const int64_t first_kept = layers[0].kind == FS_LINEAR ? 1 : 0;
+    const int64_t partials = first_kept ? (gemm_depth_blocks(layers[0].n_in) - 1) * rows
+                                              * layers[0].n_out : 0;
     size_t floats = lines_of(rows * T) + lines_of(2 * rows); /* targets, int64 labels */
+    floats += lines_of(partials);
     for (int64_t l = first_kept; l <= L; l++) {
         const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
         floats += lines_of(rows * width) * (l > s->first_linear ? 2 : 1);
@@ -116,6 +123,8 @@ static int scratch_alloc(scratch *s, const fs_layer *layers, int64_t L, int64_t 
     p += lines_of(rows * T);
     s->labels = (int64_t *)p;
     p += lines_of(2 * rows);
+    s->split_partials = p;
+    p += lines_of(partials);
     for (int64_t l = first_kept; l <= L; l++) {
         const int64_t width = l == 0 ? layers[0].n_in : layers[l - 1].n_out;
         s->a[l] = p;
@@ -159,9 +168,11 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t l0, int64_
         case FS_LINEAR: {
             const float *w = params + layer->param, *b = w + I * O;
             const float *prepared = narrow_weights(narrow, l);
-            if (l == 0 && s->rows)
-                linear_forward_rows(out, s->x, s->rows + r0, w, b, n, I, O);
-            else if (prepared)
+            if (l == 0 && s->rows) {
+                linear_forward_rows(out, s->x, s->rows + r0, w, b, n, I, O, s->split);
+                if (!s->split_summed_later)
+                    add_depth_partials(out, s->split, 0, n);
+            } else if (prepared)
                 narrow_forward(out, s->a[l] + r0 * I, prepared, b, n, I, O);
             else
                 linear_forward(out, s->a[l] + r0 * I, w, b, n, I, O, 0);
@@ -308,6 +319,7 @@ typedef struct {
 static void tail_piece(const tail_job *j, int64_t piece, int64_t r0, int64_t n,
                        const narrow_set *narrow)
 {
+    add_depth_partials(j->s->a[1], j->s->split, r0, n); /* the first LINEAR's rows */
     forward(j->s, j->layers, 1, j->L, j->params, r0, n, narrow);
     j->piece_loss[piece] =
         loss_and_gradient(j->s, j->loss_kind, j->L, j->O, j->T, r0, n, j->B);
@@ -426,6 +438,9 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
             return -1;
         }
     }
+    depth_split split = {s.split_partials, 0, 0, 0, 0};
+    s.split = &split;
+    s.split_summed_later = tail.partials != NULL;
     gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
     int64_t step;
     for (step = 0; step < steps; step++) {
