@@ -49,14 +49,15 @@ int64_t narrow_floats(int64_t I, int64_t O) { return I * LANES + O * I; }
  * then wt (O, I) = w.T, both in prepared (narrow_floats(I, O) floats).  With `padded`,
  * wp's padding is zero already (an earlier call laid out weights of the same shape
  * there), and only w's own floats are copied. */
-void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
+FS_CLONES void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
                     int padded)
 {
     float *wp = prepared, *wt = prepared + I * LANES;
     if (!padded)
         memset(wp, 0, (size_t)(I * LANES) * sizeof(float));
-    for (int64_t k = 0; k < I; k++)
-        memcpy(wp + k * LANES, w + k * O, (size_t)O * sizeof(float));
+    for (int64_t k = 0; k < I; k++) /* plain loops: a copy call a row cost 5x more */
+        for (int64_t c = 0; c < O; c++)
+            wp[k * LANES + c] = w[k * O + c];
     for (int64_t c = 0; c < O; c++)
         for (int64_t k = 0; k < I; k++)
             wt[c * I + k] = w[k * O + c];
