@@ -69,6 +69,7 @@ GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t 
 /* One tile:  c (m, n) (+)= a (GK_MR, kc) @ b (kc, GK_NR), the valid m <= GK_MR rows and
  * n <= GK_NR columns written with row stride ldc.  a is read as a[i * a_rs + k * a_cs],
  * or, with a_lines, as a[a_lines[k] * a_cs + i * a_rs] (the unpacked x[rows].T, a_rs 1),
+ * or, with a_rows, as a_rows[i][k] (the unpacked rows of x[rows]),
  * b as b[k * ldb + j] (a packed panel, ldb = GK_NR, or B itself); the strides are
  * constants after inlining, except B's.  With accumulate the tile is added to c;
  * otherwise it replaces c, plus bias (GK_NR floats, or NULL) along the columns.  With
@@ -78,10 +79,14 @@ GK_TARGET static void GK_PACK_A(float *restrict ap, view A, int64_t i0, int64_t 
 GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int64_t n,
                                  int64_t kc, const float *restrict a, int64_t a_rs,
                                  int64_t a_cs, const int64_t *restrict a_lines,
+                                 const float *const *restrict a_rows,
                                  const float *restrict b, int64_t ldb, int accumulate,
                                  const float *restrict bias, GK_VEC *restrict nan_sum,
                                  int *restrict bad)
 {
+    const float *row_of[GK_MR]; /* with a_rows: A's rows, in registers */
+    for (int i = 0; i < GK_MR; i++)
+        row_of[i] = a_rows ? a_rows[i] : NULL;
     GK_VEC acc[GK_MR][GK_NV];
     GK_EACH_VECTOR(i, v)
         acc[i][v] = (GK_VEC){0};
@@ -92,10 +97,10 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
         for (int v = 0; v < GK_NV; v++)
             memcpy(&bk[v], b + k * ldb + v * GK_LANES, sizeof bk[v]);
         /* with a_lines, depth k of the panel is GK_MR floats of line a_lines[k] */
-        const float *a_k = a_lines ? a + a_lines[k] * a_cs : a + k * a_cs;
+        const float *a_k = a_rows ? NULL : a_lines ? a + a_lines[k] * a_cs : a + k * a_cs;
 #pragma GCC unroll 8
         for (int i = 0; i < GK_MR; i++) {
-            const float a_ik = a_k[i * a_rs];
+            const float a_ik = a_rows ? row_of[i][k] : a_k[i * a_rs];
 #pragma GCC unroll 4
             for (int v = 0; v < GK_NV; v++)
                 acc[i][v] += a_ik * bk[v];
@@ -152,7 +157,9 @@ GK_TARGET FS_INLINE void GK_TILE(float *restrict c, int64_t ldc, int64_t m, int6
  * packed A block (row-major panels when a_rowmajor), or, with a_lines, x[rows].T read in
  * place: ap = x + the block's first column, A[i][k] = ap[a_lines[k] * a_ld + i] (then
  * B must be read in place, and every panel of the block be whole: mc % GK_MR == 0, so
- * no read passes the block's columns).  B is either packed panels, each
+ * no read passes the block's columns), or with a_lines and a_rowmajor x[rows] read in
+ * place: A[i][k] = ap[a_lines[i] * a_ld + k] (the rows past an edge panel's end read
+ * its first row again, and are not stored).  B is either packed panels, each
  * laid out panel_depth >= kc deep, b[jr * panel_depth + k * GK_NR + j] (ldb == 0), or
  * read in place, b[k * ldb + jr + j], when it is row-major and nc a multiple of GK_NR.
  * accumulate and bias as in the tile; with bad (else NULL), *bad is set when a value
@@ -168,24 +175,30 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
     for (int64_t ir = 0; ir < mc; ir += GK_MR) {
         const int64_t m = mc - ir < GK_MR ? mc - ir : GK_MR;
         const float *a_panel = a_lines ? ap + ir : ap + ir * (a_rowmajor ? A_LD : kc);
+        const float *a_rows[GK_MR] = {0}; /* x[rows] read in place: the panel's rows */
+        for (int i = 0; a_lines && a_rowmajor && i < GK_MR; i++)
+            a_rows[i] = ap + a_lines[ir + (i < m ? i : 0)] * a_ld;
         for (int64_t jr = 0; jr < nc; jr += GK_NR) {
             const int64_t n = nc - jr < GK_NR ? nc - jr : GK_NR;
             float *tile = c + ir * ldc + jr;
             const float *tile_bias = bias ? bias + jr : NULL;
-            if (a_lines) /* x[rows].T read in place, B too (the weight gradient) */
-                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, a_ld, a_lines, b + jr, ldb,
+            if (a_lines && a_rowmajor) /* x[rows] read in place, B too (the forward) */
+                GK_TILE(tile, ldc, m, n, kc, NULL, 0, 0, NULL, a_rows, b + jr, ldb,
+                        accumulate, tile_bias, sum, bad);
+            else if (a_lines) /* x[rows].T read in place, B too (the weight gradient) */
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, a_ld, a_lines, NULL, b + jr, ldb,
                         accumulate, tile_bias, sum, bad);
             else if (ldb == 0 && a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr * panel_depth,
-                        GK_NR, accumulate, tile_bias, sum, bad);
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, NULL,
+                        b + jr * panel_depth, GK_NR, accumulate, tile_bias, sum, bad);
             else if (ldb == 0)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr * panel_depth,
-                        GK_NR, accumulate, tile_bias, sum, bad);
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, NULL,
+                        b + jr * panel_depth, GK_NR, accumulate, tile_bias, sum, bad);
             else if (a_rowmajor)
-                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, b + jr, ldb, accumulate,
-                        tile_bias, sum, bad);
+                GK_TILE(tile, ldc, m, n, kc, a_panel, A_LD, 1, NULL, NULL, b + jr, ldb,
+                        accumulate, tile_bias, sum, bad);
             else
-                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, b + jr, ldb,
+                GK_TILE(tile, ldc, m, n, kc, a_panel, 1, GK_MR, NULL, NULL, b + jr, ldb,
                         accumulate, tile_bias, sum, bad);
         }
     }
