@@ -116,7 +116,8 @@ void weight_gradient_step(float *restrict dw, const float *restrict x,
  * over the n rows of a piece, on the calling thread, from its weights w (I, O) laid out
  * by narrow_prepare into narrow_floats(I, O) floats (padded: the layout's padding is
  * zero already, from an earlier call).
- *   a (n, I), b (O,), dy (n, O) -> out (n, O) = a @ w + b, dx (n, I) = dy @ w.T,
+ *   a (n, I), b (O,), dy (n, O) -> out (n, O) = a @ w + b, dx (n, I) = dy @ w.T (with
+ *   gate (n, I), else NULL, 0 where gate <= 0: the dx of a ReLU before, gate its input),
  *   dw (I, O) = a.T @ dy. */
 enum { NARROW_MAX_O = 16 };
 int64_t narrow_floats(int64_t I, int64_t O);
@@ -126,7 +127,8 @@ void narrow_forward(float *restrict out, const float *restrict a,
                     const float *restrict prepared, const float *restrict b, int64_t n,
                     int64_t I, int64_t O);
 void narrow_backward_input(float *restrict dx, const float *restrict dy,
-                           const float *restrict prepared, int64_t n, int64_t I, int64_t O);
+                           const float *restrict prepared, const float *restrict gate,
+                           int64_t n, int64_t I, int64_t O);
 void narrow_weight_gradient(float *restrict dw, const float *restrict a,
                             const float *restrict dy, int64_t n, int64_t I, int64_t O);
 

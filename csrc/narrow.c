@@ -101,15 +101,29 @@ FS_CLONES void narrow_forward(float *restrict out, const float *restrict a,
     }
 }
 
+/* The first `count` <= 16 floats of *v into p where the gate's are above 0, else 0:
+ * relu_backward's dx of the values *v, when the gate holds the ReLU's inputs. */
+FS_INLINE void store_gated(float *p, const v16sf *v, const float *gate, int64_t count)
+{
+    float t[LANES];
+    memcpy(t, v, sizeof t);
+    for (int64_t i = 0; i < count; i++)
+        p[i] = gate[i] > 0.0f ? t[i] : 0.0f;
+}
+
 /* dx (n, I) = dy (n, O) @ w.T, w prepared: each element the sum over the O outputs in
- * order. */
+ * order.  With gate (n, I) (else NULL), each element of dx where the gate's is not
+ * above 0 is 0 instead: dx is then that of the ReLU before the layer, whose inputs the
+ * gate holds. */
 FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict dy,
-                                     const float *restrict prepared, int64_t n, int64_t I,
+                                     const float *restrict prepared,
+                                     const float *restrict gate, int64_t n, int64_t I,
                                      int64_t O)
 {
     const float *wt = prepared + I * LANES;
     for (int64_t r = 0; r < n; r++) {
         const float *g = dy + r * O;
+        const float *gate_row = gate ? gate + r * I : NULL;
         float *d = dx + r * I;
         int64_t k0 = 0;
         for (; k0 + INPUT_VECTORS * LANES <= I; k0 += INPUT_VECTORS * LANES) {
@@ -123,7 +137,11 @@ FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict d
                     acc[v] += g[c] * wv;
                 }
             }
-            memcpy(d + k0, acc, sizeof acc);
+            if (gate_row)
+                for (int v = 0; v < INPUT_VECTORS; v++)
+                    store_gated(d + k0 + v * LANES, &acc[v], gate_row + k0 + v * LANES, LANES);
+            else
+                memcpy(d + k0, acc, sizeof acc);
         }
         for (; k0 < I; k0 += LANES) {
             const int64_t count = I - k0 < LANES ? I - k0 : LANES;
@@ -133,7 +151,10 @@ FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict d
                 load_first(&wv, wt + c * I + k0, count);
                 acc += g[c] * wv;
             }
-            store_first(d + k0, &acc, count);
+            if (gate_row)
+                store_gated(d + k0, &acc, gate_row + k0, count);
+            else
+                store_first(d + k0, &acc, count);
         }
     }
 }

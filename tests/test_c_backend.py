@@ -730,6 +730,21 @@ def test_train_epoch_matches_the_reference_with_narrow_layers_in_the_tail(
 
 
 @needs_c
+def test_a_relu_before_a_narrow_layer_passes_no_gradient_at_zero(c_ext, threads):
+    # The narrow layer's backward takes the ReLU's too (dx 0 where its input is not above
+    # 0).  Rows of zeros and a zero bias make inputs exactly 0: the reference's ReLU
+    # passes no gradient there, so the first layer's bias gradient is that of the other
+    # rows alone.
+    spec = [("linear", 40, 33), ("relu", 33, 33), ("linear", 33, 10)]
+    args = epoch_args(spec, prog.CROSS_ENTROPY, N=64, bs=64, seed=5)
+    args["x"][::2] = 0.0
+    args["params"][40 * 33:40 * 33 + 33] = 0.0
+    done, mine, theirs = run_both(c_ext, args)
+    assert done == 1
+    assert_same_epoch(mine, theirs)
+
+
+@needs_c
 @pytest.mark.parametrize("spec", [
     [("linear", 784, 128), ("relu", 128, 128), ("linear", 128, 10)],
     [("linear", 784, 256), ("relu", 256, 256), ("linear", 256, 128), ("tanh", 128, 128),
