@@ -84,6 +84,9 @@ class LayerProgram:
         self.loss = loss_kind
         self.loss_kind = prog.LOSS_KINDS[loss_kind]
         self._rows = None
+        # steps of run's first compiled call (see run), as a program of this shape last ran
+        self._part_key = (self.backend.name, self.layers.tobytes(), loss_kind, dl.bs)
+        self._part = _STEPS_PER_CALL.get(self._part_key, 1)
         self._point_parameters()
 
     def __repr__(self):
@@ -149,9 +152,11 @@ class LayerProgram:
         """One epoch with learning rate ``lrs[step]``; returns the loss of each step run.
 
         Stops after the first step whose loss is not finite (its loss is the last).  The
-        epoch runs as a few compiled calls of about ``PART_SECONDS`` each (the first ones
-        shorter, to measure), so that Ctrl-C, which Python raises between them, lands
-        within a part, not at the epoch's end.
+        epoch runs as compiled calls of about ``PART_SECONDS`` each, so that Ctrl-C, which
+        Python raises between them, lands within a part, not at the epoch's end.  The
+        first calls of a program's shape are shorter, to measure (1 step, then up to 8
+        times more each call); later ones, in this fit or the next, start from the size
+        the last call measured.
         """
         self.bind()
         dl, opt = self.dl, self.opt
@@ -162,9 +167,10 @@ class LayerProgram:
             raise ValueError(f"lrs: expected {math.ceil(order.shape[0] / bs)} rates, one a "
                              f"step, got {steps}")
         losses = np.zeros(steps)
-        done, part = 0, 1
+        done = 0
         with skip_value_checks():  # the data was checked once by the DataLoader
             while done < steps:
+                part = self._part
                 end = min(steps, done + part)
                 started = time.perf_counter()
                 ran = self.backend.train_epoch(
@@ -173,8 +179,9 @@ class LayerProgram:
                     opt.weight_decay, losses=losses[done:end])
                 if len(ran) < end - done:             # a loss that is not finite: stop
                     return losses[:done + len(ran)]
-                seconds = time.perf_counter() - started
-                part = max(1, min(8 * part, int(part * PART_SECONDS / max(seconds, 1e-9))))
+                per_step = max(time.perf_counter() - started, 1e-9) / (end - done)
+                self._part = max(1, min(8 * part, int(PART_SECONDS / per_step)))
+                _STEPS_PER_CALL[self._part_key] = self._part
                 done = end
         return losses
 
@@ -182,6 +189,10 @@ class LayerProgram:
 #: About how long each compiled call of a fused epoch runs (``LayerProgram.run``): the
 #: longest a Ctrl-C waits.  Each call costs a few checks (tens of microseconds).
 PART_SECONDS = 0.1
+
+#: The steps of a compiled call that took about ``PART_SECONDS`` last, by program shape
+#: (backend, layer table, loss, batch size): a new ``fit`` starts from them.
+_STEPS_PER_CALL: dict = {}
 
 
 def _input_widths(model) -> list[int]:
