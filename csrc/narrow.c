@@ -27,11 +27,14 @@ enum {
 /* *v = 16 floats from p. */
 FS_INLINE void load16(v16sf *v, const float *p) { memcpy(v, p, sizeof *v); }
 
-/* *v = the first `count` <= 16 floats from p, the rest of the vector 0. */
+/* *v = the first `count` <= 16 floats from p, the rest of the vector 0.  (Unrolled
+ * moves: a copy call of `count` floats cost more than a row's products.) */
 FS_INLINE void load_first(v16sf *v, const float *p, int64_t count)
 {
-    float t[LANES] = {0};
-    memcpy(t, p, (size_t)count * sizeof(float));
+    float t[LANES];
+#pragma GCC unroll 16
+    for (int i = 0; i < LANES; i++)
+        t[i] = i < count ? p[i] : 0.0f;
     memcpy(v, t, sizeof *v);
 }
 
@@ -40,7 +43,10 @@ FS_INLINE void store_first(float *p, const v16sf *v, int64_t count)
 {
     float t[LANES];
     memcpy(t, v, sizeof t);
-    memcpy(p, t, (size_t)count * sizeof(float));
+#pragma GCC unroll 16
+    for (int i = 0; i < LANES; i++)
+        if (i < count)
+            p[i] = t[i];
 }
 
 int64_t narrow_floats(int64_t I, int64_t O) { return I * LANES + O * I; }
