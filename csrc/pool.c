@@ -29,8 +29,14 @@
  * process on their cores (or a busy NumPy pool), and waiting for them at every join is
  * what turns a busy core into a collapse.  The pool then runs jobs on the caller's
  * thread alone for a while: SOLO_MIN_NS at first, doubled while the workers stay held
- * up (up to SOLO_MAX_NS), and threaded again after a window where they keep pace.  The
- * split of a job does not change its results, so neither does this.
+ * up (up to SOLO_MAX_NS), and threaded again after a window where they keep pace.  One
+ * held-up window after windows where they kept pace is taken for a hiccup (a worker's
+ * core lent elsewhere for a moment), and only a second in a row starts that: in the
+ * epoch bench, beside the other runners' idle processes, single windows had sent the
+ * c epoch to one thread 0-8 times in 5 epochs (bs 64 p10-p90 83.6-97.6 ms; then none
+ * in two runs, 83.2 and 83.7 ms), while a busy second core costs the c epoch 2.0x
+ * instead of 1.9x.  The split of a job does not change its results, so neither does
+ * this.
  * After fork() the child has none of the parent's workers: a pthread_atfork handler
  * forgets them, and the child's first parallel job starts new ones.
  */
@@ -131,6 +137,7 @@ static struct {
     /* sharing the cores (read and written under lock, or by the job's caller) */
     int64_t caller_blocked_ns; /* the caller's time at barriers in the current job */
     int64_t window_work_ns, window_blocked_ns; /* the caller's, since the last verdict */
+    int held_up_once; /* the last window was held up, after threads that paid */
     int64_t solo_until_ns, solo_ns;
     atomic_llong stalls;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -155,8 +162,14 @@ static void note_join(int64_t work, int64_t blocked, int64_t now)
     pool.window_work_ns = pool.window_blocked_ns = 0;
     if (!held_up) {
         pool.solo_ns = 0; /* the threads pay: the cores are ours */
+        pool.held_up_once = 0;
         return;
     }
+    if (pool.solo_ns == 0 && !pool.held_up_once) {
+        pool.held_up_once = 1; /* one window alone may be a hiccup: judge the next */
+        return;
+    }
+    pool.held_up_once = 0;
     atomic_fetch_add(&pool.stalls, 1);
     const int64_t doubled = 2 * pool.solo_ns;
     pool.solo_ns = pool.solo_ns == 0 ? SOLO_MIN_NS : doubled < SOLO_MAX_NS ? doubled : SOLO_MAX_NS;
@@ -222,6 +235,7 @@ int64_t pool_stalls(void) { return (int64_t)atomic_load(&pool.stalls); }
 static void forget_sharing(void)
 {
     pool.solo_until_ns = pool.solo_ns = pool.window_work_ns = pool.window_blocked_ns = 0;
+    pool.held_up_once = 0;
 }
 
 void fs_forget_stalls(void)
