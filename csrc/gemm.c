@@ -263,7 +263,9 @@ typedef struct {
  * (the whole of K when B is read in place), in blocks of MC rows: for each depth block,
  * A's rows packed (or, for x[rows].T, its whole panels read in place) and the
  * micro-kernel over the tiles, B's block read in place or from the chunk's packed
- * panels (compute_block reads x[rows].T in place only beside B read in place).  Once a block of rows has its last depth, its SGD step (step_region). */
+ * panels (compute_block reads x[rows] and x[rows].T in place only beside B read in
+ * place; x[rows] then whole, unpacked).  Once a block of rows has its last depth, its
+ * SGD step (step_region). */
 static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int64_t i0,
                          int64_t i1, int64_t j0, int64_t j1, int64_t p_begin, int64_t p_end,
                          int *bad)

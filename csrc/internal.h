@@ -98,10 +98,10 @@ int64_t gemm_depth_blocks(int64_t K);
 void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0, int64_t n);
 
 /* products.c, for train.c: linear_forward of the batch x[rows[0..B)], read through the
- * index while packing, with no gathered copy, the threads perhaps splitting I (split:
- * then out is whole once add_depth_partials has added its rows); and the weight gradient of x[rows] (or of
- * x itself, rows NULL) followed by the SGD step of the weights it belongs to (step, or
- * NULL for none), each tile of dw stepped as soon as it is final.
+ * index, with no gathered copy, the threads perhaps splitting I (split: then out is
+ * whole once add_depth_partials has added its rows); and the weight gradient of x[rows]
+ * (or of x itself, rows NULL) followed by the SGD step of the weights it belongs to
+ * (step, or NULL for none), each block of rows of dw stepped as soon as it is final.
  *   x (N, I) or (B, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O)
  *   -> out (B, O), dw (I, O), step->param and step->velocity (I, O). */
 void linear_forward_rows(float *restrict out, const float *restrict x,

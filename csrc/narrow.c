@@ -55,8 +55,8 @@ int64_t narrow_floats(int64_t I, int64_t O) { return I * LANES + O * I; }
  * then wt (O, I) = w.T, both in prepared (narrow_floats(I, O) floats).  With `padded`,
  * wp's padding is zero already (an earlier call laid out weights of the same shape
  * there), and only w's own floats are copied. */
-FS_CLONES void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
-                    int padded)
+FS_CLONES void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I,
+                              int64_t O, int padded)
 {
     float *wp = prepared, *wt = prepared + I * LANES;
     if (!padded)

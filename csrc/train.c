@@ -195,10 +195,11 @@ static double loss_and_gradient(const scratch *s, int loss_kind, int64_t L, int6
 /* From d[l1], the gradients of the LINEARs among the layers l0 <= l < l1 into grads
  * (P,) and d[l] for l past the first LINEAR, in reverse layer order.  With sgd (over
  * the whole block; else NULL) each LINEAR also takes its SGD step, once its input
- * gradient, which needs the weights before the step, is computed: the weights tile by tile as their gradient is
- * computed, while it is in cache, then the bias.  Every gradient is still that of the
- * parameters before the step, so when the LINEARs' parameters tile the block this is
- * the layer path's step of the whole block after the backward pass. */
+ * gradient, which needs the weights before the step, is computed: the weights block by
+ * block of rows as their gradient is computed, while it is in cache, then the bias.
+ * Every gradient is still that of the parameters before the step, so when the LINEARs'
+ * parameters tile the block this is the layer path's step of the whole block after the
+ * backward pass.  narrow (or NULL) the piece's narrow weights (see forward). */
 static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64_t l1,
                      const float *params, float *grads, int64_t r0, int64_t n,
                      const sgd_step *sgd, const narrow_set *narrow)
