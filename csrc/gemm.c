@@ -244,11 +244,11 @@ typedef struct {
                             laid out kc_step deep, so a panel's place never changes */
     float *ap;           /* packed A blocks, a_floats per thread */
     int64_t a_floats;
-    /* With B read in place the threads take pieces of C: n_chunks chunks of the
-     * chunked_panels row panels (or column panels with split_cols), chunk c the panels
-     * [c * chunked_panels / n_chunks, (c + 1) * chunked_panels / n_chunks), each chunk
-     * claimed once through its flag in taken (see gemm_part). */
-    int64_t chunked_panels, n_chunks;
+    /* With B read in place the threads take pieces of C: n_chunks chunks of its P row
+     * panels (or column panels with split_cols), chunk c the panels [c * P / n_chunks,
+     * (c + 1) * P / n_chunks), each chunk claimed once through its flag in taken (see
+     * gemm_part). */
+    int64_t n_chunks;
     atomic_uchar *taken;
     /* With split (see gemm) the threads take the depth blocks, n_blocks of them: thread
      * t of T blocks [t * n_blocks / T, (t + 1) * n_blocks / T), thread 0 into c, the
@@ -371,12 +371,12 @@ static void gemm_part(void *plan, int t, int T)
             B = (view){copy, g->b_copy_ld, 1, NULL, 0};
         }
         const int64_t n = g->n_chunks, start = t * n / T;
+        const int64_t panels = g->split_cols ? n_panels : g->m_panels;
         for (int64_t s = 0; s < n; s++) {
             const int64_t chunk = (start + s) % n;
             if (atomic_exchange_explicit(&g->taken[chunk], 1, memory_order_relaxed))
                 continue;
-            const int64_t first = chunk * g->chunked_panels / n;
-            const int64_t last = (chunk + 1) * g->chunked_panels / n;
+            const int64_t first = chunk * panels / n, last = (chunk + 1) * panels / n;
             if (g->split_cols)
                 macro_kernel(g, ap, B, g->c, 0, M, nr * first, min64(N, nr * last), 0, K, &bad);
             else
@@ -576,7 +576,6 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
         int64_t chunk_panels = min64(most, ceil_div(panels, 4 * (int64_t)threads));
         if (ceil_div(panels, chunk_panels) > MAX_CHUNKS)
             chunk_panels = ceil_div(panels, MAX_CHUNKS);
-        g.chunked_panels = panels;
         g.n_chunks = ceil_div(panels, chunk_panels);
         for (int64_t i = 0; i < g.n_chunks; i++)
             atomic_init(&taken[i], 0);

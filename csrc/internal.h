@@ -114,15 +114,14 @@ void weight_gradient_step(float *restrict dw, const float *restrict x,
 
 /* narrow.c, for train.c's tail: the products of a LINEAR with O <= NARROW_MAX_O outputs
  * over the n rows of a piece, on the calling thread, from its weights w (I, O) laid out
- * by narrow_prepare into narrow_floats(I, O) floats (padded: the layout's padding is
- * zero already, from an earlier call).
+ * by narrow_prepare into narrow_floats(I, O) floats, zeroed before the first layout (the
+ * padding, which narrow_prepare leaves as it is).
  *   a (n, I), b (O,), dy (n, O) -> out (n, O) = a @ w + b, dx (n, I) = dy @ w.T (with
  *   gate (n, I), else NULL, 0 where gate <= 0: the dx of a ReLU before, gate its input),
  *   dw (I, O) = a.T @ dy. */
 enum { NARROW_MAX_O = 16 };
 int64_t narrow_floats(int64_t I, int64_t O);
-void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O,
-                    int padded);
+void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I, int64_t O);
 void narrow_forward(float *restrict out, const float *restrict a,
                     const float *restrict prepared, const float *restrict b, int64_t n,
                     int64_t I, int64_t O);

@@ -52,15 +52,12 @@ FS_INLINE void store_first(float *p, const v16sf *v, int64_t count)
 int64_t narrow_floats(int64_t I, int64_t O) { return I * LANES + O * I; }
 
 /* w (I, O) laid out for the kernels below: wp (I, 16), each row of w padded with zeros,
- * then wt (O, I) = w.T, both in prepared (narrow_floats(I, O) floats).  With `padded`,
- * wp's padding is zero already (an earlier call laid out weights of the same shape
- * there), and only w's own floats are copied. */
+ * then wt (O, I) = w.T, both in prepared (narrow_floats(I, O) floats).  Only w's own
+ * floats are written: the caller zeroes the padding once, and it stays zero. */
 FS_CLONES void narrow_prepare(float *restrict prepared, const float *restrict w, int64_t I,
-                              int64_t O, int padded)
+                              int64_t O)
 {
     float *wp = prepared, *wt = prepared + I * LANES;
-    if (!padded)
-        memset(wp, 0, (size_t)(I * LANES) * sizeof(float));
     for (int64_t k = 0; k < I; k++) /* plain loops: a copy call a row cost 5x more */
         for (int64_t c = 0; c < O; c++)
             wp[k * LANES + c] = w[k * O + c];

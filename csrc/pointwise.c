@@ -252,41 +252,17 @@ FS_CLONES int64_t cross_entropy_forward(double *restrict loss, const float *rest
     return bad;
 }
 
-/* cross_entropy_backward of B rows of a batch, inv_b 1 / the batch's rows. */
+/* cross_entropy_backward of B rows of a batch, inv_b 1 / the batch's rows.  With loss
+ * (else NULL), also cross_entropy_forward's mean loss of the rows, from the same softmax
+ * of each row: the forward's bits for C < 16, where it too takes softmax_block's sums. */
 FS_CLONES static int64_t cross_entropy_backward_rows(float *restrict dlogits,
                                                      const float *restrict logits,
                                                      const int64_t *restrict labels, int64_t B,
-                                                     int64_t C, float inv_b)
+                                                     int64_t C, float inv_b,
+                                                     double *restrict loss)
 {
     if (C <= 0)
         return B; /* no class a label could name */
-    int64_t bad = 0;
-    float m[ROWS], s[ROWS];
-    for (int64_t b0 = 0; b0 < B; b0 += ROWS) {
-        const int64_t rows = B - b0 < ROWS ? B - b0 : ROWS;
-        float *dz = dlogits + b0 * C;
-        softmax_block(dz, m, s, logits + b0 * C, rows, C);
-        for (int64_t r = 0; r < rows; r++) {
-            const float scale = inv_b / s[r]; /* softmax / B */
-            for (int64_t c = 0; c < C; c++)
-                dz[r * C + c] *= scale;
-            const int64_t label = class_of(labels[b0 + r], C, &bad);
-            if (label >= 0)
-                dz[r * C + label] -= inv_b;
-        }
-    }
-    return bad;
-}
-
-/* cross_entropy_forward's loss, as the part of a batch's mean of these B of its rows
- * (inv_b 1 / the batch's rows), and cross_entropy_backward_rows's dlogits, from one
- * softmax of each row: the bits of the two kernels, for C < 16 (where the forward too
- * takes softmax_block's sums). */
-FS_CLONES static void cross_entropy_rows(double *restrict loss, float *restrict dlogits,
-                                         const float *restrict logits,
-                                         const int64_t *restrict labels, int64_t B, int64_t C,
-                                         float inv_b)
-{
     int64_t bad = 0;
     double total = 0.0;
     float m[ROWS], s[ROWS];
@@ -296,23 +272,27 @@ FS_CLONES static void cross_entropy_rows(double *restrict loss, float *restrict 
         float *dz = dlogits + b0 * C;
         softmax_block(dz, m, s, z, rows, C);
         for (int64_t r = 0; r < rows; r++) {
-            const float scale = inv_b / s[r];
+            const float scale = inv_b / s[r]; /* softmax / B */
             for (int64_t c = 0; c < C; c++)
                 dz[r * C + c] *= scale;
             const int64_t label = class_of(labels[b0 + r], C, &bad);
             if (label >= 0) {
-                total += log((double)s[r]) - ((double)z[r * C + label] - (double)m[r]);
                 dz[r * C + label] -= inv_b;
+                if (loss)
+                    total += log((double)s[r]) - ((double)z[r * C + label] - (double)m[r]);
             }
         }
     }
-    *loss = B > 0 ? total / (double)B : 0.0;
+    if (loss)
+        *loss = B > 0 ? total / (double)B : 0.0;
+    return bad;
 }
 
 int64_t cross_entropy_backward(float *restrict dlogits, const float *restrict logits,
                                const int64_t *restrict labels, int64_t B, int64_t C)
 {
-    return cross_entropy_backward_rows(dlogits, logits, labels, B, C, 1.0f / (float)B);
+    return cross_entropy_backward_rows(dlogits, logits, labels, B, C, 1.0f / (float)B,
+                                       NULL);
 }
 
 /* (p - t)^2 in double, but inf where it lies beyond the float32 range, as the other
@@ -348,11 +328,11 @@ double loss_rows(int64_t loss_kind, float *dz, const float *z, const float *targ
         loss = mnist_loss_forward(z, targets, rows);
         break;
     case FS_CROSS_ENTROPY:
-        if (O > 0 && O < 16) { /* one softmax for both */
-            cross_entropy_rows(&loss, dz, z, labels, rows, O, 1.0f / (float)B);
+        if (O < 16) { /* one softmax for both */
+            cross_entropy_backward_rows(dz, z, labels, rows, O, 1.0f / (float)B, &loss);
             break;
         }
-        cross_entropy_backward_rows(dz, z, labels, rows, O, 1.0f / (float)B);
+        cross_entropy_backward_rows(dz, z, labels, rows, O, 1.0f / (float)B, NULL);
         cross_entropy_forward(&loss, z, labels, rows, O);
         break;
     case FS_MSE:

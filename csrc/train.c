@@ -74,12 +74,11 @@ typedef struct {
     int64_t first_linear;
     const float *x;       /* the samples (N, I) */
     const int64_t *rows;  /* this step's batch rows of x, or NULL: a[0] holds them */
-    int first_bias_summed; /* the first LINEAR's bias gradient is in grads already (the
-                              tail's pieces summed it: see tail_in_pieces) */
     float *split_partials; /* a first LINEAR's partial products (its forward split by depth:
                               gemm), as split describes them */
     depth_split *split;
-    int split_summed_later; /* the partials are added by the tail's pieces, else at once */
+    int in_pieces; /* the tail runs in pieces (see the tail), which add the first LINEAR's
+                      partial products of their rows and sum its bias gradient */
 } scratch;
 
 static size_t lines_of(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
@@ -170,7 +169,7 @@ static void forward(const scratch *s, const fs_layer *layers, int64_t l0, int64_
             const float *prepared = narrow_weights(narrow, l);
             if (l == 0 && s->rows) {
                 linear_forward_rows(out, s->x, s->rows + r0, w, b, n, I, O, s->split);
-                if (!s->split_summed_later)
+                if (!s->in_pieces)
                     add_depth_partials(out, s->split, 0, n);
             } else if (prepared)
                 narrow_forward(out, s->a[l] + r0 * I, prepared, b, n, I, O);
@@ -224,7 +223,7 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64
                 narrow_backward_input(d_in, d_out, prepared, NULL, n, I, O);
             else if (d_in)
                 matmul_backward_input(d_in, d_out, params + layer->param, n, I, O, 0);
-            if (!(l == s->first_linear && s->first_bias_summed))
+            if (!(l == s->first_linear && s->in_pieces))
                 bias_backward(gb, d_out, n, O, 0);
             sgd_step step = {0};
             if (sgd) {
@@ -319,10 +318,10 @@ typedef struct {
     double *piece_loss; /* (pieces,): each piece's part of the mean loss */
     int64_t pieces, piece_rows, tail0, tail_floats, H; /* H: the first LINEAR's outputs */
     float *narrow;      /* (pieces, narrow_floats): the narrow weights (narrow_set), laid
-                           out by each thread in the place of its first piece */
+                           out by each thread in the place of its first piece; zeroed
+                           once, for the layout's padding */
     int64_t *narrow_at; /* (L,): narrow_set's at */
     int64_t narrow_floats;
-    char *narrow_padded; /* (pieces,): the place of a piece has its padding (narrow_prepare) */
 } tail_job;
 
 /* Rows [r0, r0 + n) of the batch through the tail: forward, loss, backward, the
@@ -352,8 +351,7 @@ static void tail_part(void *job, int t, int T)
     for (int64_t l = 1; l < j->L; l++)
         if (j->narrow_at[l] >= 0)
             narrow_prepare(narrow.base + j->narrow_at[l], j->params + j->layers[l].param,
-                           j->layers[l].n_in, j->layers[l].n_out, j->narrow_padded[first]);
-    j->narrow_padded[first] = 1;
+                           j->layers[l].n_in, j->layers[l].n_out);
     for (int64_t piece = first; piece < end; piece++) {
         const int64_t r0 = piece * j->piece_rows;
         tail_piece(j, piece, r0, j->B - r0 < j->piece_rows ? j->B - r0 : j->piece_rows,
@@ -437,22 +435,19 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
         }
         tail.partials = malloc((size_t)(pieces * tail.tail_floats + 1) * sizeof(float));
         tail.piece_loss = malloc((size_t)pieces * sizeof(double));
-        tail.narrow = malloc((size_t)(pieces * tail.narrow_floats + 1) * sizeof(float));
-        tail.narrow_padded = calloc((size_t)pieces, 1);
-        if (!tail.partials || !tail.piece_loss || !tail.narrow_at || !tail.narrow
-            || !tail.narrow_padded) {
+        tail.narrow = calloc((size_t)(pieces * tail.narrow_floats + 1), sizeof(float));
+        if (!tail.partials || !tail.piece_loss || !tail.narrow_at || !tail.narrow) {
             free(tail.partials);
             free(tail.piece_loss);
             free(tail.narrow_at);
             free(tail.narrow);
-            free(tail.narrow_padded);
             scratch_free(&s);
             return -1;
         }
     }
     depth_split split = {s.split_partials, 0, 0, 0, 0};
     s.split = &split;
-    s.split_summed_later = tail.partials != NULL;
+    s.in_pieces = tail.partials != NULL;
     gemm_keep_buffers(); /* the matmuls' packing memory too is allocated once */
     int64_t step;
     for (step = 0; step < steps; step++) {
@@ -476,7 +471,6 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
             losses[step] = loss;
             if (!isfinite(loss))
                 break;
-            s.first_bias_summed = 1;
             backward(&s, layers, 0, 1, params, grads, 0, B, &sgd, NULL); /* the first LINEAR */
             continue;
         }
@@ -496,6 +490,5 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
     free(tail.piece_loss);
     free(tail.narrow_at);
     free(tail.narrow);
-    free(tail.narrow_padded);
     return step;
 }

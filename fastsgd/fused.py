@@ -84,9 +84,8 @@ class LayerProgram:
         self.loss = loss_kind
         self.loss_kind = prog.LOSS_KINDS[loss_kind]
         self._rows = None
-        # steps of run's first compiled call (see run), as a program of this shape last ran
+        # this program's shape in _STEPS_PER_CALL (see run)
         self._part_key = (self.backend.name, self.layers.tobytes(), loss_kind, dl.bs)
-        self._part = _STEPS_PER_CALL.get(self._part_key, 1)
         self._point_parameters()
 
     def __repr__(self):
@@ -170,7 +169,7 @@ class LayerProgram:
         done = 0
         with skip_value_checks():  # the data was checked once by the DataLoader
             while done < steps:
-                part = self._part
+                part = _STEPS_PER_CALL.get(self._part_key, 1)
                 end = min(steps, done + part)
                 started = time.perf_counter()
                 ran = self.backend.train_epoch(
@@ -180,8 +179,8 @@ class LayerProgram:
                 if len(ran) < end - done:             # a loss that is not finite: stop
                     return losses[:done + len(ran)]
                 per_step = max(time.perf_counter() - started, 1e-9) / (end - done)
-                self._part = max(1, min(8 * part, int(PART_SECONDS / per_step)))
-                _STEPS_PER_CALL[self._part_key] = self._part
+                _STEPS_PER_CALL[self._part_key] = max(1, min(8 * part,
+                                                             int(PART_SECONDS / per_step)))
                 done = end
         return losses
 
