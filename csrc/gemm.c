@@ -111,7 +111,7 @@ typedef void (*pack_a_fn)(float *restrict ap, view A, int64_t i0, int64_t mc, in
                           int64_t kc);
 typedef void (*block_fn)(float *restrict c, int64_t ldc, int64_t mc, int64_t nc,
                          int64_t kc, const float *restrict ap, int a_rowmajor,
-                         const int64_t *restrict a_lines, int64_t a_ld,
+                         const int64_t *restrict a_lines, int64_t a_ld, int fetch_lines,
                          const float *restrict b, int64_t ldb, int64_t panel_depth,
                          int accumulate, const float *restrict bias, int *restrict bad);
 
@@ -292,7 +292,7 @@ static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int6
                  * loads wait for them better than a copy does: harness epoch 784-128-10,
                  * bs 64 76.1 -> 73.0 ms, bs 256 72.1 -> 68.6.) */
                 g->ks->compute_block(c, N, mc, j1 - j0, kc, g->A.p + p0, 1, g->A.rows + ic,
-                                     g->A.rs, b, ldb, depth, accumulate, bias, scan);
+                                     g->A.rs, 0, b, ldb, depth, accumulate, bias, scan);
                 continue;
             }
             /* x[rows].T beside B read in place: A's whole panels read in place too */
@@ -300,14 +300,14 @@ static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int6
                 g->direct_b && g->A.rows && g->A.transposed ? mc - mc % mr : 0;
             if (in_place > 0)
                 g->ks->compute_block(c, N, in_place, j1 - j0, kc, g->A.p + ic, 0,
-                                     g->A.rows + p0, g->A.cs, b, ldb, depth, accumulate, bias,
-                                     scan);
+                                     g->A.rows + p0, g->A.cs, g->A.rows != IDENTITY_ROWS, b,
+                                     ldb, depth, accumulate, bias, scan);
             if (in_place == mc)
                 continue;
             g->ks->pack_a(ap, g->A, ic + in_place, mc - in_place, p0, kc);
             g->ks->compute_block(c + in_place * N, N, mc - in_place, j1 - j0, kc, ap,
-                                 !g->A.transposed, NULL, 0, b, ldb, depth, accumulate, bias,
-                                 scan);
+                                 !g->A.transposed, NULL, 0, 0, b, ldb, depth, accumulate,
+                                 bias, scan);
         }
         if (p_end == g->K && dst == g->c) {
             step_region(g->step, g->c, N, ic, ic + mc, j0, j1);
