@@ -292,7 +292,8 @@ static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int6
                  * loads wait for them better than a copy does: harness epoch 784-128-10,
                  * bs 64 76.1 -> 73.0 ms, bs 256 72.1 -> 68.6.) */
                 g->ks->compute_block(c, N, mc, j1 - j0, kc, g->A.p + p0, 1, g->A.rows + ic,
-                                     g->A.rs, 0, b, ldb, depth, accumulate, bias, scan);
+                                     g->A.rs, g->A.rows != IDENTITY_ROWS, b, ldb, depth,
+                                     accumulate, bias, scan);
                 continue;
             }
             /* x[rows].T beside B read in place: A's whole panels read in place too */
