@@ -21,6 +21,8 @@ enum {
     INPUT_VECTORS = 8, /* vectors of a row of dx computed together */
 };
 
+typedef int v16si __attribute__((vector_size(64))); /* a comparison's lanes: 0 or all ones */
+
 /* The helpers pass vectors through pointers: inlined into each clone, they then take
  * its instruction set's registers. */
 
@@ -108,6 +110,15 @@ FS_CLONES void narrow_forward(float *restrict out, const float *restrict a,
  * relu_backward's dx of the values *v, when the gate holds the ReLU's inputs. */
 FS_INLINE void store_gated(float *p, const v16sf *v, const float *gate, int64_t count)
 {
+    if (count == LANES) { /* one vector: select by the gate's sign */
+        v16sf g;
+        load16(&g, gate);
+        const v16sf zero = {0};
+        const v16si above = g > zero; /* all ones where the gate is above 0 */
+        const v16sf kept = (v16sf)((v16si)*v & above);
+        memcpy(p, &kept, sizeof kept);
+        return;
+    }
     float t[LANES];
     memcpy(t, v, sizeof t);
     for (int64_t i = 0; i < count; i++)
@@ -124,7 +135,37 @@ FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict d
                                      int64_t O)
 {
     const float *wt = prepared + I * LANES;
-    for (int64_t r = 0; r < n; r++) {
+    int64_t r = 0;
+    for (; r + 2 <= n && I % (INPUT_VECTORS * LANES / 2) == 0; r += 2) {
+        /* two rows at once, each load of wt serving both (784-128-10's head, 32 rows:
+         * 1640 -> 1070 TSC cycles a piece; the sums are the same) */
+        enum { V = INPUT_VECTORS / 2 };
+        const float *g0 = dy + r * O, *g1 = g0 + O;
+        for (int64_t k0 = 0; k0 < I; k0 += V * LANES) {
+            v16sf acc0[V] = {{0}}, acc1[V] = {{0}};
+            for (int64_t c = 0; c < O; c++) {
+                const float *row = wt + c * I + k0;
+#pragma GCC unroll 8
+                for (int v = 0; v < V; v++) {
+                    v16sf wv;
+                    load16(&wv, row + v * LANES);
+                    acc0[v] += g0[c] * wv;
+                    acc1[v] += g1[c] * wv;
+                }
+            }
+            for (int v = 0; v < V; v++) {
+                float *d0 = dx + r * I + k0 + v * LANES, *d1 = d0 + I;
+                if (gate) {
+                    store_gated(d0, &acc0[v], gate + r * I + k0 + v * LANES, LANES);
+                    store_gated(d1, &acc1[v], gate + (r + 1) * I + k0 + v * LANES, LANES);
+                } else {
+                    memcpy(d0, &acc0[v], sizeof acc0[v]);
+                    memcpy(d1, &acc1[v], sizeof acc1[v]);
+                }
+            }
+        }
+    }
+    for (; r < n; r++) {
         const float *g = dy + r * O;
         const float *gate_row = gate ? gate + r * I : NULL;
         float *d = dx + r * I;

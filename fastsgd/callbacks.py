@@ -47,7 +47,7 @@ import time
 import numpy as np
 
 from .backends.spec import F32_MAX
-from .optim import SCHEDULES, checked_lr
+from .optim import SCHEDULES, checked_lr, constant_lr
 
 __all__ = ["Callback", "CancelFitException", "CancelEpochException", "Recorder", "LRSchedule",
            "ProgressCallback", "EpochTable", "EarlyStopping", "SaveBest", "LRFinder",
@@ -210,6 +210,8 @@ class LRSchedule(Callback):
     def rates(self, step0, steps) -> np.ndarray:
         """The rates of ``steps`` steps from step ``step0`` of the fit (float64)."""
         lr = self.learn.opt.lr
+        if self.scale is constant_lr and type(lr) is float and 0.0 <= lr <= F32_MAX:
+            return np.full(steps, lr)   # the default schedule: lr at every step
         multipliers = [self.scale(step / self.total_steps) for step in range(step0, step0 + steps)]
         if type(lr) is float and all(type(m) in (float, int) for m in multipliers):
             # Python numbers: the float64 products are Python's own, checked all at once

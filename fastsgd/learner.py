@@ -336,8 +336,8 @@ class Learner:
         dl = self.dls.train
         losses = program.run(self._rates())
         self.step_losses = losses.tolist()
-        for loss in self.step_losses:
-            self._check_loss(loss)
+        if not np.isfinite(losses).all():   # the first one that is not, as the loop says it
+            self._check_loss(losses[~np.isfinite(losses)][0])
         sizes = np.full(len(dl), dl.bs)
         sizes[-1] = dl.n - dl.bs * (len(dl) - 1)
         return float(losses @ sizes) / dl.n
