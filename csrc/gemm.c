@@ -231,6 +231,8 @@ typedef struct {
     view A, B;
     const float *bias;
     const sgd_step *step; /* or NULL: see step_region */
+    const side_work *side; /* or NULL: run by the first thread done with its share */
+    atomic_int side_taken;
     int64_t M, K, N;
     int64_t kc_step;     /* depth of the blocks, all equal but the last, <= ks->kc */
     int64_t chunk_depth; /* depths of B packed at once: whole blocks */
@@ -316,11 +318,14 @@ static void macro_kernel(const gemm_plan *g, float *ap, view B, float *dst, int6
     }
 }
 
-/* A thread's tiles found a final value NaN or +-Inf: tell gemm()'s caller. */
-static void report_bad(const gemm_plan *g, int bad)
+/* A thread's share is done: tell gemm()'s caller if its tiles found a final value NaN
+ * or +-Inf, and take the side work if no other thread has. */
+static void share_done(gemm_plan *g, int bad)
 {
     if (bad && g->bad)
         atomic_store_explicit(g->bad, 1, memory_order_relaxed);
+    if (g->side && !atomic_exchange_explicit(&g->side_taken, 1, memory_order_relaxed))
+        g->side->run(g->side->ctx);
 }
 
 /* Thread t of T's share of the product (a pool task, or alone with T == 1, where the
@@ -348,6 +353,7 @@ static void gemm_part(void *plan, int t, int T)
             g->split->M = M;
             g->split->N = N;
         }
+        share_done(g, 0);
         return;
     }
 
@@ -383,7 +389,7 @@ static void gemm_part(void *plan, int t, int T)
             else
                 macro_kernel(g, ap, B, g->c, mr * first, min64(M, mr * last), 0, N, 0, K, &bad);
         }
-        report_bad(g, bad);
+        share_done(g, bad);
         return;
     }
 
@@ -422,7 +428,7 @@ static void gemm_part(void *plan, int t, int T)
         if (!g->split_cols && chunk_end < K)
             fs_barrier(T); /* before the next chunk overwrites the packed B */
     }
-    report_bad(g, bad);
+    share_done(g, bad);
 }
 
 /* How a narrow row-major B (rows of at most DIRECT_B_MAX_N floats, whole panels) is
@@ -471,7 +477,7 @@ static int gemm_swapped(float *restrict c, view A, view B, const float *restrict
      * A.p[k * A.cs + i * A.rs]: x itself for A = x.T, read in place; x.T for A = x,
      * packed by pack_b_panel like w.T. */
     gemm(ct, (view){B.p, 1, B.rs, .transposed = 1}, (view){A.p, A.cs, A.rs}, NULL, N, K, M,
-         NULL, NULL, NULL);
+         NULL, NULL, NULL, NULL);
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
             c[i * N + j] = bias ? ct[j * M + i] + bias[j] : ct[j * M + i];
@@ -510,10 +516,16 @@ void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0,
  * no barrier between the threads (harness epoch: bs 64 80.4 -> 79.8 ms, bs 256 76.8 ->
  * 76.5). */
 void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
-          int64_t K, int64_t N, const sgd_step *step, depth_split *split, atomic_int *bad)
+          int64_t K, int64_t N, const sgd_step *step, const side_work *side,
+          depth_split *split, atomic_int *bad)
 {
     if (split)
         split->first = split->blocks = 0; /* nothing to add, unless split below */
+    const int blocked = M > 0 && N > 0 && K > 0 && !swap_pays(A, B, bias, M, K, N);
+    if (side && !blocked) { /* else run by the blocked product's threads (share_done) */
+        side->run(side->ctx);
+        side = NULL;
+    }
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
@@ -528,7 +540,8 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
         return;
     }
     gemm_plan g = {.ks = kernels_in_use(), .c = c, .A = A, .B = B, .bias = bias,
-                   .step = step, .M = M, .K = K, .N = N, .bad = bad};
+                   .step = step, .side = side, .M = M, .K = K, .N = N, .bad = bad};
+    atomic_init(&g.side_taken, 0);
     const int64_t mr = g.ks->mr, nr = g.ks->nr;
     /* Narrow row-major B (rows of at most 1 KiB, whole panels, on 64-byte lines) is read
      * in place: at the training shapes packing it cost more than it saved, and with no
@@ -590,6 +603,8 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
 
     float *buffer = gemm_buffer(GEMM_PACKING, (size_t)(b_floats + threads * g.a_floats));
     if (!buffer) {
+        if (side)
+            side->run(side->ctx);
         gemm_unblocked(c, A, B, bias, M, K, N);
         step_region(step, c, N, 0, M, 0, N);
         scan_floats(bad, c, M * N);

@@ -76,6 +76,14 @@ typedef struct {
     float lr, momentum, weight_decay;
 } sgd_step;
 
+/* Work beside a product (gemm's side, or NULL), touching none of its arrays: run(ctx),
+ * once, by the first of the product's threads to finish its share, while the others
+ * still work on theirs. */
+typedef struct {
+    void (*run)(void *ctx);
+    void *ctx;
+} side_work;
+
 /* A product whose threads split K (the fused epoch's first layer: see gemm.c): c holds
  * thread 0's depth blocks and partials[j - 1] (M, N) block j's product, for blocks
  * first <= j < blocks, which add_depth_partials adds to c in order (none: first ==
@@ -87,13 +95,15 @@ typedef struct {
 
 /* gemm.c: c (M, N) = A (M, K) @ B (K, N) (+ bias (N,) along the rows, unless NULL),
  * blocked, packed and on the pool's threads.  With step (else NULL), then the SGD step
- * of step->param (M, N) with the gradient c, tile by tile as it is final; with split
+ * of step->param (M, N) with the gradient c, tile by tile as it is final; with side
+ * (else NULL), that work too (see side_work); with split
  * (else NULL), the threads may split K, leaving partial products in split; with bad
  * (else NULL), *bad is set when an element of c is NaN or +-Inf.  gemm_depth_blocks(K):
  * the depth blocks of a product K deep.  add_depth_partials: rows [r0, r0 + n) of c +=
  * their partial products, in block order. */
 void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t M,
-          int64_t K, int64_t N, const sgd_step *step, depth_split *split, atomic_int *bad);
+          int64_t K, int64_t N, const sgd_step *step, const side_work *side,
+          depth_split *split, atomic_int *bad);
 int64_t gemm_depth_blocks(int64_t K);
 void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0, int64_t n);
 
@@ -101,7 +111,8 @@ void add_depth_partials(float *restrict c, const depth_split *split, int64_t r0,
  * index, with no gathered copy, the threads perhaps splitting I (split: then out is
  * whole once add_depth_partials has added its rows); and the weight gradient of x[rows]
  * (or of x itself, rows NULL) followed by the SGD step of the weights it belongs to
- * (step, or NULL for none), each block of rows of dw stepped as soon as it is final.
+ * (step, or NULL for none), each block of rows of dw stepped as soon as it is final,
+ * and `side` (or NULL) beside it (side_work).
  *   x (N, I) or (B, I), rows (B,) in [0, N), w (I, O), b (O,), dy (B, O)
  *   -> out (B, O), dw (I, O), step->param and step->velocity (I, O). */
 void linear_forward_rows(float *restrict out, const float *restrict x,
@@ -110,7 +121,7 @@ void linear_forward_rows(float *restrict out, const float *restrict x,
                          depth_split *split);
 void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
-                          int64_t I, int64_t O, const sgd_step *step);
+                          int64_t I, int64_t O, const sgd_step *step, const side_work *side);
 
 /* narrow.c, for train.c's tail: the products of a LINEAR with O <= NARROW_MAX_O outputs
  * over the n rows of a piece, on the calling thread, from its weights w (I, O) laid out

@@ -21,7 +21,7 @@ int matmul(float *restrict out, const float *restrict a, const float *restrict b
            int64_t K, int64_t N, int scan)
 {
     atomic_int bad = 0;
-    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, NULL,
+    gemm(out, (view){a, K, 1}, (view){b, N, 1}, NULL, M, K, N, NULL, NULL, NULL,
          scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
@@ -31,7 +31,7 @@ int matmul_backward_input(float *restrict dx, const float *restrict dy,
 {
     /* dx (B, I) = dy (B, O) @ w.T (O, I), where w.T[o][i] = w[i * O + o]. */
     atomic_int bad = 0;
-    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, NULL,
+    gemm(dx, (view){dy, O, 1}, (view){w, 1, O}, NULL, B, O, I, NULL, NULL, NULL,
          scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
@@ -40,17 +40,18 @@ int matmul_backward_input(float *restrict dx, const float *restrict dy,
  * x.T[i][b] = x[b * I + i]; then the step, if any (see weight_gradient_step). */
 static void weight_gradient(float *restrict dw, const float *restrict x,
                             const int64_t *restrict rows, const float *restrict dy, int64_t B,
-                            int64_t I, int64_t O, const sgd_step *step, atomic_int *bad)
+                            int64_t I, int64_t O, const sgd_step *step,
+                            const side_work *side, atomic_int *bad)
 {
     const view xt = rows ? (view){x, 1, I, rows, 1} : (view){x, 1, I, .transposed = 1};
-    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, NULL, bad);
+    gemm(dw, xt, (view){dy, O, 1}, NULL, I, B, O, step, side, NULL, bad);
 }
 
 int matmul_backward_weight(float *restrict dw, const float *restrict x,
                            const float *restrict dy, int64_t B, int64_t I, int64_t O, int scan)
 {
     atomic_int bad = 0;
-    weight_gradient(dw, x, NULL, dy, B, I, O, NULL, scan ? &bad : NULL);
+    weight_gradient(dw, x, NULL, dy, B, I, O, NULL, NULL, scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
 
@@ -71,7 +72,7 @@ int linear_forward(float *restrict out, const float *restrict x, const float *re
                    const float *restrict b, int64_t B, int64_t I, int64_t O, int scan)
 {
     atomic_int bad = 0;
-    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, NULL,
+    gemm(out, (view){x, I, 1}, (view){w, O, 1}, b, B, I, O, NULL, NULL, NULL,
          scan ? &bad : NULL);
     return finite_unless(scan, &bad);
 }
@@ -81,14 +82,14 @@ void linear_forward_rows(float *restrict out, const float *restrict x,
                          const float *restrict b, int64_t B, int64_t I, int64_t O,
                          depth_split *split)
 {
-    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, split, NULL);
+    gemm(out, (view){x, I, 1, rows}, (view){w, O, 1}, b, B, I, O, NULL, NULL, split, NULL);
 }
 
 void weight_gradient_step(float *restrict dw, const float *restrict x,
                           const int64_t *restrict rows, const float *restrict dy, int64_t B,
-                          int64_t I, int64_t O, const sgd_step *step)
+                          int64_t I, int64_t O, const sgd_step *step, const side_work *side)
 {
-    weight_gradient(dw, x, rows, dy, B, I, O, step, NULL);
+    weight_gradient(dw, x, rows, dy, B, I, O, step, side, NULL);
 }
 
 int linear_backward(float *restrict dx, float *restrict dw, float *restrict db,

@@ -79,6 +79,9 @@ typedef struct {
     depth_split *split;
     int in_pieces; /* the tail runs in pieces (see the tail), which add the first LINEAR's
                       partial products of their rows and sum its bias gradient */
+    const side_work *tail_sums; /* with in_pieces: what the tail's pieces leave to add up
+                                   and step, done beside the first LINEAR's weight
+                                   gradient (tail_sums) */
 } scratch;
 
 static size_t lines_of(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
@@ -237,8 +240,10 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64
             else
                 weight_gradient_step(gw, through_rows ? s->x : s->a[l] + r0 * I,
                                      through_rows ? s->rows + r0 : NULL, d_out, n, I, O,
-                                     sgd ? &step : NULL);
-            if (sgd)
+                                     sgd ? &step : NULL,
+                                     l == s->first_linear && s->in_pieces ? s->tail_sums
+                                                                          : NULL);
+            if (sgd && !(l == s->first_linear && s->in_pieces)) /* else tail_sums' */
                 sgd_update(step.param + I * O, step.velocity ? step.velocity + I * O : NULL,
                            gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             if (relu_before)
@@ -279,11 +284,11 @@ static int linears_tile(const fs_layer *layers, int64_t L, int64_t P)
  * narrow.c's products, each thread from its own copy of the weights laid out for them
  * (784-128-10, harness epoch: bs 64 81.3 -> 80.6 ms, bs 256 77.9 -> 77.7), and its
  * input gradient is gated by a ReLU before it, whose own backward pass it takes (bs 64
- * 74.4 -> 73.7 ms, bs 256 71.3 -> 70.5).  After the
- * pieces, the calling thread adds them up piece by piece, in order, and takes those
- * layers' SGD steps.  The pieces do not depend on the thread count, so neither do the
- * results.  (On one thread, at batch 64 of 784-128-10, this tail took ~14 us a step,
- * 15% of it.) */
+ * 74.4 -> 73.7 ms, bs 256 71.3 -> 70.5).  After the pieces, one thread adds them up
+ * piece by piece, in order, and takes those layers' SGD steps, beside the first
+ * LINEAR's weight gradient (tail_sums).  The pieces do not depend on the thread count,
+ * so neither do the results.  (On one thread, at batch 64 of 784-128-10, this tail took
+ * ~14 us a step, 15% of it.) */
 enum { TAIL_MAX_PIECES = 8 }; /* each piece holds a copy of the tail's gradients */
 
 static int64_t tail_rows(int64_t B)
@@ -370,10 +375,8 @@ static void add_pieces(float *dst, const tail_job *j, int64_t offset, int64_t n)
             dst[i] += part[piece * j->tail_floats + i];
 }
 
-/* The tail of a step in pieces (above); returns the mean loss.  When it is finite, the
- * gradients of the tail's LINEARs are in grads and their SGD steps taken (sgd), and the
- * first LINEAR's bias gradient is in grads (first_bias, its place there). */
-static double tail_in_pieces(tail_job *j, float *grads, float *first_bias, const sgd_step *sgd)
+/* The tail of a step in pieces (above); returns the mean loss. */
+static double tail_in_pieces(tail_job *j)
 {
     j->piece_rows = tail_rows(j->B);
     j->pieces = (j->B + j->piece_rows - 1) / j->piece_rows;
@@ -381,21 +384,42 @@ static double tail_in_pieces(tail_job *j, float *grads, float *first_bias, const
     double loss = 0.0;
     for (int64_t piece = 0; piece < j->pieces; piece++)
         loss += j->piece_loss[piece];
-    if (!isfinite(loss))
-        return loss;
-    add_pieces(first_bias, j, j->tail_floats - j->H, j->H);
+    return loss;
+}
+
+/* After a tail whose loss is finite, what its pieces leave to add up and step: the
+ * first LINEAR's bias gradient into grads (first_bias, its place there) and its SGD
+ * step, and the gradients of the tail's LINEARs into grads and their SGD steps (sgd).
+ * None of it touches the first LINEAR's weights or their gradient, so it runs beside
+ * that weight gradient, on the first of its threads to finish a share, while the other
+ * still works (side_work; 784-128-10, harness epoch, medians of 6 interleaved runs: bs
+ * 64 80.9 -> 80.2 ms). */
+typedef struct {
+    const tail_job *j;
+    float *grads, *first_bias;
+    const sgd_step *sgd;
+} tail_sums_job;
+
+static void tail_sums(void *ctx)
+{
+    const tail_sums_job *sums = ctx;
+    const tail_job *j = sums->j;
+    const sgd_step *sgd = sums->sgd;
+    add_pieces(sums->first_bias, j, j->tail_floats - j->H, j->H);
+    const int64_t bias_at = sums->first_bias - sums->grads; /* the bias's place in the block */
+    sgd_update(sgd->param + bias_at, sgd->velocity ? sgd->velocity + bias_at : NULL,
+               sums->first_bias, j->H, sgd->lr, sgd->momentum, sgd->weight_decay);
     for (int64_t l = 1; l < j->L; l++) {
         const fs_layer *layer = &j->layers[l];
         if (layer->kind != FS_LINEAR)
             continue;
         const int64_t size = layer->n_in * layer->n_out + layer->n_out;
-        float *g = grads + layer->param;
+        float *g = sums->grads + layer->param;
         add_pieces(g, j, layer->param - j->tail0, size);
         sgd_update(sgd->param + layer->param,
                    sgd->velocity ? sgd->velocity + layer->param : NULL, g, size, sgd->lr,
                    sgd->momentum, sgd->weight_decay);
     }
-    return loss;
 }
 
 /* ---------------------------------------------------------------- the epoch */
@@ -466,11 +490,13 @@ int64_t train_epoch(double *restrict losses, float *params, float *grads, float 
         if (tail.partials) {
             forward(&s, layers, 0, 1, params, 0, B, NULL);
             tail.B = B;
-            const double loss =
-                tail_in_pieces(&tail, grads, grads + layers[0].n_in * tail.H, &sgd);
+            const double loss = tail_in_pieces(&tail);
             losses[step] = loss;
             if (!isfinite(loss))
                 break;
+            tail_sums_job sums = {&tail, grads, grads + layers[0].n_in * tail.H, &sgd};
+            const side_work side = {tail_sums, &sums};
+            s.tail_sums = &side;
             backward(&s, layers, 0, 1, params, grads, 0, B, &sgd, NULL); /* the first LINEAR */
             continue;
         }
