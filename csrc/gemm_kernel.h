@@ -193,7 +193,8 @@ GK_TARGET static void GK_NAME(float *restrict c, int64_t ldc, int64_t mc, int64_
          * fetched while this panel runs, and the hardware's prefetcher, which follows
          * each row once it has missed on it, then starts them early (784-128-10, harness
          * epoch, 1 GB read between epochs so that x comes from memory, as it does when it
-         * exceeds the last-level cache: bs 64 84.4 -> 82.5 ms; x in cache: +0.5) */
+         * exceeds the last-level cache: bs 64 75.5 -> 73.5 ms, bs 256 65.0 -> 64.6; x in
+         * the cache: no change) */
         const int64_t next_rows = a_lines && a_rowmajor && fetch_lines && ir + GK_MR < mc
                                       ? (mc - ir - GK_MR < GK_MR ? mc - ir - GK_MR : GK_MR)
                                       : 0;
