@@ -18,7 +18,8 @@
 enum {
     LANES = 16,      /* floats of a v16sf */
     FORWARD_ROWS = 8, /* rows of a piece computed together by narrow_forward */
-    INPUT_VECTORS = 8, /* vectors of a row of dx computed together */
+    INPUT_ROWS = 2,    /* rows of dx computed together */
+    INPUT_VECTORS = 4, /* vectors of each of those rows computed together */
 };
 
 typedef int v16si __attribute__((vector_size(64))); /* a comparison's lanes: 0 or all ones */
@@ -125,6 +126,36 @@ FS_INLINE void store_gated(float *p, const v16sf *v, const float *gate, int64_t 
         p[i] = gate[i] > 0.0f ? t[i] : 0.0f;
 }
 
+/* Rows [r, r + rows) of dx = dy @ w.T (rows <= INPUT_ROWS, a constant once inlined),
+ * their columns [k0, k0 + INPUT_VECTORS * LANES): each load of wt serves every row of
+ * the block (784-128-10's head, 32 rows, two rows a block: 1640 -> 1070 TSC cycles a
+ * piece against one).  gate as in narrow_backward_input. */
+FS_INLINE void input_block(float *restrict dx, const float *restrict dy,
+                           const float *restrict wt, const float *restrict gate, int64_t r,
+                           int rows, int64_t k0, int64_t I, int64_t O)
+{
+    v16sf acc[INPUT_ROWS][INPUT_VECTORS] = {{{0}}};
+    for (int64_t c = 0; c < O; c++) {
+        const float *row = wt + c * I + k0;
+#pragma GCC unroll 8
+        for (int v = 0; v < INPUT_VECTORS; v++) {
+            v16sf wv;
+            load16(&wv, row + v * LANES);
+#pragma GCC unroll 2
+            for (int i = 0; i < rows; i++)
+                acc[i][v] += dy[(r + i) * O + c] * wv;
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < INPUT_VECTORS; v++) {
+            const int64_t at = (r + i) * I + k0 + v * LANES;
+            if (gate)
+                store_gated(dx + at, &acc[i][v], gate + at, LANES);
+            else
+                memcpy(dx + at, &acc[i][v], sizeof acc[i][v]);
+        }
+}
+
 /* dx (n, I) = dy (n, O) @ w.T, w prepared: each element the sum over the O outputs in
  * order.  With gate (n, I) (else NULL), each element of dx where the gate's is not
  * above 0 is 0 instead: dx is then that of the ReLU before the layer, whose inputs the
@@ -135,59 +166,17 @@ FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict d
                                      int64_t O)
 {
     const float *wt = prepared + I * LANES;
+    const int64_t block_cols = INPUT_VECTORS * LANES, whole = I - I % block_cols;
     int64_t r = 0;
-    for (; r + 2 <= n && I % (INPUT_VECTORS * LANES / 2) == 0; r += 2) {
-        /* two rows at once, each load of wt serving both (784-128-10's head, 32 rows:
-         * 1640 -> 1070 TSC cycles a piece; the sums are the same) */
-        enum { V = INPUT_VECTORS / 2 };
-        const float *g0 = dy + r * O, *g1 = g0 + O;
-        for (int64_t k0 = 0; k0 < I; k0 += V * LANES) {
-            v16sf acc0[V] = {{0}}, acc1[V] = {{0}};
-            for (int64_t c = 0; c < O; c++) {
-                const float *row = wt + c * I + k0;
-#pragma GCC unroll 8
-                for (int v = 0; v < V; v++) {
-                    v16sf wv;
-                    load16(&wv, row + v * LANES);
-                    acc0[v] += g0[c] * wv;
-                    acc1[v] += g1[c] * wv;
-                }
-            }
-            for (int v = 0; v < V; v++) {
-                float *d0 = dx + r * I + k0 + v * LANES, *d1 = d0 + I;
-                if (gate) {
-                    store_gated(d0, &acc0[v], gate + r * I + k0 + v * LANES, LANES);
-                    store_gated(d1, &acc1[v], gate + (r + 1) * I + k0 + v * LANES, LANES);
-                } else {
-                    memcpy(d0, &acc0[v], sizeof acc0[v]);
-                    memcpy(d1, &acc1[v], sizeof acc1[v]);
-                }
-            }
-        }
-    }
-    for (; r < n; r++) {
+    for (; r + INPUT_ROWS <= n; r += INPUT_ROWS)
+        for (int64_t k0 = 0; k0 < whole; k0 += block_cols)
+            input_block(dx, dy, wt, gate, r, INPUT_ROWS, k0, I, O);
+    for (; r < n; r++)
+        for (int64_t k0 = 0; k0 < whole; k0 += block_cols)
+            input_block(dx, dy, wt, gate, r, 1, k0, I, O);
+    for (r = 0; r < n && whole < I; r++) { /* the columns past the whole blocks */
         const float *g = dy + r * O;
-        const float *gate_row = gate ? gate + r * I : NULL;
-        float *d = dx + r * I;
-        int64_t k0 = 0;
-        for (; k0 + INPUT_VECTORS * LANES <= I; k0 += INPUT_VECTORS * LANES) {
-            v16sf acc[INPUT_VECTORS] = {{0}};
-            for (int64_t c = 0; c < O; c++) {
-                const float *row = wt + c * I + k0;
-#pragma GCC unroll 8
-                for (int v = 0; v < INPUT_VECTORS; v++) {
-                    v16sf wv;
-                    load16(&wv, row + v * LANES);
-                    acc[v] += g[c] * wv;
-                }
-            }
-            if (gate_row)
-                for (int v = 0; v < INPUT_VECTORS; v++)
-                    store_gated(d + k0 + v * LANES, &acc[v], gate_row + k0 + v * LANES, LANES);
-            else
-                memcpy(d + k0, acc, sizeof acc);
-        }
-        for (; k0 < I; k0 += LANES) {
+        for (int64_t k0 = whole; k0 < I; k0 += LANES) {
             const int64_t count = I - k0 < LANES ? I - k0 : LANES;
             v16sf acc = {0};
             for (int64_t c = 0; c < O; c++) {
@@ -195,10 +184,10 @@ FS_CLONES void narrow_backward_input(float *restrict dx, const float *restrict d
                 load_first(&wv, wt + c * I + k0, count);
                 acc += g[c] * wv;
             }
-            if (gate_row)
-                store_gated(d + k0, &acc, gate_row + k0, count);
+            if (gate)
+                store_gated(dx + r * I + k0, &acc, gate + r * I + k0, count);
             else
-                store_first(d + k0, &acc, count);
+                store_first(dx + r * I + k0, &acc, count);
         }
     }
 }
