@@ -521,7 +521,8 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
 {
     if (split)
         split->first = split->blocks = 0; /* nothing to add, unless split below */
-    const int blocked = M > 0 && N > 0 && K > 0 && !swap_pays(A, B, bias, M, K, N);
+    const int swapped = M > 0 && N > 0 && K > 0 && swap_pays(A, B, bias, M, K, N);
+    const int blocked = M > 0 && N > 0 && K > 0 && !swapped;
     if (side && !blocked) { /* else run by the blocked product's threads (share_done) */
         side->run(side->ctx);
         side = NULL;
@@ -534,7 +535,7 @@ void gemm(float *restrict c, view A, view B, const float *restrict bias, int64_t
         scan_floats(bad, c, M * N);
         return;
     }
-    if (swap_pays(A, B, bias, M, K, N) && gemm_swapped(c, A, B, bias, M, K, N) == 0) {
+    if (swapped && gemm_swapped(c, A, B, bias, M, K, N) == 0) {
         step_region(step, c, N, 0, M, 0, N);
         scan_floats(bad, c, M * N);
         return;

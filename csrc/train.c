@@ -226,7 +226,10 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64
                 narrow_backward_input(d_in, d_out, prepared, NULL, n, I, O);
             else if (d_in)
                 matmul_backward_input(d_in, d_out, params + layer->param, n, I, O, 0);
-            if (!(l == s->first_linear && s->in_pieces))
+            /* the first LINEAR of a tail in pieces: its bias gradient and step are
+             * tail_sums', run beside its weight gradient */
+            const int tail_summed = l == s->first_linear && s->in_pieces;
+            if (!tail_summed)
                 bias_backward(gb, d_out, n, O, 0);
             sgd_step step = {0};
             if (sgd) {
@@ -240,10 +243,8 @@ static void backward(const scratch *s, const fs_layer *layers, int64_t l0, int64
             else
                 weight_gradient_step(gw, through_rows ? s->x : s->a[l] + r0 * I,
                                      through_rows ? s->rows + r0 : NULL, d_out, n, I, O,
-                                     sgd ? &step : NULL,
-                                     l == s->first_linear && s->in_pieces ? s->tail_sums
-                                                                          : NULL);
-            if (sgd && !(l == s->first_linear && s->in_pieces)) /* else tail_sums' */
+                                     sgd ? &step : NULL, tail_summed ? s->tail_sums : NULL);
+            if (sgd && !tail_summed)
                 sgd_update(step.param + I * O, step.velocity ? step.velocity + I * O : NULL,
                            gb, O, sgd->lr, sgd->momentum, sgd->weight_decay);
             if (relu_before)
